@@ -1,0 +1,136 @@
+"""Losses used by two or more projects: focal, label-smoothing CE, SupCon, InfoNCE and
+uncertainty weighting of task losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               alpha: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-class focal loss, FL = -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017, eq. 5).
+
+    logits (N, C), target (N,) class indices, alpha (C,) per-class weights or None, mask (N,)
+    bool: samples to count (False = ignored). With gamma=0 and alpha=None this is exactly
+    cross-entropy. Mean over the counted samples (0 when none is counted, with a gradient)."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    log_pt = log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (N,) log-prob of the true class
+    pt = log_pt.exp()
+    loss = -((1.0 - pt) ** gamma) * log_pt
+    if alpha is not None:
+        loss = loss * alpha.to(loss)[target]
+    if mask is not None:
+        mask = mask.to(loss.dtype)
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+    return loss.mean()
+
+
+def label_smoothing_ce(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """(1 - e) * CE + e * mean_k(-log p_k), in closed form.
+
+    No one-hot masks: any batch size (1 included) and any class counts. Equals
+    F.cross_entropy(logits, target, label_smoothing=e)."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    uniform = -log_p.mean(dim=-1)
+    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
+                positive_weights: torch.Tensor | None = None, temperature: float = 0.07) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, eq. 2, the "L_out" form).
+
+    features: (N, D) or (N, V, D) with V views; they are L2-normalised here. Positives come from
+    `labels` (N,) (same label = positive) or from `positive_weights` (N, N) >= 0 for multi-label
+    data (e.g. overlap of label vectors; weights are normalised per anchor). Self-pairs are
+    excluded from numerator and denominator. Anchors with no positive contribute nothing (never
+    NaN); if no anchor has a positive the loss is 0 with a gradient path."""
+    if features.ndim == 2:
+        features = features.unsqueeze(1)
+    n, views, _ = features.shape
+    z = F.normalize(features.float(), dim=-1).transpose(0, 1).reshape(n * views, -1)  # (V*N, D) view-major
+    if positive_weights is None:
+        if labels is None:
+            raise ValueError("supcon_loss needs labels or positive_weights")
+        positive_weights = (labels.view(-1, 1) == labels.view(1, -1)).float()
+    pos = positive_weights.float().to(z.device).repeat(views, views)  # (V*N, V*N)
+    self_mask = torch.eye(n * views, dtype=torch.bool, device=z.device)
+    pos = pos.masked_fill(self_mask, 0.0)
+
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_prob = log_prob.masked_fill(self_mask, 0.0)  # -inf * 0 would be NaN
+
+    pos_sum = pos.sum(dim=1)
+    has_pos = pos_sum > 0
+    per_anchor = -(pos * log_prob).sum(dim=1) / pos_sum.clamp_min(1e-12)
+    if not bool(has_pos.any()):
+        return (z * 0.0).sum()
+    return per_anchor[has_pos].mean()
+
+
+def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None,
+             temperature: float = 0.07, negative_mask: torch.Tensor | None = None,
+             symmetric: bool = False) -> torch.Tensor:
+    """InfoNCE (van den Oord 2018; MoCo, He et al. 2020, eq. 1). Inputs are L2-normalised here.
+
+    query, positive_key: (N, D). With `negative_keys` (K, D) (a MoCo queue) the logits are
+    [q.k+, q.k_neg] and the target is index 0; `negative_mask` (N, K) bool marks negatives to
+    drop (e.g. queue entries with the query's label: false negatives). Without negative_keys
+    the other positives in the batch are the negatives (CLIP style); `symmetric` averages both
+    directions."""
+    q = F.normalize(query.float(), dim=-1)
+    k = F.normalize(positive_key.float(), dim=-1)
+    if negative_keys is None:
+        logits = q @ k.T / temperature
+        target = torch.arange(q.shape[0], device=q.device)
+        loss = F.cross_entropy(logits, target)
+        return 0.5 * (loss + F.cross_entropy(logits.T, target)) if symmetric else loss
+    neg = F.normalize(negative_keys.float(), dim=-1)
+    l_pos = (q * k).sum(dim=-1, keepdim=True)  # (N, 1)
+    l_neg = q @ neg.T  # (N, K)
+    if negative_mask is not None:
+        l_neg = l_neg.masked_fill(negative_mask, float("-inf"))
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+class UncertaintyWeighting(nn.Module):
+    """Homoscedastic-uncertainty weighting of task losses (Kendall et al. 2018; FairMOT form):
+
+        total = 0.5 * sum_i( exp(-s_i) * L_i + s_i ),   s_i = log sigma_i^2 learned.
+
+    Optional bounds are applied smoothly (s = lo + (hi - lo) * sigmoid(raw)), never with clamp:
+    a clamped s has zero gradient outside its range, so a weight that hits a bound stops
+    learning for good. At the optimum exp(-s_i) = 1 / L_i, so tasks with similar losses get
+    similar weights; that is expected, not a bug."""
+
+    def __init__(self, num_tasks: int, init: float = 0.0, bounds: tuple[float, float] | None = None):
+        super().__init__()
+        self.bounds = bounds
+        if bounds is None:
+            raw = torch.full((num_tasks,), float(init))
+        else:
+            lo, hi = bounds
+            frac = torch.tensor((init - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
+            raw = torch.full((num_tasks,), float(torch.logit(frac)))
+        self.raw_log_vars = nn.Parameter(raw)
+
+    @property
+    def log_vars(self) -> torch.Tensor:
+        if self.bounds is None:
+            return self.raw_log_vars
+        lo, hi = self.bounds
+        return lo + (hi - lo) * torch.sigmoid(self.raw_log_vars)
+
+    def effective_weights(self) -> torch.Tensor:
+        """0.5 * exp(-s_i): the factor each task loss is multiplied by (for logging)."""
+        return 0.5 * torch.exp(-self.log_vars.detach())
+
+    def forward(self, losses: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        s = self.log_vars
+        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
+        return 0.5 * (torch.exp(-s) * stacked + s).sum()

@@ -1,0 +1,390 @@
+"""Run plumbing shared by the four train.py scripts.
+
+Seeding, device and autocast choice, optional torchrun/DDP set-up, a deterministic resumable
+sampler, atomic checkpoints that resume a run exactly, a CSV logger, a non-finite check and a
+loss-balance monitor. Each piece is a plain function or a small class that can be copied out.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, line or key at fault."""
+
+
+class ConfigMismatchError(ValueError):
+    """A checkpoint was written with a configuration that contradicts the current one."""
+
+
+class RunDirError(OSError):
+    """The run folder cannot be written (missing permission, no free space)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss component became NaN or Inf; the message names the component(s)."""
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: derive numpy/python seeds from torch's per-worker seed,
+    so workers do not all draw the same numpy augmentations (a classic DataLoader pitfall)."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator that depends only on (seed, epoch, sample index).
+
+    Augmentations drawn from it are identical whatever the number of workers and across a
+    resume, which is what makes a resumed run reproduce an uninterrupted one exactly."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+# ----------------------------------------------------------------------------- device / AMP
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for, but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; None (plain fp32) on CPU or with amp off."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Context manager for the forward pass: autocast when dtype is set, a no-op otherwise."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling is needed for fp16 only; for bf16/fp32 the scaler is a disabled pass-through,
+    so the training loop is written once."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_name: str = "auto") -> DistInfo:
+    """Single process unless launched by torchrun (RANK/WORLD_SIZE set).
+
+    Under torchrun: NCCL with one GPU per process on CUDA, gloo on CPU."""
+    if "RANK" not in os.environ:
+        return DistInfo(device=pick_device(device_name))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def is_main() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DDP (checkpoints hold unwrapped weights)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-rank tensor along dim 0 over all ranks, shards of unequal length allowed.
+
+    Evaluation metrics are computed on the gathered whole, never on rank 0's shard alone."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Deterministic, resumable, optionally sharded sampler.
+
+    The order of an epoch depends only on (seed, epoch). With world_size > 1 each rank takes
+    a disjoint shard (rank::world_size), so no sample is seen twice in an epoch; `drop_last`
+    makes all shards the same length (training), without it shards may differ by one
+    (evaluation, followed by `gather_cat`). `start_batch` skips batches already consumed before
+    a resume, without loading them."""
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+        if num_samples == 0:
+            raise DataError("the split is empty: no samples to iterate over")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.drop_last = drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.drop_last:
+            per_rank = self.num_samples // self.world_size
+            order = order[: per_rank * self.world_size]
+        shard = order[self.rank :: self.world_size]
+        if self.drop_last:
+            shard = shard[: len(shard) // self.batch_size * self.batch_size]
+        return shard
+
+    def batches_per_epoch(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        return iter(self._indices()[self.start_batch * self.batch_size :])
+
+    def __len__(self) -> int:
+        return max(0, len(self._indices()) - self.start_batch * self.batch_size)
+
+
+# ----------------------------------------------------------------------------- optimizer helpers
+
+
+def decay_param_groups(model: torch.nn.Module, weight_decay: float,
+                       no_decay_names: tuple[str, ...] = ("pos", "cls", "token", "bias", "norm")) -> list[dict]:
+    """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens and learned
+    loss weights (any 1-d tensor) do not."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(key in name for key in no_decay_names):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------- run folder, checkpoints
+
+
+def prepare_run_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
+    """Create the run folder and prove it is writable with enough free space, before training."""
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_probe"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"run folder {run_dir} is not writable: {e.strerror or e}") from e
+    free_mb = shutil.disk_usage(run_dir).free / 2**20
+    if free_mb < min_free_mb:
+        raise RunDirError(f"run folder {run_dir}: only {free_mb:.1f} MB free, "
+                          f"need at least {min_free_mb:.0f} MB for checkpoints")
+    return run_dir
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    with open(run_dir / "config.json", "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True, default=str)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write to `<path>.tmp`, fsync, then rename: a kill during the write leaves the previous
+    checkpoint intact (os.replace is atomic on POSIX)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
+    # weights_only=False: the checkpoint holds RNG states and the config, not only tensors.
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def check_config_compatible(saved: dict, current: dict, keys: list[str] | tuple[str, ...]) -> None:
+    """Raise if any architecture-defining key differs between a checkpoint and this run."""
+    differing = [f"{k}: checkpoint={saved.get(k)!r} now={current.get(k)!r}"
+                 for k in keys if saved.get(k) != current.get(k)]
+    if differing:
+        raise ConfigMismatchError("--resume: the checkpoint was written with a different configuration: "
+                                  + "; ".join(differing))
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class CSVLogger:
+    """Fixed columns, header written once, one flushed row per call.
+
+    On resume (`resume_step` given) rows logged after the checkpoint's step are dropped, so
+    the steps that are re-run are not duplicated in the log."""
+
+    def __init__(self, path: str | os.PathLike, fieldnames: list[str], resume_step: int | None = None):
+        self.path, self.fieldnames = Path(path), list(fieldnames)
+        if "step" not in self.fieldnames:
+            raise ValueError("CSVLogger needs a 'step' column")
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != self.fieldnames:
+                    raise ConfigMismatchError(f"{self.path}: columns {reader.fieldnames} differ from "
+                                              f"{self.fieldnames}")
+                kept = [row for row in reader if int(row["step"]) <= resume_step]
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fieldnames)
+                writer.writeheader()
+                writer.writerows(kept)
+        else:
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fieldnames).writeheader()
+
+    def log(self, row: dict) -> None:
+        unknown = set(row) - set(self.fieldnames)
+        if unknown:
+            raise KeyError(f"CSVLogger: columns {sorted(unknown)} are not in the header {self.fieldnames}")
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fieldnames).writerow(
+                {k: _fmt(row.get(k, "")) for k in self.fieldnames})
+            f.flush()
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, torch.Tensor):
+        return f"{value.item():.6g}"
+    return value
+
+
+def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -> None:
+    """Stop the run, naming every loss component that is NaN or Inf. Never mask them.
+
+    One host sync per call: all components are stacked and tested at once."""
+    names = list(components)
+    values = torch.stack([components[n].detach().float().reshape(()) for n in names])
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = [f"{n}={values[i].item()}" for i, n in enumerate(names) if not finite[i]]
+        where = f" at step {step}" if step is not None else ""
+        raise NonFiniteLossError(f"non-finite loss component(s){where}: {', '.join(bad)}")
+
+
+class LossBalanceMonitor:
+    """Share of each weighted loss component in the total, with a warning when an auxiliary term
+    stays larger than the main term for `patience` consecutive updates (seed 000: a loss weighted
+    5 swamped cross-entropy and nobody saw it, because only the total was logged)."""
+
+    def __init__(self, main: str, patience: int = 20):
+        self.main, self.patience = main, patience
+        self.streak: dict[str, int] = {}
+        self.warned: set[str] = set()
+
+    def update(self, weighted: dict[str, float]) -> dict[str, float]:
+        """`weighted`: component name -> weighted value (floats, at log cadence). Returns shares."""
+        total = sum(abs(v) for v in weighted.values()) or 1.0
+        shares = {f"share_{k}": abs(v) / total for k, v in weighted.items()}
+        main_value = abs(weighted[self.main])
+        for name, value in weighted.items():
+            if name == self.main:
+                continue
+            self.streak[name] = self.streak.get(name, 0) + 1 if abs(value) > main_value else 0
+            if self.streak[name] >= self.patience and name not in self.warned:
+                self.warned.add(name)
+                warnings.warn(f"loss balance: '{name}' ({abs(value):.4g}) has exceeded the main loss "
+                              f"'{self.main}' ({main_value:.4g}) for {self.streak[name]} consecutive logs; "
+                              f"its weight may be swamping the main objective", stacklevel=2)
+        return shares

@@ -1,0 +1,88 @@
+"""common/losses.py against torch built-ins and hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.losses import UncertaintyWeighting, focal_loss, info_nce, label_smoothing_ce, supcon_loss
+
+
+def test_focal_gamma0_equals_cross_entropy():
+    logits, y = torch.randn(32, 7), torch.randint(0, 7, (32,))
+    torch.testing.assert_close(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y))
+
+
+def test_focal_alpha_and_gamma_match_definition():
+    logits, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    alpha = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    p_t = F.softmax(logits, -1)[torch.arange(16), y]
+    expected = (-alpha[y] * (1 - p_t) ** 2 * p_t.log()).mean()
+    torch.testing.assert_close(focal_loss(logits, y, gamma=2.0, alpha=alpha), expected)
+
+
+def test_focal_mask_ignores_samples_and_empty_mask_is_zero_with_grad():
+    logits = torch.randn(6, 3, requires_grad=True)
+    y = torch.randint(0, 3, (6,))
+    mask = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    torch.testing.assert_close(focal_loss(logits, y, gamma=0.0, mask=mask), F.cross_entropy(logits[mask], y[mask]))
+    empty = focal_loss(logits, y, mask=torch.zeros(6, dtype=torch.bool))
+    empty.backward()
+    assert empty.item() == 0.0 and logits.grad is not None
+
+
+@pytest.mark.parametrize("batch", [1, 2, 33])
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.3])
+def test_label_smoothing_matches_torch(batch, eps):
+    logits = torch.randn(batch, 5) * 3
+    y = torch.zeros(batch, dtype=torch.long)  # uneven class counts: every sample is class 0
+    y[: batch // 3] = 4
+    torch.testing.assert_close(label_smoothing_ce(logits, y, eps), F.cross_entropy(logits, y, label_smoothing=eps))
+
+
+def test_supcon_hand_computed_three_samples():
+    # Three 2-d unit vectors, labels [0, 0, 1], T = 1 for readable numbers.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    # anchor 0: positive 1 (sim 0), other 2 (sim -1): -log(e^0 / (e^0 + e^-1))
+    a0 = -math.log(1.0 / (1.0 + math.exp(-1.0)))
+    # anchor 1: positive 0 (sim 0), other 2 (sim 0): -log(1/2)
+    a1 = math.log(2.0)
+    # anchor 2 has no positive: contributes nothing.
+    expected = (a0 + a1) / 2
+    assert supcon_loss(z, y, temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_supcon_no_positive_anywhere_is_zero_not_nan():
+    z = torch.randn(4, 8, requires_grad=True)
+    loss = supcon_loss(z, torch.arange(4))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    assert torch.isfinite(z.grad).all()
+
+
+def test_supcon_positive_weights_equal_labels_and_two_views():
+    z = torch.randn(6, 2, 16)
+    y = torch.tensor([0, 1, 0, 1, 2, 2])
+    weights = (y[:, None] == y[None, :]).float()
+    torch.testing.assert_close(supcon_loss(z, y), supcon_loss(z, positive_weights=weights))
+
+
+def test_info_nce_queue_mask_drops_false_negatives():
+    q, k = torch.randn(4, 8), torch.randn(4, 8)
+    queue = torch.randn(10, 8)
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[:, :5] = True
+    masked = info_nce(q, k, queue, temperature=0.1, negative_mask=mask)
+    torch.testing.assert_close(masked, info_nce(q, k, queue[5:], temperature=0.1))
+
+
+def test_uncertainty_weighting_form_and_smooth_bounds():
+    uw = UncertaintyWeighting(3)
+    losses = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)]
+    assert uw(losses).item() == pytest.approx(0.5 * 6.0)
+    bounded = UncertaintyWeighting(1, init=1.9, bounds=(-2.0, 2.0))
+    assert bounded.log_vars.item() == pytest.approx(1.9, abs=1e-4)
+    bounded(torch.tensor([0.01]).unbind()).backward()
+    assert bounded.raw_log_vars.grad.abs().item() > 0  # near the bound it still learns
