@@ -1,0 +1,210 @@
+"""common/runtime.py: checkpoints, RNG, logging, checks, sampler and distributed helpers."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import runtime
+from common.runtime import (
+    ConfigMismatchError,
+    CSVLogger,
+    DataError,
+    EpochSampler,
+    LossBalanceMonitor,
+    NonFiniteLossError,
+    RunDirError,
+    check_config_compatible,
+    check_finite,
+    decay_param_groups,
+    load_checkpoint,
+    prepare_run_dir,
+    rng_state,
+    sample_generator,
+    save_checkpoint,
+    set_rng_state,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model_and_optimizer():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_checkpoint_roundtrip_restores_parameters_optimizer_and_rng(tmp_path):
+    model, opt = _model_and_optimizer()
+    seed_draws = (random.random(), np.random.rand(), torch.rand(1))  # advance all streams
+    del seed_draws
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7, "rng": rng_state(),
+             "config": {"width": 8}}
+    save_checkpoint(tmp_path / "last.pt", state)
+    expected_next = (random.random(), np.random.rand(), torch.rand(3))
+
+    model2, opt2 = _model_and_optimizer()
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    model2.load_state_dict(loaded["model"])
+    opt2.load_state_dict(loaded["optimizer"])
+    set_rng_state(loaded["rng"])
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    for sa, sb in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert loaded["step"] == 7 and loaded["config"] == {"width": 8}
+    got_next = (random.random(), np.random.rand(), torch.rand(3))
+    assert got_next[0] == expected_next[0] and got_next[1] == expected_next[1]
+    assert torch.equal(got_next[2], expected_next[2])
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"partial bytes of a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(runtime.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt.tmp").exists()  # the torn write went to the temporary file
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_load_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_config_mismatch_names_the_differing_keys():
+    with pytest.raises(ConfigMismatchError, match="num_classes: checkpoint=5 now=7"):
+        check_config_compatible({"num_classes": 5, "width": 64}, {"num_classes": 7, "width": 64},
+                                ["num_classes", "width"])
+    check_config_compatible({"a": 1, "lr": 0.1}, {"a": 1, "lr": 0.2}, ["a"])
+
+
+def test_prepare_run_dir_rejects_unwritable_folder(tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("not a folder")
+        with pytest.raises(RunDirError, match="a_file"):
+            prepare_run_dir(blocker / "run")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(RunDirError, match="locked"):
+            prepare_run_dir(locked / "run")
+    with pytest.raises(RunDirError, match="MB free"):
+        prepare_run_dir(tmp_path / "ok", min_free_mb=1e12)
+    assert prepare_run_dir(tmp_path / "ok").is_dir()
+
+
+def test_csv_logger_header_once_fixed_columns_and_resume_truncation(tmp_path):
+    path = tmp_path / "log.csv"
+    log = CSVLogger(path, ["step", "loss"])
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 1.0 / step})
+    with pytest.raises(KeyError, match="acc"):
+        log.log({"step": 6, "acc": 0.5})
+    resumed = CSVLogger(path, ["step", "loss"], resume_step=3)  # checkpoint was at step 3
+    resumed.log({"step": 4, "loss": 0.25})
+    rows = list(csv.DictReader(open(path)))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    assert open(path).read().count("step,loss") == 1
+    with pytest.raises(ConfigMismatchError, match="columns"):
+        CSVLogger(path, ["step", "other"], resume_step=3)
+
+
+def test_check_finite_names_the_bad_component():
+    check_finite({"ce": torch.tensor(1.0), "dc": torch.tensor(0.5)})
+    with pytest.raises(NonFiniteLossError, match=r"dc=nan") as err:
+        check_finite({"ce": torch.tensor(1.0), "dc": torch.tensor(float("nan")), "mi": torch.tensor(2.0)}, step=12)
+    assert "ce" not in str(err.value) and "step 12" in str(err.value)
+    with pytest.raises(NonFiniteLossError, match="mi=inf"):
+        check_finite({"mi": torch.tensor(float("inf"))})
+
+
+def test_loss_balance_monitor_warns_when_auxiliary_swamps_main():
+    """Seed 000: an auxiliary loss weighted 5 stays far above CE; the monitor says so."""
+    monitor = LossBalanceMonitor(main="ce", patience=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            monitor.update({"ce": 1.6, "dc": 5 * 0.9})
+        assert not caught
+        shares = monitor.update({"ce": 1.6, "dc": 5 * 0.9})
+    assert len(caught) == 1 and "'dc'" in str(caught[0].message)
+    assert shares["share_dc"] == pytest.approx(4.5 / 6.1)
+    balanced = LossBalanceMonitor(main="ce", patience=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            balanced.update({"ce": 1.6, "dc": 0.1})
+    assert not caught
+
+
+def test_epoch_sampler_deterministic_sharded_and_resumable():
+    full = list(EpochSampler(11, 2, seed=5, drop_last=True).__iter__())
+    assert len(full) == 10 and len(set(full)) == 10
+    s = EpochSampler(11, 2, seed=5)
+    s.set_epoch(0)
+    assert list(s) == full
+    s.set_epoch(0, start_batch=2)
+    assert list(s) == full[4:]
+    s.set_epoch(1)
+    assert list(s) != full
+    shards = [list(EpochSampler(11, 2, seed=5, rank=r, world_size=2)) for r in range(2)]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1])
+    evals = [list(EpochSampler(11, 4, shuffle=False, rank=r, world_size=2, drop_last=False)) for r in range(2)]
+    assert sorted(evals[0] + evals[1]) == list(range(11))
+    with pytest.raises(DataError, match="empty"):
+        EpochSampler(0, 2)
+
+
+def test_sample_generator_depends_only_on_seed_epoch_index():
+    a = torch.rand(3, generator=sample_generator(1, 2, 3))
+    assert torch.equal(a, torch.rand(3, generator=sample_generator(1, 2, 3)))
+    assert not torch.equal(a, torch.rand(3, generator=sample_generator(1, 2, 4)))
+
+
+def test_decay_param_groups_excludes_norms_biases_and_tokens():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = torch.nn.Parameter(torch.zeros(1, 4, 8))
+            self.proj = torch.nn.Linear(8, 8)
+            self.norm = torch.nn.LayerNorm(8)
+            self.loss_weights = torch.nn.Parameter(torch.zeros(3))
+
+    decay, no_decay = decay_param_groups(Tiny(), 0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([8, 8])]
+    assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.slow
+def test_distributed_helpers_under_torchrun(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "scripts" / "dist_check.py"), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(report["indices"]) == sorted(set(report["indices"])) and len(report["indices"]) == 12
+    assert report["gathered"] == [0.0, 1.0, 2.0, 10.0, 11.0]
+    assert report["mean"] == pytest.approx(0.5)
+    assert report["params_equal"]
+    assert (tmp_path / "rank0_was_main.txt").read_text() == "True"
+    assert (tmp_path / "rank1_was_main.txt").read_text() == "False"
