@@ -171,6 +171,21 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def assert_replicas_in_sync(model: torch.nn.Module) -> None:
+    """Under DDP, check that every rank ends with the same parameters (one all_gather of a
+    checksum). A mismatch means a rank skipped a step or an unsynchronised update crept in."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    params = [p.detach().double().flatten() for p in unwrap(model).parameters()]
+    flat = torch.cat(params)
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+    checksum = torch.stack([flat.sum(), (flat * position).sum()])  # the second sum also catches swaps
+    sums = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(sums, checksum)
+    if any(not torch.equal(sums[0], s) for s in sums[1:]):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums per rank {[s.tolist() for s in sums]}")
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Deterministic, resumable, optionally sharded sampler.
 

@@ -205,6 +205,6 @@ def test_distributed_helpers_under_torchrun(tmp_path):
     assert sorted(report["indices"]) == sorted(set(report["indices"])) and len(report["indices"]) == 12
     assert report["gathered"] == [0.0, 1.0, 2.0, 10.0, 11.0]
     assert report["mean"] == pytest.approx(0.5)
-    assert report["params_equal"]
+    assert report["params_equal"] and report["divergence_detected"]
     assert (tmp_path / "rank0_was_main.txt").read_text() == "True"
     assert (tmp_path / "rank1_was_main.txt").read_text() == "False"

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common.runtime import (
     EpochSampler,
     all_reduce_mean,
+    assert_replicas_in_sync,
     cleanup_distributed,
     gather_cat,
     is_main,
@@ -46,6 +47,14 @@ opt.step()
 flat = torch.cat([p.detach().flatten() for p in model.parameters()])
 others = [torch.zeros_like(flat) for _ in range(info.world_size)]
 dist.all_gather(others, flat)
+assert_replicas_in_sync(model)
+diverged = False
+with torch.no_grad():
+    model.module.bias += info.rank  # make rank 1 differ on purpose
+try:
+    assert_replicas_in_sync(model)
+except RuntimeError:
+    diverged = True
 
 if is_main():
     (out_dir / "report.json").write_text(json.dumps({
@@ -53,6 +62,7 @@ if is_main():
         "gathered": gathered.tolist(),
         "mean": mean.item(),
         "params_equal": bool(torch.equal(others[0], others[1])),
+        "divergence_detected": diverged,
     }))
 (out_dir / f"rank{info.rank}_was_main.txt").write_text(str(is_main()))
 cleanup_distributed()
