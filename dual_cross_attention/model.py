@@ -1,0 +1,253 @@
+"""DCAL: Dual Cross-Attention Learning (Zhu et al., CVPR 2022) on a plain ViT.
+
+Three branches share one ViT:
+  SA   - the usual self-attention stack (L blocks) and classifier;
+  GLCA - one global-local cross-attention block: the CLS token and the top-R patches picked by
+         attention rollout attend to all tokens; own weights, norm and classifier;
+  PWCA - pair-wise cross-attention (training only): a second token stream through the same L
+         blocks whose queries attend to its own keys/values and those of a partner image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class DCALConfig:
+    image_size: int = 448  # input side in pixels (square images)
+    patch_size: int = 16  # patch side; tokens = (image_size / patch_size)^2 patches + CLS
+    in_chans: int = 3  # input channels
+    num_classes: int = 200  # classes of the SA / GLCA / PWCA classifiers
+    embed_dim: int = 768  # token width D
+    depth: int = 12  # L SA blocks (the PWCA stream runs through the same T = L blocks)
+    num_heads: int = 12  # attention heads per block
+    mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * D
+    qkv_bias: bool = True  # bias on the fused q/k/v projection (ViT and DeiT have one)
+    ln_eps: float = 1e-6  # LayerNorm epsilon of torchvision / timm ViTs
+    drop_path: float = 0.1  # stochastic depth rate of the last block, linear from 0 at the first
+    glca: bool = True  # build the GLCA branch (M = 1 block)
+    pwca: bool = True  # build the PWCA branch (training only)
+    top_ratio: float = 0.1  # R as a fraction of the patches: GLCA local queries (10% FGVC, 30% Re-ID)
+    grad_checkpoint: bool = False  # recompute each block in backward to save activation memory
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_local(self) -> int:
+        return max(1, int(self.top_ratio * self.grid**2))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Fused q/k/v projection (same layout as torchvision's in_proj and timm's qkv) + output proj."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_qkv(self, x: torch.Tensor):
+        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return qkv[0], qkv[1], qkv[2]
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: DCALConfig, drop_path: float):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
+        """x: (B, N, D) SA tokens. partner: (B,) index of each image's PWCA partner, or None.
+
+        Returns the SA tokens and this block's PWCA tokens (None without a partner)."""
+        q, k, v = self.attn.split_qkv(self.norm1(x))
+        scale = q.shape[-1] ** -0.5
+        attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, H, N, N), kept for the rollout
+        self.attn_weights = attn
+        sa = self.attn.merge(attn @ v)
+        pwca_tokens = None
+        if partner is not None:
+            # PWCA from the SA stream's queries: the partner's keys/values are appended
+            k_pair = torch.cat([k, k[partner]], dim=2)  # (B, H, 2N, d)
+            v_pair = torch.cat([v, v[partner]], dim=2)
+            pw = ((q @ k_pair.transpose(-2, -1)) * scale).softmax(dim=-1) @ v_pair
+            pwca_tokens = x + self.drop_path(self.attn.merge(pw))
+            pwca_tokens = pwca_tokens + self.drop_path(self.mlp(self.norm2(pwca_tokens)))
+        x = x + self.drop_path(sa)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, pwca_tokens
+
+
+class GLCABlock(Block):
+    """Global-local cross-attention: queries of the CLS token and the top-R patches (by rollout),
+    keys/values of all tokens. Same parameters (names and shapes) as a Block."""
+
+    def forward(self, x: torch.Tensor, local_idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x: (B, N, D) all tokens; local_idx: (B, 1 + R) token indices, CLS (0) first."""
+        q, k, v = self.attn.split_qkv(self.norm1(x))
+        heads, head_dim = q.shape[1], q.shape[-1]
+        q_local = q.gather(2, local_idx[:, None, :, None].expand(-1, heads, -1, head_dim))  # (B, H, 1+R, d)
+        out = F.scaled_dot_product_attention(q_local, k, v)  # (B, H, 1+R, d)
+        y = x.gather(1, local_idx[..., None].expand(-1, -1, x.shape[-1]))  # (B, 1+R, D) residual stream
+        y = y + self.drop_path(self.attn.merge(out))
+        return y + self.drop_path(self.mlp(self.norm2(y)))
+
+
+class ClampedUncertainty(nn.Module):
+    """0.5 * sum(exp(-s_i) L_i + s_i) with s clamped to [-2, 2]."""
+
+    def __init__(self, num_tasks: int):
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(num_tasks))
+
+    def effective_weights(self) -> torch.Tensor:
+        return 0.5 * torch.exp(-self.log_vars.detach().clamp(-2.0, 2.0))
+
+    def forward(self, losses) -> torch.Tensor:
+        s = self.log_vars.clamp(-2.0, 2.0)
+        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
+        return 0.5 * (torch.exp(-s) * stacked + s).sum()
+
+
+def attention_rollout(attn_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Abnar & Zuidema 2020: product of the head-averaged, residual-corrected attention maps."""
+    b, _, n, _ = attn_maps[0].shape
+    eye = torch.eye(n, device=attn_maps[0].device)
+    result = eye.expand(b, n, n)
+    for attn in attn_maps:
+        a = attn.mean(dim=1) + eye
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = result @ a
+    return result
+
+
+class DCAL(nn.Module):
+    def __init__(self, cfg: DCALConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.patch_embed = nn.Conv2d(cfg.in_chans, dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, dim))
+        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        self.norm = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.head = nn.Linear(dim, cfg.num_classes)
+        if cfg.glca:
+            self.glca_block = GLCABlock(cfg, rates[-1])
+            self.glca_norm = nn.LayerNorm(dim, eps=cfg.ln_eps)
+            self.glca_head = nn.Linear(dim, cfg.num_classes)
+        num_tasks = 1 + cfg.glca + cfg.pwca
+        # learned log-variances of the branch losses; only when there is more than one branch
+        self.loss_weighting = ClampedUncertainty(num_tasks) if num_tasks > 1 else None
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def branches(self) -> list[str]:
+        return ["sa"] + (["glca"] if self.cfg.glca else []) + (["pwca"] if self.cfg.pwca else [])
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.patch_embed(images), "b d gh gw -> b (gh gw) d")  # patches to tokens
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N_patches, D)
+
+    def forward(self, images: torch.Tensor, partner: torch.Tensor | None = None,
+                need_rollout: bool = False) -> dict[str, torch.Tensor]:
+        """images (B, C, H, W); partner (B,) PWCA partner indices (None: no PWCA, e.g. at evaluation).
+
+        Returns logits per branch ('sa', 'glca', 'pwca') and, when asked, the rollout (B, N, N)."""
+        x = self.embed(images)
+        glca_input, pwca_tokens = x, None
+        for i, blk in enumerate(self.blocks):
+            if i == len(self.blocks) - 1:
+                glca_input = x  # GLCA runs beside the last SA block, on the same input
+            x, pwca_tokens = blk(x, partner if self.cfg.pwca else None)
+        out = {"sa": self.head(self.norm(x[:, 0]))}
+        rollout = None
+        if self.cfg.glca or need_rollout:
+            rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
+        if self.cfg.glca:
+            out["glca"] = self.glca_forward(glca_input, rollout)
+        if pwca_tokens is not None:
+            out["pwca"] = self.head(self.norm(pwca_tokens[:, 0]))
+        if need_rollout:
+            out["rollout"] = rollout
+        return out
+
+    def glca_forward(self, x: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+        """The CLS row of the rollout ranks the patches; CLS + top-R patches become the queries."""
+        patch_scores = rollout[:, 0, 1:]  # (B, N_patches) attention flow from the patches to CLS
+        top = patch_scores.topk(self.cfg.num_local, dim=-1).indices + 1  # +1: skip CLS
+        local_idx = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)  # (B, 1 + R), CLS first
+        y = self.glca_block(x, local_idx)
+        return self.glca_head(self.glca_norm(y[:, 0]))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        # patch embedding as a linear layer on the flattened patch (as in timm / MAE)
+        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+        nn.init.zeros_(m.bias)
+
+
+def derangement(n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation with no fixed point: partner[i] != i (PWCA never pairs an image with
+    itself). One random cycle over a random order."""
+    if n < 2:
+        raise ValueError("PWCA needs at least 2 images per batch to pair them")
+    order = torch.randperm(n, generator=generator)
+    partner = torch.empty(n, dtype=torch.long)
+    partner[order] = order.roll(-1)
+    return partner.to(device)
+

@@ -1,0 +1,284 @@
+"""Train DCAL (SA + GLCA + PWCA) on CUB-200-2011, a class-folder tree, or the built-in synthetic set.
+
+    python dual_cross_attention/train.py                      # synthetic demo, tiny ViT, CPU ok
+    python dual_cross_attention/train.py --data-root CUB_200_2011 --model base --pretrained torchvision
+    torchrun --nproc_per_node 2 dual_cross_attention/train.py ...
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import argparse
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.metrics import accuracy
+from common.runtime import (
+    CSVLogger,
+    EpochSampler,
+    check_config_compatible,
+    cleanup_distributed,
+    gather_cat,
+    is_main,
+    load_checkpoint,
+    make_grad_scaler,
+    prepare_run_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    unwrap,
+    write_config,
+)
+from common.runtime import autocast as autocast_ctx
+from common.runtime import autocast_dtype as pick_autocast_dtype
+from common.schedulers import warmup_cosine_lr
+from dual_cross_attention.data import SyntheticParts, build_real_datasets
+from dual_cross_attention.model import DCAL, DCALConfig, derangement
+
+# presets: (embed_dim, depth, heads, patch_size)
+PRESETS = {"tiny": (64, 4, 4, 4), "small": (384, 12, 6, 16), "base": (768, 12, 12, 16)}
+ARCH_KEYS = ["model", "embed_dim", "depth", "heads", "patch_size", "image_size", "num_classes", "glca", "pwca"]
+LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_sa", "loss_glca", "loss_pwca", "w_sa", "w_glca", "w_pwca",
+               "grad_norm", "val_top1_sa", "val_top1_glca", "val_top1"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", default=None, help="CUB_200_2011 folder or train/val class-folder tree; "
+                   "absent: built-in synthetic data")
+    g.add_argument("--synthetic-train", type=int, default=3000, help="synthetic training images")
+    g.add_argument("--synthetic-val", type=int, default=600, help="synthetic validation images")
+    g.add_argument("--synthetic-classes", type=int, default=10, help="synthetic classes")
+    g.add_argument("--image-size", type=int, default=None, help="crop side (default 448 real, 32 synthetic)")
+    g.add_argument("--resize", type=int, default=550, help="shorter side before cropping (real data)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=sorted(PRESETS), default=None, help="ViT size (default tiny synthetic, base real)")
+    g.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")
+    g.add_argument("--depth", type=int, default=None, help="override the preset's number of blocks")
+    g.add_argument("--heads", type=int, default=None, help="override the preset's heads")
+    g.add_argument("--patch-size", type=int, default=None, help="override the preset's patch size")
+    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of the last block")
+    g.add_argument("--top-ratio", type=float, default=0.1, help="GLCA local queries R as a fraction of patches")
+    g.add_argument("--no-glca", action="store_true", help="disable the GLCA branch")
+    g.add_argument("--no-pwca", action="store_true", help="disable the PWCA branch")
+    g.add_argument("--grad-checkpoint", action="store_true", help="recompute blocks in backward (less memory)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=32, help="images per device per micro-batch")
+    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=None, help="peak lr (default: scaled from --base-lr)")
+    g.add_argument("--base-lr", type=float, default=5e-4, help="lr quoted at the reference batch")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
+    g.add_argument("--epochs", type=int, default=6, help="training epochs")
+    g.add_argument("--max-iters", type=int, default=None, help="stop after this many optimizer steps")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/dual_cross_attention", help="run folder")
+    g.add_argument("--resume", default=None, help="checkpoint to resume from (e.g. <out>/last.pt)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
+    g.add_argument("--log-interval", type=int, default=20, help="optimizer steps between log rows")
+    g.add_argument("--ckpt-interval", type=int, default=200, help="optimizer steps between last.pt writes")
+    g.add_argument("--eval-interval", type=int, default=None, help="optimizer steps between evaluations "
+                   "(default: once per epoch)")
+    args = p.parse_args(argv)
+    synthetic = args.data_root is None
+    args.model = args.model or ("tiny" if synthetic else "base")
+    dim, depth, heads, patch = PRESETS[args.model]
+    args.embed_dim, args.depth = args.embed_dim or dim, args.depth or depth
+    args.heads, args.patch_size = args.heads or heads, args.patch_size or patch
+    args.image_size = args.image_size or (32 if synthetic else 448)
+    args.glca, args.pwca = not args.no_glca, not args.no_pwca
+    return args
+
+
+def build_data(args, dist_info):
+    if args.data_root is None:
+        train_set = SyntheticParts(args.synthetic_train, args.synthetic_classes, args.image_size, seed=args.seed)
+        val_set = SyntheticParts(args.synthetic_val, args.synthetic_classes, args.image_size, seed=args.seed, train=False)
+        classes = args.synthetic_classes
+    else:
+        train_set, val_set = build_real_datasets(args.data_root, args.resize, args.image_size, args.seed)
+        classes = len(train_set.classes)
+    rank, world = dist_info.rank, dist_info.world_size
+    train_sampler = EpochSampler(len(train_set), args.batch_size, shuffle=True, seed=args.seed, rank=rank,
+                                 world_size=world, drop_last=True)
+    val_sampler = EpochSampler(len(val_set), args.batch_size, shuffle=False, rank=rank, world_size=world,
+                               drop_last=False)
+    return train_set, val_set, train_sampler, val_sampler, classes
+
+
+def make_loader(dataset, sampler, args):
+    # own generator: creating an iterator must not consume the global RNG (exact resume)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                       num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed),
+                                       pin_memory=torch.cuda.is_available())
+
+
+def compute_losses(model, images, labels, use_pwca: bool):
+    """Forward one micro-batch; returns (total, {branch: CE}, outputs)."""
+    partner = derangement(labels.shape[0], images.device) if use_pwca else None
+    out = model(images, partner=partner)
+    parts = {name: F.cross_entropy(out[name].float(), labels) for name in ("sa", "glca", "pwca") if name in out}
+    weighting = unwrap(model).loss_weighting
+    total = weighting(list(parts.values())) if weighting is not None else parts["sa"]
+    return total, parts, out
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, dtype) -> dict[str, float]:
+    """Top-1 of SA alone, GLCA alone, and the combination used at inference."""
+    model.eval()
+    preds = {"sa": [], "glca": [], "combined": []}
+    targets = []
+    for images, labels, _ in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast_ctx(device, dtype):
+            partner = derangement(labels.shape[0], device) if labels.shape[0] > 1 else None
+            out = model(images, partner=partner)
+        combined = sum(out[k].float() for k in ("sa", "glca", "pwca") if k in out)
+        preds["sa"].append(out["sa"].argmax(-1))
+        preds["glca"].append(out["glca"].argmax(-1) if "glca" in out else out["sa"].argmax(-1))
+        preds["combined"].append(combined.argmax(-1))
+        targets.append(labels)
+    model.train()
+    y = gather_cat(torch.cat(targets)).cpu()
+    result = {k: accuracy(y, gather_cat(torch.cat(v)).cpu()) for k, v in preds.items()}
+    return {"val_top1_sa": result["sa"], "val_top1_glca": result["glca"], "val_top1": result["combined"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    t_start = time.time()
+    dist_info = setup_distributed(args.device)
+    device = dist_info.device
+    run_dir = prepare_run_dir(args.out)
+    seed_everything(args.seed)
+
+    train_set, val_set, train_sampler, val_sampler, num_classes = build_data(args, dist_info)
+    args.num_classes = num_classes
+    cfg = DCALConfig(image_size=args.image_size, patch_size=args.patch_size, num_classes=num_classes,
+                     embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads, drop_path=args.drop_path,
+                     glca=args.glca, pwca=args.pwca, top_ratio=args.top_ratio, grad_checkpoint=args.grad_checkpoint)
+    config = {**vars(args), "model_config": dataclasses.asdict(cfg)}
+    if is_main():
+        write_config(run_dir, config)
+    model = DCAL(cfg).to(device)
+
+    effective_batch = args.batch_size * args.accum_steps * dist_info.world_size
+    lr = args.lr if args.lr is not None else args.base_lr * math.sqrt(args.batch_size / 16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    for group in optimizer.param_groups:
+        group["base_lr"] = lr
+    dtype = pick_autocast_dtype(device, not args.no_amp)
+    scaler = make_grad_scaler(device, dtype)
+
+    steps_per_epoch = train_sampler.batches_per_epoch() // args.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"an epoch holds fewer than {args.accum_steps} micro-batches of {args.batch_size}")
+    total_steps = args.max_iters or args.epochs * steps_per_epoch
+    eval_interval = args.eval_interval or steps_per_epoch
+    warmup_steps = 0
+
+    step, best = 0, -1.0
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, map_location=device)
+        check_config_compatible(ckpt["config"], config, ARCH_KEYS)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, best = ckpt["step"], ckpt["best"]
+        set_rng_state(ckpt["rng_state"])
+    logger = CSVLogger(run_dir / "log.csv", LOG_COLUMNS, resume_step=step if args.resume else None) if is_main() else None
+
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = model
+    model.train()
+    val_loader = make_loader(val_set, val_sampler, args)
+    history = []
+    metrics = {}
+
+    def checkpoint_state(epoch):
+        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "best": best,
+                "rng_state": rng_state(), "config": config}
+
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_set.set_epoch(epoch)
+        train_sampler.set_epoch(epoch, start_batch=done_in_epoch * args.accum_steps)
+        loader = make_loader(train_set, train_sampler, args)
+        micro = 0
+        bar = tqdm(total=steps_per_epoch, initial=done_in_epoch, desc=f"epoch {epoch}",
+                   disable=not is_main() or not sys.stderr.isatty())
+        for images, labels, _ in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            lr_now = warmup_cosine_lr(step, lr, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            with autocast_ctx(device, dtype):
+                total, parts, out = compute_losses(train_model, images, labels, cfg.pwca)
+            if not torch.isfinite(total):
+                print(f"Warning: NaN/Inf in total loss at step {step}")
+            scaler.scale(total).backward()
+            history.append({"loss": total, **out})
+            micro += 1
+            if micro % args.accum_steps:
+                continue
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if step % args.log_interval == 0 and is_main():
+                weights = unwrap(model).loss_weighting
+                w = weights.effective_weights().tolist() if weights is not None else [1.0]
+                row = {"step": step, "epoch": epoch, "lr": lr_now, "grad_norm": grad_norm.item(),
+                       "loss": torch.stack([h["loss"] for h in history]).mean().item()}
+                for name, value in zip(unwrap(model).branches(), w):
+                    row[f"loss_{name}"] = parts[name].item()
+                    row[f"w_{name}"] = value
+                logger.log(row)
+            if step % eval_interval == 0 or step == total_steps:
+                metrics = evaluate(model, val_loader, device, dtype)
+                if is_main():
+                    logger.log({"step": step, "epoch": epoch, **metrics})
+                    print(f"step {step} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if metrics["val_top1"] > best:
+                    best = metrics["val_top1"]
+                    if is_main():
+                        save_checkpoint(run_dir / "best.pt", checkpoint_state(epoch))
+            if is_main() and (step % args.ckpt_interval == 0 or step == total_steps):
+                save_checkpoint(run_dir / "last.pt", checkpoint_state(epoch))
+            if step >= total_steps or step % steps_per_epoch == 0:
+                break
+        bar.close()
+
+    elapsed = time.time() - t_start
+    summary = {**metrics, "best_val_top1": best, "step": step, "run_dir": str(run_dir), "elapsed_s": elapsed,
+               "effective_batch": effective_batch}
+    if is_main():
+        print(f"final: val top-1 {metrics.get('val_top1', float('nan')):.4f} (SA {metrics.get('val_top1_sa', 0):.4f}, "
+              f"GLCA {metrics.get('val_top1_glca', 0):.4f}), best {best:.4f}, {elapsed:.1f} s")
+    cleanup_distributed()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
