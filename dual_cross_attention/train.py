@@ -25,6 +25,7 @@ from common.runtime import (
     EpochSampler,
     check_config_compatible,
     cleanup_distributed,
+    decay_param_groups,
     gather_cat,
     is_main,
     load_checkpoint,
@@ -126,6 +127,12 @@ def make_loader(dataset, sampler, args):
                                        pin_memory=torch.cuda.is_available())
 
 
+def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, decoupled decay on weight matrices; norms, biases, pos/CLS tokens and the
+    uncertainty log-variances (all 1-d or named) are not decayed."""
+    return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr)
+
+
 def compute_losses(model, images, labels, use_pwca: bool):
     """Forward one micro-batch; returns (total, {branch: CE}, outputs)."""
     partner = derangement(labels.shape[0], images.device) if use_pwca else None
@@ -178,7 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     effective_batch = args.batch_size * args.accum_steps * dist_info.world_size
     lr = args.lr if args.lr is not None else args.base_lr * math.sqrt(args.batch_size / 16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    # FIX(DCAL-WD): Adam's weight_decay is an L2 term added to the gradient, then divided by
+    # Adam's running RMS, so every parameter (LayerNorm gains, biases, pos-embed, CLS, the loss
+    # log-variances) is pulled to 0 by ~lr per step whatever its gradient: the collapse of
+    # accuracy. Decoupled decay (AdamW) on matrices only, none on norms/biases/tokens/loss weights.
+    # was: optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, lr, args.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = lr
     dtype = pick_autocast_dtype(device, not args.no_amp)

@@ -1,0 +1,46 @@
+"""One test (at least) per DCAL fix: the symptom on the baseline behaviour, gone after the fix."""
+
+import torch
+
+from dual_cross_attention.model import DCAL, DCALConfig
+from dual_cross_attention.train import build_optimizer
+
+
+def tiny_cfg(**kw) -> DCALConfig:
+    base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
+    return DCALConfig(**{**base, **kw})
+
+
+def _zero_grad_step(model, optimizer):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
+def test_dcal_wd_decoupled_and_no_decay_on_norms_tokens_loss_weights():
+    """DCAL-WD: with a zero task gradient, coupled-L2 Adam moves every parameter by ~lr (LayerNorm
+    gains, pos-embed, loss log-variances); AdamW decays matrices by exactly lr*wd*p and leaves
+    the rest alone."""
+    lr, wd = 1e-2, 0.05
+    no_decay = ["blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "pos_embed", "cls_token", "norm.weight"]
+
+    baseline = DCAL(tiny_cfg())
+    with torch.no_grad():
+        for p in baseline.loss_weighting.parameters():
+            p.fill_(0.5)
+    before = {n: p.detach().clone() for n, p in baseline.named_parameters()}
+    _zero_grad_step(baseline, torch.optim.Adam(baseline.parameters(), lr=lr, weight_decay=wd))
+    after = dict(baseline.named_parameters())
+    # the L2 gradient wd*p is normalised by Adam: a first step moves each element by lr * sign(p)
+    torch.testing.assert_close(after["blocks.0.norm1.weight"], before["blocks.0.norm1.weight"] - lr)
+    for name, p_before in before.items():  # nothing non-zero escapes the decay, loss weights included
+        assert p_before.abs().sum() == 0 or not torch.equal(p_before, after[name]), name
+
+    model = DCAL(tiny_cfg())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _zero_grad_step(model, build_optimizer(model, lr, wd))
+    after = dict(model.named_parameters())
+    for name in no_decay + [n for n, _ in model.named_parameters() if n.startswith("loss_weighting")]:
+        assert torch.equal(after[name], before[name]), name
+    for name in ("blocks.0.attn.qkv.weight", "head.weight", "patch_embed.weight", "glca_block.mlp.fc1.weight"):
+        torch.testing.assert_close(after[name], before[name] * (1 - lr * wd))
