@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 
 import argparse
 import dataclasses
-import math
 import time
 
 import torch
@@ -41,10 +40,13 @@ from common.runtime import (
 )
 from common.runtime import autocast as autocast_ctx
 from common.runtime import autocast_dtype as pick_autocast_dtype
-from common.schedulers import warmup_cosine_lr
+from common.schedulers import scaled_lr, warmup_cosine_lr
 from dual_cross_attention.data import SyntheticParts, build_real_datasets
 from dual_cross_attention.model import DCAL, DCALConfig, derangement
 
+# A tiny ViT trained from scratch needs a far larger lr than the paper's fine-tuning of a
+# pretrained one: 1.6e-2 at the reference batch 512 is 1e-3 at batch 32.
+SYNTHETIC_BASE_LR = 1.6e-2
 # presets: (embed_dim, depth, heads, patch_size)
 PRESETS = {"tiny": (64, 4, 4, 4), "small": (384, 12, 6, 16), "base": (768, 12, 12, 16)}
 ARCH_KEYS = ["model", "embed_dim", "depth", "heads", "patch_size", "image_size", "num_classes", "glca", "pwca"]
@@ -78,7 +80,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, default=32, help="images per device per micro-batch")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None, help="peak lr (default: scaled from --base-lr)")
-    g.add_argument("--base-lr", type=float, default=5e-4, help="lr quoted at the reference batch")
+    g.add_argument("--base-lr", type=float, default=None, help="lr quoted at the reference batch (default "
+                   f"5e-4 = the paper's fine-tuning lr at 512; synthetic from scratch {SYNTHETIC_BASE_LR:g})")
+    g.add_argument("--lr-rule", choices=["linear", "sqrt", "none"], default="linear",
+                   help="scaling of --base-lr to the effective batch (batch x accum x world size): linear "
+                   "(paper: 5e-4/512 x batch) or sqrt (the seed's 5e-4 x sqrt(batch/16))")
+    g.add_argument("--ref-batch", type=int, default=None, help="reference batch of --base-lr "
+                   "(default 512 for linear, 16 for sqrt as in the seed)")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up length (default 5 real, "
+                   "1 synthetic)")
     g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay")
     g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
     g.add_argument("--epochs", type=int, default=6, help="training epochs")
@@ -101,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.heads, args.patch_size = args.heads or heads, args.patch_size or patch
     args.image_size = args.image_size or (32 if synthetic else 448)
     args.glca, args.pwca = not args.no_glca, not args.no_pwca
+    args.base_lr = args.base_lr or (SYNTHETIC_BASE_LR if synthetic else 5e-4)
+    args.ref_batch = args.ref_batch or (512 if args.lr_rule == "linear" else 16)
+    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (1.0 if synthetic else 5.0)
     return args
 
 
@@ -184,7 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = DCAL(cfg).to(device)
 
     effective_batch = args.batch_size * args.accum_steps * dist_info.world_size
-    lr = args.lr if args.lr is not None else args.base_lr * math.sqrt(args.batch_size / 16)
+    # FIX(DCAL-LR): the paper's rule is 5e-4/512 x the EFFECTIVE batch (batch x accumulation x
+    # world size); the seed's sqrt rule on the per-device batch gave ~30x that lr for fine-tuning
+    # a pretrained ViT. The sqrt rule stays available as --lr-rule sqrt.
+    # was: lr = args.lr if args.lr is not None else args.base_lr * math.sqrt(args.batch_size / 16)
+    lr = args.lr if args.lr is not None else scaled_lr(args.base_lr, effective_batch, args.ref_batch, args.lr_rule)
     # FIX(DCAL-WD): Adam's weight_decay is an L2 term added to the gradient, then divided by
     # Adam's running RMS, so every parameter (LayerNorm gains, biases, pos-embed, CLS, the loss
     # log-variances) is pulled to 0 by ~lr per step whatever its gradient: the collapse of
@@ -201,7 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"an epoch holds fewer than {args.accum_steps} micro-batches of {args.batch_size}")
     total_steps = args.max_iters or args.epochs * steps_per_epoch
     eval_interval = args.eval_interval or steps_per_epoch
-    warmup_steps = 0
+    # FIX(DCAL-LR): a warm-up before the cosine, so the new heads do not wreck the pretrained
+    # features in the first steps; the lr is printed so a wrong scale is seen at once.
+    # was: warmup_steps = 0
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    if is_main():
+        print(f"peak lr {lr:.4g} (rule {args.lr_rule if args.lr is None else 'fixed --lr'}, base {args.base_lr:g} "
+              f"at batch {args.ref_batch}, effective batch {effective_batch}), warm-up {warmup_steps} steps, "
+              f"{total_steps} steps in all")
 
     step, best = 0, -1.0
     if args.resume:
@@ -283,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         bar.close()
 
     elapsed = time.time() - t_start
-    summary = {**metrics, "best_val_top1": best, "step": step, "run_dir": str(run_dir), "elapsed_s": elapsed,
+    summary = {**metrics, "best_val_top1": best, "peak_lr": lr, "warmup_steps": warmup_steps, "step": step, "run_dir": str(run_dir), "elapsed_s": elapsed,
                "effective_batch": effective_batch}
     if is_main():
         print(f"final: val top-1 {metrics.get('val_top1', float('nan')):.4f} (SA {metrics.get('val_top1_sa', 0):.4f}, "
