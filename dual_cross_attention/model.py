@@ -97,26 +97,26 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
-        """x: (B, N, D) SA tokens. partner: (B,) index of each image's PWCA partner, or None.
-
-        Returns the SA tokens and this block's PWCA tokens (None without a partner)."""
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D) SA tokens, or (2B, N, D) = SA tokens then PWCA tokens when partner (B,), the
+        index of each image's PWCA partner, is given. Returns the tokens, same shape."""
         q, k, v = self.attn.split_qkv(self.norm1(x))
+        b = x.shape[0] if partner is None else partner.shape[0]
         scale = q.shape[-1] ** -0.5
-        attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, H, N, N), kept for the rollout
+        attn = ((q[:b] @ k[:b].transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, H, N, N), kept for the rollout
         self.attn_weights = attn
-        sa = self.attn.merge(attn @ v)
-        pwca_tokens = None
+        out = attn @ v[:b]
         if partner is not None:
-            # PWCA from the SA stream's queries: the partner's keys/values are appended
-            k_pair = torch.cat([k, k[partner]], dim=2)  # (B, H, 2N, d)
-            v_pair = torch.cat([v, v[partner]], dim=2)
-            pw = ((q @ k_pair.transpose(-2, -1)) * scale).softmax(dim=-1) @ v_pair
-            pwca_tokens = x + self.drop_path(self.attn.merge(pw))
-            pwca_tokens = pwca_tokens + self.drop_path(self.mlp(self.norm2(pwca_tokens)))
-        x = x + self.drop_path(sa)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, pwca_tokens
+            # FIX(DCAL-PWCA): PWCA is its own token stream through all T = L blocks (SA weights):
+            # its queries attend to its own keys/values and to the partner's SA keys/values of the
+            # same layer, one softmax over 2N keys. The baseline computed it from the SA stream
+            # inside each block and dropped it, so only the last block's PWCA reached the head.
+            # was: k_pair = torch.cat([k, k[partner]], dim=2)  (q, k, v of the SA stream)
+            k_pair = torch.cat([k[b:], k[:b][partner]], dim=2)  # (B, H, 2N, d): own, then partner's
+            v_pair = torch.cat([v[b:], v[:b][partner]], dim=2)
+            out = torch.cat([out, F.scaled_dot_product_attention(q[b:], k_pair, v_pair)])  # (2B, H, N, d)
+        x = x + self.drop_path(self.attn.merge(out))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class GLCABlock(Block):
@@ -201,19 +201,23 @@ class DCAL(nn.Module):
 
         Returns logits per branch ('sa', 'glca', 'pwca') and, when asked, the rollout (B, N, N)."""
         x = self.embed(images)
-        glca_input, pwca_tokens = x, None
+        b = x.shape[0]
+        pair = partner is not None and self.cfg.pwca
+        if pair:
+            x = torch.cat([x, x])  # (2B, N, D): the PWCA stream starts from the same embeddings as SA
+        glca_input = x
         for i, blk in enumerate(self.blocks):
             if i == len(self.blocks) - 1:
-                glca_input = x  # GLCA runs beside the last SA block, on the same input
-            x, pwca_tokens = blk(x, partner if self.cfg.pwca else None)
-        out = {"sa": self.head(self.norm(x[:, 0]))}
+                glca_input = x[:b]  # GLCA runs beside the last SA block, on the same input
+            x = blk(x, partner if pair else None)
+        out = {"sa": self.head(self.norm(x[:b, 0]))}
         rollout = None
         if self.cfg.glca or need_rollout:
             rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
         if self.cfg.glca:
             out["glca"] = self.glca_forward(glca_input, rollout)
-        if pwca_tokens is not None:
-            out["pwca"] = self.head(self.norm(pwca_tokens[:, 0]))
+        if pair:
+            out["pwca"] = self.head(self.norm(x[b:, 0]))  # PWCA shares the SA classifier and target
         if need_rollout:
             out["rollout"] = rollout
         return out

@@ -68,3 +68,59 @@ def test_dcal_lr_paper_rule_on_effective_batch_with_warmup(tmp_path):
     assert summary["warmup_steps"] == 3 and abs(float(rows[0]["lr"]) / (summary["peak_lr"] / 3) - 1) < 1e-5  # warm-up
     sqrt = main(common + ["--lr-rule", "sqrt", "--out", str(tmp_path / "sqrt")])
     assert abs(sqrt["peak_lr"] - 5e-4) < 1e-12  # the seed's rule, now on the effective batch 16
+
+
+def _explicit_attention(q, k, v):
+    return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
+
+
+def _reference_sa_pwca_logits(model, images, partner):
+    """Both streams block by block with explicitly materialised attention: at every layer the PWCA
+    queries attend to [own keys; partner's SA keys] under one softmax over 2N keys."""
+    x = model.embed(images)
+    xp = x.clone()
+    for blk in model.blocks:
+        q, k, v = blk.attn.split_qkv(blk.norm1(x))
+        qp, kp, vp = blk.attn.split_qkv(blk.norm1(xp))
+        sa = _explicit_attention(q, k, v)
+        pw = _explicit_attention(qp, torch.cat([kp, k[partner]], 2), torch.cat([vp, v[partner]], 2))
+        x = x + blk.attn.merge(sa)
+        x = x + blk.mlp(blk.norm2(x))
+        xp = xp + blk.attn.merge(pw)
+        xp = xp + blk.mlp(blk.norm2(xp))
+    return model.head(model.norm(x[:, 0])), model.head(model.norm(xp[:, 0]))
+
+
+def _baseline_pwca_logits(model, images, partner):
+    """The baseline: the SA stream runs alone; only the last block computes a PWCA attention,
+    from the SA stream's own queries, and only that reaches the head."""
+    x = model.embed(images)
+    for blk in model.blocks[:-1]:
+        q, k, v = blk.attn.split_qkv(blk.norm1(x))
+        x = x + blk.attn.merge(_explicit_attention(q, k, v))
+        x = x + blk.mlp(blk.norm2(x))
+    blk = model.blocks[-1]
+    q, k, v = blk.attn.split_qkv(blk.norm1(x))
+    xp = x + blk.attn.merge(_explicit_attention(q, torch.cat([k, k[partner]], 2), torch.cat([v, v[partner]], 2)))
+    xp = xp + blk.mlp(blk.norm2(xp))
+    return model.head(model.norm(xp[:, 0]))
+
+
+def test_dcal_pwca_is_a_full_stream_through_all_blocks():
+    """DCAL-PWCA: the PWCA logits equal a T = L block stream with [own; partner] keys at every
+    layer; the baseline's single last-layer PWCA does not."""
+    torch.manual_seed(0)
+    model = DCAL(tiny_cfg(depth=3)).eval()
+    images, partner = torch.randn(4, 3, 16, 16), torch.tensor([2, 3, 1, 0])
+    with torch.no_grad():
+        out = model(images, partner=partner)
+        ref_sa, ref_pwca = _reference_sa_pwca_logits(model, images, partner)
+        baseline = _baseline_pwca_logits(model, images, partner)
+    torch.testing.assert_close(out["sa"], ref_sa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["pwca"], ref_pwca, atol=1e-5, rtol=1e-5)
+    assert (baseline - ref_pwca).abs().max() > 1e-3
+    # the partner matters from the first layer on: another partner, other PWCA logits, same SA logits
+    with torch.no_grad():
+        other = model(images, partner=torch.tensor([1, 2, 3, 0]))
+    torch.testing.assert_close(other["sa"], out["sa"])
+    assert (other["pwca"] - out["pwca"]).abs().max() > 1e-4
