@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -97,15 +98,18 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
         """x: (B, N, D) SA tokens, or (2B, N, D) = SA tokens then PWCA tokens when partner (B,), the
-        index of each image's PWCA partner, is given. Returns the tokens, same shape."""
+        index of each image's PWCA partner, is given.
+
+        Returns the tokens (same shape) and the SA stream's queries and keys (B, H, N, d), from
+        which the caller recomputes the attention map for the rollout under no_grad."""
         q, k, v = self.attn.split_qkv(self.norm1(x))
         b = x.shape[0] if partner is None else partner.shape[0]
-        scale = q.shape[-1] ** -0.5
-        attn = ((q[:b] @ k[:b].transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, H, N, N), kept for the rollout
-        self.attn_weights = attn
-        out = attn @ v[:b]
+        # FIX(DCAL-ROLLOUT): fused attention; the (B, H, N, N) map is neither materialised for
+        # backward nor kept on the module (the seed's OOM); the rollout recomputes it from q, k.
+        # was: attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1); self.attn_weights = attn
+        out = F.scaled_dot_product_attention(q[:b], k[:b], v[:b])  # (B, H, N, d)
         if partner is not None:
             # FIX(DCAL-PWCA): PWCA is its own token stream through all T = L blocks (SA weights):
             # its queries attend to its own keys/values and to the partner's SA keys/values of the
@@ -116,7 +120,7 @@ class Block(nn.Module):
             v_pair = torch.cat([v[b:], v[:b][partner]], dim=2)
             out = torch.cat([out, F.scaled_dot_product_attention(q[b:], k_pair, v_pair)])  # (2B, H, N, d)
         x = x + self.drop_path(self.attn.merge(out))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x))), q[:b], k[:b]
 
 
 class GLCABlock(Block):
@@ -150,16 +154,21 @@ class ClampedUncertainty(nn.Module):
         return 0.5 * (torch.exp(-s) * stacked + s).sum()
 
 
-def attention_rollout(attn_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Abnar & Zuidema 2020: product of the head-averaged, residual-corrected attention maps."""
-    b, _, n, _ = attn_maps[0].shape
-    eye = torch.eye(n, device=attn_maps[0].device)
-    result = eye.expand(b, n, n)
-    for attn in attn_maps:
-        a = attn.mean(dim=1) + eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        result = result @ a
-    return result
+@torch.no_grad()
+def rollout_step(rollout: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """One layer of attention rollout (Abnar & Zuidema 2020): S_hat_i = S_bar_i @ S_hat_{i-1},
+    S_bar = 0.5 * mean_heads(softmax(q k^T / sqrt(d))) + 0.5 * I (the residual connection).
+
+    q, k: (B, H, N, d) of one SA layer; rollout: (B, N, N) running product of the layers below, or
+    None at the first layer. The map is recomputed one head at a time, so only (B, N, N) buffers
+    exist (fused attention never returns it). Rows of S_bar sum to 1, so no renormalisation."""
+    b, heads, n, d = q.shape
+    q, k = q.float(), k.float()
+    mean_attn = torch.zeros(b, n, n, device=q.device)
+    for h in range(heads):
+        mean_attn += torch.softmax(q[:, h] @ k[:, h].transpose(-2, -1) * d**-0.5, dim=-1)
+    layer = 0.5 * mean_attn / heads + 0.5 * torch.eye(n, device=q.device)
+    return layer if rollout is None else torch.bmm(layer, rollout)
 
 
 class DCAL(nn.Module):
@@ -205,15 +214,21 @@ class DCAL(nn.Module):
         pair = partner is not None and self.cfg.pwca
         if pair:
             x = torch.cat([x, x])  # (2B, N, D): the PWCA stream starts from the same embeddings as SA
-        glca_input = x
+        glca_input, rollout = x, None
         for i, blk in enumerate(self.blocks):
             if i == len(self.blocks) - 1:
                 glca_input = x[:b]  # GLCA runs beside the last SA block, on the same input
-            x = blk(x, partner if pair else None)
+            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, q, k = checkpoint(blk, x, partner if pair else None, use_reentrant=False)
+            else:
+                x, q, k = blk(x, partner if pair else None)
+            if self.cfg.glca or need_rollout:
+                # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under
+                # no_grad into one running (B, N, N) buffer. The baseline multiplied in the reverse
+                # order (S_bar_1 ... S_bar_L) from attention maps kept with their graph.
+                # was: rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
+                rollout = rollout_step(rollout, q.detach(), k.detach())
         out = {"sa": self.head(self.norm(x[:b, 0]))}
-        rollout = None
-        if self.cfg.glca or need_rollout:
-            rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
         if self.cfg.glca:
             out["glca"] = self.glca_forward(glca_input, rollout)
         if pair:
