@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from common.losses import UncertaintyWeighting
+
 
 @dataclass
 class DCALConfig:
@@ -138,22 +140,6 @@ class GLCABlock(Block):
         return y + self.drop_path(self.mlp(self.norm2(y)))
 
 
-class ClampedUncertainty(nn.Module):
-    """0.5 * sum(exp(-s_i) L_i + s_i) with s clamped to [-2, 2]."""
-
-    def __init__(self, num_tasks: int):
-        super().__init__()
-        self.log_vars = nn.Parameter(torch.zeros(num_tasks))
-
-    def effective_weights(self) -> torch.Tensor:
-        return 0.5 * torch.exp(-self.log_vars.detach().clamp(-2.0, 2.0))
-
-    def forward(self, losses) -> torch.Tensor:
-        s = self.log_vars.clamp(-2.0, 2.0)
-        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
-        return 0.5 * (torch.exp(-s) * stacked + s).sum()
-
-
 @torch.no_grad()
 def rollout_step(rollout: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """One layer of attention rollout (Abnar & Zuidema 2020): S_hat_i = S_bar_i @ S_hat_{i-1},
@@ -190,8 +176,12 @@ class DCAL(nn.Module):
             self.glca_norm = nn.LayerNorm(dim, eps=cfg.ln_eps)
             self.glca_head = nn.Linear(dim, cfg.num_classes)
         num_tasks = 1 + cfg.glca + cfg.pwca
-        # learned log-variances of the branch losses; only when there is more than one branch
-        self.loss_weighting = ClampedUncertainty(num_tasks) if num_tasks > 1 else None
+        # learned log-variances of the branch losses (Kendall et al. 2018), only with > 1 branch.
+        # FIX(DCAL-UNCERTAINTY): unbounded log-variances. clamp() has zero gradient outside its
+        # range, so a weight pushed to a bound (CE of 200 classes: log 5.3 = 1.67, near the seed's
+        # bound) stopped learning for good and all three sat at the same value.
+        # was: self.loss_weighting = ClampedUncertainty(num_tasks)  (s.clamp(-2, 2))
+        self.loss_weighting = UncertaintyWeighting(num_tasks) if num_tasks > 1 else None
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

@@ -124,3 +124,47 @@ def test_dcal_pwca_is_a_full_stream_through_all_blocks():
         other = model(images, partner=torch.tensor([1, 2, 3, 0]))
     torch.testing.assert_close(other["sa"], out["sa"])
     assert (other["pwca"] - out["pwca"]).abs().max() > 1e-4
+
+
+class _BaselineClampedUncertainty(torch.nn.Module):
+    """The baseline's loss weighting: log-variances clamped to [-2, 2]."""
+
+    def __init__(self, num_tasks):
+        super().__init__()
+        self.log_vars = torch.nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, losses):
+        s = self.log_vars.clamp(-2.0, 2.0)
+        return 0.5 * (torch.exp(-s) * torch.stack(losses) + s).sum()
+
+
+def _fit_loss_weights(weighting, params, losses, steps=300):
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        weighting(losses).backward()
+        optimizer.step()
+    optimizer.zero_grad()
+    weighting(losses).backward()
+
+
+def test_dcal_uncertainty_clamped_weight_stops_learning_fixed_one_converges():
+    """DCAL-UNCERTAINTY: a clamped log-variance pushed past its bound gets exactly zero gradient and
+    stays there; the unbounded one keeps learning until exp(-s) = 1/L (similar losses give similar
+    weights: that is the optimum, not a bug)."""
+    losses = [torch.tensor(20.0), torch.tensor(0.02), torch.tensor(1.0)]  # optima s = log L = 3.0, -3.9, 0
+    baseline = _BaselineClampedUncertainty(3)
+    _fit_loss_weights(baseline, baseline.parameters(), losses)
+    assert baseline.log_vars[0] > 2.0 and baseline.log_vars[1] < -2.0  # past the bounds...
+    assert baseline.log_vars.grad[0] == 0 and baseline.log_vars.grad[1] == 0  # ...and frozen there
+
+    model = DCAL(tiny_cfg())
+    weighting = model.loss_weighting
+    assert not any(isinstance(m, _BaselineClampedUncertainty) for m in model.modules())
+    _fit_loss_weights(weighting, weighting.parameters(), losses, steps=600)
+    torch.testing.assert_close(weighting.log_vars.detach(), torch.tensor([20.0, 0.02, 1.0]).log(), atol=0.05, rtol=0)
+    torch.testing.assert_close(weighting.effective_weights(), 0.5 / torch.tensor([20.0, 0.02, 1.0]), rtol=0.06, atol=0)
+    # equal branch losses -> equal weights: the seed's "weights too similar" warning was the optimum
+    fresh = DCAL(tiny_cfg()).loss_weighting
+    _fit_loss_weights(fresh, fresh.parameters(), [torch.tensor(2.3)] * 3, steps=200)
+    assert fresh.effective_weights().std() < 1e-6
