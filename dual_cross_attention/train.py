@@ -140,6 +140,33 @@ def make_loader(dataset, sampler, args):
                                        pin_memory=torch.cuda.is_available())
 
 
+class RunningMeans:
+    """Sums of detached scalars per name, kept on the device; synced with `.item()` only when a
+    log row is written. Part of the checkpoint, so a resumed run logs the same means."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {name: (total / max(1, self.count)).item() for name, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.count = state["count"]
+
+
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, decoupled decay on weight matrices; norms, biases, pos/CLS tokens and the
     uncertainty log-variances (all 1-d or named) are not decayed."""
@@ -228,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{total_steps} steps in all")
 
     step, best = 0, -1.0
+    meter = RunningMeans()
     if args.resume:
         ckpt = load_checkpoint(args.resume, map_location=device)
         check_config_compatible(ckpt["config"], config, ARCH_KEYS)
@@ -236,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         step, best = ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng_state"])
+        meter.load_state_dict(ckpt["meter"], device)
     logger = CSVLogger(run_dir / "log.csv", LOG_COLUMNS, resume_step=step if args.resume else None) if is_main() else None
 
     if dist_info.enabled:
@@ -244,13 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_model = model
     model.train()
     val_loader = make_loader(val_set, val_sampler, args)
-    history = []
     metrics = {}
 
     def checkpoint_state(epoch):
         return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "best": best,
-                "rng_state": rng_state(), "config": config}
+                "rng_state": rng_state(), "config": config, "meter": meter.state_dict()}
 
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -270,7 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
             if not torch.isfinite(total):
                 print(f"Warning: NaN/Inf in total loss at step {step}")
             scaler.scale(total).backward()
-            history.append({"loss": total, **out})
+            # FIX(DCAL-MEMORY): keep detached sums, not the output tensors: each kept tensor held
+            # its step's outputs and autograd graph alive, so memory grew every step (the seed's
+            # OOM at epoch 16, which empty_cache() every 100 batches could not cure).
+            # was: history.append({"loss": total, **out})
+            meter.update({"loss": total, **{f"loss_{name}": value for name, value in parts.items()}})
             micro += 1
             if micro % args.accum_steps:
                 continue
@@ -286,10 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
                 weights = unwrap(model).loss_weighting
                 w = weights.effective_weights().tolist() if weights is not None else [1.0]
                 row = {"step": step, "epoch": epoch, "lr": lr_now, "grad_norm": grad_norm.item(),
-                       "loss": torch.stack([h["loss"] for h in history]).mean().item()}
-                for name, value in zip(unwrap(model).branches(), w):
-                    row[f"loss_{name}"] = parts[name].item()
-                    row[f"w_{name}"] = value
+                       **meter.pop_means()}
+                row.update({f"w_{name}": value for name, value in zip(unwrap(model).branches(), w)})
                 logger.log(row)
             if step % eval_interval == 0 or step == total_steps:
                 metrics = evaluate(model, val_loader, device, dtype)

@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from dual_cross_attention.data import SyntheticParts
-from dual_cross_attention.model import DCAL, DCALConfig, derangement
+from dual_cross_attention.model import DCAL, derangement
 from dual_cross_attention.train import main
-
-
-def tiny_cfg(**kw) -> DCALConfig:
-    base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
-    return DCALConfig(**{**base, **kw})
+from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
 
 def test_forward_shapes_all_branches():

@@ -1,17 +1,14 @@
 """One test (at least) per DCAL fix: the symptom on the baseline behaviour, gone after the fix."""
 
 import csv
+import gc
 
 import pytest
 import torch
 
-from dual_cross_attention.model import DCAL, DCALConfig
-from dual_cross_attention.train import build_optimizer, main
-
-
-def tiny_cfg(**kw) -> DCALConfig:
-    base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
-    return DCALConfig(**{**base, **kw})
+from dual_cross_attention.model import DCAL
+from dual_cross_attention.train import RunningMeans, build_optimizer, compute_losses, main
+from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
 
 def _zero_grad_step(model, optimizer):
@@ -168,3 +165,47 @@ def test_dcal_uncertainty_clamped_weight_stops_learning_fixed_one_converges():
     fresh = DCAL(tiny_cfg()).loss_weighting
     _fit_loss_weights(fresh, fresh.parameters(), [torch.tensor(2.3)] * 3, steps=200)
     assert fresh.effective_weights().std() < 1e-6
+
+
+def _live_tensors() -> tuple[int, int]:
+    """(count, bytes) of the tensors Python can still reach."""
+    gc.collect()
+    tensors = [o for o in gc.get_objects() if torch.is_tensor(o)]
+    return len(tensors), sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _train_steps(model, optimizer, keep, steps, images, labels):
+    for _ in range(steps):
+        total, parts, out = compute_losses(model, images, labels, use_pwca=True)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        keep(total, parts, out)
+
+
+def test_dcal_memory_does_not_grow_over_30_steps():
+    """DCAL-MEMORY: 30 training steps. Keeping the loss/outputs for metrics (baseline) adds live
+    tensors every step; the RunningMeans accumulator keeps the count and bytes flat."""
+    images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    model = DCAL(tiny_cfg())
+    optimizer = build_optimizer(model, 1e-3, 0.05)
+
+    history = []
+    _train_steps(model, optimizer, lambda total, parts, out: history.append({"loss": total, **out}), 5, images, labels)
+    count_5, _ = _live_tensors()
+    _train_steps(model, optimizer, lambda total, parts, out: history.append({"loss": total, **out}), 25, images, labels)
+    count_30, _ = _live_tensors()
+    assert count_30 - count_5 >= 25 * 4  # baseline: loss + 3 logits tensors (with graph) per step
+    history.clear()
+
+    meter = RunningMeans()
+
+    def keep(total, parts, out):
+        meter.update({"loss": total, **{f"loss_{k}": v for k, v in parts.items()}})
+
+    _train_steps(model, optimizer, keep, 5, images, labels)
+    count_5, bytes_5 = _live_tensors()
+    _train_steps(model, optimizer, keep, 25, images, labels)
+    count_30, bytes_30 = _live_tensors()
+    assert count_30 == count_5 and bytes_30 == bytes_5
+    assert meter.count == 30 and 0.0 < meter.pop_means()["loss_sa"] < 3.0

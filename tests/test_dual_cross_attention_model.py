@@ -2,12 +2,12 @@
 
 import torch
 
-from dual_cross_attention.model import DCAL, DCALConfig, derangement
+from dual_cross_attention.model import DCAL, derangement
+from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
 
-def tiny_cfg(**kw) -> DCALConfig:
-    base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=3, num_heads=2, drop_path=0.0)
-    return DCALConfig(**{**base, **kw})
+def model_cfg(**kw):
+    return tiny_cfg(**{"depth": 3, **kw})
 
 
 def peaked(model):
@@ -55,7 +55,7 @@ def _baseline_rollout(maps):
 def test_dcal_rollout_matches_direct_computation_from_materialised_maps():
     """DCAL-ROLLOUT: the no_grad running-buffer rollout equals the product of explicitly
     materialised maps from the first layer up; the baseline's reversed product does not."""
-    model = peaked(DCAL(tiny_cfg()))
+    model = peaked(DCAL(model_cfg()))
     images = torch.randn(3, 3, 16, 16)
     out = model(images, partner=derangement(3), need_rollout=True)  # training mode, grad enabled
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_dcal_rollout_matches_direct_computation_from_materialised_maps():
 
 
 def test_glca_queries_are_cls_and_top_r_patches_keys_all_tokens():
-    model = peaked(DCAL(tiny_cfg(top_ratio=0.25))).eval()  # 16 patches -> R = 4
+    model = peaked(DCAL(model_cfg(top_ratio=0.25))).eval()  # 16 patches -> R = 4
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         out = model(images)
@@ -96,7 +96,7 @@ def test_gradient_checkpointing_gives_same_logits_and_gradients():
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = DCAL(tiny_cfg(grad_checkpoint=ckpt))
+        model = DCAL(model_cfg(grad_checkpoint=ckpt))
         out = model(images, partner=partner)
         model.loss_weighting([torch.nn.functional.cross_entropy(out[k], y) for k in ("sa", "glca", "pwca")]).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
