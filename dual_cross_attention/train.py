@@ -23,6 +23,7 @@ from common.runtime import (
     CSVLogger,
     EpochSampler,
     check_config_compatible,
+    check_finite,
     cleanup_distributed,
     decay_param_groups,
     gather_cat,
@@ -295,8 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
                 group["lr"] = lr_now
             with autocast_ctx(device, dtype):
                 total, parts, out = compute_losses(train_model, images, labels, cfg.pwca)
-            if not torch.isfinite(total):
-                print(f"Warning: NaN/Inf in total loss at step {step}")
+            # FIX(DCAL-NONFINITE): stop, naming the component that went bad; a printed warning let
+            # the run go on training NaN weights. One host sync per micro-batch.
+            # was: if not torch.isfinite(total): print(f"Warning: NaN/Inf in total loss at step {step}")
+            check_finite({**parts, "total": total}, step)
             scaler.scale(total).backward()
             # FIX(DCAL-MEMORY): keep detached sums, not the output tensors: each kept tensor held
             # its step's outputs and autograd graph alive, so memory grew every step (the seed's

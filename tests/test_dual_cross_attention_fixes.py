@@ -6,6 +6,7 @@ import gc
 import pytest
 import torch
 
+from common.runtime import NonFiniteLossError, check_finite
 from dual_cross_attention.model import DCAL
 from dual_cross_attention.train import RunningMeans, build_optimizer, compute_losses, main
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
@@ -209,3 +210,21 @@ def test_dcal_memory_does_not_grow_over_30_steps():
     count_30, bytes_30 = _live_tensors()
     assert count_30 == count_5 and bytes_30 == bytes_5
     assert meter.count == 30 and 0.0 < meter.pop_means()["loss_sa"] < 3.0
+
+
+def test_dcal_nonfinite_loss_stops_the_run_naming_the_component(tmp_path, capsys):
+    """DCAL-NONFINITE: the baseline printed a warning and kept training NaN weights; the fixed
+    loop raises NonFiniteLossError naming the branch."""
+    model = DCAL(tiny_cfg())
+    with torch.no_grad():
+        model.glca_head.bias[0] = float("nan")  # only the GLCA branch goes bad
+    images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
+    total, parts, _ = compute_losses(model, images, labels, use_pwca=True)
+    if not torch.isfinite(total):  # the baseline's check: a print, and the step goes on
+        print("Warning: NaN/Inf in total loss")
+    assert "Warning" in capsys.readouterr().out
+    with pytest.raises(NonFiniteLossError, match="glca=nan"):
+        check_finite({**parts, "total": total})
+    # end to end: an absurd lr blows the weights up; train.py stops instead of going on
+    with pytest.raises(NonFiniteLossError, match="sa="):
+        main(TINY_RUN + ["--batch-size", "8", "--lr", "1e30", "--max-iters", "4", "--out", str(tmp_path / "run")])
