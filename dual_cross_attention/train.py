@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 import argparse
+import contextlib
 import dataclasses
 import time
 
@@ -184,6 +185,27 @@ def compute_losses(model, images, labels, use_pwca: bool):
     return total, parts, out
 
 
+def backward_micro_batch(model, images, labels, scaler, accum_steps: int, sync: bool, use_pwca: bool,
+                         device, dtype, step: int):
+    """Forward and backward of one micro-batch; its gradients add up in .grad until the step.
+
+    `sync`: this is the last micro-batch before the optimizer step (DDP all-reduces only then)."""
+    # FIX(DCAL-ACCUM): the loss is divided by accum_steps so the summed gradient is the mean over
+    # the effective batch (un-normalised, it was accum_steps x too large, which also changed what
+    # clip_grad_norm_ clipped), and DDP skips the all-reduce on non-stepping micro-batches.
+    # was: scaler.scale(total).backward()   (and no no_sync)
+    sync_context = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+    with sync_context:
+        with autocast_ctx(device, dtype):
+            total, parts, _ = compute_losses(model, images, labels, use_pwca)
+        # FIX(DCAL-NONFINITE): stop, naming the component that went bad; a printed warning let
+        # the run go on training NaN weights. One host sync per micro-batch.
+        # was: if not torch.isfinite(total): print(f"Warning: NaN/Inf in total loss at step {step}")
+        check_finite({**parts, "total": total}, step)
+        scaler.scale(total / accum_steps).backward()
+    return total, parts
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, dtype) -> dict[str, float]:
     """Top-1 of SA alone, GLCA alone, and the combination used at inference."""
@@ -294,20 +316,16 @@ def main(argv: list[str] | None = None) -> dict:
             lr_now = warmup_cosine_lr(step, lr, warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
-            with autocast_ctx(device, dtype):
-                total, parts, out = compute_losses(train_model, images, labels, cfg.pwca)
-            # FIX(DCAL-NONFINITE): stop, naming the component that went bad; a printed warning let
-            # the run go on training NaN weights. One host sync per micro-batch.
-            # was: if not torch.isfinite(total): print(f"Warning: NaN/Inf in total loss at step {step}")
-            check_finite({**parts, "total": total}, step)
-            scaler.scale(total).backward()
+            micro += 1
+            stepping = micro % args.accum_steps == 0
+            total, parts = backward_micro_batch(train_model, images, labels, scaler, args.accum_steps, stepping,
+                                                cfg.pwca, device, dtype, step)
             # FIX(DCAL-MEMORY): keep detached sums, not the output tensors: each kept tensor held
             # its step's outputs and autograd graph alive, so memory grew every step (the seed's
             # OOM at epoch 16, which empty_cache() every 100 batches could not cure).
             # was: history.append({"loss": total, **out})
             meter.update({"loss": total, **{f"loss_{name}": value for name, value in parts.items()}})
-            micro += 1
-            if micro % args.accum_steps:
+            if not stepping:
                 continue
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or float("inf"))

@@ -1,14 +1,21 @@
 """One test (at least) per DCAL fix: the symptom on the baseline behaviour, gone after the fix."""
 
+import contextlib
 import csv
 import gc
 
 import pytest
 import torch
 
-from common.runtime import NonFiniteLossError, check_finite
+from common.runtime import NonFiniteLossError, check_finite, make_grad_scaler
 from dual_cross_attention.model import DCAL
-from dual_cross_attention.train import RunningMeans, build_optimizer, compute_losses, main
+from dual_cross_attention.train import (
+    RunningMeans,
+    backward_micro_batch,
+    build_optimizer,
+    compute_losses,
+    main,
+)
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
 
@@ -228,3 +235,48 @@ def test_dcal_nonfinite_loss_stops_the_run_naming_the_component(tmp_path, capsys
     # end to end: an absurd lr blows the weights up; train.py stops instead of going on
     with pytest.raises(NonFiniteLossError, match="sa="):
         main(TINY_RUN + ["--batch-size", "8", "--lr", "1e30", "--max-iters", "4", "--out", str(tmp_path / "run")])
+
+
+class _NoSyncSpy(torch.nn.Module):
+    """Stands in for DDP: forwards to the model and counts `no_sync()` entries."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.no_sync_calls = module, 0
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.no_sync_calls += 1
+        yield
+
+
+def test_dcal_accum_two_micro_batches_equal_one_full_batch_and_skip_sync():
+    """DCAL-ACCUM: un-normalised accumulation (baseline) gives accum_steps x the full-batch
+    gradient; the fix gives the full-batch gradient and asks DDP to skip the all-reduce on the
+    non-stepping micro-batch."""
+    model = DCAL(tiny_cfg(pwca=False))  # per-sample model: micro-batches must add up exactly
+    images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    cpu, scaler = torch.device("cpu"), make_grad_scaler(torch.device("cpu"), None)
+
+    def grads():
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return g
+
+    backward_micro_batch(model, images, labels, scaler, 1, True, False, cpu, None, 0)
+    full = grads()
+    for half in (slice(0, 4), slice(4, 8)):  # the baseline
+        compute_losses(model, images[half], labels[half], use_pwca=False)[0].backward()
+    baseline = grads()
+    torch.testing.assert_close(baseline["head.weight"], 2 * full["head.weight"], atol=1e-6, rtol=1e-4)
+
+    spy = _NoSyncSpy(model)
+    for j, half in enumerate((slice(0, 4), slice(4, 8))):
+        backward_micro_batch(spy, images[half], labels[half], scaler, 2, j == 1, False, cpu, None, 0)
+    accumulated = grads()
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=1e-4)
+    assert spy.no_sync_calls == 1  # only the first, non-stepping micro-batch skipped the sync
