@@ -208,23 +208,31 @@ def backward_micro_batch(model, images, labels, scaler, accum_steps: int, sync: 
 
 @torch.no_grad()
 def evaluate(model, loader, device, dtype) -> dict[str, float]:
-    """Top-1 of SA alone, GLCA alone, and the combination used at inference."""
+    """Top-1 of SA alone, GLCA alone (NaN without GLCA), and softmax(SA) + softmax(GLCA), the
+    prediction used at inference (FGVC)."""
     model.eval()
     preds = {"sa": [], "glca": [], "combined": []}
     targets = []
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast_ctx(device, dtype):
-            partner = derangement(labels.shape[0], device) if labels.shape[0] > 1 else None
-            out = model(images, partner=partner)
-        combined = sum(out[k].float() for k in ("sa", "glca", "pwca") if k in out)
-        preds["sa"].append(out["sa"].argmax(-1))
-        preds["glca"].append(out["glca"].argmax(-1) if "glca" in out else out["sa"].argmax(-1))
-        preds["combined"].append(combined.argmax(-1))
+            # FIX(DCAL-EVAL): PWCA is a training-only regulariser: no partner at evaluation (a
+            # prediction must not depend on the other images of the batch), and the paper's FGVC
+            # inference adds the SA and GLCA class PROBABILITIES (logit scales differ per head).
+            # was: out = model(images, partner=derangement(...)); combined = sa + glca + pwca logits
+            out = model(images)
+        prob_sa = out["sa"].float().softmax(-1)
+        preds["sa"].append(prob_sa.argmax(-1))
+        if "glca" in out:
+            prob_glca = out["glca"].float().softmax(-1)
+            preds["glca"].append(prob_glca.argmax(-1))
+            preds["combined"].append((prob_sa + prob_glca).argmax(-1))
+        else:
+            preds["combined"].append(prob_sa.argmax(-1))
         targets.append(labels)
     model.train()
     y = gather_cat(torch.cat(targets)).cpu()
-    result = {k: accuracy(y, gather_cat(torch.cat(v)).cpu()) for k, v in preds.items()}
+    result = {k: accuracy(y, gather_cat(torch.cat(v)).cpu()) if v else float("nan") for k, v in preds.items()}
     return {"val_top1_sa": result["sa"], "val_top1_glca": result["glca"], "val_top1": result["combined"]}
 
 

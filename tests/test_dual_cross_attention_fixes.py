@@ -3,18 +3,22 @@
 import contextlib
 import csv
 import gc
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from common.runtime import NonFiniteLossError, check_finite, make_grad_scaler
-from dual_cross_attention.model import DCAL
+from common.runtime import EpochSampler, NonFiniteLossError, check_finite, make_grad_scaler
+from dual_cross_attention.data import SyntheticParts
+from dual_cross_attention.model import DCAL, derangement
 from dual_cross_attention.train import (
     RunningMeans,
     backward_micro_batch,
     build_optimizer,
     compute_losses,
+    evaluate,
     main,
+    make_loader,
 )
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
@@ -280,3 +284,46 @@ def test_dcal_accum_two_micro_batches_equal_one_full_batch_and_skip_sync():
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=1e-4)
     assert spy.no_sync_calls == 1  # only the first, non-stepping micro-batch skipped the sync
+
+
+def _val_loader(dataset, batch_size):
+    sampler = EpochSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
+    return make_loader(dataset, sampler, SimpleNamespace(batch_size=batch_size, workers=0, seed=0))
+
+
+def _baseline_evaluate(model, loader):
+    """The baseline: PWCA on at evaluation (partner from the batch) and logits summed."""
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for images, labels, _ in loader:
+            out = model(images, partner=derangement(labels.shape[0], generator=torch.Generator().manual_seed(0)))
+            preds.append((out["sa"] + out["glca"] + out["pwca"]).argmax(-1))
+    return torch.cat(preds)
+
+
+def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
+    """DCAL-EVAL: with PWCA on at evaluation a prediction depends on which images share its batch;
+    the fixed evaluation gives the same top-1 for any batch size and uses softmax(SA)+softmax(GLCA)."""
+    torch.manual_seed(0)
+    model = DCAL(tiny_cfg(num_classes=4))
+    with torch.no_grad():  # sharper logits, so the partner visibly changes the PWCA term
+        model.head.weight.mul_(50.0)
+        model.glca_head.weight.mul_(50.0)
+    data = SyntheticParts(24, num_classes=4, image_size=16, part=3, seed=0, train=False)
+    baseline_a = _baseline_evaluate(model, _val_loader(data, 8))
+    baseline_b = _baseline_evaluate(model, _val_loader(data, 3))
+    assert not torch.equal(baseline_a, baseline_b)
+
+    cpu = torch.device("cpu")
+    result_a = evaluate(model, _val_loader(data, 8), cpu, None)
+    result_b = evaluate(model, _val_loader(data, 3), cpu, None)
+    assert result_a == result_b and model.training  # evaluate restores training mode
+    model.eval()
+    with torch.no_grad():
+        out = model(data.images)
+    assert "pwca" not in out
+    combined = (out["sa"].softmax(-1) + out["glca"].softmax(-1)).argmax(-1)
+    assert result_a["val_top1"] == (combined == data.labels).double().mean().item()
+    assert result_a["val_top1_sa"] == (out["sa"].argmax(-1) == data.labels).double().mean().item()
+    assert result_a["val_top1_glca"] == (out["glca"].argmax(-1) == data.labels).double().mean().item()
