@@ -10,6 +10,7 @@ Three branches share one ViT:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -260,3 +261,113 @@ def derangement(n: int, device: torch.device | str = "cpu", generator: torch.Gen
     partner[order] = order.roll(-1)
     return partner.to(device)
 
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+TORCHVISION_BLOCK_KEYS = {  # ours (under blocks.{i}.) -> torchvision (under encoder.layers.encoder_layer_{i}.)
+    "norm1.weight": "ln_1.weight", "norm1.bias": "ln_1.bias",
+    "attn.qkv.weight": "self_attention.in_proj_weight", "attn.qkv.bias": "self_attention.in_proj_bias",
+    "attn.proj.weight": "self_attention.out_proj.weight", "attn.proj.bias": "self_attention.out_proj.bias",
+    "norm2.weight": "ln_2.weight", "norm2.bias": "ln_2.bias",
+    "mlp.fc1.weight": "mlp.0.weight", "mlp.fc1.bias": "mlp.0.bias",
+    "mlp.fc2.weight": "mlp.3.weight", "mlp.fc2.bias": "mlp.3.bias",
+}
+TORCHVISION_KEYS = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding",
+                    "patch_embed.weight": "conv_proj.weight", "patch_embed.bias": "conv_proj.bias",
+                    "norm.weight": "encoder.ln.weight", "norm.bias": "encoder.ln.bias",
+                    "head.weight": "heads.head.weight", "head.bias": "heads.head.bias"}
+TIMM_KEYS = {"cls_token": "cls_token", "pos_embed": "pos_embed",
+             "patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias",
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias", "head.weight": "head.weight", "head.bias": "head.bias"}
+
+
+def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
+    """Our parameter name -> the name in a torchvision `vit_b_16`-style or timm ViT/DeiT state_dict.
+    Both store q, k, v fused in one (3D, D) matrix in the order q, k, v, like ours."""
+    if source == "torchvision":
+        key_map = dict(TORCHVISION_KEYS)
+        for i in range(depth):
+            key_map.update({f"blocks.{i}.{ours}": f"encoder.layers.encoder_layer_{i}.{theirs}"
+                            for ours, theirs in TORCHVISION_BLOCK_KEYS.items()})
+        return key_map
+    if source == "timm":
+        key_map = dict(TIMM_KEYS)
+        for i in range(depth):
+            key_map.update({f"blocks.{i}.{ours}": f"blocks.{i}.{ours}" for ours in TORCHVISION_BLOCK_KEYS})
+        return key_map
+    raise ValueError(f"unknown weight source {source!r}: use 'torchvision' or 'timm'")
+
+
+def detect_source(state_dict: dict) -> str:
+    if "class_token" in state_dict and "encoder.pos_embedding" in state_dict:
+        return "torchvision"
+    if "cls_token" in state_dict and "patch_embed.proj.weight" in state_dict:
+        return "timm"
+    raise ValueError("unrecognised ViT state_dict: expected torchvision (class_token, encoder.*) or timm "
+                     f"(cls_token, patch_embed.proj.*) keys; first keys: {list(state_dict)[:5]}")
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D): bicubic on the patch grid, the CLS entry kept
+    apart (it has no position). 14x14 -> 28x28 when a 224 px ViT is fine-tuned at 448 px."""
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    old = math.isqrt(patch_pos.shape[1])
+    if old * old != patch_pos.shape[1]:
+        raise ValueError(f"position embedding of {patch_pos.shape[1]} patches is not a square grid")
+    if old == grid:
+        return pos_embed
+    patch_pos = rearrange(patch_pos, "1 (gh gw) d -> 1 d gh gw", gh=old)  # tokens back onto the grid
+    patch_pos = F.interpolate(patch_pos.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    patch_pos = rearrange(patch_pos, "1 d gh gw -> 1 (gh gw) d").to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) -> dict:
+    """Load a torchvision or timm ViT/DeiT state_dict into the SA backbone through an explicit key
+    map: every mapped key must exist with the right shape (pos-embed resampled first), every
+    source key must be used, and exactly the DCAL-only parameters stay as they are.
+
+    The classifier is loaded only if its shape matches (fine-tuning to another class count
+    starts a fresh head). Returns what was done."""
+    source = source or detect_source(state_dict)
+    key_map = pretrained_key_map(model.cfg.depth, source)
+    own = model.state_dict()
+    head_loaded = key_map["head.weight"] in state_dict and state_dict[key_map["head.weight"]].shape == own["head.weight"].shape
+    skipped = set()
+    if not head_loaded:
+        skipped = {key_map.pop("head.weight"), key_map.pop("head.bias")}
+    absent = sorted(src for src in key_map.values() if src not in state_dict)
+    unexpected = sorted(set(state_dict) - set(key_map.values()) - skipped)
+    if absent or unexpected:
+        raise KeyError(f"{source} state_dict does not fit a depth-{model.cfg.depth} ViT: missing {absent[:8]} "
+                       f"({len(absent)}), unexpected {unexpected[:8]} ({len(unexpected)})")
+    new_state = {}
+    for ours, theirs in key_map.items():
+        tensor = state_dict[theirs]
+        if ours == "pos_embed":
+            tensor = resample_pos_embed(tensor, model.cfg.grid)
+        if tensor.shape != own[ours].shape:
+            raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, {ours} needs {tuple(own[ours].shape)}")
+        new_state[ours] = tensor
+    expected_missing = {k for k in own if k.startswith(("glca_", "loss_weighting"))} | (
+        set() if head_loaded else {"head.weight", "head.bias"})
+    result = model.load_state_dict(new_state, strict=False)  # the exact missing set is checked below
+    if set(result.missing_keys) != expected_missing or result.unexpected_keys:
+        raise RuntimeError(f"loading left unexpected missing keys {sorted(set(result.missing_keys) ^ expected_missing)}"
+                           f" / unexpected {result.unexpected_keys}")
+    return {"source": source, "loaded": len(new_state), "head_loaded": head_loaded,
+            "pos_embed": f"{state_dict[key_map['pos_embed']].shape[1]} -> {own['pos_embed'].shape[1]} tokens"}
+
+
+def fetch_torchvision_vit_b_16() -> dict:
+    """torchvision's ImageNet-1k vit_b_16 weights (downloaded once into the torch hub cache)."""
+    from torchvision.models import ViT_B_16_Weights
+
+    try:
+        return ViT_B_16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise RuntimeError(
+            "--pretrained torchvision: could not download torchvision's vit_b_16 weights (offline?). "
+            f"Fetch {ViT_B_16_Weights.IMAGENET1K_V1.url} on a machine with internet and pass the file "
+            f"with --pretrained PATH. Cause: {e}") from e

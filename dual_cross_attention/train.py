@@ -44,7 +44,13 @@ from common.runtime import autocast as autocast_ctx
 from common.runtime import autocast_dtype as pick_autocast_dtype
 from common.schedulers import scaled_lr, warmup_cosine_lr
 from dual_cross_attention.data import SyntheticParts, build_real_datasets
-from dual_cross_attention.model import DCAL, DCALConfig, derangement
+from dual_cross_attention.model import (
+    DCAL,
+    DCALConfig,
+    derangement,
+    fetch_torchvision_vit_b_16,
+    load_pretrained,
+)
 
 # A tiny ViT trained from scratch needs a far larger lr than the paper's fine-tuning of a
 # pretrained one: 1.6e-2 at the reference batch 512 is 1e-3 at batch 32.
@@ -77,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--top-ratio", type=float, default=0.1, help="GLCA local queries R as a fraction of patches")
     g.add_argument("--no-glca", action="store_true", help="disable the GLCA branch")
     g.add_argument("--no-pwca", action="store_true", help="disable the PWCA branch")
+    g.add_argument("--pretrained", default=None, help="'torchvision' (download vit_b_16 ImageNet weights; "
+                   "needs --model base) or a torchvision / timm ViT or DeiT state_dict file")
     g.add_argument("--grad-checkpoint", action="store_true", help="recompute blocks in backward (less memory)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="images per device per micro-batch")
@@ -117,6 +125,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.ref_batch = args.ref_batch or (512 if args.lr_rule == "linear" else 16)
     args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (1.0 if synthetic else 5.0)
     return args
+
+
+def read_pretrained(spec: str) -> dict:
+    if spec == "torchvision":
+        return fetch_torchvision_vit_b_16()
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained: {path} does not exist (give 'torchvision' or a state_dict file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # DeiT / timm training checkpoints wrap the weights
+    return state.get("model", state.get("state_dict", state))
 
 
 def build_data(args, dist_info):
@@ -252,7 +271,12 @@ def main(argv: list[str] | None = None) -> dict:
     config = {**vars(args), "model_config": dataclasses.asdict(cfg)}
     if is_main():
         write_config(run_dir, config)
-    model = DCAL(cfg).to(device)
+    model = DCAL(cfg)
+    if args.pretrained and not args.resume:
+        info = load_pretrained(model, read_pretrained(args.pretrained))
+        if is_main():
+            print(f"pretrained: {info}")
+    model = model.to(device)
 
     effective_batch = args.batch_size * args.accum_steps * dist_info.world_size
     # FIX(DCAL-LR): the paper's rule is 5e-4/512 x the EFFECTIVE batch (batch x accumulation x

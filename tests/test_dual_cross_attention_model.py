@@ -1,8 +1,17 @@
-"""DCAL model internals: attention rollout, GLCA selection, gradient checkpointing."""
+"""DCAL model internals: attention rollout, GLCA selection, gradient checkpointing, weight loading."""
 
+import pytest
 import torch
+import torchvision
 
-from dual_cross_attention.model import DCAL, derangement
+from dual_cross_attention.model import (
+    DCAL,
+    DCALConfig,
+    derangement,
+    fetch_torchvision_vit_b_16,
+    load_pretrained,
+    resample_pos_embed,
+)
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
 
 
@@ -102,3 +111,74 @@ def test_gradient_checkpointing_gives_same_logits_and_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_pos_embed_resample_keeps_cls_and_is_identity_at_same_size():
+    pos = torch.randn(1, 1 + 14 * 14, 8)
+    assert resample_pos_embed(pos, 14) is pos
+    out = resample_pos_embed(pos, 28)
+    assert out.shape == (1, 1 + 28 * 28, 8)
+    assert torch.equal(out[:, 0], pos[:, 0])  # CLS untouched, not interpolated with the grid
+    flat = torch.cat([torch.randn(1, 1, 8), torch.full((1, 196, 8), 0.7)], 1)
+    torch.testing.assert_close(resample_pos_embed(flat, 28)[:, 1:], torch.full((1, 784, 8), 0.7))
+
+
+def _vit_b16_cfg(**kw):
+    return DCALConfig(**{**dict(image_size=224, num_classes=1000, drop_path=0.0, pwca=False), **kw})
+
+
+@pytest.mark.slow
+def test_torchvision_vit_b_16_random_init_loads_to_same_logits():
+    tv = torchvision.models.vit_b_16(weights=None).eval()
+    with torch.no_grad():
+        tv.heads.head.weight.normal_(0, 0.02)  # torchvision zero-inits the head: logits would all be 0
+    model = DCAL(_vit_b16_cfg()).eval()
+    info = load_pretrained(model, tv.state_dict())
+    assert info["source"] == "torchvision" and info["head_loaded"]
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected, ours = tv(images), model(images)["sa"]
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_timm_vit_random_init_loads_to_same_logits_and_resamples_to_448():
+    timm = pytest.importorskip("timm", reason="timm is optional: pip install timm")
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    cfg = dict(embed_dim=192, num_heads=3)
+    model = DCAL(_vit_b16_cfg(**cfg)).eval()
+    load_pretrained(model, ref.state_dict())
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images)["sa"], ref(images), atol=1e-5, rtol=1e-5)
+    # 448 px, 200 classes: position embeddings resampled 14x14 -> 28x28, a fresh head
+    big = DCAL(_vit_b16_cfg(image_size=448, num_classes=200, **cfg))
+    info = load_pretrained(big, ref.state_dict())
+    assert not info["head_loaded"] and info["pos_embed"] == "197 -> 785 tokens"
+    torch.testing.assert_close(big.pos_embed[:, 0], ref.pos_embed[:, 0])
+
+
+def test_load_rejects_wrong_depth_and_foreign_keys():
+    small = DCAL(tiny_cfg(image_size=32, patch_size=16, depth=2))
+    source = DCAL(tiny_cfg(image_size=32, patch_size=16, depth=2))
+    timm_style = {("patch_embed.proj." + k[len("patch_embed."):] if k.startswith("patch_embed") else k): v
+                  for k, v in source.state_dict().items() if not k.startswith(("glca", "loss_weighting"))}
+    load_pretrained(small, timm_style)
+    with pytest.raises(KeyError, match="missing"):
+        load_pretrained(DCAL(tiny_cfg(image_size=32, patch_size=16, depth=3)), timm_style)
+    with pytest.raises(KeyError, match="dist_token"):
+        load_pretrained(small, {**timm_style, "dist_token": torch.zeros(1, 1, 32)})  # a distilled DeiT
+    with pytest.raises(ValueError, match="shape"):
+        load_pretrained(DCAL(tiny_cfg(image_size=32, patch_size=16, depth=2, embed_dim=64)), timm_style)
+
+
+def test_pretrained_torchvision_fails_with_a_clear_message_offline(monkeypatch):
+    from torchvision.models import ViT_B_16_Weights
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(type(ViT_B_16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="could not download.*--pretrained PATH"):
+        fetch_torchvision_vit_b_16()
