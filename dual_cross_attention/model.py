@@ -186,6 +186,16 @@ class DCAL(nn.Module):
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if cfg.glca:
+            self.init_glca_from_last_block()
+
+    @torch.no_grad()
+    def init_glca_from_last_block(self) -> None:
+        """GLCA starts as a copy of the last SA block and of the final norm (the paper: GLCA and SA
+        share the architecture, GLCA's own weights start from the pretrained block); its
+        classifier keeps its own initialisation."""
+        self.glca_block.load_state_dict(self.blocks[-1].state_dict())
+        self.glca_norm.load_state_dict(self.norm.state_dict())
 
     def branches(self) -> list[str]:
         return ["sa"] + (["glca"] if self.cfg.glca else []) + (["pwca"] if self.cfg.pwca else [])
@@ -356,6 +366,12 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
     if set(result.missing_keys) != expected_missing or result.unexpected_keys:
         raise RuntimeError(f"loading left unexpected missing keys {sorted(set(result.missing_keys) ^ expected_missing)}"
                            f" / unexpected {result.unexpected_keys}")
+    if model.cfg.glca:
+        # FIX(DCAL-GLCA-INIT): the GLCA block must start from the PRETRAINED last block; the
+        # baseline left it randomly initialised beside a pretrained backbone, so its branch loss
+        # started at chance and its gradients disturbed the shared features early on.
+        # was: (nothing: GLCA kept its random initialisation)
+        model.init_glca_from_last_block()
     return {"source": source, "loaded": len(new_state), "head_loaded": head_loaded,
             "pos_embed": f"{state_dict[key_map['pos_embed']].shape[1]} -> {own['pos_embed'].shape[1]} tokens"}
 

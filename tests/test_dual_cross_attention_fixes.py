@@ -10,7 +10,7 @@ import torch
 
 from common.runtime import EpochSampler, NonFiniteLossError, check_finite, make_grad_scaler
 from dual_cross_attention.data import SyntheticParts
-from dual_cross_attention.model import DCAL, derangement
+from dual_cross_attention.model import DCAL, derangement, load_pretrained
 from dual_cross_attention.train import (
     RunningMeans,
     backward_micro_batch,
@@ -327,3 +327,25 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
     assert result_a["val_top1"] == (combined == data.labels).double().mean().item()
     assert result_a["val_top1_sa"] == (out["sa"].argmax(-1) == data.labels).double().mean().item()
     assert result_a["val_top1_glca"] == (out["glca"].argmax(-1) == data.labels).double().mean().item()
+
+
+def test_dcal_glca_init_copies_pretrained_last_block_and_keeps_loaded_tensors():
+    """DCAL-GLCA-INIT: after loading, GLCA equals the pretrained last block and final norm
+    (baseline: random), and no loaded tensor is re-initialised."""
+    cfg = tiny_cfg(image_size=32, patch_size=16, depth=3)
+    source = DCAL(cfg)
+    pretrained = {k: v.clone() for k, v in source.state_dict().items() if not k.startswith(("glca", "loss_weighting"))}
+    timm_style = {("patch_embed.proj." + k[len("patch_embed."):] if k.startswith("patch_embed") else k): v
+                  for k, v in pretrained.items()}
+    model = DCAL(cfg)
+    baseline_glca = {k: v.clone() for k, v in model.glca_block.state_dict().items()}
+    load_pretrained(model, timm_style)
+    last = model.blocks[-1].state_dict()
+    # the baseline's GLCA (left as constructed) is not the pretrained block
+    assert not torch.equal(baseline_glca["attn.qkv.weight"], last["attn.qkv.weight"])
+    for name, tensor in model.glca_block.state_dict().items():
+        assert torch.equal(tensor, last[name]), name
+    assert torch.equal(model.glca_norm.weight, model.norm.weight)
+    for name, tensor in model.state_dict().items():
+        if name in pretrained:
+            assert torch.equal(tensor, pretrained[name]), f"{name} was re-initialised after loading"
