@@ -17,6 +17,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
 from tqdm import tqdm
 
 from common.metrics import accuracy
@@ -70,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synthetic-train", type=int, default=3000, help="synthetic training images")
     g.add_argument("--synthetic-val", type=int, default=600, help="synthetic validation images")
     g.add_argument("--synthetic-classes", type=int, default=10, help="synthetic classes")
+    g.add_argument("--synthetic-decoys", type=int, default=2, help="decoy parts per synthetic image (same "
+                   "palette and size as the class part, random patterns)")
     g.add_argument("--image-size", type=int, default=None, help="crop side (default 448 real, 32 synthetic)")
     g.add_argument("--resize", type=int, default=550, help="shorter side before cropping (real data)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -111,6 +115,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
     g.add_argument("--log-interval", type=int, default=20, help="optimizer steps between log rows")
     g.add_argument("--ckpt-interval", type=int, default=200, help="optimizer steps between last.pt writes")
+    g.add_argument("--num-overlays", type=int, default=4, help="validation images whose rollout maps are "
+                   "saved as PNG overlays at each evaluation (0: none)")
+    g.add_argument("--interrupt-after", type=int, default=None, help="stop after this many steps as a killed "
+                   "run would, keeping the schedule of the full run (to exercise --resume)")
     g.add_argument("--eval-interval", type=int, default=None, help="optimizer steps between evaluations "
                    "(default: once per epoch)")
     args = p.parse_args(argv)
@@ -140,8 +148,10 @@ def read_pretrained(spec: str) -> dict:
 
 def build_data(args, dist_info):
     if args.data_root is None:
-        train_set = SyntheticParts(args.synthetic_train, args.synthetic_classes, args.image_size, seed=args.seed)
-        val_set = SyntheticParts(args.synthetic_val, args.synthetic_classes, args.image_size, seed=args.seed, train=False)
+        kw = dict(num_classes=args.synthetic_classes, image_size=args.image_size, decoys=args.synthetic_decoys,
+                  seed=args.seed)
+        train_set = SyntheticParts(args.synthetic_train, train=True, **kw)
+        val_set = SyntheticParts(args.synthetic_val, train=False, **kw)
         classes = args.synthetic_classes
     else:
         train_set, val_set = build_real_datasets(args.data_root, args.resize, args.image_size, args.seed)
@@ -186,6 +196,32 @@ class RunningMeans:
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
         self.count = state["count"]
+
+
+@torch.no_grad()
+def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
+    """Top row: the images; bottom row: the CLS row of the attention rollout (the patches GLCA
+    picks its local queries from) in red over the image. PIL only."""
+    was_training = model.training
+    model.eval()
+    rollout = model(images, need_rollout=True)["rollout"].float()
+    model.train(was_training)
+    grid = model.cfg.grid
+    heat = rearrange(rollout[:, 0, 1:], "k (gh gw) -> k 1 gh gw", gh=grid)  # CLS row back onto the patch grid
+    scale = max(1, 128 // images.shape[-1])  # small synthetic images are enlarged to be seen
+    size = (images.shape[-2] * scale, images.shape[-1] * scale)
+    heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
+    pictures = F.interpolate(images.float(), size=size, mode="nearest")
+
+    def unit(t):  # per-image min-max to [0, 1]
+        lo, hi = t.amin(dim=(1, 2, 3), keepdim=True), t.amax(dim=(1, 2, 3), keepdim=True)
+        return (t - lo) / (hi - lo).clamp_min(1e-8)
+
+    pictures, heat = unit(pictures), unit(heat)
+    red = torch.cat([heat, torch.zeros_like(heat), torch.zeros_like(heat)], dim=1)
+    overlay = 0.5 * pictures + 0.5 * red
+    sheet = rearrange(torch.stack([pictures, overlay]), "row k c h w -> (row h) (k w) c")  # 2 x K image grid
+    Image.fromarray((sheet.clamp(0, 1) * 255).byte().cpu().numpy()).save(path)
 
 
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -328,6 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_model = model
     model.train()
     val_loader = make_loader(val_set, val_sampler, args)
+    overlay_images = None
+    if args.num_overlays > 0:
+        overlay_images = torch.stack([val_set[i][0] for i in range(min(args.num_overlays, len(val_set)))]).to(device)
     metrics = {}
 
     def checkpoint_state(epoch):
@@ -379,12 +418,18 @@ def main(argv: list[str] | None = None) -> dict:
                 if is_main():
                     logger.log({"step": step, "epoch": epoch, **metrics})
                     print(f"step {step} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                    if overlay_images is not None:
+                        save_rollout_overlays(unwrap(model), overlay_images, run_dir / f"rollout_step{step:06d}.png")
                 if metrics["val_top1"] > best:
                     best = metrics["val_top1"]
                     if is_main():
                         save_checkpoint(run_dir / "best.pt", checkpoint_state(epoch))
             if is_main() and (step % args.ckpt_interval == 0 or step == total_steps):
                 save_checkpoint(run_dir / "last.pt", checkpoint_state(epoch))
+            if args.interrupt_after and step >= args.interrupt_after:
+                if is_main():
+                    save_checkpoint(run_dir / "last.pt", checkpoint_state(epoch))
+                total_steps = step  # end here, as a killed run would (last.pt is up to date)
             if step >= total_steps or step % steps_per_epoch == 0:
                 break
         bar.close()
