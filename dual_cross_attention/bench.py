@@ -1,0 +1,184 @@
+"""Cost of DCAL, measured in one run.
+
+    python dual_cross_attention/bench.py            # CPU parts (a few minutes on 2 cores); GPU parts if CUDA
+
+1. DCAL training step (SA + GLCA + PWCA + rollout) / plain ViT training step, ViT-S/16 sized, and
+   the FLOP ratio it should approach (target <= 2.5; the paper reports ~1.8x training time).
+2. Our ViT forward+backward / torchvision's vit_b_16 at the same size (target <= 1.10).
+3. Activation memory with and without gradient checkpointing, batch 4 at 448 px (CPU: bytes the
+   autograd graph holds at the end of the forward; CUDA: torch.cuda.max_memory_allocated).
+4. Memory over 30 consecutive training steps (it must stay flat).
+CPU sizes are cut down (batch, image size) so the run stays within a few minutes; each line says
+what it ran.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import argparse
+import gc
+import time
+
+import torch
+
+from dual_cross_attention.model import DCAL, DCALConfig, derangement
+from dual_cross_attention.train import build_optimizer, compute_losses
+
+VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6, patch_size=16)
+VIT_B16 = dict(embed_dim=768, depth=12, num_heads=12, patch_size=16)
+
+
+def train_flops(cfg: DCALConfig, batch: int) -> float:
+    """Analytic FLOPs of one training step (forward + backward = 3x forward for trained parts;
+    the rollout runs under no_grad, forward only). 2 FLOPs per multiply-add."""
+    n, d, depth = cfg.grid**2 + 1, cfg.embed_dim, cfg.depth
+    linear = 2 * 12 * n * d * d  # qkv (3D^2) + proj (D^2) + MLP (8D^2) per token
+    sa = depth * (linear + 2 * 2 * n * n * d)  # + q k^T and attn @ v
+    total = 3 * sa
+    if cfg.pwca:
+        total += 3 * depth * (linear + 2 * 2 * n * (2 * n) * d)  # queries against 2N keys
+    if cfg.glca:
+        r = cfg.num_local + 1
+        glca = 2 * 3 * n * d * d + 2 * 9 * r * d * d + 2 * 2 * r * n * d  # qkv on all, proj+MLP on 1+R
+        rollout = depth * (2 * n * n * d + 2 * n**3)  # head-averaged map + running product
+        total += 3 * glca + rollout
+    return batch * total
+
+
+def step_time(model, images, labels, use_pwca, repeats):
+    optimizer = build_optimizer(model, 1e-4, 0.05)
+    times = []
+    for i in range(repeats + 1):  # the first step warms up allocators and kernels
+        start = time.perf_counter()
+        total, _, _ = compute_losses(model, images, labels, use_pwca)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        if i:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def saved_activation_bytes(model, images, partner) -> int:
+    """Bytes the autograd graph holds for backward once the forward is done (peak activation
+    memory without checkpointing; with it, the block inputs only, plus one block during backward)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(images, partner=partner)
+    del out
+    return sum(seen.values())
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    storages = {o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
+                for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+    return sum(storages.values())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (median)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    # 1. DCAL / plain ViT step time
+    size, batch = (448, 8) if cuda else (224, 2)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 200, (batch,), device=device)
+    base = dict(image_size=size, num_classes=200, drop_path=0.1, **(VIT_B16 if cuda else VIT_S16))
+    timings, flops = {}, {}
+    for name, branches in (("plain", dict(glca=False, pwca=False)), ("dcal", dict(glca=True, pwca=True))):
+        cfg = DCALConfig(**base, **branches)
+        model = DCAL(cfg).to(device)
+        timings[name] = step_time(model, images, labels, cfg.pwca, args.repeats)
+        flops[name] = train_flops(cfg, batch)
+        del model
+    arch = "ViT-B/16" if cuda else "ViT-S/16"
+    print(f"[1] {arch} {size}px batch {batch}: plain step {timings['plain']:.3f} s, DCAL step {timings['dcal']:.3f} s, "
+          f"ratio {timings['dcal'] / timings['plain']:.2f} (target <= 2.5; FLOP ratio "
+          f"{flops['dcal'] / flops['plain']:.2f}, {flops['dcal'] / 1e9:.0f} vs {flops['plain'] / 1e9:.0f} GFLOP)")
+
+    # 2. our ViT vs torchvision vit_b_16, forward + backward
+    import torchvision
+
+    size, batch = (224, 32) if cuda else (224, 1)
+    images = torch.randn(batch, 3, size, size, device=device)
+    ours = DCAL(DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)).to(device)
+    theirs = torchvision.models.vit_b_16(weights=None).to(device)
+    result = {}
+    for name, model in (("ours", ours), ("torchvision", theirs)):
+        times = []
+        for i in range(args.repeats + 1):
+            start = time.perf_counter()
+            logits = model(images)["sa"] if isinstance(model, DCAL) else model(images)
+            logits.float().logsumexp(-1).sum().backward()
+            sync()
+            if i:
+                times.append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+        result[name] = sorted(times)[len(times) // 2]
+    print(f"[2] ViT-B/16 {size}px batch {batch} fwd+bwd: ours {result['ours']:.3f} s, torchvision "
+          f"{result['torchvision']:.3f} s, ratio {result['ours'] / result['torchvision']:.2f} (target <= 1.10)")
+    del ours, theirs
+
+    # 3. memory with / without gradient checkpointing, batch 4 at 448 px
+    images = torch.randn(4, 3, 448, 448, device=device)
+    partner = derangement(4, device)
+    memory = {}
+    for ckpt in (False, True):
+        cfg = DCALConfig(image_size=448, num_classes=200, grad_checkpoint=ckpt, **(VIT_B16 if cuda else VIT_S16))
+        model = DCAL(cfg).to(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            out = model(images, partner=partner)
+            sum(v.float().sum() for v in out.values()).backward()
+            memory[ckpt] = torch.cuda.max_memory_allocated()
+        else:
+            memory[ckpt] = saved_activation_bytes(model, images, partner)
+        del model
+    what = "peak allocated (fwd+bwd)" if cuda else "activations held for backward"
+    print(f"[3] DCAL {arch} 448px batch 4, {what}: {memory[False] / 2**20:.0f} MiB without, "
+          f"{memory[True] / 2**20:.0f} MiB with gradient checkpointing")
+
+    # 4. memory over 30 consecutive steps
+    size, batch = (448, 4) if cuda else (64, 4)
+    cfg = DCALConfig(image_size=size, num_classes=200, drop_path=0.1, **(VIT_B16 if cuda else VIT_S16))
+    model = DCAL(cfg).to(device)
+    optimizer = build_optimizer(model, 1e-4, 0.05)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 200, (batch,), device=device)
+    readings = []
+    for _ in range(30):
+        total, _, _ = compute_losses(model, images, labels, use_pwca=True)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del total
+        readings.append(torch.cuda.memory_allocated() if cuda else live_tensor_bytes())
+    print(f"[4] 30 DCAL steps ({arch} {size}px batch {batch}), "
+          f"{'allocated' if cuda else 'live tensor'} MiB after steps 1/10/30: "
+          + " / ".join(f"{readings[i] / 2**20:.1f}" for i in (0, 9, 29))
+          + f" (growth from step 2 to 30: {(readings[29] - readings[1]) / 2**20:+.2f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
