@@ -25,6 +25,7 @@ from common.metrics import accuracy
 from common.runtime import (
     CSVLogger,
     EpochSampler,
+    all_reduce_mean,
     check_config_compatible,
     check_finite,
     cleanup_distributed,
@@ -91,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "needs --model base) or a torchvision / timm ViT or DeiT state_dict file")
     g.add_argument("--grad-checkpoint", action="store_true", help="recompute blocks in backward (less memory)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=32, help="images per device per micro-batch")
+    g.add_argument("--batch-size", type=int, default=None, help="images per device per micro-batch "
+                   "(default 32 synthetic, 16 real as in the paper)")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None, help="peak lr (default: scaled from --base-lr)")
     g.add_argument("--base-lr", type=float, default=None, help="lr quoted at the reference batch (default "
@@ -128,6 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.embed_dim, args.depth = args.embed_dim or dim, args.depth or depth
     args.heads, args.patch_size = args.heads or heads, args.patch_size or patch
     args.image_size = args.image_size or (32 if synthetic else 448)
+    args.batch_size = args.batch_size or (32 if synthetic else 16)
     args.glca, args.pwca = not args.no_glca, not args.no_pwca
     args.base_lr = args.base_lr or (SYNTHETIC_BASE_LR if synthetic else 5e-4)
     args.ref_batch = args.ref_batch or (512 if args.lr_rule == "linear" else 16)
@@ -186,9 +189,13 @@ class RunningMeans:
         self.count += 1
 
     def pop_means(self) -> dict[str, float]:
-        means = {name: (total / max(1, self.count)).item() for name, total in self.sums.items()}
+        """Means since the last call, averaged over ranks (every rank must call it)."""
+        names = list(self.sums)
+        if not names:
+            return {}
+        means = all_reduce_mean(torch.stack([self.sums[n] for n in names]) / max(1, self.count)).tolist()
         self.sums, self.count = {}, 0
-        return means
+        return dict(zip(names, means))
 
     def state_dict(self) -> dict:
         return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
@@ -406,13 +413,13 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             bar.update(1)
 
-            if step % args.log_interval == 0 and is_main():
+            if step % args.log_interval == 0:
+                row = {"step": step, "epoch": epoch, "lr": lr_now, "grad_norm": grad_norm.item(), **meter.pop_means()}
                 weights = unwrap(model).loss_weighting
                 w = weights.effective_weights().tolist() if weights is not None else [1.0]
-                row = {"step": step, "epoch": epoch, "lr": lr_now, "grad_norm": grad_norm.item(),
-                       **meter.pop_means()}
                 row.update({f"w_{name}": value for name, value in zip(unwrap(model).branches(), w)})
-                logger.log(row)
+                if is_main():
+                    logger.log(row)
             if step % eval_interval == 0 or step == total_steps:
                 metrics = evaluate(model, val_loader, device, dtype)
                 if is_main():
