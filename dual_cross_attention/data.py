@@ -161,32 +161,43 @@ def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int):
 class SyntheticParts(torch.utils.data.Dataset):
     """Fine-grained toy data: every image shows the same kind of cluttered background (smooth
     colour field, noise, and decoy parts drawn from the same palette), and the class is decided
-    only by one small part (a 3x3 colour pattern, `part` pixels wide) at a random place.
+    only by one small part, a 2x2 colour pattern `part` pixels wide, at a random place on the
+    `part`-pixel grid (the ViT patch grid when patch_size == part).
 
-    A global colour histogram cannot tell the classes apart; the model must find and read the
-    part, which is what GLCA's rollout-selected local queries are for. Images are generated
-    once from (seed, split) and flipped horizontally per (seed, epoch, index)."""
+    A global colour histogram cannot tell the classes apart, and decoys look like parts: the
+    model must find the one part whose pattern is a class pattern and read it, which is what
+    GLCA's rollout-selected local queries are for. Class patterns are distinct and depend on the
+    seed only (shared by train and val); images are generated once from (seed, split) and
+    shifted by whole cells per (seed, epoch, index) in training."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
 
-    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 6,
+    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
                  decoys: int = 2, seed: int = 0, train: bool = True):
-        self.num_classes, self.image_size, self.seed, self.train = num_classes, image_size, seed, train
+        if image_size % part or part % 2:
+            raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
+        colours = len(self.PALETTE)
+        if num_classes > colours**4 // 2:
+            raise ValueError(f"at most {colours**4 // 2} synthetic classes (2x2 patterns over {colours} colours)")
+        self.num_classes, self.image_size, self.part, self.seed, self.train = num_classes, image_size, part, seed, train
         self.epoch = 0
-        # class patterns depend only on the seed, so train and val share them
         g_cls = torch.Generator().manual_seed(seed)
-        patterns = torch.randint(0, len(self.PALETTE), (num_classes, 3, 3), generator=g_cls)
+        codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
+        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1).view(-1, 2, 2)
+        patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
         g = torch.Generator().manual_seed(seed * 7919 + (1 if train else 2))
         self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)
         field = torch.rand(num_samples, 3, 4, 4, generator=g) * 0.6 + 0.2
         images = TF.resize(field, [image_size, image_size], antialias=True)  # smooth background
         images = images + 0.08 * torch.randn(num_samples, 3, image_size, image_size, generator=g)
+        cells = image_size // part
         for i in range(num_samples):
-            decoy_patterns = torch.randint(0, len(self.PALETTE), (decoys, 3, 3), generator=g)
-            for pattern in [*decoy_patterns, patterns[self.labels[i]]]:  # the class part is drawn last
-                tile = self.PALETTE[pattern].permute(2, 0, 1)  # (3, 3, 3) colour per cell
-                tile = tile.repeat_interleave(part // 3, 1).repeat_interleave(part // 3, 2)  # (3, part, part)
-                top, left = torch.randint(0, image_size - part + 1, (2,), generator=g).tolist()
+            places = torch.randperm(cells * cells, generator=g)[: decoys + 1].tolist()  # distinct grid cells
+            picks = torch.randint(0, len(decoy_patterns), (decoys,), generator=g)
+            for place, pattern in zip(places, [patterns[self.labels[i]], *decoy_patterns[picks]]):
+                tile = self.PALETTE[pattern].permute(2, 0, 1)  # (3, 2, 2) colour per cell
+                tile = tile.repeat_interleave(part // 2, 1).repeat_interleave(part // 2, 2)  # (3, part, part)
+                top, left = (place // cells) * part, (place % cells) * part
                 images[i, :, top:top + part, left:left + part] = tile
         self.images = ((images - 0.5) / 0.25).float()
 
@@ -198,6 +209,10 @@ class SyntheticParts(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image = self.images[index]
-        if self.train and torch.rand(1, generator=sample_generator(self.seed, self.epoch, index)).item() < 0.5:
-            image = image.flip(-1)
+        if self.train:
+            # translation by whole cells keeps every part on the grid and intact (a flip would
+            # mirror a pattern into another one)
+            shift = torch.randint(0, self.image_size // self.part, (2,), generator=sample_generator(
+                self.seed, self.epoch, index)) * self.part
+            image = image.roll(shifts=tuple(shift.tolist()), dims=(-2, -1))
         return image, int(self.labels[index]), index

@@ -138,6 +138,8 @@ class GLCABlock(Block):
         out = F.scaled_dot_product_attention(q_local, k, v)  # (B, H, 1+R, d)
         y = x.gather(1, local_idx[..., None].expand(-1, -1, x.shape[-1]))  # (B, 1+R, D) residual stream
         y = y + self.drop_path(self.attn.merge(out))
+        # NOTE(deviation): the MLP runs on the 1 + R selected tokens only (the paper is silent; its
+        # +2-3% FLOPs for GLCA rules out a second full-sequence block).
         return y + self.drop_path(self.mlp(self.norm2(y)))
 
 
@@ -218,7 +220,11 @@ class DCAL(nn.Module):
         glca_input, rollout = x, None
         for i, blk in enumerate(self.blocks):
             if i == len(self.blocks) - 1:
-                glca_input = x[:b]  # GLCA runs beside the last SA block, on the same input
+                # NOTE(deviation): the paper does not say where its M = 1 GLCA block sits. It runs
+                # here beside the last SA block, on the same input, with the rollout of all L
+                # layers (the last layer's map is computed from this same input), so GLCA can start
+                # as an exact copy of the pretrained last block (DCAL-GLCA-INIT).
+                glca_input = x[:b]
             if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, q, k = checkpoint(blk, x, partner if pair else None, use_reentrant=False)
             else:

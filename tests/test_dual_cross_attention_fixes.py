@@ -310,7 +310,7 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
     with torch.no_grad():  # sharper logits, so the partner visibly changes the PWCA term
         model.head.weight.mul_(50.0)
         model.glca_head.weight.mul_(50.0)
-    data = SyntheticParts(24, num_classes=4, image_size=16, part=3, seed=0, train=False)
+    data = SyntheticParts(24, num_classes=4, image_size=16, seed=0, train=False)
     baseline_a = _baseline_evaluate(model, _val_loader(data, 8))
     baseline_b = _baseline_evaluate(model, _val_loader(data, 3))
     assert not torch.equal(baseline_a, baseline_b)
