@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 import argparse
 import gc
 import time
+import warnings
 
 import torch
 
@@ -84,8 +85,10 @@ def saved_activation_bytes(model, images, partner) -> int:
 
 def live_tensor_bytes() -> int:
     gc.collect()
-    storages = {o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
-                for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+    with warnings.catch_warnings():  # isinstance() on torch's deprecated module aliases warns
+        warnings.simplefilter("ignore", FutureWarning)
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 
 
