@@ -173,7 +173,7 @@ class SyntheticParts(torch.utils.data.Dataset):
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
 
     def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
-                 decoys: int = 2, seed: int = 0, train: bool = True):
+                 decoys: int = 3, seed: int = 0, train: bool = True):
         if image_size % part or part % 2:
             raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
         colours = len(self.PALETTE)
@@ -183,7 +183,8 @@ class SyntheticParts(torch.utils.data.Dataset):
         self.epoch = 0
         g_cls = torch.Generator().manual_seed(seed)
         codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
-        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1).view(-1, 2, 2)
+        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1)  # (colours^4, 4)
+        digits = digits.view(-1, 2, 2)  # (patterns, 2, 2): colour index of each cell
         patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
         g = torch.Generator().manual_seed(seed * 7919 + (1 if train else 2))
         self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)

@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synthetic-train", type=int, default=3000, help="synthetic training images")
     g.add_argument("--synthetic-val", type=int, default=600, help="synthetic validation images")
     g.add_argument("--synthetic-classes", type=int, default=10, help="synthetic classes")
-    g.add_argument("--synthetic-decoys", type=int, default=2, help="decoy parts per synthetic image (same "
+    g.add_argument("--synthetic-decoys", type=int, default=3, help="decoy parts per synthetic image (same "
                    "palette and size as the class part, random patterns)")
     g.add_argument("--image-size", type=int, default=None, help="crop side (default 448 real, 32 synthetic)")
     g.add_argument("--resize", type=int, default=550, help="shorter side before cropping (real data)")
@@ -108,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "1 synthetic)")
     g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay")
     g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
-    g.add_argument("--epochs", type=int, default=6, help="training epochs")
+    g.add_argument("--epochs", type=int, default=3, help="training epochs")
     g.add_argument("--max-iters", type=int, default=None, help="stop after this many optimizer steps")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/dual_cross_attention", help="run folder")
@@ -334,8 +334,6 @@ def main(argv: list[str] | None = None) -> dict:
     # accuracy. Decoupled decay (AdamW) on matrices only, none on norms/biases/tokens/loss weights.
     # was: optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     optimizer = build_optimizer(model, lr, args.weight_decay)
-    for group in optimizer.param_groups:
-        group["base_lr"] = lr
     dtype = pick_autocast_dtype(device, not args.no_amp)
     scaler = make_grad_scaler(device, dtype)
 
@@ -369,7 +367,6 @@ def main(argv: list[str] | None = None) -> dict:
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_model = model
     model.train()
     val_loader = make_loader(val_set, val_sampler, args)
     overlay_images = None
@@ -397,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
                 group["lr"] = lr_now
             micro += 1
             stepping = micro % args.accum_steps == 0
-            total, parts = backward_micro_batch(train_model, images, labels, scaler, args.accum_steps, stepping,
+            total, parts = backward_micro_batch(model, images, labels, scaler, args.accum_steps, stepping,
                                                 cfg.pwca, device, dtype, step)
             # FIX(DCAL-MEMORY): keep detached sums, not the output tensors: each kept tensor held
             # its step's outputs and autograd graph alive, so memory grew every step (the seed's
