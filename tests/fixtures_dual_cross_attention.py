@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from dual_cross_attention.model import DCALConfig
 
@@ -19,3 +20,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_image(path, size=(40, 30), colour=(200, 30, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def write_cub(root, labels=(1, 1, 2, 2, 3, 3), split=(1, 0, 1, 0, 1, 0), classes=3):
+    """CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"{c:03d}.bird_{c}/img_{i}.jpg" for i, c in enumerate(labels, start=1)]
+    for name in names:
+        write_image(root / "images" / name)
+    (root / "images.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names, start=1)))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(labels, start=1)))
+    (root / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(split, start=1)))
+    (root / "classes.txt").write_text("".join(f"{c} {c:03d}.bird_{c}\n" for c in range(1, classes + 1)))
+    return root

@@ -7,25 +7,7 @@ from PIL import Image
 
 from common.runtime import DataError
 from dual_cross_attention.data import FGVCTransform, build_real_datasets
-from tests.fixtures_dual_cross_attention import single_thread  # noqa: F401
-
-
-def _image(path, size=(40, 30), colour=(200, 30, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-def write_cub(root, labels=(1, 1, 2, 2, 3, 3), split=(1, 0, 1, 0, 1, 0), classes=3):
-    """CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt."""
-    root.mkdir(parents=True, exist_ok=True)
-    names = [f"{c:03d}.bird_{c}/img_{i}.jpg" for i, c in enumerate(labels, start=1)]
-    for name in names:
-        _image(root / "images" / name)
-    (root / "images.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names, start=1)))
-    (root / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(labels, start=1)))
-    (root / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(split, start=1)))
-    (root / "classes.txt").write_text("".join(f"{c} {c:03d}.bird_{c}\n" for c in range(1, classes + 1)))
-    return root
+from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_image  # noqa: F401
 
 
 def test_cub_layout_reads_splits_and_zero_based_labels(tmp_path):
@@ -58,10 +40,10 @@ def test_class_folders_train_val(tmp_path):
     for split, n in (("train", 2), ("val", 1)):
         for name in ("cat", "dog"):
             for i in range(n):
-                _image(tmp_path / "data" / split / name / f"{i}.png")
+                write_image(tmp_path / "data" / split / name / f"{i}.png")
     train, val = build_real_datasets(tmp_path / "data", 24, 16, 0)
     assert train.classes == ["cat", "dog"] and len(train) == 4 and len(val) == 2
-    _image(tmp_path / "data" / "val" / "bird" / "0.png")
+    write_image(tmp_path / "data" / "val" / "bird" / "0.png")
     with pytest.raises(DataError, match="unknown class folder.*bird"):
         build_real_datasets(tmp_path / "data", 24, 16, 0)
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from common.runtime import ConfigMismatchError
 from dual_cross_attention.train import main
-from tests.fixtures_dual_cross_attention import single_thread  # noqa: F401
+from tests.fixtures_dual_cross_attention import single_thread, write_cub  # noqa: F401
 
 TINY = ["--synthetic-train", "64", "--synthetic-val", "16", "--synthetic-classes", "4", "--image-size", "16",
         "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8", "--accum-steps", "2",
@@ -54,3 +54,12 @@ def test_rollout_overlays_saved_each_evaluation(tmp_path):
     rows = [r for r in _rows(run) if r["w_sa"]]
     assert all(r["w_glca"] and r["w_pwca"] for r in rows)  # the three effective weights are logged
     assert summary["val_top1_sa"] >= 0 and summary["val_top1_glca"] >= 0
+
+
+def test_train_on_a_cub_fixture(tmp_path):
+    root = write_cub(tmp_path / "CUB", labels=(1, 1, 1, 2, 2, 2, 3, 3, 3), split=(1, 1, 0) * 3)
+    summary = main(["--data-root", str(root), "--model", "tiny", "--patch-size", "8", "--image-size", "32",
+                    "--resize", "40", "--batch-size", "2", "--max-iters", "2", "--out", str(tmp_path / "run"),
+                    "--num-overlays", "2"])
+    assert summary["step"] == 2 and 0.0 <= summary["val_top1"] <= 1.0
+    assert summary["peak_lr"] == 5e-4 * 2 / 512  # real data: the paper's rule
