@@ -443,8 +443,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {**metrics, "best_val_top1": best, "peak_lr": lr, "warmup_steps": warmup_steps, "step": step, "run_dir": str(run_dir), "elapsed_s": elapsed,
                "effective_batch": effective_batch}
     if is_main():
-        print(f"final: val top-1 {metrics.get('val_top1', float('nan')):.4f} (SA {metrics.get('val_top1_sa', 0):.4f}, "
-              f"GLCA {metrics.get('val_top1_glca', 0):.4f}), best {best:.4f}, {elapsed:.1f} s")
+        if metrics:
+            print(f"final: val top-1 {metrics['val_top1']:.4f} (SA {metrics['val_top1_sa']:.4f}, GLCA "
+                  f"{metrics['val_top1_glca']:.4f}), best {best:.4f}, step {step}, {elapsed:.1f} s")
+        else:
+            print(f"stopped at step {step} before any evaluation, {elapsed:.1f} s (last.pt written)")
     cleanup_distributed()
     return summary
 
