@@ -133,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.image_size = args.image_size or (32 if synthetic else 448)
     args.batch_size = args.batch_size or (32 if synthetic else 16)
     args.glca, args.pwca = not args.no_glca, not args.no_pwca
+    if args.pwca and args.batch_size < 2:
+        p.error("PWCA pairs images within a batch: use --batch-size >= 2 (or --no-pwca)")
     args.base_lr = args.base_lr or (SYNTHETIC_BASE_LR if synthetic else 5e-4)
     args.ref_batch = args.ref_batch or (512 if args.lr_rule == "linear" else 16)
     args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (1.0 if synthetic else 5.0)
