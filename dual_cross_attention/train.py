@@ -210,8 +210,8 @@ class RunningMeans:
 
 @torch.no_grad()
 def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
-    """Top row: the images; bottom row: the CLS row of the attention rollout (the patches GLCA
-    picks its local queries from) in red over the image. PIL only."""
+    """Top row: the images; bottom row: the same images lit by the CLS row of the attention
+    rollout (the ranking GLCA picks its local queries from): dark patches are ranked low. PIL only."""
     was_training = model.training
     model.eval()
     rollout = model(images, need_rollout=True)["rollout"].float()
@@ -220,7 +220,7 @@ def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
     heat = rearrange(rollout[:, 0, 1:], "k (gh gw) -> k 1 gh gw", gh=grid)  # CLS row back onto the patch grid
     scale = max(1, 128 // images.shape[-1])  # small synthetic images are enlarged to be seen
     size = (images.shape[-2] * scale, images.shape[-1] * scale)
-    heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
+    heat = F.interpolate(heat, size=size, mode="nearest")  # one flat square per patch
     pictures = F.interpolate(images.float(), size=size, mode="nearest")
 
     def unit(t):  # per-image min-max to [0, 1]
@@ -228,8 +228,7 @@ def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
         return (t - lo) / (hi - lo).clamp_min(1e-8)
 
     pictures, heat = unit(pictures), unit(heat)
-    red = torch.cat([heat, torch.zeros_like(heat), torch.zeros_like(heat)], dim=1)
-    overlay = 0.5 * pictures + 0.5 * red
+    overlay = pictures * (0.15 + 0.85 * heat)  # patches the rollout ranks low fade to dark
     sheet = rearrange(torch.stack([pictures, overlay]), "row k c h w -> (row h) (k w) c")  # 2 x K image grid
     Image.fromarray((sheet.clamp(0, 1) * 255).byte().cpu().numpy()).save(path)
 
