@@ -1,0 +1,219 @@
+"""Datasets for DCAL: CUB-200-2011, class-per-folder train/val trees, and a synthetic
+fine-grained set where only a small local part decides the class.
+
+Every dataset returns (image (3, S, S) float, label, index). Augmentation randomness comes from
+`sample_generator(seed, epoch, index)`, never from the global RNG, so a resumed run sees exactly
+the crops and flips of an uninterrupted one whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from common.runtime import DataError, sample_generator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class FGVCTransform:
+    """Resize the shorter side to `resize`, then crop `crop` (random + horizontal flip in
+    training, centre in evaluation), then ImageNet normalisation. The paper's FGVC recipe is
+    resize 550, crop 448."""
+
+    def __init__(self, resize: int = 550, crop: int = 448, train: bool = True):
+        if crop > resize:
+            raise ValueError(f"crop {crop} is larger than resize {resize}")
+        self.resize, self.crop, self.train = resize, crop, train
+
+    def __call__(self, img: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        img = TF.resize(img, self.resize, antialias=True)
+        w, h = img.size
+        if self.train:
+            top = int(torch.randint(0, h - self.crop + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - self.crop + 1, (1,), generator=generator))
+            img = TF.crop(img, top, left, self.crop, self.crop)
+            if torch.rand(1, generator=generator).item() < 0.5:
+                img = TF.hflip(img)
+        else:
+            img = TF.center_crop(img, [self.crop, self.crop])
+        return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+
+
+class _FileListDataset(torch.utils.data.Dataset):
+    """(path, label) list + transform; `set_epoch` changes the augmentation draw."""
+
+    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform: FGVCTransform, seed: int):
+        self.samples, self.classes, self.transform, self.seed = samples, classes, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = self.transform(load_rgb(path), sample_generator(self.seed, self.epoch, index))
+        return image, label, index
+
+
+# ----------------------------------------------------------------------------- CUB-200-2011
+
+
+def _read_table(path: Path, columns: int) -> list[list[str]]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (CUB-200-2011 layout needs images.txt, image_class_labels.txt, "
+                        "train_test_split.txt and images/)")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=columns - 1)
+        if len(parts) != columns:
+            raise DataError(f"{path}:{line_no}: expected {columns} fields, got {line!r}")
+        rows.append(parts)
+    return rows
+
+
+def cub_samples(root: Path, train: bool) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Read the CUB-200-2011 index files. Class ids are 1-based in the files, 0-based here."""
+    images = {i: p for i, p in _read_table(root / "images.txt", 2)}
+    labels = {i: c for i, c in _read_table(root / "image_class_labels.txt", 2)}
+    split = _read_table(root / "train_test_split.txt", 2)
+    classes_file = root / "classes.txt"
+    if classes_file.is_file():
+        class_ids = [c for c, _ in _read_table(classes_file, 2)]
+        classes = [name for _, name in _read_table(classes_file, 2)]
+    else:
+        class_ids = sorted(set(labels.values()), key=int)
+        classes = class_ids
+    index_of = {c: i for i, c in enumerate(class_ids)}
+    samples = []
+    for image_id, is_train in split:
+        if (is_train == "1") != train:
+            continue
+        if image_id not in images:
+            raise DataError(f"{root / 'train_test_split.txt'}: image id {image_id} is not in images.txt")
+        if image_id not in labels:
+            raise DataError(f"{root / 'image_class_labels.txt'}: no class for image id {image_id}")
+        if labels[image_id] not in index_of:
+            raise DataError(f"{root / 'image_class_labels.txt'}: image id {image_id} has unknown class id "
+                            f"{labels[image_id]} (not in {classes_file.name})")
+        samples.append((root / "images" / images[image_id], index_of[labels[image_id]]))
+    if not samples:
+        raise DataError(f"{root / 'train_test_split.txt'}: the {'train' if train else 'test'} split is empty")
+    return samples, classes
+
+
+def folder_samples(root: Path, split: str, classes: list[str] | None = None):
+    """root/<split>/<class>/<image>; classes from the train tree, the val tree may not add any."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and {root}/val/<class>/...)")
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{split_dir}: unknown class folder(s) {unknown} not present in the train split")
+    samples = [(path, label) for label, name in enumerate(classes) if (split_dir / name).is_dir()
+               for path in sorted((split_dir / name).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not samples:
+        raise DataError(f"{split_dir}: the split is empty (no images under its class folders)")
+    return samples, classes
+
+
+def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int):
+    root = Path(root)
+    if (root / "images.txt").is_file():
+        train, classes = cub_samples(root, train=True)
+        val, _ = cub_samples(root, train=False)
+    elif (root / "train").is_dir():
+        train, classes = folder_samples(root, "train")
+        val, _ = folder_samples(root, "val", classes)
+    else:
+        raise DataError(f"{root}: neither a CUB-200-2011 folder (images.txt) nor a train/val class-folder tree")
+    return (_FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed),
+            _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed))
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+class SyntheticParts(torch.utils.data.Dataset):
+    """Fine-grained toy data: every image shows the same kind of cluttered background (smooth
+    colour field, noise, and decoy parts drawn from the same palette), and the class is decided
+    only by one small part, a 2x2 colour pattern `part` pixels wide, at a random place on the
+    `part`-pixel grid (the ViT patch grid when patch_size == part).
+
+    A global colour histogram cannot tell the classes apart, and decoys look like parts: the
+    model must find the one part whose pattern is a class pattern and read it, which is what
+    GLCA's rollout-selected local queries are for. Class patterns are distinct and depend on the
+    seed only (shared by train and val); images are generated once from (seed, split) and
+    shifted by whole cells per (seed, epoch, index) in training."""
+
+    PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
+
+    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
+                 decoys: int = 3, seed: int = 0, train: bool = True):
+        if image_size % part or part % 2:
+            raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
+        colours = len(self.PALETTE)
+        if num_classes > colours**4 // 2:
+            raise ValueError(f"at most {colours**4 // 2} synthetic classes (2x2 patterns over {colours} colours)")
+        self.num_classes, self.image_size, self.part, self.seed, self.train = num_classes, image_size, part, seed, train
+        self.epoch = 0
+        g_cls = torch.Generator().manual_seed(seed)
+        codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
+        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1)  # (colours^4, 4)
+        digits = digits.view(-1, 2, 2)  # (patterns, 2, 2): colour index of each cell
+        patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
+        g = torch.Generator().manual_seed(seed * 7919 + (1 if train else 2))
+        self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)
+        field = torch.rand(num_samples, 3, 4, 4, generator=g) * 0.6 + 0.2
+        images = TF.resize(field, [image_size, image_size], antialias=True)  # smooth background
+        images = images + 0.08 * torch.randn(num_samples, 3, image_size, image_size, generator=g)
+        cells = image_size // part
+        for i in range(num_samples):
+            places = torch.randperm(cells * cells, generator=g)[: decoys + 1].tolist()  # distinct grid cells
+            picks = torch.randint(0, len(decoy_patterns), (decoys,), generator=g)
+            for place, pattern in zip(places, [patterns[self.labels[i]], *decoy_patterns[picks]]):
+                tile = self.PALETTE[pattern].permute(2, 0, 1)  # (3, 2, 2) colour per cell
+                tile = tile.repeat_interleave(part // 2, 1).repeat_interleave(part // 2, 2)  # (3, part, part)
+                top, left = (place // cells) * part, (place % cells) * part
+                images[i, :, top:top + part, left:left + part] = tile
+        self.images = ((images - 0.5) / 0.25).float()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.train:
+            # translation by whole cells keeps every part on the grid and intact (a flip would
+            # mirror a pattern into another one)
+            shift = torch.randint(0, self.image_size // self.part, (2,), generator=sample_generator(
+                self.seed, self.epoch, index)) * self.part
+            image = image.roll(shifts=tuple(shift.tolist()), dims=(-2, -1))
+        return image, int(self.labels[index]), index

@@ -1,0 +1,395 @@
+"""DCAL: Dual Cross-Attention Learning (Zhu et al., CVPR 2022) on a plain ViT.
+
+Three branches share one ViT:
+  SA   - the usual self-attention stack (L blocks) and classifier;
+  GLCA - one global-local cross-attention block: the CLS token and the top-R patches picked by
+         attention rollout attend to all tokens; own weights, norm and classifier;
+  PWCA - pair-wise cross-attention (training only): a second token stream through the same L
+         blocks whose queries attend to its own keys/values and those of a partner image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from common.losses import UncertaintyWeighting
+
+
+@dataclass
+class DCALConfig:
+    image_size: int = 448  # input side in pixels (square images)
+    patch_size: int = 16  # patch side; tokens = (image_size / patch_size)^2 patches + CLS
+    in_chans: int = 3  # input channels
+    num_classes: int = 200  # classes of the SA / GLCA / PWCA classifiers
+    embed_dim: int = 768  # token width D
+    depth: int = 12  # L SA blocks (the PWCA stream runs through the same T = L blocks)
+    num_heads: int = 12  # attention heads per block
+    mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * D
+    qkv_bias: bool = True  # bias on the fused q/k/v projection (ViT and DeiT have one)
+    ln_eps: float = 1e-6  # LayerNorm epsilon of torchvision / timm ViTs
+    drop_path: float = 0.1  # stochastic depth rate of the last block, linear from 0 at the first
+    glca: bool = True  # build the GLCA branch (M = 1 block)
+    pwca: bool = True  # build the PWCA branch (training only)
+    top_ratio: float = 0.1  # R as a fraction of the patches: GLCA local queries (10% FGVC, 30% Re-ID)
+    grad_checkpoint: bool = False  # recompute each block in backward to save activation memory
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_local(self) -> int:
+        return max(1, int(self.top_ratio * self.grid**2))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Fused q/k/v projection (same layout as torchvision's in_proj and timm's qkv) + output proj."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_qkv(self, x: torch.Tensor):
+        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return qkv[0], qkv[1], qkv[2]
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: DCALConfig, drop_path: float):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
+        """x: (B, N, D) SA tokens, or (2B, N, D) = SA tokens then PWCA tokens when partner (B,), the
+        index of each image's PWCA partner, is given.
+
+        Returns the tokens (same shape) and the SA stream's queries and keys (B, H, N, d), from
+        which the caller recomputes the attention map for the rollout under no_grad."""
+        q, k, v = self.attn.split_qkv(self.norm1(x))
+        b = x.shape[0] if partner is None else partner.shape[0]
+        # FIX(DCAL-ROLLOUT): fused attention; the (B, H, N, N) map is neither materialised for
+        # backward nor kept on the module (the seed's OOM); the rollout recomputes it from q, k.
+        # was: attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1); self.attn_weights = attn
+        out = F.scaled_dot_product_attention(q[:b], k[:b], v[:b])  # (B, H, N, d)
+        if partner is not None:
+            # FIX(DCAL-PWCA): PWCA is its own token stream through all T = L blocks (SA weights):
+            # its queries attend to its own keys/values and to the partner's SA keys/values of the
+            # same layer, one softmax over 2N keys. The baseline computed it from the SA stream
+            # inside each block and dropped it, so only the last block's PWCA reached the head.
+            # was: k_pair = torch.cat([k, k[partner]], dim=2)  (q, k, v of the SA stream)
+            k_pair = torch.cat([k[b:], k[:b][partner]], dim=2)  # (B, H, 2N, d): own, then partner's
+            v_pair = torch.cat([v[b:], v[:b][partner]], dim=2)
+            out = torch.cat([out, F.scaled_dot_product_attention(q[b:], k_pair, v_pair)])  # (2B, H, N, d)
+        x = x + self.drop_path(self.attn.merge(out))
+        return x + self.drop_path(self.mlp(self.norm2(x))), q[:b], k[:b]
+
+
+class GLCABlock(Block):
+    """Global-local cross-attention: queries of the CLS token and the top-R patches (by rollout),
+    keys/values of all tokens. Same parameters (names and shapes) as a Block."""
+
+    def forward(self, x: torch.Tensor, local_idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x: (B, N, D) all tokens; local_idx: (B, 1 + R) token indices, CLS (0) first."""
+        q, k, v = self.attn.split_qkv(self.norm1(x))
+        heads, head_dim = q.shape[1], q.shape[-1]
+        q_local = q.gather(2, local_idx[:, None, :, None].expand(-1, heads, -1, head_dim))  # (B, H, 1+R, d)
+        out = F.scaled_dot_product_attention(q_local, k, v)  # (B, H, 1+R, d)
+        y = x.gather(1, local_idx[..., None].expand(-1, -1, x.shape[-1]))  # (B, 1+R, D) residual stream
+        y = y + self.drop_path(self.attn.merge(out))
+        # NOTE(deviation): the MLP runs on the 1 + R selected tokens only (the paper is silent; its
+        # +2-3% FLOPs for GLCA rules out a second full-sequence block).
+        return y + self.drop_path(self.mlp(self.norm2(y)))
+
+
+@torch.no_grad()
+def rollout_step(rollout: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """One layer of attention rollout (Abnar & Zuidema 2020): S_hat_i = S_bar_i @ S_hat_{i-1},
+    S_bar = 0.5 * mean_heads(softmax(q k^T / sqrt(d))) + 0.5 * I (the residual connection).
+
+    q, k: (B, H, N, d) of one SA layer; rollout: (B, N, N) running product of the layers below, or
+    None at the first layer. The map is recomputed one head at a time, so only (B, N, N) buffers
+    exist (fused attention never returns it). Rows of S_bar sum to 1, so no renormalisation."""
+    b, heads, n, d = q.shape
+    q, k = q.float(), k.float()
+    mean_attn = torch.zeros(b, n, n, device=q.device)
+    for h in range(heads):
+        mean_attn += torch.softmax(q[:, h] @ k[:, h].transpose(-2, -1) * d**-0.5, dim=-1)
+    layer = 0.5 * mean_attn / heads + 0.5 * torch.eye(n, device=q.device)
+    return layer if rollout is None else torch.bmm(layer, rollout)
+
+
+class DCAL(nn.Module):
+    def __init__(self, cfg: DCALConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.patch_embed = nn.Conv2d(cfg.in_chans, dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, dim))
+        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        self.norm = nn.LayerNorm(dim, eps=cfg.ln_eps)
+        self.head = nn.Linear(dim, cfg.num_classes)
+        if cfg.glca:
+            self.glca_block = GLCABlock(cfg, rates[-1])
+            self.glca_norm = nn.LayerNorm(dim, eps=cfg.ln_eps)
+            self.glca_head = nn.Linear(dim, cfg.num_classes)
+        num_tasks = 1 + cfg.glca + cfg.pwca
+        # learned log-variances of the branch losses (Kendall et al. 2018), only with > 1 branch.
+        # FIX(DCAL-UNCERTAINTY): unbounded log-variances. clamp() has zero gradient outside its
+        # range, so a weight pushed to a bound (CE of 200 classes: log 5.3 = 1.67, near the seed's
+        # bound) stopped learning for good and all three sat at the same value.
+        # was: self.loss_weighting = ClampedUncertainty(num_tasks)  (s.clamp(-2, 2))
+        self.loss_weighting = UncertaintyWeighting(num_tasks) if num_tasks > 1 else None
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if cfg.glca:
+            self.init_glca_from_last_block()
+
+    @torch.no_grad()
+    def init_glca_from_last_block(self) -> None:
+        """GLCA starts as a copy of the last SA block and of the final norm (the paper: GLCA and SA
+        share the architecture, GLCA's own weights start from the pretrained block); its
+        classifier keeps its own initialisation."""
+        self.glca_block.load_state_dict(self.blocks[-1].state_dict())
+        self.glca_norm.load_state_dict(self.norm.state_dict())
+
+    def branches(self) -> list[str]:
+        return ["sa"] + (["glca"] if self.cfg.glca else []) + (["pwca"] if self.cfg.pwca else [])
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.patch_embed(images), "b d gh gw -> b (gh gw) d")  # patches to tokens
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N_patches, D)
+
+    def forward(self, images: torch.Tensor, partner: torch.Tensor | None = None,
+                need_rollout: bool = False) -> dict[str, torch.Tensor]:
+        """images (B, C, H, W); partner (B,) PWCA partner indices (None: no PWCA, e.g. at evaluation).
+
+        Returns logits per branch ('sa', 'glca', 'pwca') and, when asked, the rollout (B, N, N)."""
+        x = self.embed(images)
+        b = x.shape[0]
+        pair = partner is not None and self.cfg.pwca
+        if pair:
+            x = torch.cat([x, x])  # (2B, N, D): the PWCA stream starts from the same embeddings as SA
+        glca_input, rollout = x, None
+        for i, blk in enumerate(self.blocks):
+            if i == len(self.blocks) - 1:
+                # NOTE(deviation): the paper does not say where its M = 1 GLCA block sits. It runs
+                # here beside the last SA block, on the same input, with the rollout of all L
+                # layers (the last layer's map is computed from this same input), so GLCA can start
+                # as an exact copy of the pretrained last block (DCAL-GLCA-INIT).
+                glca_input = x[:b]
+            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, q, k = checkpoint(blk, x, partner if pair else None, use_reentrant=False)
+            else:
+                x, q, k = blk(x, partner if pair else None)
+            if self.cfg.glca or need_rollout:
+                # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under
+                # no_grad into one running (B, N, N) buffer. The baseline multiplied in the reverse
+                # order (S_bar_1 ... S_bar_L) from attention maps kept with their graph.
+                # was: rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
+                rollout = rollout_step(rollout, q.detach(), k.detach())
+        out = {"sa": self.head(self.norm(x[:b, 0]))}
+        if self.cfg.glca:
+            out["glca"] = self.glca_forward(glca_input, rollout)
+        if pair:
+            out["pwca"] = self.head(self.norm(x[b:, 0]))  # PWCA shares the SA classifier and target
+        if need_rollout:
+            out["rollout"] = rollout
+        return out
+
+    def glca_forward(self, x: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+        """The CLS row of the rollout ranks the patches; CLS + top-R patches become the queries."""
+        patch_scores = rollout[:, 0, 1:]  # (B, N_patches) attention flow from the patches to CLS
+        top = patch_scores.topk(self.cfg.num_local, dim=-1).indices + 1  # +1: skip CLS
+        local_idx = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)  # (B, 1 + R), CLS first
+        y = self.glca_block(x, local_idx)
+        return self.glca_head(self.glca_norm(y[:, 0]))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        # patch embedding as a linear layer on the flattened patch (as in timm / MAE)
+        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+        nn.init.zeros_(m.bias)
+
+
+def derangement(n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation with no fixed point: partner[i] != i (PWCA never pairs an image with
+    itself). One random cycle over a random order."""
+    if n < 2:
+        raise ValueError("PWCA needs at least 2 images per batch to pair them")
+    order = torch.randperm(n, generator=generator)
+    partner = torch.empty(n, dtype=torch.long)
+    partner[order] = order.roll(-1)
+    return partner.to(device)
+
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+TORCHVISION_BLOCK_KEYS = {  # ours (under blocks.{i}.) -> torchvision (under encoder.layers.encoder_layer_{i}.)
+    "norm1.weight": "ln_1.weight", "norm1.bias": "ln_1.bias",
+    "attn.qkv.weight": "self_attention.in_proj_weight", "attn.qkv.bias": "self_attention.in_proj_bias",
+    "attn.proj.weight": "self_attention.out_proj.weight", "attn.proj.bias": "self_attention.out_proj.bias",
+    "norm2.weight": "ln_2.weight", "norm2.bias": "ln_2.bias",
+    "mlp.fc1.weight": "mlp.0.weight", "mlp.fc1.bias": "mlp.0.bias",
+    "mlp.fc2.weight": "mlp.3.weight", "mlp.fc2.bias": "mlp.3.bias",
+}
+TORCHVISION_KEYS = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding",
+                    "patch_embed.weight": "conv_proj.weight", "patch_embed.bias": "conv_proj.bias",
+                    "norm.weight": "encoder.ln.weight", "norm.bias": "encoder.ln.bias",
+                    "head.weight": "heads.head.weight", "head.bias": "heads.head.bias"}
+TIMM_KEYS = {"cls_token": "cls_token", "pos_embed": "pos_embed",
+             "patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias",
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias", "head.weight": "head.weight", "head.bias": "head.bias"}
+
+
+def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
+    """Our parameter name -> the name in a torchvision `vit_b_16`-style or timm ViT/DeiT state_dict.
+    Both store q, k, v fused in one (3D, D) matrix in the order q, k, v, like ours."""
+    if source == "torchvision":
+        key_map = dict(TORCHVISION_KEYS)
+        for i in range(depth):
+            key_map.update({f"blocks.{i}.{ours}": f"encoder.layers.encoder_layer_{i}.{theirs}"
+                            for ours, theirs in TORCHVISION_BLOCK_KEYS.items()})
+        return key_map
+    if source == "timm":
+        key_map = dict(TIMM_KEYS)
+        for i in range(depth):
+            key_map.update({f"blocks.{i}.{ours}": f"blocks.{i}.{ours}" for ours in TORCHVISION_BLOCK_KEYS})
+        return key_map
+    raise ValueError(f"unknown weight source {source!r}: use 'torchvision' or 'timm'")
+
+
+def detect_source(state_dict: dict) -> str:
+    if "class_token" in state_dict and "encoder.pos_embedding" in state_dict:
+        return "torchvision"
+    if "cls_token" in state_dict and "patch_embed.proj.weight" in state_dict:
+        return "timm"
+    raise ValueError("unrecognised ViT state_dict: expected torchvision (class_token, encoder.*) or timm "
+                     f"(cls_token, patch_embed.proj.*) keys; first keys: {list(state_dict)[:5]}")
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D): bicubic on the patch grid, the CLS entry kept
+    apart (it has no position). 14x14 -> 28x28 when a 224 px ViT is fine-tuned at 448 px."""
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    old = math.isqrt(patch_pos.shape[1])
+    if old * old != patch_pos.shape[1]:
+        raise ValueError(f"position embedding of {patch_pos.shape[1]} patches is not a square grid")
+    if old == grid:
+        return pos_embed
+    patch_pos = rearrange(patch_pos, "1 (gh gw) d -> 1 d gh gw", gh=old)  # tokens back onto the grid
+    patch_pos = F.interpolate(patch_pos.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    patch_pos = rearrange(patch_pos, "1 d gh gw -> 1 (gh gw) d").to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) -> dict:
+    """Load a torchvision or timm ViT/DeiT state_dict into the SA backbone through an explicit key
+    map: every mapped key must exist with the right shape (pos-embed resampled first), every
+    source key must be used, and exactly the DCAL-only parameters stay as they are.
+
+    The classifier is loaded only if its shape matches (fine-tuning to another class count
+    starts a fresh head). Returns what was done."""
+    source = source or detect_source(state_dict)
+    key_map = pretrained_key_map(model.cfg.depth, source)
+    own = model.state_dict()
+    head_loaded = key_map["head.weight"] in state_dict and state_dict[key_map["head.weight"]].shape == own["head.weight"].shape
+    skipped = set()
+    if not head_loaded:
+        skipped = {key_map.pop("head.weight"), key_map.pop("head.bias")}
+    absent = sorted(src for src in key_map.values() if src not in state_dict)
+    unexpected = sorted(set(state_dict) - set(key_map.values()) - skipped)
+    if absent or unexpected:
+        raise KeyError(f"{source} state_dict does not fit a depth-{model.cfg.depth} ViT: missing {absent[:8]} "
+                       f"({len(absent)}), unexpected {unexpected[:8]} ({len(unexpected)})")
+    new_state = {}
+    for ours, theirs in key_map.items():
+        tensor = state_dict[theirs]
+        if ours == "pos_embed":
+            tensor = resample_pos_embed(tensor, model.cfg.grid)
+        if tensor.shape != own[ours].shape:
+            raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, {ours} needs {tuple(own[ours].shape)}")
+        new_state[ours] = tensor
+    expected_missing = {k for k in own if k.startswith(("glca_", "loss_weighting"))} | (
+        set() if head_loaded else {"head.weight", "head.bias"})
+    result = model.load_state_dict(new_state, strict=False)  # the exact missing set is checked below
+    if set(result.missing_keys) != expected_missing or result.unexpected_keys:
+        raise RuntimeError(f"loading left unexpected missing keys {sorted(set(result.missing_keys) ^ expected_missing)}"
+                           f" / unexpected {result.unexpected_keys}")
+    if model.cfg.glca:
+        # FIX(DCAL-GLCA-INIT): the GLCA block must start from the PRETRAINED last block; the
+        # baseline left it randomly initialised beside a pretrained backbone, so its branch loss
+        # started at chance and its gradients disturbed the shared features early on.
+        # was: (nothing: GLCA kept its random initialisation)
+        model.init_glca_from_last_block()
+    return {"source": source, "loaded": len(new_state), "head_loaded": head_loaded,
+            "pos_embed": f"{state_dict[key_map['pos_embed']].shape[1]} -> {own['pos_embed'].shape[1]} tokens"}
+
+
+def fetch_torchvision_vit_b_16() -> dict:
+    """torchvision's ImageNet-1k vit_b_16 weights (downloaded once into the torch hub cache)."""
+    from torchvision.models import ViT_B_16_Weights
+
+    try:
+        return ViT_B_16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise RuntimeError(
+            "--pretrained torchvision: could not download torchvision's vit_b_16 weights (offline?). "
+            f"Fetch {ViT_B_16_Weights.IMAGENET1K_V1.url} on a machine with internet and pass the file "
+            f"with --pretrained PATH. Cause: {e}") from e

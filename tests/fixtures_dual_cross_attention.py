@@ -1,0 +1,40 @@
+"""Shared helpers of the DCAL tests."""
+
+import pytest
+import torch
+from PIL import Image
+
+from dual_cross_attention.model import DCALConfig
+
+
+def tiny_cfg(**kw) -> DCALConfig:
+    base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
+    return DCALConfig(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The DCAL tests use tiny tensors, where a second intra-op thread only adds synchronisation
+    (and, on a busy 2-core runner, spinning): run them on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_image(path, size=(40, 30), colour=(200, 30, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def write_cub(root, labels=(1, 1, 2, 2, 3, 3), split=(1, 0, 1, 0, 1, 0), classes=3):
+    """CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"{c:03d}.bird_{c}/img_{i}.jpg" for i, c in enumerate(labels, start=1)]
+    for name in names:
+        write_image(root / "images" / name)
+    (root / "images.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names, start=1)))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(labels, start=1)))
+    (root / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(split, start=1)))
+    (root / "classes.txt").write_text("".join(f"{c} {c:03d}.bird_{c}\n" for c in range(1, classes + 1)))
+    return root
