@@ -26,6 +26,7 @@ from common.runtime import (
     CSVLogger,
     EpochSampler,
     all_reduce_mean,
+    assert_replicas_in_sync,
     check_config_compatible,
     check_finite,
     cleanup_distributed,
@@ -449,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{metrics['val_top1_glca']:.4f}), best {best:.4f}, step {step}, {elapsed:.1f} s")
         else:
             print(f"stopped at step {step} before any evaluation, {elapsed:.1f} s (last.pt written)")
+    assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
     cleanup_distributed()
     return summary
 
