@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.runtime import ConfigMismatchError, RunDirError
+from common.runtime import ConfigMismatchError, DataError, NonFiniteLossError, RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,3 +169,86 @@ def test_torchrun_two_cpu_processes(project, tmp_path):
     assert steps == sorted(steps, key=int)
     final_lines = [line for line in result.stdout.splitlines() if line.startswith("final")]
     assert len(final_lines) == 1, result.stdout[-2000:]  # printed by rank 0 only
+
+
+# ----------------------------------------------------------------------------- bad input table
+# Each case writes a small broken dataset (or breaks a loss) and names what the error must say.
+# A case returns the extra CLI args that point train.py at the broken data.
+
+
+def _dcal_cub(tmp_path, **kw):
+    from tests.fixtures_dual_cross_attention import write_cub
+
+    return write_cub(tmp_path / "CUB", **kw)
+
+
+def _dcal_case(edit):
+    def build(tmp_path):
+        root = _dcal_cub(tmp_path)
+        edit(root)
+        return ["--data-root", str(root), "--image-size", "16", "--resize", "20", "--batch-size", "2"]
+    return build
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+BAD_INPUTS = [
+    # (project, case, build(tmp_path) -> extra args, error type, what the message must name)
+    ("dual_cross_attention", "missing data root", lambda t: ["--data-root", str(t / "nowhere")],
+     DataError, "nowhere"),
+    ("dual_cross_attention", "empty annotation file", _dcal_case(lambda r: (r / "images.txt").write_text("")),
+     DataError, "images.txt"),
+    ("dual_cross_attention", "malformed line",
+     _dcal_case(lambda r: (r / "train_test_split.txt").write_text("1 1\n2\n")), DataError, r"train_test_split\.txt:2"),
+    ("dual_cross_attention", "label out of range", lambda t: ["--data-root", str(_dcal_cub(t, labels=(1, 1, 2, 2, 3, 9))),
+                                                              "--image-size", "16", "--resize", "20"],
+     DataError, "unknown class id 9"),
+    ("dual_cross_attention", "unreadable image",
+     _dcal_case(lambda r: (r / "images" / "001.bird_1" / "img_1.jpg").write_bytes(b"not an image")),
+     DataError, "img_1.jpg"),
+    ("dual_cross_attention", "truncated image",
+     _dcal_case(lambda r: _truncate(r / "images" / "002.bird_2" / "img_3.jpg")), DataError, "img_3.jpg"),
+    ("dual_cross_attention", "empty split",
+     lambda t: ["--data-root", str(_dcal_cub(t, split=(1, 1, 1, 1, 1, 1))), "--image-size", "16", "--resize", "20"],
+     DataError, "split is empty"),
+]
+
+
+@pytest.mark.parametrize("project,case,build,error,match", BAD_INPUTS, ids=[f"{p}:{c}" for p, c, *_ in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error(project, case, build, error, match, tmp_path):
+    extra = build(tmp_path)
+    with pytest.raises(error, match=match) as caught:
+        _main(project)([*SPECS[project].tiny, *extra, "--out", str(tmp_path / "run")])
+    # the error is ours, raised with a message, not a traceback from inside torch
+    assert type(caught.value).__module__ in ("common.runtime", "builtins")
+
+
+def _wrap(monkeypatch, module: str, name: str, corrupt):
+    """Replace module.name by a wrapper that corrupts its result (injects a NaN into a loss)."""
+    mod = importlib.import_module(module)
+    real = getattr(mod, name)
+    monkeypatch.setattr(mod, name, lambda *a, **k: corrupt(real(*a, **k)))
+
+
+def _nan_in_dcal_glca(monkeypatch):
+    def corrupt(result):
+        total, parts, out = result
+        return total, {**parts, "glca": parts["glca"] * float("nan")}, out
+
+    _wrap(monkeypatch, "dual_cross_attention.train", "compute_losses", corrupt)
+
+
+NAN_INJECTIONS = [
+    # (project, inject(monkeypatch), component the error must name)
+    ("dual_cross_attention", _nan_in_dcal_glca, "glca"),
+]
+
+
+@pytest.mark.parametrize("project,inject,component", NAN_INJECTIONS, ids=[p for p, *_ in NAN_INJECTIONS])
+def test_nan_inside_a_loss_stops_the_run_naming_the_component(project, inject, component, tmp_path, monkeypatch):
+    inject(monkeypatch)
+    with pytest.raises(NonFiniteLossError, match=rf"{component}=nan"):
+        _main(project)([*SPECS[project].tiny, "--out", str(tmp_path / "run")])
