@@ -321,7 +321,11 @@ def main(argv: list[str] | None = None) -> dict:
 
             do_validate = step % args.val_interval == 0
             if do_validate:
-                last_val, val_labels, val_probs = evaluate(model, train_set, args, device, amp_dtype, weights, dist_info)
+                # FIX(DFD-VAL-DATA): validate on the validation split; the seed built its validation
+                # loader on the training set, so "validation" measured memorisation.
+                # was: last_val, val_labels, val_probs = evaluate(model, train_set, args, device, amp_dtype, weights, dist_info)
+                last_val, val_labels, val_probs = evaluate(unwrap(model), datasets["val"], args, device, amp_dtype,
+                                                           weights, dist_info)
                 scheduler.step(last_val["loss"])
                 stop = optimizer.param_groups[0]["lr"] == min_lr
                 if is_main():
