@@ -332,13 +332,18 @@ def make_datasets(args) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, 
         check_two_classes(name, splits[name], source)
     all_records = [r for s in SPLITS for r in splits[s]]
     augment = AugmentConfig(blur=args.aug_blur, noise=args.aug_noise) if args.augment else None
-    full = VideoSequenceDataset(all_records, args.frames, args.image_size, train=True, augment=augment, seed=args.seed)
-    full.clips = 1
-    cut = [len(splits["train"]), len(splits["val"]), len(splits["test"])]
-    subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(args.seed))
-    datasets = dict(zip(SPLITS, subsets))
-    for subset in subsets:
-        subset.records, subset.clips, subset.has_masks, subset.set_epoch = full.records, 1, full.has_masks, full.set_epoch
+    # FIX(DFD-SPLIT-BY-VIDEO): split VIDEOS (grouped by original) before building samples; the seed
+    # split shuffled samples with random_split, so frames of one video / identity sat on both sides.
+    # was: full = VideoSequenceDataset(all_records, args.frames, args.image_size, train=True, augment=augment, seed=args.seed)
+    #      full.clips = 1
+    #      cut = [len(splits["train"]), len(splits["val"]), len(splits["test"])]
+    #      subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(args.seed))
+    #      datasets = dict(zip(SPLITS, subsets))
+    #      for subset in subsets:
+    #          subset.records, subset.clips, subset.has_masks, subset.set_epoch = full.records, 1, full.has_masks, full.set_epoch
+    make = lambda split, aug: VideoSequenceDataset(splits[split], args.frames, args.image_size, train=split == "train",
+                                                   augment=aug, clips=args.eval_clips, seed=args.seed)
+    datasets = {s: make(s, augment) for s in SPLITS}
     weights = class_weights([r.label for r in all_records])
     info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()},
             "all_videos": len(all_records)}

@@ -3,8 +3,12 @@
 
 import csv
 
+import pytest
+import torch
+
+from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import train as T
-from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS
+from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
 
 
 def _log_rows(path):
@@ -31,3 +35,31 @@ def test_dfd_val_data_validation_runs_on_the_validation_split(tmp_path, monkeypa
     assert len(evaluated) == 2
     assert all(ds is built["val"] for ds in evaluated)
     assert not any(ds is built["train"] for ds in evaluated)  # the seed's loader
+
+
+def test_dfd_split_by_video_no_video_or_original_crosses_splits(tmp_path):
+    """DFD-SPLIT-BY-VIDEO: a fake and its original always share a split; the seed's random_split over
+    samples put one identity on both sides."""
+    root = write_dataset(tmp_path / "d", grouped_videos(20), frames=2)
+    args = T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8", "--val-fraction", "0.2",
+                         "--test-fraction", "0.2"])
+    datasets, _, _ = D.make_datasets(args)
+    groups = {s: {r.group for r in ds.records} for s, ds in datasets.items()}
+    videos = {s: {r.video for r in ds.records} for s, ds in datasets.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not groups[a] & groups[b] and not videos[a] & videos[b]
+    assert sum(len(v) for v in videos.values()) == 60
+    # seed: random_split of one sample list -> the same original video on both sides
+    records, _ = D.read_index(root / "index.csv", root, None, 2)
+    subsets = torch.utils.data.random_split(range(len(records)), [36, 12, 12], generator=torch.Generator().manual_seed(0))
+    seed_groups = [{records[i].group for i in s} for s in subsets]
+    assert seed_groups[0] & seed_groups[1]
+
+
+def test_dfd_split_by_video_a_leaking_split_column_is_refused(tmp_path):
+    """DFD-SPLIT-BY-VIDEO: a given split column that separates a fake from its original is an error."""
+    videos = grouped_videos(4, splits=True)
+    videos[1]["split"] = "val"  # fake0_0 away from real0 (train)
+    root = write_dataset(tmp_path / "d", videos, frames=2)
+    with pytest.raises(D.DataError, match=r"index.csv:3: video 'fake0_0' is in split 'val' but its group 'real0'"):
+        D.split_records(D.read_index(root / "index.csv", root, None, 2)[0], 0.2, 0.2, 0)
