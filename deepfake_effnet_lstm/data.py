@@ -344,6 +344,10 @@ def make_datasets(args) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, 
     make = lambda split, aug: VideoSequenceDataset(splits[split], args.frames, args.image_size, train=split == "train",
                                                    augment=aug, clips=args.eval_clips, seed=args.seed)
     datasets = {s: make(s, augment) for s in SPLITS}
+    # FIX(DFD-AUG-AFTER-SPLIT): augmentation belongs to the training split only; the seed augmented the
+    # whole set before splitting, so validation scores moved with the random augmentation draw.
+    # was: (nothing)
+    datasets["val"], datasets["test"] = make("val", None), make("test", None)
     weights = class_weights([r.label for r in all_records])
     info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()},
             "all_videos": len(all_records)}

@@ -63,3 +63,20 @@ def test_dfd_split_by_video_a_leaking_split_column_is_refused(tmp_path):
     root = write_dataset(tmp_path / "d", videos, frames=2)
     with pytest.raises(D.DataError, match=r"index.csv:3: video 'fake0_0' is in split 'val' but its group 'real0'"):
         D.split_records(D.read_index(root / "index.csv", root, None, 2)[0], 0.2, 0.2, 0)
+
+
+def test_dfd_aug_after_split_validation_is_not_augmented():
+    """DFD-AUG-AFTER-SPLIT: validation/test items are the plain frames at every epoch; only the
+    training split is augmented."""
+    args = T.parse_args(["--synthetic-train", "4", "--synthetic-val", "4", "--frames", "4", "--image-size", "16"])
+    datasets, _, _ = D.make_datasets(args)
+    val, train = datasets["val"], datasets["train"]
+    assert val.augment is None and datasets["test"].augment is None and train.augment is not None
+    plain = D.VideoSequenceDataset(val.records, 4, 16, train=False, augment=None, clips=val.clips)
+    # the seed: one augmented dataset, split afterwards -> validation frames are augmented too
+    seed_val = D.VideoSequenceDataset(val.records, 4, 16, train=False, augment=train.augment, clips=val.clips)
+    for epoch in (0, 5):
+        for ds in (val, plain, seed_val):
+            ds.set_epoch(epoch)
+        torch.testing.assert_close(val[1]["frames"], plain[1]["frames"])
+        assert not torch.allclose(seed_val[1]["frames"], plain[1]["frames"])
