@@ -348,7 +348,10 @@ def make_datasets(args) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, 
     # whole set before splitting, so validation scores moved with the random augmentation draw.
     # was: (nothing)
     datasets["val"], datasets["test"] = make("val", None), make("test", None)
-    weights = class_weights([r.label for r in all_records])
+    # FIX(DFD-CLASS-WEIGHTS): weights from the training split only; counting validation/test labels
+    # leaks their class balance into the loss.
+    # was: weights = class_weights([r.label for r in all_records])
+    weights = class_weights([r.label for r in splits["train"]])
     info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()},
             "all_videos": len(all_records)}
     return datasets, weights, info

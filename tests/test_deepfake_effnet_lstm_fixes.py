@@ -80,3 +80,14 @@ def test_dfd_aug_after_split_validation_is_not_augmented():
             ds.set_epoch(epoch)
         torch.testing.assert_close(val[1]["frames"], plain[1]["frames"])
         assert not torch.allclose(seed_val[1]["frames"], plain[1]["frames"])
+
+
+def test_dfd_class_weights_come_from_the_training_split(tmp_path):
+    """DFD-CLASS-WEIGHTS: a balanced training split gets weights (1, 1) whatever validation holds."""
+    videos = [{"video": f"t{i}", "label": ("real", "fake")[i % 2], "split": "train"} for i in range(8)]
+    videos += [{"video": f"v{i}", "label": "fake" if i else "real", "split": "val"} for i in range(6)]
+    root = write_dataset(tmp_path / "d", videos, frames=2)
+    datasets, weights, _ = D.make_datasets(T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8"]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0]))
+    seed_weights = D.class_weights([r.label for ds in datasets.values() for r in ds.records])
+    assert seed_weights[0] > 1.2 > 0.9 > seed_weights[1]
