@@ -288,11 +288,16 @@ class VideoSequenceDataset(torch.utils.data.Dataset):
         record = self.records[video_index]
         # per-sample randomness from (seed, epoch, index): the same whatever the worker count or a resume
         g = sample_generator(self.seed, self.epoch, index)
-        picks = [(j, int(torch.randint(self.records[j].num_frames, (1,), generator=g)))
-                 for j in torch.randint(len(self.records), (self.frames,), generator=g).tolist()]
-        loaded = [self.load_frames(self.records[j], [i]) for j, i in picks]
-        frames = torch.cat([f for f, _ in loaded])
-        masks = torch.cat([m for _, m in loaded]) if self.has_masks else None
+        # FIX(DFD-SEQUENCES): T evenly spaced frames of THIS video, labelled with it; the seed drew T
+        # random frames from the whole index, mixing videos (and labels) in one "sequence".
+        # was: picks = [(j, int(torch.randint(self.records[j].num_frames, (1,), generator=g)))
+        #               for j in torch.randint(len(self.records), (self.frames,), generator=g).tolist()]
+        #      loaded = [self.load_frames(self.records[j], [i]) for j, i in picks]
+        #      frames = torch.cat([f for f, _ in loaded])
+        #      masks = torch.cat([m for _, m in loaded]) if self.has_masks else None
+        offset = float(torch.rand((), generator=g)) if self.train else (clip + 0.5) / self.clips
+        ids = sequence_frame_ids(record.num_frames, self.frames, offset)
+        frames, masks = self.load_frames(record, ids)
         if self.augment is not None:
             frames, masks = augment_sequence(frames, masks, self.augment, g)
         item = {"frames": (frames - MEAN) / STD, "label": record.label, "video": video_index}

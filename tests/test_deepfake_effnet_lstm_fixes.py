@@ -91,3 +91,20 @@ def test_dfd_class_weights_come_from_the_training_split(tmp_path):
     torch.testing.assert_close(weights, torch.tensor([1.0, 1.0]))
     seed_weights = D.class_weights([r.label for ds in datasets.values() for r in ds.records])
     assert seed_weights[0] > 1.2 > 0.9 > seed_weights[1]
+
+
+def test_dfd_sequences_are_evenly_spaced_frames_of_one_video(tmp_path):
+    """DFD-SEQUENCES: every frame of a sample comes from the sample's own video, in order."""
+    videos = [{"video": f"v{i}", "label": ("real", "fake")[i % 2], "split": "train"} for i in range(6)]
+    root = write_dataset(tmp_path / "d", videos, frames=8)
+    records, _ = D.read_index(root / "index.csv", root, None, 4)
+    ds = D.VideoSequenceDataset(records, 4, 8, train=True, augment=None)
+    decode = lambda frames: ((D.denormalize(frames)[:, :2, 0, 0] * 255).round() / 10).round().long()  # [T, (video, frame)]
+    for index in range(len(ds)):
+        ids = decode(ds[index]["frames"])
+        assert (ids[:, 0] == index).all()
+        assert (ids[:, 1].diff() == 2).all()
+    # the seed: T random frames drawn from the whole dataset, whatever their video and label
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randint(len(records), (4,), generator=g)
+    assert len(set(sources.tolist())) > 1
