@@ -132,9 +132,12 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
         out[prefix + "precision"], _, out[prefix + "f1"] = precision_recall_f1(y, preds, 2, average="weighted")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one-class windows: NaN is the honest value
-            if len(set(y.tolist())) < 2:
-                raise ValueError("Only one class present in y_true. ROC AUC score is not defined in that case.")
-            out[prefix + "roc_auc"], out[prefix + "ap"] = roc_auc(y, preds), average_precision(y, preds)
+            # FIX(DFD-AUC-SCORES): rank the probabilities; hard labels collapse the ROC curve to one point
+            # (AUC = balanced accuracy), and sklearn-style code raised on a one-class window.
+            # was: if len(set(y.tolist())) < 2:
+            #          raise ValueError("Only one class present in y_true. ROC AUC score is not defined in that case.")
+            #      out[prefix + "roc_auc"], out[prefix + "ap"] = roc_auc(y, preds), average_precision(y, preds)
+            out[prefix + "roc_auc"], out[prefix + "ap"] = roc_auc(y, p), average_precision(y, p)
     return out
 
 

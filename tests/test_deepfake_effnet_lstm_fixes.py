@@ -2,6 +2,7 @@
 (the old line), then the fixed code is shown free of the symptom."""
 
 import csv
+import math
 
 import pytest
 import torch
@@ -108,3 +109,16 @@ def test_dfd_sequences_are_evenly_spaced_frames_of_one_video(tmp_path):
     g = torch.Generator().manual_seed(0)
     sources = torch.randint(len(records), (4,), generator=g)
     assert len(set(sources.tolist())) > 1
+
+
+def test_dfd_auc_scores_rank_probabilities_and_survive_one_class_windows():
+    """DFD-AUC-SCORES: ROC-AUC from probabilities (1.0 for a perfect ranking even when every
+    probability is below 0.5); a one-class window gives NaN instead of crashing."""
+    labels, probs = torch.tensor([0, 0, 1, 1]), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    videos = torch.arange(4)
+    fixed = T.binary_metrics(labels, probs, videos)
+    assert fixed["roc_auc"] == 1.0 and fixed["ap"] == 1.0
+    from common.metrics import roc_auc
+    assert roc_auc(labels, (probs >= 0.5).long()) == 0.5  # the seed's value on argmax labels
+    one_class = T.binary_metrics(torch.ones(3, dtype=torch.long), torch.tensor([0.2, 0.7, 0.9]), torch.arange(3))
+    assert math.isnan(one_class["roc_auc"]) and one_class["acc"] == pytest.approx(2 / 3)
