@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
                             tb.add_scalar(f"train/{k}", v, step)
 
             do_validate = step % args.val_interval == 0
+            # FIX(DFD-VAL-CADENCE): validate at every epoch end and at the last step too; with
+            # --val-interval 749 alone a small subset (a few dozen steps per epoch) never validated.
+            # was: (nothing)
+            do_validate = do_validate or batch_in_epoch == batches_per_epoch or step == max_iters
             if do_validate:
                 # FIX(DFD-VAL-DATA): validate on the validation split; the seed built its validation
                 # loader on the training set, so "validation" measured memorisation.

@@ -122,3 +122,13 @@ def test_dfd_auc_scores_rank_probabilities_and_survive_one_class_windows():
     assert roc_auc(labels, (probs >= 0.5).long()) == 0.5  # the seed's value on argmax labels
     one_class = T.binary_metrics(torch.ones(3, dtype=torch.long), torch.tensor([0.2, 0.7, 0.9]), torch.arange(3))
     assert math.isnan(one_class["roc_auc"]) and one_class["acc"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_dfd_val_cadence_small_subset_still_validates(tmp_path):
+    """DFD-VAL-CADENCE: with --val-interval 749 a 4-step epoch still validates at every epoch end."""
+    out = tmp_path / "run"
+    T.main([*TINY_ARGS, "--max-iters", "6", "--out", str(out), "--log-interval", "3"])
+    val_steps = [int(r["step"]) for r in _log_rows(out / "log.csv") if r["split"] == "val"]
+    assert val_steps == [4, 6]  # epoch end (8 videos / batch 2) and the last step
+    assert [s for s in range(1, 7) if s % 749 == 0] == []  # the seed's only trigger
