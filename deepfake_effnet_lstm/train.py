@@ -49,6 +49,7 @@ from common.runtime import (
     unwrap,
     write_config,
 )
+from common.schedulers import PlateauController
 from deepfake_effnet_lstm.data import CLASS_NAMES, denormalize, make_datasets, upsample_map
 from deepfake_effnet_lstm.model import (
     DeepfakeDetector,
@@ -243,7 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
     amp_dtype = autocast_dtype(device, args.amp)
     scaler = make_grad_scaler(device, amp_dtype)
     min_lr = args.lr * args.min_lr_factor
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.plateau_patience, cooldown=args.plateau_cooldown, min_lr=min_lr)
+    # FIX(DFD-MINLR-STOP): torch's ReduceLROnPlateau skips reductions smaller than eps=1e-8, so its
+    # lr sticks at 1e-8 > min_lr = 1e-9 and `lr == min_lr` never held; the controller lands on the floor.
+    # was: scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.plateau_patience, cooldown=args.plateau_cooldown, min_lr=min_lr)
+    controller = PlateauController(args.lr, factor=0.1, patience=args.plateau_patience,
+                                   cooldown=args.plateau_cooldown, min_lr=min_lr)
 
     train_set = datasets["train"]
     sampler = EpochSampler(len(train_set), args.batch_size, shuffle=True, seed=args.seed,
@@ -273,7 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def checkpoint_state() -> dict:
         return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                # FIX(DFD-MINLR-STOP): the controller's state replaces torch's scheduler state.
+                # was: "scheduler": scheduler.state_dict(),
+                "controller": controller.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val_loss": best_val_loss,
                 "best_step": best_step, "last_val": last_val, "rng_state": rng_state(), "config": config,
                 "window": {k: torch.cat(v).cpu() if v else torch.empty(0) for k, v in window.items()}}
@@ -286,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_set.set_epoch(epoch)
         for batch in make_loader(train_set, sampler, args, epoch):
             frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
+            # FIX(DFD-MINLR-STOP): the lr is a pure function of the controller's state, written every step.
+            # was: (nothing)
+            for group in optimizer.param_groups:
+                group["lr"] = controller.lr
             with autocast(device, amp_dtype):
                 logits, attention_map = train_model(frames, return_attention=True)
             loss_cls = classification_loss(logits, labels, weights)
@@ -333,8 +344,11 @@ def main(argv: list[str] | None = None) -> dict:
                 # was: last_val, val_labels, val_probs = evaluate(model, train_set, args, device, amp_dtype, weights, dist_info)
                 last_val, val_labels, val_probs = evaluate(unwrap(model), datasets["val"], args, device, amp_dtype,
                                                            weights, dist_info)
-                scheduler.step(last_val["loss"])
-                stop = optimizer.param_groups[0]["lr"] == min_lr
+                # FIX(DFD-MINLR-STOP): step the controller on the validation loss; stop when it says so.
+                # was: scheduler.step(last_val["loss"])
+                #      stop = optimizer.param_groups[0]["lr"] == min_lr
+                controller.step(last_val["loss"])
+                stop = controller.should_stop()
                 if is_main():
                     logger.log({"step": step, "epoch": epoch, "split": "val", "lr": optimizer.param_groups[0]["lr"],
                                 **last_val})

@@ -132,3 +132,22 @@ def test_dfd_val_cadence_small_subset_still_validates(tmp_path):
     val_steps = [int(r["step"]) for r in _log_rows(out / "log.csv") if r["split"] == "val"]
     assert val_steps == [4, 6]  # epoch end (8 videos / batch 2) and the last step
     assert [s for s in range(1, 7) if s % 749 == 0] == []  # the seed's only trigger
+
+
+def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
+    """DFD-MINLR-STOP: on a flat validation loss, torch's ReduceLROnPlateau sticks at 1e-8 > min_lr
+    (so `lr == min_lr` never holds) while the controller reaches min_lr and the run stops."""
+    lr, min_lr = 1e-4, 1e-4 * 1e-5
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    seed_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=0, min_lr=min_lr)
+    for _ in range(100):
+        seed_scheduler.step(1.0)
+        assert opt.param_groups[0]["lr"] != min_lr
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-8)
+
+    flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
+    monkeypatch.setattr(T, "evaluate", lambda *a: (dict(flat), torch.tensor([0, 1]), torch.tensor([0.4, 0.6])))
+    summary = T.main([*TINY_ARGS, "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
+                      "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--out", str(tmp_path / "run")])
+    # evals: 1 sets best, 2 -> 1e-5, 3 -> 1e-6 = min_lr, 4 -> stop
+    assert summary["stopped_early"] and summary["steps"] == 4 and summary["lr"] == pytest.approx(1e-6)
