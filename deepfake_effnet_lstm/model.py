@@ -121,7 +121,10 @@ class DeepfakeDetector(nn.Module):
         for i, stage in enumerate(self.features):
             x = stage(x)
             if i == self.cfg.attention_stage:
-                attention_map = self.attention(x)[1]
+                # FIX(DFD-ATTENTION): the gated features must flow on through the backbone; the seed
+                # computed the map only to draw it, so the attention never touched the prediction.
+                # was: attention_map = self.attention(x)[1]
+                x, attention_map = self.attention(x)
         return x.mean((2, 3)), attention_map
 
     def forward(self, frames: torch.Tensor, return_attention: bool = False):

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+import torchvision
 
 from deepfake_effnet_lstm import data as D
+from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
 
@@ -151,3 +153,38 @@ def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
                       "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--out", str(tmp_path / "run")])
     # evals: 1 sets best, 2 -> 1e-5, 3 -> 1e-6 = min_lr, 4 -> stop
     assert summary["stopped_early"] and summary["steps"] == 4 and summary["lr"] == pytest.approx(1e-6)
+
+
+def _seed_frame_features(model, images):
+    """The seed's forward: the map is computed, the features are not gated."""
+    x = images
+    for i, stage in enumerate(model.features):
+        x = stage(x)
+        if i == model.cfg.attention_stage:
+            model.attention(x)
+    return x.mean((2, 3))
+
+
+@pytest.mark.parametrize("attention", ["gate", "cbam"])
+def test_dfd_attention_takes_part_in_the_prediction(attention):
+    """DFD-ATTENTION: zeroing the attention map changes the logits; get_attention returns the map
+    the forward pass used."""
+    # batch statistics, no dropout, no stochastic depth: deterministic, and free of the untrained
+    # running statistics that flatten every input to almost the same logits in eval mode
+    model = M.DeepfakeDetector(M.DetectorConfig(attention=attention, lstm_hidden=16, dropout=0.0)).train()
+    for module in model.modules():
+        if isinstance(module, torchvision.ops.StochasticDepth):
+            module.eval()
+    frames = torch.randn(2, 3, 3, 32, 32)
+    used = {}
+    hook = model.attention.to_map.register_forward_hook(lambda m, i, o: used.setdefault("map", o))
+    logits = model(frames)
+    hook.remove()
+    torch.testing.assert_close(model.get_attention(frames).flatten(0, 1), used["map"])
+    zero = model.attention.to_map.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    zeroed = model(frames)
+    seed_pooled = _seed_frame_features(model, frames.flatten(0, 1))
+    zero.remove()
+    assert (logits - zeroed).abs().max() > 1e-4
+    # the seed: the pooled features ignore the map entirely
+    torch.testing.assert_close(seed_pooled, _seed_frame_features(model, frames.flatten(0, 1)))
