@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
+        # FIX(DFD-RESUME-LR): restore the plateau controller (lr, best, bad/cooldown counters); a fresh
+        # one restarted at --lr, undoing every reduction, and forgot how long the plateau had lasted.
+        # was: (nothing)
+        controller.load_state_dict(ckpt["controller"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         best_val_loss, best_step, last_val = ckpt["best_val_loss"], ckpt["best_step"], ckpt["last_val"]
         window = {k: [v.to(device)] if len(v) else [] for k, v in ckpt["window"].items()}

@@ -3,11 +3,13 @@
 
 import csv
 import math
+import shutil
 
 import pytest
 import torch
 import torchvision
 
+from common.schedulers import PlateauController
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
@@ -188,3 +190,46 @@ def test_dfd_attention_takes_part_in_the_prediction(attention):
     assert (logits - zeroed).abs().max() > 1e-4
     # the seed: the pooled features ignore the map entirely
     torch.testing.assert_close(seed_pooled, _seed_frame_features(model, frames.flatten(0, 1)))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _NeverImproves(PlateauController):
+    """Every validation after the first counts as a plateau, so the lr drops at each one."""
+
+    def _improved(self, value):
+        return self.best == math.inf
+
+
+@pytest.mark.slow
+def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
+    """DFD-RESUME-LR: kill at step 5 (mid-epoch, after an lr reduction), resume to step 8: weights and
+    log.csv equal an uninterrupted run's, and the lr is the reduced one, not --lr."""
+    monkeypatch.setattr(T, "PlateauController", _NeverImproves)
+    args = [*TINY_ARGS, "--max-iters", "8", "--val-interval", "2", "--plateau-patience", "0",
+            "--plateau-cooldown", "0", "--lr", "1e-3", "--ckpt-interval", "5"]
+    T.main([*args, "--out", str(tmp_path / "full")])
+
+    real_save = T.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["step"] == 5:
+            raise _Killed
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        T.main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert saved["controller"]["lr"] == pytest.approx(1e-4)  # reduced at step 4, before the kill
+    assert PlateauController(1e-3).lr == 1e-3  # what the seed's fresh scheduler restarted from
+    shutil.copy(tmp_path / "cut" / "last.pt", tmp_path / "resume_from.pt")
+    T.main([*args, "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "resume_from.pt")])
+
+    full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("full", "cut"))
+    for k, v in full["model"].items():
+        assert torch.equal(v, cut["model"][k]), k
+    assert full["controller"] == cut["controller"]
+    assert _log_rows(tmp_path / "full" / "log.csv") == _log_rows(tmp_path / "cut" / "log.csv")
