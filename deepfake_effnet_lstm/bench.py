@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-root", help="real data (index.csv + frame folders); absent -> synthetic")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (train.py default)")
     p.add_argument("--frames", type=int, default=8, help="T for the throughput part (train.py default)")
-    p.add_argument("--image-size", type=int, default=48, help="frame side (train.py default)")
+    p.add_argument("--image-size", type=int, default=32, help="frame side (train.py default)")
     p.add_argument("--batches", type=int, default=10, help="batches timed per loader setting")
     p.add_argument("--steps", type=int, default=3, help="training steps timed")
     p.add_argument("--memory-frames", default="8,16,32", help="T values for the peak-memory part")

@@ -178,22 +178,24 @@ def synthetic_records(n_videos: int, seed: int, num_frames: int = 16, split: str
 
 
 def synthetic_video(seed: int, label: int, num_frames: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A talking-head cartoon: a background and a face ellipse whose skin tone is a base colour times
-    a brightness factor in [0.7, 1.3]. A real video keeps one factor (plus camera noise and a slow
-    exposure drift shared by both classes); a fake draws a new factor in every frame, as when a
-    face swap is blended frame by frame without temporal smoothing. Each single frame of a fake has
-    the same distribution as a real frame, so only the temporal inconsistency reveals it.
+    """A talking-head cartoon: a background and a face ellipse whose skin is either light or dark.
+    A real video keeps one tone (plus camera noise and a slow exposure drift shared by both
+    classes); in a fake the tone flips at random from frame to frame, as when a face swap is
+    blended frame by frame without temporal smoothing. Each single frame of a fake has the same
+    distribution as a real frame (light or dark with probability 1/2), so only the temporal
+    inconsistency reveals it.
     Returns frames [F, 3, S, S] in [0, 1] and the manipulated-region (face) mask [F, 1, S, S]."""
     g = torch.Generator().manual_seed(seed)
     u = lambda *shape: torch.rand(*shape, generator=g)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    background = u(3, 1, 1) * 0.6 + 0.2 + 0.3 * (u(3, 1, 1) - 0.5) * xx  # [3, S, S] with a gradient
-    cx, cy = ((u(2) - 0.5) * 0.4).tolist()
+    background = u(3, 1, 1) * 0.4 + 0.3 + 0.2 * (u(3, 1, 1) - 0.5) * xx  # [3, S, S] with a gradient
+    cx, cy = ((u(2) - 0.5) * 0.3).tolist()
     face = (((xx - cx) / 0.5) ** 2 + ((yy - cy) / 0.65) ** 2 < 1).float()  # [S, S]
-    skin = u(1, 3, 1, 1) * 0.3 + 0.35
-    factor = 0.7 + 0.6 * (u(num_frames) if label == 1 else u(1).expand(num_frames))  # fake: flicker per frame
-    exposure = 0.05 * torch.sin(torch.linspace(0, 3, num_frames) + float(u(1)) * 6)
-    frames = background * (1 - face) + skin * factor.view(-1, 1, 1, 1) * face  # [F, 3, S, S]
+    skin = u(1, 3, 1, 1) * 0.2 + 0.45
+    light = (u(num_frames if label == 1 else 1) < 0.5).float().expand(num_frames)  # fake: a fresh draw per frame
+    tone = (0.6 + 0.8 * light + 0.1 * (u(1) - 0.5)).view(-1, 1, 1, 1)  # x0.6 (dark) or x1.4 (light)
+    exposure = 0.03 * torch.sin(torch.linspace(0, 3, num_frames) + float(u(1)) * 6)
+    frames = background * (1 - face) + skin * tone * face  # [F, 3, S, S]
     frames = frames + exposure.view(-1, 1, 1, 1) + 0.03 * torch.randn(num_frames, 3, size, size, generator=g)
     return frames.clamp(0, 1), face.expand(num_frames, 1, size, size).clone()
 

@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--index", help="index CSV (default <data-root>/index.csv)")
     g.add_argument("--mask-root", help="folder of masks parallel to the frames (enables --attention-loss-weight)")
     g.add_argument("--frames", type=int, default=8, help="T, frames per sequence")
-    g.add_argument("--image-size", type=int, default=48, help="face crops are resized to this square side")
+    g.add_argument("--image-size", type=int, default=32, help="face crops are resized to this square side")
     g.add_argument("--pad-short", action="store_true", help="repeat the last frame of videos shorter than T (counted)")
     g.add_argument("--val-fraction", type=float, default=0.15, help="share of groups for validation (no split column)")
     g.add_argument("--test-fraction", type=float, default=0.15, help="share of groups for test (no split column)")
@@ -95,9 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=0.2, help="dropout on frame features and before the head")
     g.add_argument("--pretrained", action="store_true", help="torchvision ImageNet weights (needs internet)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (icpr2020dfdc: 1e-4)")
+    g.add_argument("--lr", type=float, help="Adam learning rate; default 1e-4 (icpr2020dfdc) on real data, "
+                   "1e-3 on the synthetic demo (random init, tiny frames, a 3-minute budget)")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per step (per process)")
-    g.add_argument("--max-iters", type=int, default=400, help="stop after this many optimizer steps")
+    g.add_argument("--max-iters", type=int, default=200, help="stop after this many optimizer steps")
     g.add_argument("--epochs", type=int, help="optional cap on epochs")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--attention-loss-weight", type=float, default=0.0, help="weight of the mask loss (needs masks)")
@@ -119,7 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="TensorBoard scalars, PR curves and overlays (when tensorboard is installed)")
     g.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=True,
                    help="attention overlay PNGs (one real, one fake validation video) at every validation")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-4 if args.data_root else 1e-3
+    return args
 
 
 def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tensor) -> dict:

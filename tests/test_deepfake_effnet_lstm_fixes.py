@@ -151,7 +151,7 @@ def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
 
     flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
     monkeypatch.setattr(T, "evaluate", lambda *a: (dict(flat), torch.tensor([0, 1]), torch.tensor([0.4, 0.6])))
-    summary = T.main([*TINY_ARGS, "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
+    summary = T.main([*TINY_ARGS, "--lr", "1e-4", "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
                       "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--out", str(tmp_path / "run")])
     # evals: 1 sets best, 2 -> 1e-5, 3 -> 1e-6 = min_lr, 4 -> stop
     assert summary["stopped_early"] and summary["steps"] == 4 and summary["lr"] == pytest.approx(1e-6)
