@@ -1,6 +1,7 @@
 """Model, data and loop of deepfake_effnet_lstm on tiny tensors and fixture folders."""
 
 import csv
+import importlib.util
 
 import pytest
 import torch
@@ -133,8 +134,11 @@ def test_real_format_loads_frames_and_masks(tmp_path):
 @pytest.mark.slow
 def test_smoke_train_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
+    has_tb = importlib.util.find_spec("tensorboard") is not None  # TensorBoard is optional: checked when installed
     summary = T.main([*TINY_ARGS, "--max-iters", "4", "--val-interval", "2", "--out", str(out), "--overlays",
-                      "--attention-loss-weight", "0.1", "--test"])
+                      "--attention-loss-weight", "0.1", "--test", "--tensorboard" if has_tb else "--no-tensorboard"])
+    if has_tb:
+        assert list((out / "tb").glob("events.out.tfevents.*"))
     for name in ("config.json", "log.csv", "last.pt", "best.pt", "test_metrics.json", "overlays/step000002_fake.png"):
         assert (out / name).exists(), name
     rows = list(csv.DictReader(open(out / "log.csv")))
@@ -143,8 +147,8 @@ def test_smoke_train_writes_the_run_folder(tmp_path):
 
 
 def test_resume_refuses_another_architecture(tmp_path):
-    out = tmp_path / "run"
-    T.main([*TINY_ARGS, "--max-iters", "1", "--out", str(out)])
-    from common.runtime import ConfigMismatchError
-    with pytest.raises(ConfigMismatchError, match="lstm_hidden"):
-        T.main([*TINY_ARGS, "--max-iters", "2", "--out", str(out), "--resume", str(out / "last.pt"), "--lstm-hidden", "8"])
+    from common.runtime import ConfigMismatchError, save_checkpoint
+    saved_config = vars(T.parse_args(TINY_ARGS)) | {"lstm_hidden": 8}
+    save_checkpoint(tmp_path / "other.pt", {"config": saved_config})
+    with pytest.raises(ConfigMismatchError, match="lstm_hidden: checkpoint=8 now=128"):
+        T.main([*TINY_ARGS, "--max-iters", "2", "--out", str(tmp_path / "run"), "--resume", str(tmp_path / "other.pt")])

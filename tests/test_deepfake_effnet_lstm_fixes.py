@@ -36,8 +36,8 @@ def test_dfd_val_data_validation_runs_on_the_validation_split(tmp_path, monkeypa
         return real_evaluate(model, dataset, *rest)
     monkeypatch.setattr(T, "make_datasets", spy_make)
     monkeypatch.setattr(T, "evaluate", spy_evaluate)
-    T.main([*TINY_ARGS, "--max-iters", "2", "--val-interval", "1", "--out", str(tmp_path / "run")])
-    assert len(evaluated) == 2
+    T.main([*TINY_ARGS, "--max-iters", "1", "--out", str(tmp_path / "run")])
+    assert len(evaluated) == 1
     assert all(ds is built["val"] for ds in evaluated)
     assert not any(ds is built["train"] for ds in evaluated)  # the seed's loader
 
