@@ -1,0 +1,364 @@
+"""Videos as sequences of face crops: the CSV index format, the split by video / original, the
+synthetic default, and augmentation drawn once per sequence.
+
+Real format (e.g. FaceForensics++ / DFDC after face extraction):
+
+    <root>/index.csv          video,label[,split][,original]
+    <root>/<video>/*.png|jpg  the face crops of that video, in frame order by file name
+    <mask-root>/<video>/...   optional masks with the same file names (white = face / manipulated)
+
+`label` is real/fake (or 0/1). `split` is train/val/test; without it videos are split here, by
+`original` when given (a fake and the real video it was made from always share a split, so an
+identity never leaks from training into validation, as in icpr2020dfdc's FF++ 720/140/140 split).
+
+A sample is T evenly spaced frames of ONE video with that video's label (random offset in
+training, fixed offsets for evaluation, which may take several clips per video).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from common.runtime import DataError, sample_generator
+
+LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
+CLASS_NAMES = ("real", "fake")
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# ImageNet statistics: the torchvision backbone (and its pretrained weights) expect them.
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@dataclass
+class VideoRecord:
+    video: str  # name in the index (= folder of its frames)
+    label: int  # 0 real, 1 fake
+    num_frames: int  # frames available (synthetic: generated)
+    split: str = ""  # train / val / test, '' when the split is made here
+    original: str = ""  # the source video a fake was made from ('' for reals / unknown)
+    frame_paths: list[Path] = field(default_factory=list)  # empty for synthetic videos
+    mask_paths: list[Path] | None = None  # parallel masks, or None
+    seed: int | None = None  # synthetic videos are drawn from this seed
+    where: str = ""  # 'index.csv:12' for error messages
+
+    @property
+    def group(self) -> str:
+        """Videos of one group always fall in the same split: a fake with its original."""
+        return self.original or self.video
+
+
+# ----------------------------------------------------------------------------- reading the index
+
+
+def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frames: int,
+               pad_short: bool = False) -> tuple[list[VideoRecord], int]:
+    """Parse the index and check every video's frame folder. Returns the records and the number of
+    videos shorter than `frames` (padded by repeating the last frame when `pad_short`)."""
+    if not index_csv.is_file():
+        raise DataError(f"{index_csv}: index file not found")
+    records, seen, padded = [], {}, 0
+    with open(index_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if "video" not in header or "label" not in header:
+            raise DataError(f"{index_csv}:1: header {header} must contain 'video' and 'label' "
+                            f"(optional 'split', 'original')")
+        for line, row in enumerate(reader, start=2):
+            where = f"{index_csv}:{line}"
+            video = (row["video"] or "").strip()
+            label_text = (row["label"] or "").strip().lower()
+            if label_text not in LABELS:
+                raise DataError(f"{where}: unknown label {row['label']!r} for video {video!r}; use real/fake or 0/1")
+            split = (row.get("split") or "").strip().lower()
+            if split and split not in SPLITS:
+                raise DataError(f"{where}: unknown split {split!r}; use train/val/test")
+            if video in seen:
+                raise DataError(f"{where}: video {video!r} already listed at line {seen[video]}")
+            seen[video] = line
+            folder = frames_root / video
+            if not folder.is_dir():
+                raise DataError(f"{where}: frame folder {folder} does not exist")
+            frame_paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if len(frame_paths) < frames:
+                if not pad_short or not frame_paths:
+                    raise DataError(f"{where}: {folder} has {len(frame_paths)} frames, fewer than --frames {frames} "
+                                    f"(pass --pad-short to repeat the last frame)")
+                padded += 1
+            mask_paths = None
+            if mask_root is not None:
+                mask_paths = [mask_root / video / p.name for p in frame_paths]
+                missing = [p for p in mask_paths if not p.is_file()]
+                if missing:
+                    raise DataError(f"{where}: mask {missing[0]} missing ({len(missing)} of {video}'s masks)")
+            records.append(VideoRecord(video, LABELS[label_text], len(frame_paths), split,
+                                       (row.get("original") or "").strip(), frame_paths, mask_paths, where=where))
+    if not records:
+        raise DataError(f"{index_csv}: no videos listed")
+    return records, padded
+
+
+def split_records(records: list[VideoRecord], val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, list[VideoRecord]]:
+    """Use the index's split column when given, else split GROUPS (original video) at random,
+    stratified by the group's labels. Either way no group crosses two splits."""
+    given = [r for r in records if r.split]
+    if given and len(given) != len(records):
+        missing = next(r for r in records if not r.split)
+        raise DataError(f"{missing.where}: split column empty for {missing.video!r} while other rows have one")
+    split_of_group: dict[str, str] = {}
+    if given:
+        for r in records:
+            first = split_of_group.setdefault(r.group, r.split)
+            if first != r.split:
+                raise DataError(f"{r.where}: video {r.video!r} is in split {r.split!r} but its group "
+                                f"{r.group!r} is already in {first!r}: identities would leak across splits")
+    else:
+        groups: dict[str, set[int]] = {}
+        for r in records:
+            groups.setdefault(r.group, set()).add(r.label)
+        by_kind: dict[tuple, list[str]] = {}
+        for name, labels in sorted(groups.items()):
+            by_kind.setdefault(tuple(sorted(labels)), []).append(name)
+        rng = random.Random(seed)
+        for names in by_kind.values():
+            rng.shuffle(names)
+            n_test = round(len(names) * test_fraction)
+            n_val = round(len(names) * val_fraction)
+            for i, name in enumerate(names):
+                split_of_group[name] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return {s: [r for r in records if split_of_group[r.group] == s] for s in SPLITS}
+
+
+def subsample(records: list[VideoRecord], fraction: float, seed: int) -> list[VideoRecord]:
+    """Keep `fraction` of the VIDEOS of each class (at least one), never a fraction of frames."""
+    if fraction >= 1.0:
+        return records
+    rng = random.Random(seed)
+    kept = []
+    for label in (0, 1):
+        of_class = [r for r in records if r.label == label]
+        kept += rng.sample(of_class, max(1, math.ceil(len(of_class) * fraction))) if of_class else []
+    return sorted(kept, key=lambda r: r.video)
+
+
+def check_two_classes(name: str, records: list[VideoRecord], source: str) -> None:
+    present = {r.label for r in records}
+    if present != {0, 1}:
+        only = ", ".join(CLASS_NAMES[c] for c in sorted(present)) or "nothing"
+        raise DataError(f"{source}: the {name} split has only {only} ({len(records)} videos); "
+                        f"ROC-AUC and class weights need both real and fake videos")
+
+
+def class_weights(labels: list[int]) -> torch.Tensor:
+    """Inverse-frequency weights n / (2 n_c), mean 1 over samples."""
+    counts = torch.bincount(torch.tensor(labels), minlength=2).float()
+    if (counts == 0).any():
+        raise DataError(f"class weights: a class has no sample (counts real/fake = {counts.tolist()})")
+    return counts.sum() / (2 * counts)
+
+
+# ----------------------------------------------------------------------------- synthetic videos
+
+
+def synthetic_records(n_videos: int, seed: int, num_frames: int = 16, split: str = "train") -> list[VideoRecord]:
+    """Half real, half fake; the frames are drawn from the record's seed when loaded."""
+    offset = {"train": 0, "val": 1, "test": 2}[split]
+    return [VideoRecord(f"{split}_{i:05d}", i % 2, num_frames, split, seed=seed * 1_000_003 + offset * 100_003 + i)
+            for i in range(n_videos)]
+
+
+def synthetic_video(seed: int, label: int, num_frames: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A talking-head cartoon: a background and a face ellipse whose skin is either light or dark.
+    A real video keeps one tone (plus camera noise and a slow exposure drift shared by both
+    classes); in a fake the tone flips at random from frame to frame, as when a face swap is
+    blended frame by frame without temporal smoothing. Each single frame of a fake has the same
+    distribution as a real frame (light or dark with probability 1/2), so only the temporal
+    inconsistency reveals it.
+    Returns frames [F, 3, S, S] in [0, 1] and the manipulated-region (face) mask [F, 1, S, S]."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape: torch.rand(*shape, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    background = u(3, 1, 1) * 0.4 + 0.3 + 0.2 * (u(3, 1, 1) - 0.5) * xx  # [3, S, S] with a gradient
+    cx, cy = ((u(2) - 0.5) * 0.3).tolist()
+    face = (((xx - cx) / 0.5) ** 2 + ((yy - cy) / 0.65) ** 2 < 1).float()  # [S, S]
+    skin = u(1, 3, 1, 1) * 0.2 + 0.45
+    light = (u(num_frames if label == 1 else 1) < 0.5).float().expand(num_frames)  # fake: a fresh draw per frame
+    tone = (0.6 + 0.8 * light + 0.1 * (u(1) - 0.5)).view(-1, 1, 1, 1)  # x0.6 (dark) or x1.4 (light)
+    exposure = 0.03 * torch.sin(torch.linspace(0, 3, num_frames) + float(u(1)) * 6)
+    frames = background * (1 - face) + skin * tone * face  # [F, 3, S, S]
+    frames = frames + exposure.view(-1, 1, 1, 1) + 0.03 * torch.randn(num_frames, 3, size, size, generator=g)
+    return frames.clamp(0, 1), face.expand(num_frames, 1, size, size).clone()
+
+
+# ----------------------------------------------------------------------------- frames and augmentation
+
+
+def sequence_frame_ids(num_frames: int, length: int, offset_fraction: float) -> list[int]:
+    """`length` frames evenly spaced over the video, the whole pattern shifted by
+    offset_fraction * (free room). Shorter videos repeat their last frame (padding, counted at indexing)."""
+    if num_frames < length:
+        return list(range(num_frames)) + [num_frames - 1] * (length - num_frames)
+    stride = max(1, num_frames // length)
+    room = num_frames - (stride * (length - 1) + 1)
+    start = round(offset_fraction * room)
+    return [start + stride * i for i in range(length)]
+
+
+def load_image(path: Path, size: int, mode: str = "RGB") -> torch.Tensor:
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode).resize((size, size), Image.BILINEAR)
+            return TF.to_dtype(TF.pil_to_tensor(im), torch.float32, scale=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from e
+
+
+@dataclass
+class AugmentConfig:
+    flip: float = 0.5  # probability of a horizontal flip
+    rotation: float = 10.0  # max degrees
+    translate: float = 0.05  # max shift, fraction of the side
+    scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
+    jitter: float = 0.2  # brightness / contrast / saturation factor in [1 - j, 1 + j]
+    blur: float = 0.0  # probability of a Gaussian blur
+    noise: float = 0.0  # std of additive noise + 5-bit quantisation (compression-like); 0 = off
+
+
+def augment_sequence(frames: torch.Tensor, masks: torch.Tensor | None, cfg: AugmentConfig,
+                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ONE set of random parameters for the whole sequence. Drawing them per frame would make a
+    real video flicker (colour jitter) or shake (affine), which is exactly the fake cue."""
+    u = lambda lo, hi: float(lo + (hi - lo) * torch.rand((), generator=g))
+    if u(0, 1) < cfg.flip:
+        frames = TF.horizontal_flip(frames)
+        masks = TF.horizontal_flip(masks) if masks is not None else None
+    size = frames.shape[-1]
+    affine = dict(angle=u(-cfg.rotation, cfg.rotation),
+                  translate=[round(u(-cfg.translate, cfg.translate) * size), round(u(-cfg.translate, cfg.translate) * size)],
+                  scale=u(1 - cfg.scale, 1 + cfg.scale), shear=[0.0, 0.0])
+    frames = TF.affine(frames, **affine, interpolation=TF.InterpolationMode.BILINEAR)
+    masks = TF.affine(masks, **affine) if masks is not None else None
+    frames = TF.adjust_brightness(frames, u(1 - cfg.jitter, 1 + cfg.jitter))
+    frames = TF.adjust_contrast(frames, u(1 - cfg.jitter, 1 + cfg.jitter))
+    frames = TF.adjust_saturation(frames, u(1 - cfg.jitter, 1 + cfg.jitter))
+    if cfg.blur > 0 and u(0, 1) < cfg.blur:
+        frames = TF.gaussian_blur(frames, kernel_size=[3, 3], sigma=[u(0.1, 1.5)] * 2)
+    if cfg.noise > 0:
+        noise = torch.randn(frames.shape, generator=g) * u(0, cfg.noise)
+        frames = torch.round((frames + noise).clamp(0, 1) * 31) / 31
+    return frames, masks
+
+
+class VideoSequenceDataset(torch.utils.data.Dataset):
+    """Item i: clip (i % clips) of video (i // clips) -> {'frames' [T, 3, S, S] normalised,
+    'label', 'video' (index of the video in this split), 'mask' [T, 1, S, S] when masks exist}."""
+
+    def __init__(self, records: list[VideoRecord], frames: int, size: int, train: bool,
+                 augment: AugmentConfig | None, clips: int = 1, seed: int = 0):
+        self.records, self.frames, self.size, self.train = records, frames, size, train
+        self.augment, self.clips, self.seed, self.epoch = augment, 1 if train else clips, seed, 0
+        self.has_masks = all(r.seed is not None or r.mask_paths is not None for r in records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records) * self.clips
+
+    def load_frames(self, record: VideoRecord, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if record.seed is not None:
+            frames, masks = synthetic_video(record.seed, record.label, record.num_frames, self.size)
+            return frames[ids], masks[ids]
+        frames = torch.stack([load_image(record.frame_paths[i], self.size) for i in ids])
+        if record.mask_paths is None:
+            return frames, None
+        masks = torch.stack([load_image(record.mask_paths[i], self.size, mode="L") for i in ids])
+        return frames, masks
+
+    def __getitem__(self, index: int) -> dict:
+        video_index, clip = divmod(index, self.clips)
+        record = self.records[video_index]
+        # per-sample randomness from (seed, epoch, index): the same whatever the worker count or a resume
+        g = sample_generator(self.seed, self.epoch, index)
+        # FIX(DFD-SEQUENCES): T evenly spaced frames of THIS video, labelled with it; the seed drew T
+        # random frames from the whole index, mixing videos (and labels) in one "sequence".
+        # was: picks = [(j, int(torch.randint(self.records[j].num_frames, (1,), generator=g)))
+        #               for j in torch.randint(len(self.records), (self.frames,), generator=g).tolist()]
+        #      loaded = [self.load_frames(self.records[j], [i]) for j, i in picks]
+        #      frames = torch.cat([f for f, _ in loaded])
+        #      masks = torch.cat([m for _, m in loaded]) if self.has_masks else None
+        offset = float(torch.rand((), generator=g)) if self.train else (clip + 0.5) / self.clips
+        ids = sequence_frame_ids(record.num_frames, self.frames, offset)
+        frames, masks = self.load_frames(record, ids)
+        if self.augment is not None:
+            frames, masks = augment_sequence(frames, masks, self.augment, g)
+        item = {"frames": (frames - MEAN) / STD, "label": record.label, "video": video_index}
+        if self.has_masks:
+            item["mask"] = masks
+        return item
+
+
+def denormalize(frames: torch.Tensor) -> torch.Tensor:
+    """Back to [0, 1] RGB for drawing overlays."""
+    return (frames.cpu() * STD + MEAN).clamp(0, 1)
+
+
+def upsample_map(attention_map: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, 1, h, w] -> [N, 1, size, size], for overlays."""
+    return F.interpolate(attention_map.float().cpu(), size=(size, size), mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- putting it together
+
+
+def make_datasets(args) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, dict]:
+    """Datasets of the three splits, training class weights, and counts to print."""
+    if args.data_root:
+        root = Path(args.data_root)
+        index = Path(args.index) if args.index else root / "index.csv"
+        records, padded = read_index(index, root, Path(args.mask_root) if args.mask_root else None,
+                                     args.frames, args.pad_short)
+        splits = split_records(records, args.val_fraction, args.test_fraction, args.seed)
+        source = str(index)
+    else:
+        sizes = {"train": args.synthetic_train, "val": args.synthetic_val, "test": args.synthetic_test}
+        splits = {s: synthetic_records(n, args.seed, args.synthetic_frames, s) for s, n in sizes.items()}
+        padded, source = 0, "synthetic videos"
+    splits = {s: subsample(r, args.subset_fraction, args.seed) for s, r in splits.items()}
+    for name in ("train", "val"):
+        check_two_classes(name, splits[name], source)
+    all_records = [r for s in SPLITS for r in splits[s]]
+    augment = AugmentConfig(blur=args.aug_blur, noise=args.aug_noise) if args.augment else None
+    # FIX(DFD-SPLIT-BY-VIDEO): split VIDEOS (grouped by original) before building samples; the seed
+    # split shuffled samples with random_split, so frames of one video / identity sat on both sides.
+    # was: full = VideoSequenceDataset(all_records, args.frames, args.image_size, train=True, augment=augment, seed=args.seed)
+    #      full.clips = 1
+    #      cut = [len(splits["train"]), len(splits["val"]), len(splits["test"])]
+    #      subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(args.seed))
+    #      datasets = dict(zip(SPLITS, subsets))
+    #      for subset in subsets:
+    #          subset.records, subset.clips, subset.has_masks, subset.set_epoch = full.records, 1, full.has_masks, full.set_epoch
+    make = lambda split, aug: VideoSequenceDataset(splits[split], args.frames, args.image_size, train=split == "train",
+                                                   augment=aug, clips=args.eval_clips, seed=args.seed)
+    datasets = {s: make(s, augment) for s in SPLITS}
+    # FIX(DFD-AUG-AFTER-SPLIT): augmentation belongs to the training split only; the seed augmented the
+    # whole set before splitting, so validation scores moved with the random augmentation draw.
+    # was: (nothing)
+    datasets["val"], datasets["test"] = make("val", None), make("test", None)
+    # FIX(DFD-CLASS-WEIGHTS): weights from the training split only; counting validation/test labels
+    # leaks their class balance into the loss.
+    # was: weights = class_weights([r.label for r in all_records])
+    weights = class_weights([r.label for r in splits["train"]])
+    info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()},
+            "all_videos": len(all_records)}
+    return datasets, weights, info

@@ -1,0 +1,177 @@
+"""EfficientNet-B0 per frame + attention inside the backbone + LSTM over frames.
+
+A sequence of T face crops of one video goes through torchvision's efficientnet_b0 frame by
+frame. After one chosen stage an attention module re-weights the feature map (a sigmoid gate as
+in icpr2020dfdc's EfficientNetAutoAtt, or CBAM, Woo et al. 2018); the gated map flows on through
+the rest of the backbone, so the attention takes part in the prediction and `get_attention`
+returns exactly the map that was used. Each frame is average-pooled to a 1280-d vector, an LSTM
+runs over the T vectors and a linear head reads its final hidden state(s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from einops import rearrange
+
+# Output channels of efficientnet_b0.features[i] (torchvision); stage i has stride 2,2,4,8,16,16,32,32,32.
+STAGE_CHANNELS = (32, 16, 24, 40, 80, 112, 192, 320, 1280)
+
+
+@dataclass
+class DetectorConfig:
+    attention: str = "gate"  # 'gate': sigmoid(conv1x1) map (EfficientNetAutoAtt) or 'cbam': channel + spatial gates
+    attention_stage: int = 3  # index into efficientnet_b0.features after which attention acts (3: stride 8, 40 channels)
+    lstm_hidden: int = 128  # per-direction hidden size of the temporal LSTM
+    lstm_layers: int = 1  # stacked LSTM layers
+    bidirectional: bool = True  # read the sequence both ways; the head sees both final states
+    num_logits: int = 2  # 2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit
+    dropout: float = 0.2  # on the pooled frame features and before the head
+    pretrained: bool = False  # torchvision ImageNet weights for the backbone (needs a download)
+
+
+class SigmoidGate(nn.Module):
+    """One 1x1 convolution to a single-channel sigmoid map that multiplies every channel.
+
+    Follows EfficientNetAutoAtt (polimi-ispl/icpr2020dfdc, architectures/fornet.py): the map lies
+    in (0, 1), so the gate can only suppress regions, never invent features."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.to_map = nn.Sequential(nn.Conv2d(channels, 1, kernel_size=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_map = self.to_map(x)  # [N, 1, h, w]
+        return x * attention_map, attention_map
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018, sec. 3): a channel gate from a
+    shared MLP on average- and max-pooled features, then a spatial gate from a 7x7 convolution on
+    the channel-wise max and mean. The spatial gate is the attention map."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.channel_mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                         nn.Conv2d(hidden, channels, 1))
+        self.to_map = nn.Sequential(nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        channel_gate = torch.sigmoid(self.channel_mlp(x.mean((2, 3), keepdim=True))
+                                     + self.channel_mlp(x.amax((2, 3), keepdim=True)))  # [N, C, 1, 1]
+        x = x * channel_gate
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # [N, 2, h, w]
+        attention_map = self.to_map(pooled)  # [N, 1, h, w]
+        return x * attention_map, attention_map
+
+
+def load_imagenet_backbone(features: nn.Sequential) -> None:
+    """Copy torchvision's ImageNet efficientnet_b0 weights into `features`, key by key.
+
+    The download needs internet; offline it fails with a message saying so instead of silently
+    training from random weights."""
+    weights = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
+    try:
+        state = weights.get_state_dict(progress=False)
+    except Exception as e:  # URLError, socket timeout, SSL errors: all mean "no download"
+        raise RuntimeError(f"--pretrained: could not download torchvision's ImageNet efficientnet_b0 weights "
+                           f"({weights.url}): {e}. Run once with internet, or copy the file into "
+                           f"$TORCH_HOME/hub/checkpoints/, or train from random init without --pretrained.") from e
+    mapped = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    unused = {k for k in state if not k.startswith("features.")}
+    assert unused == {"classifier.1.weight", "classifier.1.bias"}, f"unexpected keys in the checkpoint: {unused}"
+    own = features.state_dict()
+    assert set(mapped) == set(own), f"key mismatch: missing {set(own) - set(mapped)}, unexpected {set(mapped) - set(own)}"
+    for k, v in mapped.items():
+        assert v.shape == own[k].shape, f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+    features.load_state_dict(mapped, strict=True)
+
+
+class DeepfakeDetector(nn.Module):
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__()
+        if not 0 <= cfg.attention_stage < len(STAGE_CHANNELS) - 1:
+            raise ValueError(f"attention_stage must be in [0, {len(STAGE_CHANNELS) - 2}], got {cfg.attention_stage}")
+        self.cfg = cfg
+        self.features = torchvision.models.efficientnet_b0(weights=None).features
+        if cfg.pretrained:
+            load_imagenet_backbone(self.features)
+        channels = STAGE_CHANNELS[cfg.attention_stage]
+        if cfg.attention == "gate":
+            self.attention = SigmoidGate(channels)
+        elif cfg.attention == "cbam":
+            self.attention = CBAM(channels)
+        else:
+            raise ValueError(f"unknown attention {cfg.attention!r}: use 'gate' or 'cbam'")
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(STAGE_CHANNELS[-1], cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
+                            bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
+        directions = 2 if cfg.bidirectional else 1
+        self.head = nn.Linear(cfg.lstm_hidden * directions, cfg.num_logits)
+
+    def frame_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [N, 3, H, W] -> pooled features [N, 1280] and the attention map [N, 1, h, w]."""
+        x = images
+        attention_map = None
+        for i, stage in enumerate(self.features):
+            x = stage(x)
+            if i == self.cfg.attention_stage:
+                # FIX(DFD-ATTENTION): the gated features must flow on through the backbone; the seed
+                # computed the map only to draw it, so the attention never touched the prediction.
+                # was: attention_map = self.attention(x)[1]
+                x, attention_map = self.attention(x)
+        return x.mean((2, 3)), attention_map
+
+    def forward(self, frames: torch.Tensor, return_attention: bool = False):
+        """frames [B, T, 3, H, W] -> logits [B, num_logits] (and the attention map [B, T, 1, h, w])."""
+        b = frames.shape[0]
+        pooled, attention_map = self.frame_features(rearrange(frames, "b t c h w -> (b t) c h w"))  # fold time into batch
+        sequence = rearrange(self.dropout(pooled), "(b t) c -> b t c", b=b)
+        _, (h_n, _) = self.lstm(sequence)  # h_n [layers * directions, B, hidden]
+        directions = 2 if self.cfg.bidirectional else 1
+        last_layer = rearrange(h_n[-directions:], "d b h -> b (d h)")  # forward (+ backward) final state
+        logits = self.head(self.dropout(last_layer))
+        if return_attention:
+            return logits, rearrange(attention_map, "(b t) 1 h w -> b t 1 h w", b=b)
+        return logits
+
+    @torch.no_grad()
+    def get_attention(self, frames: torch.Tensor) -> torch.Tensor:
+        """The attention map the forward pass uses, [B, T, 1, h, w] in (0, 1)."""
+        return self.forward(frames, return_attention=True)[1]
+
+
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(fake) per sequence from 2 logits (softmax) or 1 logit (sigmoid)."""
+    if logits.shape[-1] == 1:
+        return torch.sigmoid(logits.float().squeeze(-1))
+    return torch.softmax(logits.float(), dim=-1)[:, 1]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Class-weighted cross-entropy (2 logits) or BCE (1 logit): sum_i w_{y_i} l_i / sum_i w_{y_i},
+    the same normalisation as F.cross_entropy(weight=...), so both heads give comparable losses.
+    reduction='none' returns the unnormalised w_{y_i} l_i and the weights, for split-wide sums."""
+    if logits.shape[-1] == 1:
+        per_sample = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels.float(), reduction="none")
+    else:
+        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+    weights = class_weights[labels]
+    if reduction == "none":
+        return per_sample * weights, weights
+    return (per_sample * weights).sum() / weights.sum()
+
+
+def attention_loss(attention_map: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Pull the attention map towards a face / manipulation mask: BCE between the map [.., 1, h, w]
+    and the mask [.., 1, H, W] average-pooled to (h, w), in fp32 (BCE is unsafe under autocast)."""
+    flat_map = rearrange(attention_map.float(), "b t 1 h w -> (b t) 1 h w")
+    target = F.adaptive_avg_pool2d(rearrange(masks.float(), "b t 1 h w -> (b t) 1 h w"), flat_map.shape[-2:])
+    p = flat_map.clamp(1e-6, 1 - 1e-6)
+    return -(target * p.log() + (1 - target) * (1 - p).log()).mean()

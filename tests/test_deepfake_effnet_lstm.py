@@ -1,0 +1,154 @@
+"""Model, data and loop of deepfake_effnet_lstm on tiny tensors and fixture folders."""
+
+import csv
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from common.runtime import DataError
+from deepfake_effnet_lstm import data as D
+from deepfake_effnet_lstm import model as M
+from deepfake_effnet_lstm import train as T
+from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
+
+
+@pytest.mark.parametrize("attention,num_logits,bidirectional,layers", [("gate", 2, True, 1), ("cbam", 1, False, 2)])
+def test_shapes_and_every_parameter_gets_a_gradient(attention, num_logits, bidirectional, layers):
+    cfg = M.DetectorConfig(attention=attention, num_logits=num_logits, bidirectional=bidirectional,
+                           lstm_layers=layers, lstm_hidden=16)
+    model = M.DeepfakeDetector(cfg)
+    frames = torch.randn(2, 3, 3, 32, 32)
+    logits, attention_map = model(frames, return_attention=True)
+    assert logits.shape == (2, num_logits)
+    assert attention_map.shape == (2, 3, 1, 4, 4)  # stage 3 has stride 8
+    loss = M.classification_loss(logits, torch.tensor([0, 1]), torch.ones(2)) + attention_map.mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_weighted_losses_match_torch():
+    logits, labels, w = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1]), torch.tensor([2.0, 0.5])
+    torch.testing.assert_close(M.classification_loss(logits, labels, w), F.cross_entropy(logits, labels, weight=w))
+    one = torch.randn(6, 1)
+    expected = (F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none") * w[labels]).sum() / w[labels].sum()
+    torch.testing.assert_close(M.classification_loss(one, labels, w), expected)
+    p = torch.rand(2, 3, 1, 4, 4) * 0.98 + 0.01
+    masks = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
+    target = F.adaptive_avg_pool2d(masks.flatten(0, 1), (4, 4)).view_as(p)
+    torch.testing.assert_close(M.attention_loss(p, masks), F.binary_cross_entropy(p, target))
+
+
+def test_pretrained_key_map_loads_every_backbone_tensor(monkeypatch):
+    reference = torchvision.models.efficientnet_b0(weights=None).state_dict()
+    monkeypatch.setattr(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
+                        lambda self, progress=False: reference)
+    model = M.DeepfakeDetector(M.DetectorConfig(pretrained=True))
+    for k, v in model.features.state_dict().items():
+        torch.testing.assert_close(v, reference["features." + k])
+
+
+def test_pretrained_offline_fails_with_a_clear_message(monkeypatch):
+    def offline(self, progress=False):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="--pretrained: could not download"):
+        M.DeepfakeDetector(M.DetectorConfig(pretrained=True))
+
+
+def test_frame_ids_are_evenly_spaced_and_short_videos_pad():
+    assert D.sequence_frame_ids(16, 4, 0.0) == [0, 4, 8, 12]
+    assert D.sequence_frame_ids(16, 4, 1.0) == [3, 7, 11, 15]
+    assert D.sequence_frame_ids(3, 5, 0.5) == [0, 1, 2, 2, 2]
+
+
+def test_augmentation_draws_one_set_of_parameters_per_sequence():
+    """A still video must stay still: per-frame jitter would itself be the fake cue (flicker)."""
+    still = torch.rand(1, 3, 16, 16).expand(6, 3, 16, 16).clone()
+    out, masks = D.augment_sequence(still, torch.ones(6, 1, 16, 16), D.AugmentConfig(blur=1.0, noise=0.0),
+                                    torch.Generator().manual_seed(3))
+    assert not torch.allclose(out, still)
+    torch.testing.assert_close(out, out[:1].expand_as(out))
+    torch.testing.assert_close(masks, masks[:1].expand_as(masks))
+
+
+def test_synthetic_fakes_differ_only_over_time():
+    """One frame of a fake has the same distribution as a real frame; the frame-to-frame change does not."""
+    center = lambda label: torch.stack([D.synthetic_video(s, label, 8, 16)[0][:, :, 8, 8].mean(1)
+                                        for s in range(200)])  # face centre brightness [videos, frames]
+    real, fake = center(0), center(1)
+    assert abs(real[:, 0].mean() - fake[:, 0].mean()) < 0.03
+    assert abs(real[:, 0].std() - fake[:, 0].std()) < 0.03
+    assert (fake.diff(dim=1).abs().mean() > 4 * real.diff(dim=1).abs().mean())
+
+
+def test_index_errors_name_the_file(tmp_path):
+    root = write_dataset(tmp_path / "d", [{"video": "a", "label": "real"}, {"video": "b", "label": "fake"}], frames=3)
+    with pytest.raises(DataError, match=r"index.csv:2: .*has 3 frames, fewer than --frames 4"):
+        D.read_index(root / "index.csv", root, None, frames=4)
+    records, padded = D.read_index(root / "index.csv", root, None, frames=4, pad_short=True)
+    assert padded == 2 and [r.num_frames for r in records] == [3, 3]
+    (root / "index.csv").write_text("video,label\na,real\nb,maybe\n")
+    with pytest.raises(DataError, match=r"index.csv:3: unknown label 'maybe'"):
+        D.read_index(root / "index.csv", root, None, frames=2)
+    (root / "index.csv").write_text("video,label\na,real\nzzz,fake\n")
+    with pytest.raises(DataError, match=r"index.csv:3: frame folder .*zzz does not exist"):
+        D.read_index(root / "index.csv", root, None, frames=2)
+    (root / "index.csv").write_text("name,label\n")
+    with pytest.raises(DataError, match=r"index.csv:1: header"):
+        D.read_index(root / "index.csv", root, None, frames=2)
+    (root / "b" / "0001.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"0001.png: unreadable image"):
+        D.load_image(root / "b" / "0001.png", 8)
+
+
+def test_a_split_with_one_class_is_refused(tmp_path):
+    videos = [{"video": f"v{i}", "label": "real" if i < 4 else "fake", "split": "val" if i < 2 else "train"}
+              for i in range(6)]
+    root = write_dataset(tmp_path / "d", videos)
+    args = T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8"])
+    with pytest.raises(DataError, match=r"index.csv: the val split has only real \(2 videos\)"):
+        D.make_datasets(args)
+
+
+def test_subset_fraction_keeps_whole_videos_of_both_classes():
+    records = D.synthetic_records(40, seed=0)
+    kept = D.subsample(records, 0.25, seed=0)
+    assert len(kept) == 10 and {r.label for r in kept} == {0, 1}
+    assert all(r.num_frames == 16 for r in kept)
+
+
+def test_real_format_loads_frames_and_masks(tmp_path):
+    root = write_dataset(tmp_path / "d", grouped_videos(4, splits=True), masks=True)
+    args = T.parse_args(["--data-root", str(root), "--mask-root", str(tmp_path / "masks"), "--frames", "2",
+                         "--image-size", "8"])
+    datasets, weights, info = D.make_datasets(args)
+    item = datasets["train"][0]
+    assert item["frames"].shape == (2, 3, 8, 8) and item["mask"].shape == (2, 1, 8, 8)
+    assert info["videos"] == {"train": 6, "val": 3, "test": 3}
+
+
+@pytest.mark.slow
+def test_smoke_train_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    has_tb = importlib.util.find_spec("tensorboard") is not None  # TensorBoard is optional: checked when installed
+    summary = T.main([*TINY_ARGS, "--max-iters", "4", "--val-interval", "2", "--out", str(out), "--overlays",
+                      "--attention-loss-weight", "0.1", "--test", "--tensorboard" if has_tb else "--no-tensorboard"])
+    if has_tb:
+        assert list((out / "tb").glob("events.out.tfevents.*"))
+    for name in ("config.json", "log.csv", "last.pt", "best.pt", "test_metrics.json", "overlays/step000002_fake.png"):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["split"] for r in rows].count("val") == 2 and list(rows[0]) == T.LOG_COLUMNS
+    assert 0.0 <= summary["val_roc_auc"] <= 1.0 and "test_roc_auc" in summary
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    from common.runtime import ConfigMismatchError, save_checkpoint
+    saved_config = vars(T.parse_args(TINY_ARGS)) | {"lstm_hidden": 8}
+    save_checkpoint(tmp_path / "other.pt", {"config": saved_config})
+    with pytest.raises(ConfigMismatchError, match="lstm_hidden: checkpoint=8 now=128"):
+        T.main([*TINY_ARGS, "--max-iters", "2", "--out", str(tmp_path / "run"), "--resume", str(tmp_path / "other.pt")])

@@ -1,0 +1,235 @@
+"""One test per FIXES.md row of deepfake_effnet_lstm: the seed's behaviour is reproduced inline
+(the old line), then the fixed code is shown free of the symptom."""
+
+import csv
+import math
+import shutil
+
+import pytest
+import torch
+import torchvision
+
+from common.schedulers import PlateauController
+from deepfake_effnet_lstm import data as D
+from deepfake_effnet_lstm import model as M
+from deepfake_effnet_lstm import train as T
+from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
+
+
+def _log_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_dfd_val_data_validation_runs_on_the_validation_split(tmp_path, monkeypatch):
+    """DFD-VAL-DATA: the seed validated on the training set; every evaluation must get the val split."""
+    built, evaluated = {}, []
+    real_make, real_evaluate = T.make_datasets, T.evaluate
+
+    def spy_make(args):
+        datasets, weights, info = real_make(args)
+        built.update(datasets)
+        return datasets, weights, info
+
+    def spy_evaluate(model, dataset, *rest):
+        evaluated.append(dataset)
+        return real_evaluate(model, dataset, *rest)
+    monkeypatch.setattr(T, "make_datasets", spy_make)
+    monkeypatch.setattr(T, "evaluate", spy_evaluate)
+    T.main([*TINY_ARGS, "--max-iters", "1", "--out", str(tmp_path / "run")])
+    assert len(evaluated) == 1
+    assert all(ds is built["val"] for ds in evaluated)
+    assert not any(ds is built["train"] for ds in evaluated)  # the seed's loader
+
+
+def test_dfd_split_by_video_no_video_or_original_crosses_splits(tmp_path):
+    """DFD-SPLIT-BY-VIDEO: a fake and its original always share a split; the seed's random_split over
+    samples put one identity on both sides."""
+    root = write_dataset(tmp_path / "d", grouped_videos(20), frames=2)
+    args = T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8", "--val-fraction", "0.2",
+                         "--test-fraction", "0.2"])
+    datasets, _, _ = D.make_datasets(args)
+    groups = {s: {r.group for r in ds.records} for s, ds in datasets.items()}
+    videos = {s: {r.video for r in ds.records} for s, ds in datasets.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not groups[a] & groups[b] and not videos[a] & videos[b]
+    assert sum(len(v) for v in videos.values()) == 60
+    # seed: random_split of one sample list -> the same original video on both sides
+    records, _ = D.read_index(root / "index.csv", root, None, 2)
+    subsets = torch.utils.data.random_split(range(len(records)), [36, 12, 12], generator=torch.Generator().manual_seed(0))
+    seed_groups = [{records[i].group for i in s} for s in subsets]
+    assert seed_groups[0] & seed_groups[1]
+
+
+def test_dfd_split_by_video_a_leaking_split_column_is_refused(tmp_path):
+    """DFD-SPLIT-BY-VIDEO: a given split column that separates a fake from its original is an error."""
+    videos = grouped_videos(4, splits=True)
+    videos[1]["split"] = "val"  # fake0_0 away from real0 (train)
+    root = write_dataset(tmp_path / "d", videos, frames=2)
+    with pytest.raises(D.DataError, match=r"index.csv:3: video 'fake0_0' is in split 'val' but its group 'real0'"):
+        D.split_records(D.read_index(root / "index.csv", root, None, 2)[0], 0.2, 0.2, 0)
+
+
+def test_dfd_aug_after_split_validation_is_not_augmented():
+    """DFD-AUG-AFTER-SPLIT: validation/test items are the plain frames at every epoch; only the
+    training split is augmented."""
+    args = T.parse_args(["--synthetic-train", "4", "--synthetic-val", "4", "--frames", "4", "--image-size", "16"])
+    datasets, _, _ = D.make_datasets(args)
+    val, train = datasets["val"], datasets["train"]
+    assert val.augment is None and datasets["test"].augment is None and train.augment is not None
+    plain = D.VideoSequenceDataset(val.records, 4, 16, train=False, augment=None, clips=val.clips)
+    # the seed: one augmented dataset, split afterwards -> validation frames are augmented too
+    seed_val = D.VideoSequenceDataset(val.records, 4, 16, train=False, augment=train.augment, clips=val.clips)
+    for epoch in (0, 5):
+        for ds in (val, plain, seed_val):
+            ds.set_epoch(epoch)
+        torch.testing.assert_close(val[1]["frames"], plain[1]["frames"])
+        assert not torch.allclose(seed_val[1]["frames"], plain[1]["frames"])
+
+
+def test_dfd_class_weights_come_from_the_training_split(tmp_path):
+    """DFD-CLASS-WEIGHTS: a balanced training split gets weights (1, 1) whatever validation holds."""
+    videos = [{"video": f"t{i}", "label": ("real", "fake")[i % 2], "split": "train"} for i in range(8)]
+    videos += [{"video": f"v{i}", "label": "fake" if i else "real", "split": "val"} for i in range(6)]
+    root = write_dataset(tmp_path / "d", videos, frames=2)
+    datasets, weights, _ = D.make_datasets(T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8"]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0]))
+    seed_weights = D.class_weights([r.label for ds in datasets.values() for r in ds.records])
+    assert seed_weights[0] > 1.2 > 0.9 > seed_weights[1]
+
+
+def test_dfd_sequences_are_evenly_spaced_frames_of_one_video(tmp_path):
+    """DFD-SEQUENCES: every frame of a sample comes from the sample's own video, in order."""
+    videos = [{"video": f"v{i}", "label": ("real", "fake")[i % 2], "split": "train"} for i in range(6)]
+    root = write_dataset(tmp_path / "d", videos, frames=8)
+    records, _ = D.read_index(root / "index.csv", root, None, 4)
+    ds = D.VideoSequenceDataset(records, 4, 8, train=True, augment=None)
+    decode = lambda frames: ((D.denormalize(frames)[:, :2, 0, 0] * 255).round() / 10).round().long()  # [T, (video, frame)]
+    for index in range(len(ds)):
+        ids = decode(ds[index]["frames"])
+        assert (ids[:, 0] == index).all()
+        assert (ids[:, 1].diff() == 2).all()
+    # the seed: T random frames drawn from the whole dataset, whatever their video and label
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randint(len(records), (4,), generator=g)
+    assert len(set(sources.tolist())) > 1
+
+
+def test_dfd_auc_scores_rank_probabilities_and_survive_one_class_windows():
+    """DFD-AUC-SCORES: ROC-AUC from probabilities (1.0 for a perfect ranking even when every
+    probability is below 0.5); a one-class window gives NaN instead of crashing."""
+    labels, probs = torch.tensor([0, 0, 1, 1]), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    videos = torch.arange(4)
+    fixed = T.binary_metrics(labels, probs, videos)
+    assert fixed["roc_auc"] == 1.0 and fixed["ap"] == 1.0
+    from common.metrics import roc_auc
+    assert roc_auc(labels, (probs >= 0.5).long()) == 0.5  # the seed's value on argmax labels
+    one_class = T.binary_metrics(torch.ones(3, dtype=torch.long), torch.tensor([0.2, 0.7, 0.9]), torch.arange(3))
+    assert math.isnan(one_class["roc_auc"]) and one_class["acc"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_dfd_val_cadence_small_subset_still_validates(tmp_path):
+    """DFD-VAL-CADENCE: with --val-interval 749 a 4-step epoch still validates at every epoch end."""
+    out = tmp_path / "run"
+    T.main([*TINY_ARGS, "--max-iters", "6", "--out", str(out), "--log-interval", "3"])
+    val_steps = [int(r["step"]) for r in _log_rows(out / "log.csv") if r["split"] == "val"]
+    assert val_steps == [4, 6]  # epoch end (8 videos / batch 2) and the last step
+    assert [s for s in range(1, 7) if s % 749 == 0] == []  # the seed's only trigger
+
+
+def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
+    """DFD-MINLR-STOP: on a flat validation loss, torch's ReduceLROnPlateau sticks at 1e-8 > min_lr
+    (so `lr == min_lr` never holds) while the controller reaches min_lr and the run stops."""
+    lr, min_lr = 1e-4, 1e-4 * 1e-5
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    seed_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=0, min_lr=min_lr)
+    for _ in range(100):
+        seed_scheduler.step(1.0)
+        assert opt.param_groups[0]["lr"] != min_lr
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-8)
+
+    flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
+    monkeypatch.setattr(T, "evaluate", lambda *a: (dict(flat), torch.tensor([0, 1]), torch.tensor([0.4, 0.6])))
+    summary = T.main([*TINY_ARGS, "--lr", "1e-4", "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
+                      "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--out", str(tmp_path / "run")])
+    # evals: 1 sets best, 2 -> 1e-5, 3 -> 1e-6 = min_lr, 4 -> stop
+    assert summary["stopped_early"] and summary["steps"] == 4 and summary["lr"] == pytest.approx(1e-6)
+
+
+def _seed_frame_features(model, images):
+    """The seed's forward: the map is computed, the features are not gated."""
+    x = images
+    for i, stage in enumerate(model.features):
+        x = stage(x)
+        if i == model.cfg.attention_stage:
+            model.attention(x)
+    return x.mean((2, 3))
+
+
+@pytest.mark.parametrize("attention", ["gate", "cbam"])
+def test_dfd_attention_takes_part_in_the_prediction(attention):
+    """DFD-ATTENTION: zeroing the attention map changes the logits; get_attention returns the map
+    the forward pass used."""
+    # batch statistics, no dropout, no stochastic depth: deterministic, and free of the untrained
+    # running statistics that flatten every input to almost the same logits in eval mode
+    model = M.DeepfakeDetector(M.DetectorConfig(attention=attention, lstm_hidden=16, dropout=0.0)).train()
+    for module in model.modules():
+        if isinstance(module, torchvision.ops.StochasticDepth):
+            module.eval()
+    frames = torch.randn(2, 3, 3, 32, 32)
+    used = {}
+    hook = model.attention.to_map.register_forward_hook(lambda m, i, o: used.setdefault("map", o))
+    logits = model(frames)
+    hook.remove()
+    torch.testing.assert_close(model.get_attention(frames).flatten(0, 1), used["map"])
+    zero = model.attention.to_map.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    zeroed = model(frames)
+    seed_pooled = _seed_frame_features(model, frames.flatten(0, 1))
+    zero.remove()
+    assert (logits - zeroed).abs().max() > 1e-4
+    # the seed: the pooled features ignore the map entirely
+    torch.testing.assert_close(seed_pooled, _seed_frame_features(model, frames.flatten(0, 1)))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _NeverImproves(PlateauController):
+    """Every validation after the first counts as a plateau, so the lr drops at each one."""
+
+    def _improved(self, value):
+        return self.best == math.inf
+
+
+@pytest.mark.slow
+def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
+    """DFD-RESUME-LR: kill at step 5 (mid-epoch, after an lr reduction), resume to step 8: weights and
+    log.csv equal an uninterrupted run's, and the lr is the reduced one, not --lr."""
+    monkeypatch.setattr(T, "PlateauController", _NeverImproves)
+    args = [*TINY_ARGS, "--max-iters", "8", "--val-interval", "2", "--plateau-patience", "0",
+            "--plateau-cooldown", "0", "--lr", "1e-3", "--ckpt-interval", "5"]
+    T.main([*args, "--out", str(tmp_path / "full")])
+
+    real_save = T.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["step"] == 5:
+            raise _Killed
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        T.main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert saved["controller"]["lr"] == pytest.approx(1e-4)  # reduced at step 4, before the kill
+    assert PlateauController(1e-3).lr == 1e-3  # what the seed's fresh scheduler restarted from
+    shutil.copy(tmp_path / "cut" / "last.pt", tmp_path / "resume_from.pt")
+    T.main([*args, "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "resume_from.pt")])
+
+    full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("full", "cut"))
+    for k, v in full["model"].items():
+        assert torch.equal(v, cut["model"][k]), k
+    assert full["controller"] == cut["controller"]
+    assert _log_rows(tmp_path / "full" / "log.csv") == _log_rows(tmp_path / "cut" / "log.csv")
