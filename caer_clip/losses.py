@@ -1,0 +1,109 @@
+"""CLIP-CAER losses: semantic label-distribution learning (LDL), mutual information between learned
+and hand-crafted class texts (MI), decorrelation of class prototypes (DC), MoCo ranking, and the
+weighted total (RAPT-CLIP utils/loss.py defines the terms; the fixes below are this repository's).
+
+Total = L_cls + ramp * (w_mi * MI + w_dc * DC + w_moco * MoCo), L_cls = CE / label-smoothing CE,
+or LDL after `ldl_warmup` epochs; with mixup lam * L(y_a) + (1 - lam) * L(y_b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.losses import info_nce
+from common.mixup import mixup_loss
+
+
+@dataclass
+class LossConfig:
+    cls_loss: str = "lsr"  # hard-label loss: 'ce' or 'lsr' (label-smoothing CE)
+    smoothing: float = 0.1  # label smoothing epsilon of 'lsr'
+    use_ldl: bool = True  # semantic LDL (soft targets from class-text similarity) after the warm-up
+    ldl_warmup: int = 2  # epochs of hard labels before LDL takes over
+    ldl_temperature: float = 0.1  # temperature of the LDL target softmax over text cosines
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of face and context clips; 0 = off
+    w_mi: float = 0.1  # weight of the MI loss (learned vs hand-crafted class texts)
+    w_dc: float = 5.0  # weight of the DC loss (decorrelated class prototypes)
+    w_moco: float = 0.1  # weight of the MoCo loss
+    aux_warmup: float = 1.0  # epochs over which the auxiliary weights ramp linearly from 0 to full
+    mi_temperature: float = 0.07  # InfoNCE temperature of the MI loss
+    moco_temperature: float = 0.07  # InfoNCE temperature of the MoCo loss
+
+
+def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """KL(q || p) with q = softmax(cos(t_y, t_c) / temperature) over the class description
+    features t: classes described like the true one share its probability mass."""
+    sim = class_text @ class_text.T
+    soft_targets = F.softmax(sim[target], dim=-1)
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets, reduction="batchmean")
+
+
+def _lsr2(logits, target, smoothing):
+    length = int(target.max()) + 1
+    one_hot = torch.zeros(target.shape[0], length).scatter_(1, target.view(-1, 1).cpu(), 1.0)
+    smoothed = one_hot * (1 - smoothing) + (1 - one_hot) * smoothing / (length - 1)
+    return (-smoothed.to(logits.device) * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor, epoch: int,
+                        cfg: LossConfig) -> torch.Tensor:
+    if cfg.use_ldl:
+        return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
+    if cfg.cls_loss == "lsr":
+        return _lsr2(logits, target, cfg.smoothing)
+    return F.cross_entropy(logits.float(), target)
+
+
+def mi_loss(learned_text: torch.Tensor, handcrafted_text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between learned and hand-crafted features of the same class (C, D)."""
+    return info_nce(learned_text, handcrafted_text, temperature=temperature, symmetric=True)
+
+
+def dc_loss(class_text: torch.Tensor) -> torch.Tensor:
+    """Decorrelation of class prototypes: mean squared off-diagonal cosine, sum((S-I)^2)/(C(C-1))."""
+    text = F.normalize(class_text.float(), dim=-1)
+    num_classes = text.shape[0]
+    off_diagonal = text @ text.T - torch.eye(num_classes, device=text.device)
+    return off_diagonal.pow(2).sum() / (num_classes * (num_classes - 1))
+
+
+def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor,
+              labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of each video query against its momentum key (positive) and the queue of past
+    video keys (negatives)."""
+    negative_mask = None
+    return info_nce(query, key.detach(), queue.detach(), temperature, negative_mask)
+
+
+def aux_ramp(epoch_progress: float, warmup: float) -> float:
+    """Auxiliary-weight factor: 0 -> 1 linearly over the first `warmup` epochs (a pure function)."""
+    return 1.0 if warmup <= 0 else min(1.0, epoch_progress / warmup)
+
+
+def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tensor, lam: float, epoch: int,
+               epoch_progress: float, cfg: LossConfig, queue: tuple[torch.Tensor, torch.Tensor] | None = None,
+               step: int | None = None):
+    """Returns (total, raw components, weighted components); raises NonFiniteLossError naming the
+    component that is NaN/Inf."""
+    def cls_fn(logits, target):
+        return classification_loss(logits, target, out["handcrafted_mean"], epoch, cfg)
+
+    parts = {"cls": mixup_loss(cls_fn, out["logits"], y_a, y_b, lam),
+             "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature),
+             "dc": dc_loss(out["text"])}
+    if queue is not None and "key" in out:
+        # The mixed query keeps the label of its larger share for the false-negative mask.
+        labels = y_a if lam >= 0.5 else y_b
+        parts["moco"] = moco_loss(out["video"], out["key"], queue[0], queue[1], labels, cfg.moco_temperature)
+    else:
+        parts["moco"] = out["logits"].new_zeros(())
+    ramp = 1.0
+    weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
+                "moco": ramp * cfg.w_moco * parts["moco"]}
+    total = sum(weighted.values())
+    total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+    return total, parts, weighted
