@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from caer_clip import losses as caer_losses
+
 
 def similar_class_text(num_classes=5, per_class=3, cosine=0.8, dim=64):
     """Mean of `per_class` unit prompt features per class, classes at cosine ~0.8 (as CLIP descriptors)."""
@@ -18,6 +20,23 @@ def similar_class_text(num_classes=5, per_class=3, cosine=0.8, dim=64):
     return prompts.mean(dim=1)  # (C, D), norm < 1
 
 
+def test_caer_ldl_norm_loss_is_not_tiny_at_chance():
+    class_text = similar_class_text().requires_grad_(True)
+    target = torch.arange(5)
+    uniform_logits = torch.zeros(5, 5)
+    # Baseline: raw similarity at temperature 1 -> q nearly uniform, KL ~0.01 at chance.
+    q_old = F.softmax((class_text @ class_text.T)[target], dim=-1)
+    kl_old = F.kl_div(F.log_softmax(uniform_logits, -1), q_old, reduction="batchmean")
+    assert q_old.diagonal().max() < 0.3 and kl_old < 0.02
+    # Fixed: the target peaks on the true class and chance predictions cost a lot.
+    loss = caer_losses.semantic_ldl_loss(uniform_logits.requires_grad_(True), target, class_text, 0.1)
+    assert loss > 0.3
+    loss.backward()
+    assert class_text.grad is None  # targets are detached from the prompts
+    # Perfect predictions drive the loss towards zero.
+    text = F.normalize(class_text.detach(), dim=-1)
+    good_logits = torch.log(F.softmax((text @ text.T) / 0.1, dim=-1))
+    assert caer_losses.semantic_ldl_loss(good_logits, target, class_text, 0.1) < 1e-4
 
 
 
