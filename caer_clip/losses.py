@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common.losses import info_nce
+from common.losses import info_nce, label_smoothing_ce
 from common.mixup import mixup_loss
 
 
@@ -48,11 +48,6 @@ def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: to
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets, reduction="batchmean")
 
 
-def _lsr2(logits, target, smoothing):
-    length = int(target.max()) + 1
-    one_hot = torch.zeros(target.shape[0], length).scatter_(1, target.view(-1, 1).cpu(), 1.0)
-    smoothed = one_hot * (1 - smoothing) + (1 - one_hot) * smoothing / (length - 1)
-    return (-smoothed.to(logits.device) * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor, epoch: int,
@@ -60,7 +55,11 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: 
     if cfg.use_ldl:
         return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
     if cfg.cls_loss == "lsr":
-        return _lsr2(logits, target, cfg.smoothing)
+        # FIX(CAER-LSR): the one-hot was built with width max(target)+1, so a batch without the
+        # last class raised a shape error (and its smoothing mass was wrong); the closed form
+        # (1-e)*CE + e*mean(-log p) needs no one-hot at all.
+        # was: return _lsr2(logits, target, cfg.smoothing)
+        return label_smoothing_ce(logits, target, cfg.smoothing)
     return F.cross_entropy(logits.float(), target)
 
 

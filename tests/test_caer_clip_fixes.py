@@ -3,6 +3,7 @@ absence with the fixed code. The test names carry the fix IDs of FIXES.md."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,22 @@ def test_caer_ldl_norm_loss_is_not_tiny_at_chance():
     assert caer_losses.semantic_ldl_loss(good_logits, target, class_text, 0.1) < 1e-4
 
 
+def _baseline_lsr2(logits, target, smoothing):
+    length = int(target.max()) + 1
+    one_hot = torch.zeros(target.shape[0], length).scatter_(1, target.view(-1, 1), 1.0)
+    smoothed = one_hot * (1 - smoothing) + (1 - one_hot) * smoothing / (length - 1)
+    return (-smoothed * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def test_caer_lsr_batch_without_last_class():
+    logits, target = torch.randn(6, 5), torch.tensor([0, 1, 1, 0, 1, 0])
+    with pytest.raises(RuntimeError):
+        _baseline_lsr2(logits, target, 0.1)
+    cfg = caer_losses.LossConfig(cls_loss="lsr", smoothing=0.1, use_ldl=False)
+    loss = caer_losses.classification_loss(logits, target, torch.randn(5, 8), 0, cfg)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target, label_smoothing=0.1))
+    one = caer_losses.classification_loss(logits[:1], target[:1], torch.randn(5, 8), 0, cfg)  # batch of one
+    torch.testing.assert_close(one, F.cross_entropy(logits[:1], target[:1], label_smoothing=0.1))
 
 
 
