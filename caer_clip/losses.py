@@ -52,7 +52,9 @@ def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: to
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor, epoch: int,
                         cfg: LossConfig) -> torch.Tensor:
-    if cfg.use_ldl:
+    # FIX(CAER-LDL-WARMUP): LDL started at step 0 from untrained prompts; hard labels first.
+    # was: if cfg.use_ldl:
+    if cfg.use_ldl and epoch >= cfg.ldl_warmup:
         return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
     if cfg.cls_loss == "lsr":
         # FIX(CAER-LSR): the one-hot was built with width max(target)+1, so a batch without the

@@ -62,6 +62,15 @@ def test_caer_lsr_batch_without_last_class():
 
 
 
+def test_caer_ldl_warmup_uses_hard_labels_first():
+    logits, target, class_text = torch.randn(4, 5), torch.tensor([0, 1, 2, 3]), similar_class_text()
+    cfg = caer_losses.LossConfig(cls_loss="ce", use_ldl=True, ldl_warmup=2)
+    ldl = caer_losses.semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
+    # Baseline: `if cfg.use_ldl` alone -> LDL from epoch 0.
+    for epoch in (0, 1):
+        torch.testing.assert_close(caer_losses.classification_loss(logits, target, class_text, epoch, cfg),
+                                   F.cross_entropy(logits, target))
+    torch.testing.assert_close(caer_losses.classification_loss(logits, target, class_text, 2, cfg), ldl)
 
 
 
