@@ -26,7 +26,10 @@ class LossConfig:
     ldl_temperature: float = 0.1  # temperature of the LDL target softmax over text cosines
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of face and context clips; 0 = off
     w_mi: float = 0.1  # weight of the MI loss (learned vs hand-crafted class texts)
-    w_dc: float = 5.0  # weight of the DC loss (decorrelated class prototypes)
+    # FIX(CAER-LOSS-WEIGHTS): weight 5 made DC the largest gradient from the first step and the
+    # prompts learned to be orthogonal instead of to classify (seed 000, section 1).
+    # was: w_dc: float = 5.0  # weight of the DC loss (decorrelated class prototypes)
+    w_dc: float = 0.1  # weight of the DC loss (decorrelated class prototypes)
     w_moco: float = 0.1  # weight of the MoCo loss
     aux_warmup: float = 1.0  # epochs over which the auxiliary weights ramp linearly from 0 to full
     mi_temperature: float = 0.07  # InfoNCE temperature of the MI loss
@@ -108,7 +111,10 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
         parts["moco"] = moco_loss(out["video"], out["key"], queue[0], queue[1], labels, cfg.moco_temperature)
     else:
         parts["moco"] = out["logits"].new_zeros(())
-    ramp = 1.0
+    # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up instead of acting at full
+    # weight on random prompts from step 0.
+    # was: ramp = 1.0
+    ramp = aux_ramp(epoch_progress, cfg.aux_warmup)
     weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
                 "moco": ramp * cfg.w_moco * parts["moco"]}
     total = sum(weighted.values())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from caer_clip import losses as caer_losses
+from tests.fixtures_caer_clip import clip_batch, tiny_model
 
 
 def similar_class_text(num_classes=5, per_class=3, cosine=0.8, dim=64):
@@ -73,6 +74,24 @@ def test_caer_ldl_warmup_uses_hard_labels_first():
     torch.testing.assert_close(caer_losses.classification_loss(logits, target, class_text, 2, cfg), ldl)
 
 
+def test_caer_loss_weights_dc_does_not_swamp_classification():
+    torch.manual_seed(0)
+    model = tiny_model()
+    out = model(*clip_batch(batch=4))
+    y = torch.arange(4)
+    _, parts, _ = caer_losses.total_loss(out, y, y, 1.0, 0, 1.0, caer_losses.LossConfig())
+    # Baseline: weight 5 at full strength from step 0 gives DC a pull on the prompt vectors of the
+    # same order as the classification loss's.
+    ctx = model.prompt_learner.ctx
+    grad_dc = torch.autograd.grad(parts["dc"], ctx, retain_graph=True)[0].norm()
+    grad_cls = torch.autograd.grad(parts["cls"], ctx, retain_graph=True)[0].norm()
+    assert 5.0 * grad_dc > 0.3 * grad_cls
+    # Fixed: weight 0.1 (a few percent of CE's pull), ramped in from 0 over the auxiliary warm-up.
+    cfg = caer_losses.LossConfig()
+    assert cfg.w_dc * grad_dc < 0.05 * grad_cls
+    _, _, weighted = caer_losses.total_loss(out, y, y, 1.0, 0, 0.0, cfg)
+    assert weighted["dc"] == 0 and weighted["mi"] == 0
+    assert caer_losses.aux_ramp(0.5, 1.0) == 0.5 and caer_losses.aux_ramp(3.0, 1.0) == 1.0
 
 
 
