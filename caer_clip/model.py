@@ -167,6 +167,14 @@ class CAERModel(nn.Module):
             self.register_buffer("queue_labels", torch.full((cfg.moco_queue,), -1, dtype=torch.long))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    def train(self, mode: bool = True):
+        """Trainable parts follow `mode`; frozen CLIP parts and the momentum head stay in eval."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        if self.cfg.moco_queue > 0:
+            self.key_head.eval()  # keys without dropout: stable targets for the queue
+        return self
 
     def text_features(self) -> torch.Tensor:
         """Unit class features (C, D): the learned prompts of each class, averaged."""
@@ -215,5 +223,9 @@ class CAERModel(nn.Module):
 
 def build_model(cfg: ModelConfig, clip: CLIP, tokenizer, descriptors: list[list[str]]) -> CAERModel:
     model = CAERModel(cfg, clip, tokenizer, descriptors)
-    model.eval()
+    # FIX(CAER-TRAIN-MODE): the model was put in eval mode here and the loop never switched it
+    # back, so dropout never ran in training; train() now runs each epoch and keeps only the
+    # frozen parts in eval.
+    # was: model.eval()
+    model.train()
     return model

@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(start_epoch, tc.epochs):
         train_sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
         train_set.set_epoch(epoch)
+        ddp_model.train()
         batch_in_epoch = start_batch if epoch == start_epoch else 0
         bar = tqdm(make_loader(train_set, train_sampler, tc, device, epoch), desc=f"epoch {epoch}", leave=False,
                    disable=not main_rank or not sys.stderr.isatty(), total=steps_per_epoch - batch_in_epoch)

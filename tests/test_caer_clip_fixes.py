@@ -2,12 +2,15 @@
 absence with the fixed code. The test names carry the fix IDs of FIXES.md."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from caer_clip import losses as caer_losses
+from caer_clip import train as caer_train
 from tests.fixtures_caer_clip import clip_batch, tiny_model
 
 
@@ -94,6 +97,18 @@ def test_caer_loss_weights_dc_does_not_swamp_classification():
     assert caer_losses.aux_ramp(0.5, 1.0) == 0.5 and caer_losses.aux_ramp(3.0, 1.0) == 1.0
 
 
+def test_caer_train_mode_trainable_parts_train_frozen_parts_stay_eval():
+    model = tiny_model()
+    # Baseline: model.eval() after construction and no train() in the loop -> dropout never on.
+    old = tiny_model().eval()
+    assert not old.head.training
+    assert model.head.training and model.prompt_learner.training
+    assert not model.clip.transformer.training and not model.key_head.training
+    model.eval()
+    model.train()
+    assert model.head.face_temporal.training
+    assert not model.clip.transformer.training  # frozen text tower stays in eval
+    assert re.search(r"ddp_model\.train\(\)", Path(caer_train.__file__).read_text())
 
 
 
