@@ -46,7 +46,7 @@ from common.runtime import (
     unwrap,
     write_config,
 )
-from common.schedulers import multistep_lr
+from common.schedulers import multistep_lr, scaled_lr
 
 
 @dataclass
@@ -71,6 +71,8 @@ class TrainConfig:
     lr_gamma: float = 0.1  # multi-step lr factor
     warmup_iters: int = 10  # linear lr warm-up steps
     grad_clip: float = 10.0  # max global gradient norm (0 = off); 1.0 starved the prompts on the tiny CLIP
+    lr_rule: str = "none"  # none | linear | sqrt: scale every lr by the effective batch / lr_ref_batch
+    lr_ref_batch: int = 8  # batch the lrs were quoted for (official recipe: 8)
     log_interval: int = 10  # steps between log rows
     ckpt_interval: int = 100  # steps between last.pt writes (also at every epoch end)
 
@@ -164,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-gamma", type=float, default=0.1, help="multi-step lr factor")
     g.add_argument("--warmup-iters", type=int, default=None, help="linear lr warm-up steps")
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0: off)")
+    g.add_argument("--lr-rule", default="none", choices=["none", "linear", "sqrt"],
+                   help="scale the lrs by effective batch / --lr-ref-batch (printed at start)")
+    g.add_argument("--lr-ref-batch", type=int, default=8, help="batch the lrs are quoted for")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/caer_clip", help="run folder")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. <out>/last.pt)")
@@ -208,7 +213,11 @@ def param_groups(model, cfg: TrainConfig, world_size: int) -> list[dict]:
              "adapter": [head.adapter], "prompt": [model.prompt_learner], "image": [model.clip.visual]}
     lrs = {"temporal": cfg.lr, "projection": cfg.lr_proj, "adapter": cfg.lr_adapter, "prompt": cfg.lr_prompt,
            "image": cfg.lr_image}
-    scale = cfg.batch_size / 20
+    # FIX(CAER-LR-RULE): every lr was silently multiplied by batch/20 (seed 000, section 3), so a
+    # batch of 8 trained at 0.4x the lr on the command line; the scaling rule is now explicit
+    # (--lr-rule, default none) and the resulting lrs are printed at start.
+    # was: scale = cfg.batch_size / 20
+    scale = scaled_lr(1.0, cfg.batch_size * world_size, cfg.lr_ref_batch, cfg.lr_rule)
     groups, seen = [], set()
     for name, modules in parts.items():
         decay, no_decay = [], []
@@ -345,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"caer_clip: {dataset} data, {len(train_set)}/{len(val_set)}/{len(test_set)} train/val/test clips, "
         f"CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, context {'on' if cfg.model.use_context else 'off'}, "
         f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {dist_info.world_size}, device {device}")
+    log(f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
+        + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"parameters: {sum(p.numel() for p in model.parameters()):,} total, {trainable:,} trainable")
     if tc.resume:

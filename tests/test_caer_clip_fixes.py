@@ -111,6 +111,16 @@ def test_caer_train_mode_trainable_parts_train_frozen_parts_stay_eval():
     assert re.search(r"ddp_model\.train\(\)", Path(caer_train.__file__).read_text())
 
 
+def test_caer_lr_rule_is_explicit():
+    model = tiny_model()
+    cfg = caer_train.TrainConfig(batch_size=16, lr=0.01)
+    # Baseline: every lr silently multiplied by batch / 20.
+    assert cfg.lr * cfg.batch_size / 20 != cfg.lr
+    groups = caer_train.param_groups(model, cfg, world_size=1)
+    assert {g["base_lr"] for g in groups if g["name"] == "temporal"} == {0.01}
+    linear = caer_train.param_groups(model, caer_train.TrainConfig(batch_size=16, lr=0.01, lr_rule="linear",
+                                                                   lr_ref_batch=8), world_size=2)
+    assert {g["base_lr"] for g in linear if g["name"] == "temporal"} == {0.04}
 
 
 
