@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from common.losses import info_nce, label_smoothing_ce
 from common.mixup import mixup_loss
+from common.runtime import check_finite
 
 
 @dataclass
@@ -118,5 +119,8 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
     weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
                 "moco": ramp * cfg.w_moco * parts["moco"]}
     total = sum(weighted.values())
-    total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+    # FIX(CAER-NONFINITE): NaN/Inf were replaced by 0, which zeroed the gradients and hid the
+    # broken component; the run now stops naming it.
+    # was: total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+    check_finite({f"loss_{k}": v for k, v in parts.items()}, step)
     return total, parts, weighted

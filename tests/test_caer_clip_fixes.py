@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from caer_clip import losses as caer_losses
 from caer_clip import train as caer_train
+from common.runtime import NonFiniteLossError
 from tests.fixtures_caer_clip import clip_batch, tiny_model
 
 
@@ -123,6 +124,15 @@ def test_caer_lr_rule_is_explicit():
     assert {g["base_lr"] for g in linear if g["name"] == "temporal"} == {0.04}
 
 
+def test_caer_nonfinite_raises_naming_component():
+    model = tiny_model()
+    out = model(*clip_batch(batch=2))
+    out["logits"] = out["logits"] * float("nan")
+    y = torch.tensor([0, 1])
+    # Baseline: nan_to_num turned the NaN loss into 0 with zero gradients.
+    assert torch.nan_to_num(out["logits"].sum(), nan=0.0) == 0
+    with pytest.raises(NonFiniteLossError, match="loss_cls"):
+        caer_losses.total_loss(out, y, y, 1.0, 0, 1.0, caer_losses.LossConfig(use_ldl=False))
 
 
 
