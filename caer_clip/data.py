@@ -464,7 +464,18 @@ class ClassBalancedSampler(EpochSampler):
         classes, counts = np.unique(self.labels, return_counts=True)
         weights = counts.astype(float) ** self.power
         weights /= weights.sum()
-        return {int(c): int(self.num_samples * w) for c, w in zip(classes, weights)}
+        # FIX(CAER-BALANCED-SAMPLER): flooring n * w lost the remainders (the epoch came out
+        # short) and gave a class whose share is below one sample zero samples (seed 000's
+        # routing). Every class with data gets one, the rest go by largest remainder.
+        # was: return {int(c): int(self.num_samples * w) for c, w in zip(classes, weights)}
+        spare = self.num_samples - len(classes)
+        if spare < 0:
+            raise DataError(f"an epoch of {self.num_samples} samples cannot hold {len(classes)} classes")
+        exact = spare * weights
+        alloc = np.floor(exact).astype(int) + 1
+        order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+        alloc[order[: self.num_samples - alloc.sum()]] += 1
+        return {int(c): int(a) for c, a in zip(classes, alloc)}
 
     def _indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

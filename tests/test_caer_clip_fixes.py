@@ -5,10 +5,12 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from caer_clip import data as caer_data
 from caer_clip import losses as caer_losses
 from caer_clip import train as caer_train
 from common.runtime import NonFiniteLossError
@@ -135,6 +137,29 @@ def test_caer_nonfinite_raises_naming_component():
         caer_losses.total_loss(out, y, y, 1.0, 0, 1.0, caer_losses.LossConfig(use_ldl=False))
 
 
+def test_caer_balanced_sampler_counts_sum_and_no_empty_class():
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    sampler = caer_data.ClassBalancedSampler(labels, batch_size=4, power=2.0)
+    # Baseline: floor(n * w) -> the rare class gets zero samples.
+    counts, n = np.bincount(labels), len(labels)
+    w = counts.astype(float) ** 2 / (counts.astype(float) ** 2).sum()
+    assert [int(n * x) for x in w] [2] == 0
+    alloc = sampler.class_counts()
+    assert sum(alloc.values()) == n and min(alloc.values()) >= 1
+    balanced = caer_data.ClassBalancedSampler(labels, batch_size=4, power=0.0)
+    assert sum(int(n * x) for x in [1 / 3] * 3) == 99  # baseline epoch came out short
+    alloc = balanced.class_counts()
+    assert sum(alloc.values()) == n and max(alloc.values()) - min(alloc.values()) <= 1
+    # Deterministic per (seed, epoch); ranks take disjoint shards.
+    balanced.set_epoch(1)
+    first = list(balanced)
+    balanced.set_epoch(1)
+    assert list(balanced) == first and len(first) == 100
+    ranks = [caer_data.ClassBalancedSampler(labels, 2, 0.0, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(1)
+    shard0, shard1 = list(ranks[0]), list(ranks[1])
+    assert sorted(shard0 + shard1) == sorted(first)
 
 
 
