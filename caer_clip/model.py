@@ -133,7 +133,14 @@ class VisualHead(nn.Module):
 
 def class_logits(video: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
     """scale * cos(video, text): (B, D) x (C, D) -> (B, C)."""
-    return (scale * video @ text.T).reshape(-1, text.shape[0])
+    # FIX(CAER-SHAPES): a reshape to (-1, C) turned a wrong (B, T, C) or (B*P, C) product into
+    # a "valid" batch of the wrong size, which then met the labels of other samples; the
+    # shapes are now checked and anything else raises.
+    # was: return (scale * video @ text.T).reshape(-1, text.shape[0])
+    if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
+        raise ValueError(f"class_logits: expected video (B, D) and text (C, D), got {tuple(video.shape)} "
+                         f"and {tuple(text.shape)}")
+    return scale * video @ text.T  # (B, C)
 
 
 class CAERModel(nn.Module):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from caer_clip import data as caer_data
 from caer_clip import losses as caer_losses
+from caer_clip import model as caer_model
 from caer_clip import train as caer_train
 from common.runtime import NonFiniteLossError
 from tests.fixtures_caer_clip import clip_batch, tiny_model
@@ -162,6 +163,13 @@ def test_caer_balanced_sampler_counts_sum_and_no_empty_class():
     assert sorted(shard0 + shard1) == sorted(first)
 
 
+def test_caer_shapes_wrong_logit_shape_raises():
+    video, text = torch.randn(2, 4, 8), torch.randn(5, 8)  # a stray time axis
+    # Baseline: reshape(-1, C) turned (B, T, C) into a "batch" of B*T rows.
+    assert (video @ text.T).reshape(-1, 5).shape == (8, 5)
+    with pytest.raises(ValueError, match="expected video"):
+        caer_model.class_logits(video, text, 20.0)
+    assert caer_model.class_logits(video[:, 0], text, 20.0).shape == (2, 5)
 
 
 
