@@ -293,7 +293,16 @@ class ClipDataset(torch.utils.data.Dataset):
     def face_box(self, index: int, name: str):
         rec = self.records[index]
         boxes = self.face_boxes or {}
-        return boxes.get(str(rec.frames_dir / name))
+        # FIX(CAER-BOX-KEYS): the lookup used the frame's full path while the JSON is keyed by
+        # clip folder and frame name, so it never matched and every "face" was the full frame,
+        # silently. Both sides are normalised now, and a miss is an error or a counted fallback.
+        # was: return boxes.get(str(rec.frames_dir / name))
+        clip_boxes = boxes.get(rec.key)
+        box = None if clip_boxes is None else clip_boxes.get(frame_key(name))
+        if box is None and not self.centre_crop_fallback:
+            raise DataError(f"{rec.source}: no face box for clip {rec.key!r} frame {name!r} "
+                            f"(pass --allow-missing-boxes to centre-crop instead)")
+        return box
 
     def __getitem__(self, index: int):
         rec = self.records[index]
@@ -308,7 +317,10 @@ class ClipDataset(torch.utils.data.Dataset):
             box = self.face_box(index, names[i])
             face_box = None if box is None else expand_box(box, self.cfg.face_margin, height, width)
             if face_box is None:
-                face_box = (0, 0, width, height)
+                # FIX(CAER-BOX-KEYS): a missing box is counted and centre-cropped, never a silent full frame.
+                # was: face_box = (0, 0, width, height)
+                fallbacks += 1
+                face_box = centre_square(height, width)
             context_box = None if body is None else expand_box(body, 0.0, height, width)
             faces.append(crop_resize(frame, face_box, self.image_size, keep_aspect=False))
             contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, keep_aspect=True))

@@ -14,8 +14,8 @@ from caer_clip import data as caer_data
 from caer_clip import losses as caer_losses
 from caer_clip import model as caer_model
 from caer_clip import train as caer_train
-from common.runtime import NonFiniteLossError
-from tests.fixtures_caer_clip import clip_batch, tiny_model
+from common.runtime import DataError, NonFiniteLossError
+from tests.fixtures_caer_clip import clip_batch, make_raer, tiny_model
 
 
 def similar_class_text(num_classes=5, per_class=3, cosine=0.8, dim=64):
@@ -172,6 +172,23 @@ def test_caer_shapes_wrong_logit_shape_raises():
     assert caer_model.class_logits(video[:, 0], text, 20.0).shape == (2, 5)
 
 
+def test_caer_box_keys_face_crop_uses_the_box(tmp_path):
+    cfg = make_raer(tmp_path, clips_per_class=1, frames=3)
+    train, _, _ = caer_data.build_datasets(cfg, num_frames=2, image_size=16, seed=0)
+    rec = train.records[0]
+    # Baseline: looked up the full frame path, which is never a key -> silently the full frame.
+    assert train.face_boxes.get(str(rec.frames_dir / "1.jpg")) is None
+    train.train = False
+    face, context, _, fallbacks = train[0]
+    assert fallbacks == 0
+    assert (face[:, 1, 8, 8] > face[:, 0, 8, 8] + 0.5).all()  # centre of the face crop: the green box
+    assert (context[:, 0, 1, 1] > context[:, 1, 1, 1] + 0.5).all()  # context corner: red background
+    # A missing box is an error naming the clip, or a counted centre-crop fallback.
+    train.face_boxes = {}
+    with pytest.raises(DataError, match=rec.key):
+        train[0]
+    train.centre_crop_fallback = True
+    assert train[0][3] == 2
 
 
 
