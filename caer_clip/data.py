@@ -168,7 +168,10 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
     if not frames_dir.is_dir():
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
-    return sorted(names)
+    # FIX(CAER-FRAME-SORT): a plain sort puts 10.jpg before 2.jpg, so the "temporal" order
+    # fed to the temporal model was scrambled; compare the digits as numbers.
+    # was: return sorted(names)
+    return sorted(names, key=natural_key)
 
 
 def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipRecord]:

@@ -191,6 +191,14 @@ def test_caer_box_keys_face_crop_uses_the_box(tmp_path):
     assert train[0][3] == 2
 
 
+def test_caer_frame_sort_is_natural(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(1, 13):
+        (folder / f"{i}.jpg").write_bytes(b"")
+    # Baseline: lexicographic order.
+    assert sorted(p.name for p in folder.iterdir())[:3] == ["1.jpg", "10.jpg", "11.jpg"]
+    assert caer_data.list_frames(folder, "test") == [f"{i}.jpg" for i in range(1, 13)]
 
 
 
