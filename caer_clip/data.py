@@ -212,9 +212,13 @@ def sample_indices(num_frames: int, num_segments: int, train: bool, generator: t
     """TSN sampling (Wang et al. 2016): the clip is cut into `num_segments` equal segments and one
     frame is taken from each, at a random offset in training and at the centre in evaluation."""
     edges = torch.linspace(0, num_frames, num_segments + 1)
-    if train:
-        return [min(i, num_frames - 1) for i in range(num_segments)]
-    offset = torch.full((num_segments,), 0.5)
+    # FIX(CAER-SAMPLING): training took frames 0..T-1 of every clip, so with 30-frame clips and
+    # T=16 the second half was never seen; training now spans the whole clip with a random frame
+    # per segment, like evaluation does at segment centres.
+    # was: if train:
+    #          return [min(i, num_frames - 1) for i in range(num_segments)]
+    #      offset = torch.full((num_segments,), 0.5)
+    offset = torch.rand(num_segments, generator=generator) if train else torch.full((num_segments,), 0.5)
     index = (edges[:-1] + offset * (edges[1:] - edges[:-1])).floor().long()
     return index.clamp(0, num_frames - 1).tolist()
 

@@ -201,6 +201,19 @@ def test_caer_frame_sort_is_natural(tmp_path):
     assert caer_data.list_frames(folder, "test") == [f"{i}.jpg" for i in range(1, 13)]
 
 
+def test_caer_sampling_spans_the_whole_clip_in_training():
+    # Baseline: training always took frames 0..15 of a 30-frame clip.
+    assert [min(i, 29) for i in range(16)] == list(range(16))
+    seen = set()
+    for seed in range(20):
+        picks = caer_data.sample_indices(30, 16, True, torch.Generator().manual_seed(seed))
+        assert len(picks) == 16 and picks == sorted(picks) and max(picks) < 30
+        seen.update(picks)
+    assert max(seen) >= 28 and len(seen) == 30
+    centre = caer_data.sample_indices(30, 16, False, torch.Generator())
+    assert centre[0] == 0 and centre[-1] == 29
+    assert caer_data.sample_indices(3, 8, True, torch.Generator()) == sorted(
+        caer_data.sample_indices(3, 8, True, torch.Generator()))
 
 
 
