@@ -340,7 +340,10 @@ class ClipDataset(torch.utils.data.Dataset):
         """One flip and one rotation per clip, applied to every frame of both streams."""
         angle = (torch.rand((), generator=g).item() * 2 - 1) * self.cfg.rotate_degrees
         flip = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
-        flip_context = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
+        # FIX(CAER-SAME-AUG): face and context drew separate flips, so half the time the face
+        # was mirrored relative to its own context (the body pose no longer matched the face).
+        # was: flip_context = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
+        flip_context = flip
         if flip:
             face = TF.horizontal_flip(face)
         if flip_context:

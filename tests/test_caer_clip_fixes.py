@@ -216,6 +216,20 @@ def test_caer_sampling_spans_the_whole_clip_in_training():
         caer_data.sample_indices(3, 8, True, torch.Generator()))
 
 
+def test_caer_same_augmentation_for_face_and_context():
+    data = caer_data.SyntheticClips(1, caer_data.DataConfig(), 2, 16, True, 0, 1)
+    frames = torch.rand(2, 3, 16, 16)
+    differs = 0
+    for seed in range(12):
+        # Baseline: a second draw for the context flip.
+        g = torch.Generator().manual_seed(seed)
+        torch.rand((), generator=g)
+        flip_face = torch.rand((), generator=g).item() < 0.5
+        flip_context = torch.rand((), generator=g).item() < 0.5
+        differs += flip_face != flip_context
+        face, context = data.augment(frames, frames.clone(), torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(face, context)
+    assert differs > 0
 
 
 
