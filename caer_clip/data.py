@@ -334,7 +334,10 @@ class ClipDataset(torch.utils.data.Dataset):
         face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
         if self.train:
             face, context = self.augment(face, context, g)
-        return face, context, rec.label, fallbacks
+        # FIX(CAER-CLIP-NORM): CLIP was trained on inputs standardised with its mean/std; raw
+        # [0, 1] pixels shift every activation of the pretrained encoder.
+        # was: return face, context, rec.label, fallbacks
+        return clip_normalise(face), clip_normalise(context), rec.label, fallbacks
 
     def augment(self, face: torch.Tensor, context: torch.Tensor, g: torch.Generator):
         """One flip and one rotation per clip, applied to every frame of both streams."""

@@ -232,6 +232,15 @@ def test_caer_same_augmentation_for_face_and_context():
     assert differs > 0
 
 
+def test_caer_clip_norm_inputs_are_standardised():
+    data = caer_data.SyntheticClips(2, caer_data.DataConfig(), 2, 16, False, 0, 1)
+    face, context, _, _ = data[0]
+    frame = data.frames[0][caer_data.sample_indices(len(data.frames[0]), 2, False, torch.Generator())[0]]
+    raw = caer_data.crop_resize(frame, (0, 0, 48, 48), 16, keep_aspect=True)
+    # Baseline: raw [0, 1] pixels.
+    assert raw.min() >= 0
+    torch.testing.assert_close(context[0], caer_data.clip_normalise(raw))
+    assert context.min() < 0
 
 
 
