@@ -452,11 +452,18 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
         def make(size, train, split_seed):
             return SyntheticClips(size, cfg, num_frames, image_size, train, seed, split_seed)
         train, test = make(cfg.synthetic_train, True, 1000 + seed), make(cfg.synthetic_test, False, 3000 + seed)
-        val = test
+        # FIX(CAER-VAL-SPLIT): the best epoch was picked on the test list and that same number was
+        # reported, an optimistic test score; a separate validation split now picks the epoch.
+        # was: val = test
+        val = make(cfg.synthetic_val, False, 2000 + seed)
         return train, val, test
     root = Path(cfg.data_root)
     train_records, test_records = read_split(cfg, cfg.train_list), read_split(cfg, cfg.test_list)
-    val_records = test_records
+    # FIX(CAER-VAL-SPLIT): validation is its own list or a stratified share of train, never the test list.
+    # was: val_records = test_records
+    val_records = read_split(cfg, cfg.val_list) if cfg.val_list else None
+    if val_records is None:
+        train_records, val_records = stratified_split(train_records, cfg.val_fraction, seed)
     if cfg.dataset == "daisee":
         face = normalise_face_boxes(load_json(root / cfg.face_boxes), cfg.face_boxes) \
             if cfg.face_boxes and (root / cfg.face_boxes).is_file() else None

@@ -243,6 +243,17 @@ def test_caer_clip_norm_inputs_are_standardised():
     assert context.min() < 0
 
 
+def test_caer_val_split_is_not_the_test_list(tmp_path):
+    train, val, test = caer_data.build_datasets(caer_data.DataConfig(synthetic_train=10, synthetic_val=5,
+                                                                     synthetic_test=5), 2, 16, 0)
+    # Baseline: val = test, so the best epoch was picked on the test list.
+    assert val is not test
+    assert not any(torch.equal(a, b) for a in val.frames for b in test.frames if a.shape == b.shape)
+    cfg = make_raer(tmp_path, clips_per_class=2)
+    train, val, test = caer_data.build_datasets(cfg, 2, 16, 0)
+    keys = [{r.key for r in d.records} for d in (train, val, test)]
+    assert not (keys[0] & keys[1]) and not (keys[1] & keys[2]) and len(keys[1]) == 5
+    assert sorted(val.labels) == [0, 1, 2, 3, 4]  # stratified
 
 
 
