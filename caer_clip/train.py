@@ -195,10 +195,14 @@ def build_configs(args: argparse.Namespace) -> RunConfig:
     for key, value in values.items():
         if value is None and key not in ("data_root", "resume"):
             values[key] = recipe.get(key) if recipe.get(key) is not None else defaults[key]
-    loss = LossConfig(cls_loss=values["cls_loss"], smoothing=values["smoothing"],
-                      ldl_temperature=values["ldl_temperature"], w_mi=values["w_mi"], w_dc=values["w_dc"],
-                      w_moco=values["w_moco"], aux_warmup=values["aux_warmup"],
-                      mi_temperature=values["mi_temperature"], moco_temperature=values["moco_temperature"])
+    # FIX(CAER-MIXUP-PLUMB): the loss settings were passed field by field and mixup_alpha,
+    # use_ldl and ldl_warmup were forgotten, so --mixup-alpha etc. were parsed and silently
+    # dropped. Every config section is now filled from all of its flags by name.
+    # was: loss = LossConfig(cls_loss=values["cls_loss"], smoothing=values["smoothing"],
+    #                        ldl_temperature=values["ldl_temperature"], w_mi=values["w_mi"], w_dc=values["w_dc"],
+    #                        w_moco=values["w_moco"], aux_warmup=values["aux_warmup"],
+    #                        mi_temperature=values["mi_temperature"], moco_temperature=values["moco_temperature"])
+    loss = _fill(LossConfig, values)
     return RunConfig(_fill(ModelConfig, values), loss, _fill(DataConfig, values), _fill(TrainConfig, values))
 
 
