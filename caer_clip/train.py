@@ -23,6 +23,7 @@ from caer_clip.data import CLASS_DESCRIPTORS, ClassBalancedSampler, DataConfig, 
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model
 from common.metrics import confusion_matrix, war
+from common.mixup import mixup
 from common.runtime import (
     CSVLogger,
     EpochSampler,
@@ -405,7 +406,11 @@ def main(argv: list[str] | None = None) -> dict:
             labels = labels.to(device, non_blocking=True)
             # Mixup randomness from (seed, epoch, batch): identical after a resume.
             mix_gen = sample_generator(tc.seed, epoch, 10**9 + batch_in_epoch)
-            (face, context), y_a, y_b, lam = _mixup_data(face, context, labels, cfg.loss.mixup_alpha, mix_gen)
+            # FIX(CAER-MIXUP-TARGET): the local mixup returned the permutation index as y_b, so the
+            # second loss term trained towards class "index" (a random class id); common.mixup
+            # returns y[perm] and mixes face and context with the same permutation and lambda.
+            # was: (face, context), y_a, y_b, lam = _mixup_data(face, context, labels, cfg.loss.mixup_alpha, mix_gen)
+            (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
             with autocast(device, dtype):
                 out = ddp_model(face, context)
             base = unwrap(ddp_model)
@@ -483,12 +488,6 @@ def main(argv: list[str] | None = None) -> dict:
             "elapsed_s": elapsed}
 
 
-def _mixup_data(face, context, y, alpha, generator):
-    if alpha <= 0:
-        return (face, context), y, y, 1.0
-    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator))).beta(alpha, alpha))
-    index = torch.randperm(y.shape[0], generator=generator).to(y.device)
-    return (lam * face + (1 - lam) * face[index], lam * context + (1 - lam) * context[index]), y, index, lam
 
 
 if __name__ == "__main__":

@@ -110,6 +110,21 @@ def test_caer_mixup_plumb_every_flag_reaches_its_config():
             assert re.search(rf"\.{name}\b", source), f"config field {name} is never read"
 
 
+def test_caer_mixup_target_is_label_of_mixed_sample():
+    from common.mixup import mixup
+
+    labels = torch.tensor([4, 4, 3, 3, 2, 2, 1, 0])
+    face, context = torch.randn(8, 2, 3), torch.randn(8, 2, 3)
+    g = torch.Generator().manual_seed(3)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    # Baseline: y_b was the permutation index itself, a class id unrelated to the mixed clip.
+    y_b_old = perm
+    assert not torch.equal(y_b_old, labels[perm])
+    (mixed_face, mixed_context), y_a, y_b, lam = mixup([face, context], labels, 0.4, generator=g)
+    assert torch.equal(y_a, labels) and torch.equal(y_b, labels[perm])
+    torch.testing.assert_close(mixed_face, lam * face + (1 - lam) * face[perm])
+    torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[perm])
+    assert "def _mixup_data" not in Path(caer_train.__file__).read_text()
 
 
 def test_caer_ldl_warmup_uses_hard_labels_first():
