@@ -22,7 +22,7 @@ from caer_clip.clip import load_clip
 from caer_clip.data import CLASS_DESCRIPTORS, ClassBalancedSampler, DataConfig, build_datasets
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model
-from common.metrics import confusion_matrix, war
+from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
 from common.runtime import (
     CSVLogger,
@@ -249,9 +249,6 @@ def lr_at(step: int, base_lr: float, cfg: TrainConfig, steps_per_epoch: int) -> 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _uar_present_classes(y_true, y_pred) -> float:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
 
 
 @torch.no_grad()
@@ -266,7 +263,10 @@ def evaluate(model, loader, device, dtype, num_classes: int) -> dict:
         fallbacks += fb.to(device).sum()
     preds, labels = gather_cat(torch.cat(preds)).cpu().numpy(), gather_cat(torch.cat(labels)).cpu().numpy()
     fallbacks = int(gather_cat(fallbacks.view(1)).sum())
-    uar_value = _uar_present_classes(labels, preds)
+    # FIX(CAER-UAR-ALL-CLASSES): the mean recall ran over the classes present in the split, so a
+    # class missing from it dropped out and UAR was inflated; it now runs over all classes.
+    # was: uar_value = _uar_present_classes(labels, preds)
+    uar_value = uar(labels, preds, num_classes)
     return {"uar": uar_value, "war": war(labels, preds), "fallbacks": fallbacks,
             "confusion": confusion_matrix(labels, preds, num_classes)}
 

@@ -313,6 +313,17 @@ def test_caer_val_split_is_not_the_test_list(tmp_path):
     assert sorted(val.labels) == [0, 1, 2, 3, 4]  # stratified
 
 
+def test_caer_uar_counts_all_classes():
+    labels = np.array([0, 0, 1, 1, 2, 2])  # classes 3 and 4 absent from this split
+    preds = np.array([0, 0, 1, 1, 2, 3])
+    old = np.mean([(preds[labels == c] == c).mean() for c in np.unique(labels)])
+    assert old == pytest.approx(5 / 6)
+    assert caer_train.uar(labels, preds, 5) == pytest.approx((1 + 1 + 0.5) / 5)
+    model = tiny_model()
+    batches = [(torch.randn(2, 4, 3, 32, 32), torch.randn(2, 4, 3, 32, 32), torch.tensor([0, 1]),
+                torch.zeros(2, dtype=torch.long))]
+    metrics = caer_train.evaluate(model, batches, torch.device("cpu"), None, 5)
+    assert metrics["confusion"].shape == (5, 5) and metrics["uar"] <= 0.4
 
 
 
