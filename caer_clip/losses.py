@@ -86,7 +86,10 @@ def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, queue
               labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE of each video query against its momentum key (positive) and the queue of past
     video keys (negatives)."""
-    negative_mask = None
+    # FIX(CAER-MOCO-QUEUE): queue entries of the query's own class were pushed away as negatives,
+    # contradicting the classification loss (false negatives); they are masked out now.
+    # was: negative_mask = None
+    negative_mask = labels.view(-1, 1) == queue_labels.view(1, -1)  # (B, K)
     return info_nce(query, key.detach(), queue.detach(), temperature, negative_mask)
 
 

@@ -326,5 +326,22 @@ def test_caer_uar_counts_all_classes():
     assert metrics["confusion"].shape == (5, 5) and metrics["uar"] <= 0.4
 
 
+def test_caer_moco_queue_masks_same_label_negatives():
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(4, 16), dim=-1)
+    key = F.normalize(query + 0.1 * torch.randn(4, 16), dim=-1)
+    labels = torch.tensor([0, 1, 2, 3])
+    same = query.repeat(8, 1)  # queue full of clips of the same classes, identical to the queries
+    others = F.normalize(torch.randn(32, 16), dim=-1)
+    queue = torch.cat([same, others])
+    queue_labels = torch.cat([labels.repeat(8), torch.full((32,), 9)])
+    from common.losses import info_nce
+    naive = info_nce(query, key, queue, 0.07)  # baseline: no mask
+    fixed = caer_losses.moco_loss(query, key, queue, queue_labels, labels, 0.07)
+    expected = torch.stack([info_nce(query[i:i + 1], key[i:i + 1], torch.cat([same[labels.repeat(8) != labels[i]],
+                                                                               others]), 0.07) for i in range(4)])
+    assert naive > fixed + 1.0
+    # Only the entries of the query's own class are masked, other classes stay negatives.
+    torch.testing.assert_close(fixed, expected.mean())
 
 
