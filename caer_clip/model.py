@@ -85,7 +85,11 @@ class Adapter(nn.Module):
                                  nn.Linear(dim // reduction, dim, bias=False), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # FIX(CAER-ADAPTER-RESIDUAL): the adapter output replaced the CLIP features, so a randomly
+        # initialised bottleneck threw away the pretrained face representation at step 0;
+        # residual blending keeps it (x + ratio * adapter(x), CLIP-Adapter eq. 3 in spirit).
+        # was: return self.net(x)
+        return x + self.ratio * self.net(x)
 
 
 class TemporalModel(nn.Module):

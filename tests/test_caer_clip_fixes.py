@@ -345,3 +345,11 @@ def test_caer_moco_queue_masks_same_label_negatives():
     torch.testing.assert_close(fixed, expected.mean())
 
 
+def test_caer_adapter_residual_keeps_clip_features():
+    torch.manual_seed(0)
+    adapter = caer_model.Adapter(64, 4, 0.2)
+    x = torch.randn(8, 64)
+    # Baseline: the adapter output replaced the features.
+    assert F.cosine_similarity(adapter.net(x), x).mean() < 0.5
+    assert F.cosine_similarity(adapter(x), x).min() > 0.9
+    torch.testing.assert_close(adapter(x), x + 0.2 * adapter.net(x))
