@@ -22,7 +22,9 @@ from common.runtime import check_finite
 class LossConfig:
     cls_loss: str = "lsr"  # hard-label loss: 'ce' or 'lsr' (label-smoothing CE)
     smoothing: float = 0.1  # label smoothing epsilon of 'lsr'
-    use_ldl: bool = True  # semantic LDL (soft targets from class-text similarity) after the warm-up
+    # Off by default as in the official CLIP-CAER recipe (CE); with a random text encoder (the
+    # synthetic demo) the description similarities carry no meaning and LDL only blurs the targets.
+    use_ldl: bool = False  # semantic LDL (soft targets from class-text similarity) after the warm-up
     ldl_warmup: int = 2  # epochs of hard labels before LDL takes over
     ldl_temperature: float = 0.1  # temperature of the LDL target softmax over text cosines
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of face and context clips; 0 = off

@@ -59,7 +59,7 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     workers: int = 0  # DataLoader worker processes
     batch_size: int = 16  # clips per step and per process
-    epochs: int = 8  # training epochs
+    epochs: int = 6  # training epochs
     max_iters: int = 0  # stop after this many steps (0 = run all epochs)
     lr: float = 1e-2  # lr of the temporal models
     lr_image: float = 2e-3  # lr of the CLIP image encoder (ignored when it is frozen)
@@ -68,7 +68,7 @@ class TrainConfig:
     lr_adapter: float = 1e-2  # lr of the face adapter
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # on weight matrices only
-    milestones: list[int] = field(default_factory=lambda: [6])  # epochs at which the lr is multiplied by lr_gamma
+    milestones: list[int] = field(default_factory=lambda: [4])  # epochs at which the lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # multi-step lr factor
     warmup_iters: int = 10  # linear lr warm-up steps
     grad_clip: float = 10.0  # max global gradient norm (0 = off); 1.0 starved the prompts on the tiny CLIP
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("loss")
     g.add_argument("--cls-loss", default="lsr", choices=["ce", "lsr"], help="hard-label loss")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing of 'lsr'")
-    g.add_argument("--ldl", dest="use_ldl", action=bool_flag, default=True, help="semantic LDL after the warm-up")
+    g.add_argument("--ldl", dest="use_ldl", action=bool_flag, default=False, help="semantic LDL after the warm-up")
     g.add_argument("--ldl-warmup", type=int, default=2, help="epochs of hard labels before LDL")
     g.add_argument("--ldl-temperature", type=float, default=0.1, help="LDL target temperature")
     g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = off")

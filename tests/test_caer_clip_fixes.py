@@ -91,9 +91,9 @@ def _argv(action, value):
 def test_caer_mixup_plumb_every_flag_reaches_its_config():
     parser = caer_train.build_parser()
     # Baseline: the loss config was built field by field without mixup/LDL settings.
-    args = parser.parse_args(["--mixup-alpha", "0.4", "--no-ldl", "--ldl-warmup", "3"])
+    args = parser.parse_args(["--mixup-alpha", "0.4", "--ldl", "--ldl-warmup", "3"])
     old = caer_losses.LossConfig(cls_loss=args.cls_loss, w_dc=args.w_dc)
-    assert old.mixup_alpha == 0.0 and old.use_ldl and old.ldl_warmup != 3
+    assert old.mixup_alpha == 0.0 and old.use_ldl != args.use_ldl and old.ldl_warmup != 3
     # Fixed: every flag, set to a non-default value, lands in the config section that reads it.
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert len(actions) > 50
