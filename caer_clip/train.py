@@ -59,7 +59,7 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     workers: int = 0  # DataLoader worker processes
     batch_size: int = 16  # clips per step and per process
-    epochs: int = 6  # training epochs
+    epochs: int = 4  # training epochs
     max_iters: int = 0  # stop after this many steps (0 = run all epochs)
     lr: float = 1e-2  # lr of the temporal models
     lr_image: float = 2e-3  # lr of the CLIP image encoder (ignored when it is frozen)
@@ -68,7 +68,7 @@ class TrainConfig:
     lr_adapter: float = 1e-2  # lr of the face adapter
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # on weight matrices only
-    milestones: list[int] = field(default_factory=lambda: [4])  # epochs at which the lr is multiplied by lr_gamma
+    milestones: list[int] = field(default_factory=lambda: [3])  # epochs at which the lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # multi-step lr factor
     warmup_iters: int = 10  # linear lr warm-up steps
     grad_clip: float = 10.0  # max global gradient norm (0 = off); 1.0 starved the prompts on the tiny CLIP
