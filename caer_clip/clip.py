@@ -1,0 +1,289 @@
+"""CLIP (Radford et al. 2021) in plain PyTorch, with the parameter names of OpenAI's checkpoints.
+
+Only the ViT image encoder and the text transformer, batch-first, attention through
+`F.scaled_dot_product_attention`. The layout follows openai/CLIP clip/model.py, so an OpenAI
+state_dict (TorchScript archive or plain) or an open_clip `openai` model loads by name, and the
+architecture is read from the tensor shapes. A tiny random configuration with a word-level
+tokenizer serves the synthetic demo and the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 512  # width of the joint image-text embedding space
+    image_resolution: int = 224  # input side in pixels
+    vision_layers: int = 12  # residual attention blocks in the ViT
+    vision_width: int = 768  # ViT token width
+    vision_heads: int = 12  # ViT attention heads (OpenAI: width // 64)
+    vision_patch_size: int = 16  # patch side in pixels
+    context_length: int = 77  # text tokens, SOT and EOT included
+    vocab_size: int = 49408  # token-embedding rows; EOT must be the largest id (pooling takes argmax)
+    transformer_width: int = 512  # text transformer width
+    transformer_heads: int = 8  # text attention heads
+    transformer_layers: int = 12  # text residual attention blocks
+
+
+def tiny_config(context_length: int = 32, vocab_size: int = 256) -> CLIPConfig:
+    """A few-hundred-thousand-parameter CLIP for the synthetic demo and the tests."""
+    return CLIPConfig(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=1,
+                      vision_patch_size=8, context_length=context_length, vocab_size=vocab_size,
+                      transformer_width=64, transformer_heads=1, transformer_layers=2)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's checkpoints were trained with (not exact GELU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back, as in OpenAI CLIP (stable under fp16 autocast)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention holding nn.MultiheadAttention's parameter names
+    (in_proj_weight, in_proj_bias, out_proj) so checkpoints load, computed with SDPA."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's default; CLIP re-initialises
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln_1 = LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]))
+        # CLIP itself has no dropout; the temporal models built from this block use it.
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), causal=causal))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, dropout) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
+
+
+def init_transformer(transformer: Transformer, width: int) -> None:
+    """OpenAI CLIP's initialisation (clip/model.py, initialize_parameters)."""
+    layers = len(transformer.resblocks)
+    proj_std = width**-0.5 * (2 * layers) ** -0.5
+    for block in transformer.resblocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+        super().__init__()
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        init_transformer(self.transformer, width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(images)  # (N, width, grid, grid)
+        x = rearrange(x, "n c gh gw -> n (gh gw) c")  # patches as tokens
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj  # (N, embed_dim) from the CLS token
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width,
+                                        cfg.vision_layers, cfg.vision_heads, cfg.embed_dim)
+        self.transformer = Transformer(cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads)
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.transformer_width))
+        self.ln_final = LayerNorm(cfg.transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(cfg.transformer_width, cfg.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=cfg.transformer_width**-0.5)
+        init_transformer(self.transformer, cfg.transformer_width)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+    def encode_text_embeddings(self, token_embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features from token embeddings (N, L, width), so a prompt learner can splice in
+        learnable context vectors; `tokens` (N, L) only locates the EOT token (the largest id)."""
+        x = token_embeds + self.positional_embedding.to(token_embeds.dtype)
+        x = self.ln_final(self.transformer(x, causal=True))  # causal: as OpenAI's attn_mask
+        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (N, width)
+        return eot @ self.text_projection
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_text_embeddings(self.token_embedding(tokens), tokens)
+
+
+# ----------------------------------------------------------------------------- weights
+
+# Keys that OpenAI's TorchScript archives hold besides the weights (openai/CLIP build_model).
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIPConfig:
+    """Architecture from tensor shapes, as openai/CLIP build_model does (ViT models only)."""
+    if "visual.proj" not in state_dict:
+        raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.proj': a ResNet CLIP?)")
+    vision_width = state_dict["visual.conv1.weight"].shape[0]
+    patch = state_dict["visual.conv1.weight"].shape[-1]
+    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    width = state_dict["ln_final.weight"].shape[0]
+    return CLIPConfig(
+        embed_dim=state_dict["text_projection"].shape[1], image_resolution=patch * grid,
+        vision_layers=len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")}),
+        vision_width=vision_width, vision_heads=vision_width // 64, vision_patch_size=patch,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0], transformer_width=width,
+        transformer_heads=width // 64,
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}))
+
+
+def clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIP:
+    """Build a CLIP whose shapes match `state_dict` and load it, checking the exact key sets."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
+    model = CLIP(config_from_state_dict(state_dict))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"CLIP state_dict does not match: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    for key, value in state_dict.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"CLIP state_dict: {key} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(expected[key].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return model
+
+
+def load_openai_file(path: str) -> CLIP:
+    """A local OpenAI checkpoint: the TorchScript archive they publish (e.g. ViT-B-16.pt) or a
+    plain state_dict saved with torch.save."""
+    try:
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:  # not a TorchScript archive: a plain state_dict
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return clip_from_state_dict(state_dict)
+
+
+def convert_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip's CLIP (QuickGELU 'openai' models) uses OpenAI's names; it may add the causal mask
+    as a buffer, which ours builds on the fly. Anything else is left for the key check."""
+    return {k: v for k, v in state_dict.items() if k != "attn_mask"}
+
+
+def load_open_clip(name: str = "ViT-B-16", pretrained: str = "openai") -> CLIP:
+    """Weights from open_clip's pretrained registry (downloads on first use)."""
+    try:
+        import open_clip
+    except ImportError as e:
+        raise ImportError("loading open_clip weights needs open_clip_torch: pip install open_clip_torch") from e
+    reference = open_clip.create_model(name, pretrained=pretrained)
+    return clip_from_state_dict(convert_open_clip_state_dict(reference.state_dict()))
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+class WordTokenizer:
+    """Word-level tokenizer over a fixed vocabulary, for the tiny random CLIP.
+
+    Same output contract as CLIP's BPE tokenizer: (N, context_length) ids, SOT first, EOT after
+    the last word, zeros after; EOT is the largest id so `argmax` finds it."""
+
+    def __init__(self, texts: list[str], context_length: int = 32, vocab_size: int = 256):
+        words = sorted({w for t in texts for w in self.split(t)})
+        if len(words) + 3 > vocab_size:
+            raise ValueError(f"WordTokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
+        self.context_length, self.vocab_size = context_length, vocab_size
+        self.sot, self.eot = 1, vocab_size - 1
+        self.ids = {w: i + 2 for i, w in enumerate(words)}
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            unknown = [w for w in self.split(text) if w not in self.ids]
+            if unknown:
+                raise KeyError(f"WordTokenizer: words {unknown} of {text!r} are not in the vocabulary")
+            ids = [self.sot] + [self.ids[w] for w in self.split(text)] + [self.eot]
+            if len(ids) > self.context_length:
+                raise ValueError(f"text of {len(ids)} tokens exceeds the context length {self.context_length}: {text!r}")
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+def bpe_tokenizer(name: str = "ViT-B-16"):
+    """CLIP's BPE tokenizer from open_clip: texts -> (N, 77) ids."""
+    try:
+        import open_clip
+    except ImportError as e:
+        raise ImportError("the CLIP BPE tokenizer comes from open_clip_torch: pip install open_clip_torch") from e
+    return open_clip.get_tokenizer(name)
+
+
+def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
+    """'tiny' (random, word tokenizer over `texts`), a local OpenAI '.pt' file, or
+    'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
+    if spec == "tiny":
+        cfg = tiny_config()
+        return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
+    if spec.startswith("openai:"):
+        name = spec.split(":", 1)[1]
+        return load_open_clip(name, "openai"), bpe_tokenizer(name)
+    model = load_openai_file(spec)
+    return model, bpe_tokenizer("ViT-B-16")

@@ -1,0 +1,523 @@
+"""Clips for CLIP-CAER: RAER / DAiSEE / CAER readers, TSN frame sampling, face and context crops,
+clip-level augmentation, CLIP normalisation, a class-balanced sampler and the synthetic default.
+
+Every sample is (face (T, 3, S, S), context (T, 3, S, S), label, fallbacks): T frames sampled
+over the whole clip, the face crop (face box + margin) and the context image (body box, or the
+whole frame) of each, and the number of box look-ups that fell back to a centre crop.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_image
+
+from common.runtime import DataError, EpochSampler, sample_generator
+
+# OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Class names and short descriptor sentences per dataset (several per class, averaged as in the
+# RAPT-CLIP prompt ensemble). RAER labels are 1-based in its lists, CAER 0-based, DAiSEE from the
+# Engagement column (0-3).
+CLASS_DESCRIPTORS = {
+    "raer": {
+        "neutrality": ["a calm face with a steady gaze", "a relaxed student looking at the desk"],
+        "enjoyment": ["a smiling face with raised cheeks", "a cheerful student laughing"],
+        "confusion": ["a frowning face with knitted brows", "a puzzled student tilting the head"],
+        "fatigue": ["a face with drooping eyelids and a yawn", "a tired student resting the head on a hand"],
+        "distraction": ["a face turned away from the lesson", "a student looking at a phone or elsewhere"],
+    },
+    "daisee": {
+        "very low engagement": ["a face looking away with closed eyes", "a student ignoring the screen"],
+        "low engagement": ["a face glancing at the screen now and then", "a student only half attending"],
+        "high engagement": ["a face watching the screen", "a student following the video"],
+        "very high engagement": ["a face focused intently on the screen", "a student absorbed in the video"],
+    },
+    "caer": {
+        "anger": ["a face with lowered brows and pressed lips", "a person shouting in anger"],
+        "disgust": ["a face with a wrinkled nose and raised upper lip", "a person recoiling in disgust"],
+        "fear": ["a face with wide eyes and stretched lips", "a person frightened and backing away"],
+        "happy": ["a smiling face with raised cheeks", "a person laughing happily"],
+        "neutral": ["a face at rest", "a person with a calm expression"],
+        "sad": ["a face with drooping mouth corners", "a person looking down in sadness"],
+        "surprise": ["a face with raised brows and an open mouth", "a person startled by something"],
+    },
+    "synthetic": {
+        "bars across": ["a face with horizontal stripes", "a person with a striped face across"],
+        "bars down": ["a face with vertical stripes", "a person with a striped face down"],
+        "checks": ["a face with a checker pattern", "a person with a checkered face"],
+        "checks in green": ["a checkered face in a green room", "a person with checks in green light"],
+        "checks in blue": ["a checkered face in a blue room", "a person with checks in blue light"],
+    },
+}
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class DataConfig:
+    data_root: str | None = None  # dataset folder; None = built-in synthetic clips
+    dataset: str = "raer"  # raer | daisee | caer: list format, label base and box policy
+    train_list: str = "train.txt"  # annotation list (RAER/CAER) or label CSV (DAiSEE), relative to data_root
+    val_list: str = ""  # validation list; empty = a stratified `val_fraction` of the training list
+    test_list: str = "test.txt"  # test list, evaluated once at the end with the best-on-validation weights
+    val_fraction: float = 0.1  # share of each class moved from train to validation when val_list is empty
+    face_boxes: str = "face_boxes.json"  # per-frame face boxes {clip: {frame: [x1, y1, x2, y2]}}
+    body_boxes: str = ""  # per-clip body boxes {clip: [x1, y1, x2, y2]}; empty = whole frame as context
+    frames_subdir: str = "frames"  # DAiSEE: folder holding one frame folder per ClipID
+    allow_missing_boxes: bool = False  # RAER/CAER: centre-crop a clip with no face box instead of failing
+    face_margin: float = 0.1  # face box grown by this share of its size on each side
+    flip: bool = True  # random horizontal flip, one draw per clip
+    rotate_degrees: float = 10.0  # random rotation in [-d, d], one draw per clip
+    balanced_sampler: bool = False  # class-balanced training epochs
+    balance_power: float = 0.0  # per-class share ~ count^power: 0 = balanced, 1 = natural frequencies
+    synthetic_train: int = 600  # synthetic clips per split
+    synthetic_val: int = 200
+    synthetic_test: int = 200
+
+
+# ----------------------------------------------------------------------------- records and boxes
+
+
+@dataclass
+class ClipRecord:
+    frames_dir: Path  # folder of the clip's frame images
+    key: str  # normalised key of the clip in the box files
+    num_frames: int  # frames the list promises
+    label: int  # 0-based class index
+    source: str  # "file:line" for error messages
+
+
+def natural_key(name: str) -> list:
+    """'10.jpg' after '9.jpg': digits compare as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def clip_key(path: str) -> str:
+    """Normalised clip key: posix separators, no leading './' or '/', no trailing '/', no video
+    extension (CAER keys are relative paths without extension)."""
+    key = str(path).replace("\\", "/").strip().strip("/")
+    while key.startswith("./"):
+        key = key[2:]
+    root, ext = os.path.splitext(key)
+    return root if ext.lower() in VIDEO_EXTENSIONS else key
+
+
+def frame_key(name: str) -> str:
+    """'12.jpg', '12.png' and '12' all name frame 12."""
+    return Path(name).stem
+
+
+def normalise_face_boxes(raw: dict, source: str) -> dict[str, dict[str, list[float]]]:
+    out = {}
+    for clip, frames in raw.items():
+        if not isinstance(frames, dict):
+            raise DataError(f"{source}: clip {clip!r} must map frame names to boxes")
+        out[clip_key(clip)] = {frame_key(name): box for name, box in frames.items()}
+    return out
+
+
+def load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"box file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+
+
+def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: int) -> list[ClipRecord]:
+    """RAER / CAER list: one clip per line, `frames_dir num_frames label`."""
+    if not path.is_file():
+        raise DataError(f"annotation list {path} does not exist")
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        where = f"{path}:{line_no}"
+        if len(fields) != 3:
+            raise DataError(f"{where}: expected 'frames_dir num_frames label', got {line!r}")
+        try:
+            num_frames, label = int(fields[1]), int(fields[2]) - label_base
+        except ValueError as e:
+            raise DataError(f"{where}: num_frames and label must be integers: {line!r}") from e
+        if not 0 <= label < num_classes:
+            raise DataError(f"{where}: label {fields[2]} outside [{label_base}, {num_classes - 1 + label_base}]")
+        if num_frames < 1:
+            raise DataError(f"{where}: num_frames must be >= 1")
+        records.append(ClipRecord(root / fields[0], clip_key(fields[0]), num_frames, label, where))
+    if not records:
+        raise DataError(f"annotation list {path} is empty")
+    return records
+
+
+def list_frames(frames_dir: Path, source: str) -> list[str]:
+    if not frames_dir.is_dir():
+        raise DataError(f"{source}: frame folder {frames_dir} does not exist")
+    names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
+    # FIX(CAER-FRAME-SORT): a plain sort puts 10.jpg before 2.jpg, so the "temporal" order
+    # fed to the temporal model was scrambled; compare the digits as numbers.
+    # was: return sorted(names)
+    return sorted(names, key=natural_key)
+
+
+def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipRecord]:
+    """DAiSEE label CSV `ClipID,Boredom,Engagement,Confusion,Frustration`; frames in
+    `<root>/<frames_subdir>/<ClipID without extension>/`; label = Engagement (0-3)."""
+    if not path.is_file():
+        raise DataError(f"label CSV {path} does not exist")
+    records = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [name.strip() for name in reader.fieldnames or []]
+        if "ClipID" not in fields or "Engagement" not in fields:
+            raise DataError(f"{path}:1: header needs ClipID and Engagement columns, got {fields}")
+        for line_no, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            where = f"{path}:{line_no}"
+            try:
+                label = int(row["Engagement"])
+            except ValueError as e:
+                raise DataError(f"{where}: Engagement must be an integer, got {row['Engagement']!r}") from e
+            if not 0 <= label <= 3:
+                raise DataError(f"{where}: Engagement {label} outside [0, 3]")
+            key = clip_key(row["ClipID"])
+            frames_dir = root / frames_subdir / key
+            num_frames = len(list_frames(frames_dir, where))
+            if num_frames == 0:
+                raise DataError(f"{where}: frame folder {frames_dir} holds no frames")
+            records.append(ClipRecord(frames_dir, key, num_frames, label, where))
+    if not records:
+        raise DataError(f"label CSV {path} is empty")
+    return records
+
+
+# ----------------------------------------------------------------------------- sampling and crops
+
+
+def sample_indices(num_frames: int, num_segments: int, train: bool, generator: torch.Generator) -> list[int]:
+    """TSN sampling (Wang et al. 2016): the clip is cut into `num_segments` equal segments and one
+    frame is taken from each, at a random offset in training and at the centre in evaluation."""
+    edges = torch.linspace(0, num_frames, num_segments + 1)
+    # FIX(CAER-SAMPLING): training took frames 0..T-1 of every clip, so with 30-frame clips and
+    # T=16 the second half was never seen; training now spans the whole clip with a random frame
+    # per segment, like evaluation does at segment centres.
+    # was: if train:
+    #          return [min(i, num_frames - 1) for i in range(num_segments)]
+    #      offset = torch.full((num_segments,), 0.5)
+    offset = torch.rand(num_segments, generator=generator) if train else torch.full((num_segments,), 0.5)
+    index = (edges[:-1] + offset * (edges[1:] - edges[:-1])).floor().long()
+    return index.clamp(0, num_frames - 1).tolist()
+
+
+def expand_box(box, margin: float, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """Box grown by `margin` of its size per side, clamped to the frame; None if nothing is left."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dw, dh = margin * (x2 - x1), margin * (y2 - y1)
+    x1, y1 = max(0, math.floor(x1 - dw)), max(0, math.floor(y1 - dh))
+    x2, y2 = min(width, math.ceil(x2 + dw)), min(height, math.ceil(y2 + dh))
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def centre_square(height: int, width: int) -> tuple[int, int, int, int]:
+    side = min(height, width)
+    y1, x1 = (height - side) // 2, (width - side) // 2
+    return x1, y1, x1 + side, y1 + side
+
+
+def crop_resize(frame: torch.Tensor, box: tuple[int, int, int, int], size: int, keep_aspect: bool) -> torch.Tensor:
+    """uint8 (3, H, W) -> float (3, size, size) in [0, 1]. keep_aspect: centre square of the box
+    first (CLIP's resize-short-side + centre crop), else the box is squashed to a square."""
+    x1, y1, x2, y2 = box
+    if keep_aspect:
+        cx1, cy1, cx2, cy2 = centre_square(y2 - y1, x2 - x1)
+        x1, y1, x2, y2 = x1 + cx1, y1 + cy1, x1 + cx2, y1 + cy2
+    region = frame[:, y1:y2, x1:x2].float().unsqueeze(0) / 255.0  # (1, 3, h, w)
+    return F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def clip_normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Frames on disk: `records` from a list / CSV, boxes from JSON."""
+
+    def __init__(self, records: list[ClipRecord], face_boxes: dict | None, body_boxes: dict | None,
+                 cfg: DataConfig, num_frames: int, image_size: int, train: bool, seed: int,
+                 centre_crop_fallback: bool):
+        self.records, self.face_boxes, self.body_boxes = records, face_boxes, body_boxes
+        self.cfg, self.num_frames, self.image_size = cfg, num_frames, image_size
+        self.train, self.seed, self.centre_crop_fallback = train, seed, centre_crop_fallback
+        self.epoch = 0
+        self._frame_names: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+    def frame_names(self, index: int) -> list[str]:
+        if index not in self._frame_names:
+            rec = self.records[index]
+            names = list_frames(rec.frames_dir, rec.source)
+            if len(names) < rec.num_frames:
+                raise DataError(f"{rec.source}: the list says {rec.num_frames} frames, "
+                                f"{rec.frames_dir} holds {len(names)}")
+            self._frame_names[index] = names
+        return self._frame_names[index]
+
+    def load_frame(self, index: int, name: str) -> torch.Tensor:
+        path = self.records[index].frames_dir / name
+        try:
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"{self.records[index].source}: cannot read frame {path}: {e}") from e
+
+    def face_box(self, index: int, name: str):
+        rec = self.records[index]
+        boxes = self.face_boxes or {}
+        # FIX(CAER-BOX-KEYS): the lookup used the frame's full path while the JSON is keyed by
+        # clip folder and frame name, so it never matched and every "face" was the full frame,
+        # silently. Both sides are normalised now, and a miss is an error or a counted fallback.
+        # was: return boxes.get(str(rec.frames_dir / name))
+        clip_boxes = boxes.get(rec.key)
+        box = None if clip_boxes is None else clip_boxes.get(frame_key(name))
+        if box is None and not self.centre_crop_fallback:
+            raise DataError(f"{rec.source}: no face box for clip {rec.key!r} frame {name!r} "
+                            f"(pass --allow-missing-boxes to centre-crop instead)")
+        return box
+
+    def __getitem__(self, index: int):
+        rec = self.records[index]
+        names = self.frame_names(index)
+        g = sample_generator(self.seed, self.epoch, index)
+        picks = sample_indices(rec.num_frames, self.num_frames, self.train, g)
+        body = (self.body_boxes or {}).get(rec.key)
+        faces, contexts, fallbacks = [], [], 0
+        for i in picks:
+            frame = self.load_frame(index, names[i])
+            _, height, width = frame.shape
+            box = self.face_box(index, names[i])
+            face_box = None if box is None else expand_box(box, self.cfg.face_margin, height, width)
+            if face_box is None:
+                # FIX(CAER-BOX-KEYS): a missing box is counted and centre-cropped, never a silent full frame.
+                # was: face_box = (0, 0, width, height)
+                fallbacks += 1
+                face_box = centre_square(height, width)
+            context_box = None if body is None else expand_box(body, 0.0, height, width)
+            faces.append(crop_resize(frame, face_box, self.image_size, keep_aspect=False))
+            contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, keep_aspect=True))
+        face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
+        if self.train:
+            face, context = self.augment(face, context, g)
+        # FIX(CAER-CLIP-NORM): CLIP was trained on inputs standardised with its mean/std; raw
+        # [0, 1] pixels shift every activation of the pretrained encoder.
+        # was: return face, context, rec.label, fallbacks
+        return clip_normalise(face), clip_normalise(context), rec.label, fallbacks
+
+    def augment(self, face: torch.Tensor, context: torch.Tensor, g: torch.Generator):
+        """One flip and one rotation per clip, applied to every frame of both streams."""
+        angle = (torch.rand((), generator=g).item() * 2 - 1) * self.cfg.rotate_degrees
+        flip = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
+        # FIX(CAER-SAME-AUG): face and context drew separate flips, so half the time the face
+        # was mirrored relative to its own context (the body pose no longer matched the face).
+        # was: flip_context = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
+        flip_context = flip
+        if flip:
+            face = TF.horizontal_flip(face)
+        if flip_context:
+            context = TF.horizontal_flip(context)
+        if self.cfg.rotate_degrees > 0:
+            face, context = TF.rotate(face, angle), TF.rotate(context, angle)
+        return face, context
+
+
+# ----------------------------------------------------------------------------- synthetic clips
+
+# Class -> (face pattern, scene): classes 0-2 differ by the face (scene random), classes 3 and 4
+# share class 2's face and differ from it and from each other only by the scene, so a model
+# without the context stream can at best merge classes 2-4 (UAR <= 0.6).
+SYNTHETIC_CLASSES = [("across", None), ("down", None), ("checks", 0), ("checks", 1), ("checks", 2)]
+SCENE_COLOURS = torch.tensor([[170, 70, 70], [70, 170, 70], [70, 70, 170]], dtype=torch.float32)
+
+
+def render_synthetic_clip(label: int, num_frames: int, size: int, rng: np.random.Generator):
+    """uint8 frames (F, 3, size, size) and per-frame face boxes [x1, y1, x2, y2]."""
+    pattern, scene = SYNTHETIC_CLASSES[label]
+    scene = rng.integers(0, 3) if scene is None else scene
+    background = SCENE_COLOURS[scene] + float(rng.normal(0, 15))
+    frames = background.view(1, 3, 1, 1).expand(num_frames, 3, size, size).clone()
+    side = int(rng.integers(size // 4, size // 3 + 1))
+    cx, cy = rng.integers(side + 2, size - side - 2, size=2)
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    period = int(rng.integers(3, 5))
+    stripes = {"across": (yy // period) % 2, "down": (xx // period) % 2,
+               "checks": (yy // period + xx // period) % 2}[pattern]
+    face = (40 + 180 * stripes.float()).expand(3, side, side)
+    boxes = []
+    for f in range(num_frames):
+        dx, dy = rng.integers(-2, 3, size=2)
+        x1, y1 = int(cx + dx - side // 2), int(cy + dy - side // 2)
+        bx1, by1 = max(0, x1 - side // 2), max(0, y1 - side // 3)
+        frames[f, :, by1:, bx1:min(size, x1 + side + side // 2)] = 128.0  # the person: grey, no scene colour
+        frames[f, :, y1:y1 + side, x1:x1 + side] = face
+        boxes.append([x1, y1, x1 + side, y1 + side])
+    noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
+    frames += 12 * noise
+    return frames.clamp(0, 255).to(torch.uint8), boxes
+
+
+class SyntheticClips(ClipDataset):
+    """In-memory clips rendered once from a seed; read through the same sampling, box look-up,
+    crop and augmentation code as the real datasets."""
+
+    def __init__(self, size: int, cfg: DataConfig, num_frames: int, image_size: int, train: bool,
+                 seed: int, split_seed: int, frame_size: int = 48):
+        rng = np.random.default_rng(split_seed)
+        records, face_boxes, self.frames = [], {}, []
+        for i in range(size):
+            label = i % len(SYNTHETIC_CLASSES)
+            clip_frames = int(rng.integers(num_frames, 3 * num_frames + 1))
+            frames, boxes = render_synthetic_clip(label, clip_frames, frame_size, rng)
+            key = f"synthetic/{split_seed}/{i:05d}"
+            self.frames.append(frames)
+            face_boxes[key] = {f"{f + 1}.jpg": box for f, box in enumerate(boxes)}  # RAER JSON layout
+            records.append(ClipRecord(Path(key), key, clip_frames, label, f"synthetic clip {key}"))
+        super().__init__(records, normalise_face_boxes(face_boxes, "synthetic boxes"), None, cfg, num_frames,
+                         image_size, train, seed, centre_crop_fallback=False)
+
+    def frame_names(self, index: int) -> list[str]:
+        return [f"{f + 1}.jpg" for f in range(len(self.frames[index]))]
+
+    def load_frame(self, index: int, name: str) -> torch.Tensor:
+        return self.frames[index][int(frame_key(name)) - 1]
+
+
+# ----------------------------------------------------------------------------- building the splits
+
+
+def class_names(dataset: str) -> list[str]:
+    return list(CLASS_DESCRIPTORS[dataset])
+
+
+def stratified_split(records: list[ClipRecord], fraction: float, seed: int):
+    """Move `fraction` of each class (at least one clip of classes with two or more) to validation."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.label, []).append(i)
+    val_ids = set()
+    for ids in by_class.values():
+        take = min(len(ids) - 1, max(1, round(fraction * len(ids)))) if len(ids) > 1 else 0
+        val_ids.update(rng.permutation(ids)[:take].tolist())
+    return ([r for i, r in enumerate(records) if i not in val_ids],
+            [r for i, r in enumerate(records) if i in val_ids])
+
+
+def read_split(cfg: DataConfig, name: str) -> list[ClipRecord]:
+    root = Path(cfg.data_root)
+    if cfg.dataset == "daisee":
+        return read_daisee_csv(root / name, root, cfg.frames_subdir)
+    label_base = 1 if cfg.dataset == "raer" else 0
+    return read_annotation_list(root / name, root, label_base, len(CLASS_DESCRIPTORS[cfg.dataset]))
+
+
+def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int):
+    """(train, val, test) datasets. Validation picks the best epoch; test is scored once at the end."""
+    if cfg.data_root is None:
+        def make(size, train, split_seed):
+            return SyntheticClips(size, cfg, num_frames, image_size, train, seed, split_seed)
+        train, test = make(cfg.synthetic_train, True, 1000 + seed), make(cfg.synthetic_test, False, 3000 + seed)
+        # FIX(CAER-VAL-SPLIT): the best epoch was picked on the test list and that same number was
+        # reported, an optimistic test score; a separate validation split now picks the epoch.
+        # was: val = test
+        val = make(cfg.synthetic_val, False, 2000 + seed)
+        return train, val, test
+    root = Path(cfg.data_root)
+    train_records, test_records = read_split(cfg, cfg.train_list), read_split(cfg, cfg.test_list)
+    # FIX(CAER-VAL-SPLIT): validation is its own list or a stratified share of train, never the test list.
+    # was: val_records = test_records
+    val_records = read_split(cfg, cfg.val_list) if cfg.val_list else None
+    if val_records is None:
+        train_records, val_records = stratified_split(train_records, cfg.val_fraction, seed)
+    if cfg.dataset == "daisee":
+        face = normalise_face_boxes(load_json(root / cfg.face_boxes), cfg.face_boxes) \
+            if cfg.face_boxes and (root / cfg.face_boxes).is_file() else None
+    else:
+        face = normalise_face_boxes(load_json(root / cfg.face_boxes), cfg.face_boxes)
+    body = {clip_key(k): v for k, v in load_json(root / cfg.body_boxes).items()} if cfg.body_boxes else None
+    # DAiSEE frames are webcam close-ups: a centre crop is a documented fallback, always allowed.
+    fallback = cfg.allow_missing_boxes or cfg.dataset == "daisee"
+
+    def make(records, train):
+        return ClipDataset(records, face, body, cfg, num_frames, image_size, train, seed, fallback)
+    return make(train_records, True), make(val_records, False), make(test_records, False)
+
+
+# ----------------------------------------------------------------------------- class-balanced sampling
+
+
+class ClassBalancedSampler(EpochSampler):
+    """Epochs of `len(labels)` indices where class c gets a share ~ count_c ** power (power 0:
+    equal shares), drawn with replacement inside each class. Order depends only on (seed,
+    epoch), so it shards and resumes exactly like EpochSampler."""
+
+    def __init__(self, labels: list[int], batch_size: int, power: float = 0.0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(len(labels), batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        self.labels = np.asarray(labels)
+        self.power = power
+
+    def class_counts(self) -> dict[int, int]:
+        classes, counts = np.unique(self.labels, return_counts=True)
+        weights = counts.astype(float) ** self.power
+        weights /= weights.sum()
+        # FIX(CAER-BALANCED-SAMPLER): flooring n * w lost the remainders (the epoch came out
+        # short) and gave a class whose share is below one sample zero samples (seed 000's
+        # routing). Every class with data gets one, the rest go by largest remainder.
+        # was: return {int(c): int(self.num_samples * w) for c, w in zip(classes, weights)}
+        spare = self.num_samples - len(classes)
+        if spare < 0:
+            raise DataError(f"an epoch of {self.num_samples} samples cannot hold {len(classes)} classes")
+        exact = spare * weights
+        alloc = np.floor(exact).astype(int) + 1
+        order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+        alloc[order[: self.num_samples - alloc.sum()]] += 1
+        return {int(c): int(a) for c, a in zip(classes, alloc)}
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        picks = []
+        for c, count in self.class_counts().items():
+            members = np.flatnonzero(self.labels == c)
+            repeats = max(1, math.ceil(count / len(members)))
+            order = torch.cat([torch.randperm(len(members), generator=g) for _ in range(repeats)])[:count]
+            picks.extend(members[order.numpy()].tolist())
+        order = [picks[i] for i in torch.randperm(len(picks), generator=g).tolist()]
+        per_rank = len(order) // self.world_size
+        shard = order[: per_rank * self.world_size][self.rank :: self.world_size]
+        return shard[: len(shard) // self.batch_size * self.batch_size]

@@ -1,0 +1,131 @@
+"""CLIP-CAER losses: semantic label-distribution learning (LDL), mutual information between learned
+and hand-crafted class texts (MI), decorrelation of class prototypes (DC), MoCo ranking, and the
+weighted total (RAPT-CLIP utils/loss.py defines the terms; the fixes below are this repository's).
+
+Total = L_cls + ramp * (w_mi * MI + w_dc * DC + w_moco * MoCo), L_cls = CE / label-smoothing CE,
+or LDL after `ldl_warmup` epochs; with mixup lam * L(y_a) + (1 - lam) * L(y_b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.losses import info_nce, label_smoothing_ce
+from common.mixup import mixup_loss
+from common.runtime import check_finite
+
+
+@dataclass
+class LossConfig:
+    cls_loss: str = "lsr"  # hard-label loss: 'ce' or 'lsr' (label-smoothing CE)
+    smoothing: float = 0.1  # label smoothing epsilon of 'lsr'
+    # Off by default as in the official CLIP-CAER recipe (CE); with a random text encoder (the
+    # synthetic demo) the description similarities carry no meaning and LDL only blurs the targets.
+    use_ldl: bool = False  # semantic LDL (soft targets from class-text similarity) after the warm-up
+    ldl_warmup: int = 2  # epochs of hard labels before LDL takes over
+    ldl_temperature: float = 0.1  # temperature of the LDL target softmax over text cosines
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of face and context clips; 0 = off
+    w_mi: float = 0.1  # weight of the MI loss (learned vs hand-crafted class texts)
+    # FIX(CAER-LOSS-WEIGHTS): weight 5 made DC the largest gradient from the first step and the
+    # prompts learned to be orthogonal instead of to classify (seed 000, section 1).
+    # was: w_dc: float = 5.0  # weight of the DC loss (decorrelated class prototypes)
+    w_dc: float = 0.1  # weight of the DC loss (decorrelated class prototypes)
+    w_moco: float = 0.1  # weight of the MoCo loss
+    aux_warmup: float = 1.0  # epochs over which the auxiliary weights ramp linearly from 0 to full
+    mi_temperature: float = 0.07  # InfoNCE temperature of the MI loss
+    moco_temperature: float = 0.07  # InfoNCE temperature of the MoCo loss
+
+
+def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """KL(q || p) with q = softmax(cos(t_y, t_c) / temperature) over the class description
+    features t: classes described like the true one share its probability mass."""
+    # FIX(CAER-LDL-NORM): the class features were a mean of unit vectors (norm < 1) used raw at
+    # temperature 1, so q was nearly uniform (p_gt ~0.23 for cosines ~0.8) and KL(q || p) ~0.01
+    # at chance accuracy; learnable features would also back-propagate through the targets. Unit
+    # features, a small temperature and detached targets make q peak on the true class.
+    # was: sim = class_text @ class_text.T
+    #      soft_targets = F.softmax(sim[target], dim=-1)
+    text = F.normalize(class_text.detach().float(), dim=-1)
+    soft_targets = F.softmax((text @ text.T)[target] / temperature, dim=-1)  # (B, C)
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets, reduction="batchmean")
+
+
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor, epoch: int,
+                        cfg: LossConfig) -> torch.Tensor:
+    # FIX(CAER-LDL-WARMUP): LDL started at step 0 from untrained prompts; hard labels first.
+    # was: if cfg.use_ldl:
+    if cfg.use_ldl and epoch >= cfg.ldl_warmup:
+        return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
+    if cfg.cls_loss == "lsr":
+        # FIX(CAER-LSR): the one-hot was built with width max(target)+1, so a batch without the
+        # last class raised a shape error (and its smoothing mass was wrong); the closed form
+        # (1-e)*CE + e*mean(-log p) needs no one-hot at all.
+        # was: return _lsr2(logits, target, cfg.smoothing)
+        return label_smoothing_ce(logits, target, cfg.smoothing)
+    return F.cross_entropy(logits.float(), target)
+
+
+def mi_loss(learned_text: torch.Tensor, handcrafted_text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between learned and hand-crafted features of the same class (C, D)."""
+    return info_nce(learned_text, handcrafted_text, temperature=temperature, symmetric=True)
+
+
+def dc_loss(class_text: torch.Tensor) -> torch.Tensor:
+    """Decorrelation of class prototypes: mean squared off-diagonal cosine, sum((S-I)^2)/(C(C-1))."""
+    text = F.normalize(class_text.float(), dim=-1)
+    num_classes = text.shape[0]
+    off_diagonal = text @ text.T - torch.eye(num_classes, device=text.device)
+    return off_diagonal.pow(2).sum() / (num_classes * (num_classes - 1))
+
+
+def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor,
+              labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of each video query against its momentum key (positive) and the queue of past
+    video keys (negatives)."""
+    # FIX(CAER-MOCO-QUEUE): queue entries of the query's own class were pushed away as negatives,
+    # contradicting the classification loss (false negatives); they are masked out now.
+    # was: negative_mask = None
+    negative_mask = labels.view(-1, 1) == queue_labels.view(1, -1)  # (B, K)
+    return info_nce(query, key.detach(), queue.detach(), temperature, negative_mask)
+
+
+def aux_ramp(epoch_progress: float, warmup: float) -> float:
+    """Auxiliary-weight factor: 0 -> 1 linearly over the first `warmup` epochs (a pure function)."""
+    return 1.0 if warmup <= 0 else min(1.0, epoch_progress / warmup)
+
+
+def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tensor, lam: float, epoch: int,
+               epoch_progress: float, cfg: LossConfig, queue: tuple[torch.Tensor, torch.Tensor] | None = None,
+               step: int | None = None):
+    """Returns (total, raw components, weighted components); raises NonFiniteLossError naming the
+    component that is NaN/Inf."""
+    def cls_fn(logits, target):
+        return classification_loss(logits, target, out["handcrafted_mean"], epoch, cfg)
+
+    parts = {"cls": mixup_loss(cls_fn, out["logits"], y_a, y_b, lam),
+             "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature),
+             "dc": dc_loss(out["text"])}
+    if queue is not None and "key" in out:
+        # The mixed query keeps the label of its larger share for the false-negative mask.
+        labels = y_a if lam >= 0.5 else y_b
+        parts["moco"] = moco_loss(out["video"], out["key"], queue[0], queue[1], labels, cfg.moco_temperature)
+    else:
+        parts["moco"] = out["logits"].new_zeros(())
+    # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up instead of acting at full
+    # weight on random prompts from step 0.
+    # was: ramp = 1.0
+    ramp = aux_ramp(epoch_progress, cfg.aux_warmup)
+    weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
+                "moco": ramp * cfg.w_moco * parts["moco"]}
+    total = sum(weighted.values())
+    # FIX(CAER-NONFINITE): NaN/Inf were replaced by 0, which zeroed the gradients and hid the
+    # broken component; the run now stops naming it.
+    # was: total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+    check_finite({f"loss_{k}": v for k, v in parts.items()}, step)
+    return total, parts, weighted
