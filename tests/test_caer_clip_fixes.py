@@ -313,7 +313,7 @@ def test_caer_val_split_is_not_the_test_list(tmp_path):
     assert sorted(val.labels) == [0, 1, 2, 3, 4]  # stratified
 
 
-def test_caer_uar_counts_all_classes():
+def test_caer_uar_all_classes_counts_classes_absent_from_the_split():
     labels = np.array([0, 0, 1, 1, 2, 2])  # classes 3 and 4 absent from this split
     preds = np.array([0, 0, 1, 1, 2, 3])
     old = np.mean([(preds[labels == c] == c).mean() for c in np.unique(labels)])
