@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from common.losses import focal_loss
+from common.losses import focal_loss, supcon_loss
 from visobert_multitask.data import ABSENT, NEUTRAL
 
 NUM_STATES = 3  # classes per aspect the model predicts
@@ -48,9 +48,9 @@ def positive_weights(targets: torch.Tensor) -> torch.Tensor:
 
 def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """SupCon (Khosla et al. 2020, L_out) with weighted positives, over L2-normalised embeddings."""
-    n = embeddings.shape[0]
-    self_mask = torch.eye(n, dtype=torch.bool, device=embeddings.device)
-    logits = (embeddings.float() @ embeddings.float().T / temperature).masked_fill(self_mask, float("-inf"))
-    log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(self_mask, 0.0)
-    pos = weights.masked_fill(self_mask, 0.0)
-    return (-(pos * log_prob).sum(dim=1) / pos.sum(dim=1)).mean()
+    # FIX(VSB-SUPCON-NO-POSITIVE): an anchor with no positive in the batch divided 0 by 0, and one
+    # such anchor turned the batch loss into NaN. common's supcon_loss leaves those anchors out
+    # (mean over the anchors that have a positive; 0 with a gradient path if none has).
+    # was: pos = weights.masked_fill(self_mask, 0.0)
+    # was: return (-(pos * log_prob).sum(dim=1) / pos.sum(dim=1)).mean()
+    return supcon_loss(embeddings, positive_weights=weights, temperature=temperature)
