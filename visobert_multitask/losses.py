@@ -8,22 +8,33 @@ from label frequencies, and which reviews count as positives of each other.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from common.losses import focal_loss, supcon_loss
-from visobert_multitask.data import ABSENT, NEUTRAL
 
-NUM_STATES = 3  # classes per aspect the model predicts
+# FIX(VSB-ABSENT-STATE): "not mentioned" is its own state. Design choice: one 4-way softmax per
+# aspect {absent, positive, negative, neutral} rather than a presence head plus a 3-way sentiment
+# head masked to present aspects. It keeps one focal loss per aspect as in the original (its
+# alpha simply gains an "absent" entry), needs no presence threshold, and cannot predict a
+# sentiment for an aspect it calls absent; sentiment given presence is still read from the three
+# sentiment logits (see predicted_states / train.aspect_metrics).
+# was: NUM_STATES = 3  # classes per aspect the model predicts
+NUM_STATES = 4  # classes per aspect the model predicts: the data states themselves
 
 
 def training_targets(labels: torch.Tensor) -> torch.Tensor:
     """(N, A) data states -> (N, A) class indices the head is trained on."""
-    # The original's encoding: an aspect the review does not mention is labelled Neutral.
-    return torch.where(labels == ABSENT, torch.full_like(labels, NEUTRAL), labels) - 1
+    # FIX(VSB-ABSENT-STATE): the original labelled every aspect a review does not mention as
+    # Neutral, so "no opinion on the battery" and "battery is so-so" were the same target.
+    # was: return torch.where(labels == ABSENT, torch.full_like(labels, NEUTRAL), labels) - 1
+    return labels
 
 
 def predicted_states(logits: torch.Tensor) -> torch.Tensor:
-    """(N, A, S) logits -> (N, A) data states (1 positive, 2 negative, 3 neutral)."""
-    return logits.argmax(dim=-1) + 1
+    """(N, A, S) logits -> (N, A) data states (0 absent, 1 positive, 2 negative, 3 neutral)."""
+    # FIX(VSB-ABSENT-STATE): the head's classes are the data states.
+    # was: return logits.argmax(dim=-1) + 1
+    return logits.argmax(dim=-1)
 
 
 def focal_alpha(targets: torch.Tensor, num_states: int) -> torch.Tensor:
@@ -42,8 +53,18 @@ def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.
 
 
 def positive_weights(targets: torch.Tensor) -> torch.Tensor:
-    """(N, A) targets -> (N, N) weights: fraction of aspects on which two reviews agree."""
-    return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
+    """(N, A) targets -> (N, N) positive weights for SupCon.
+
+    Rule: Jaccard overlap of the sets of PRESENT (aspect, polarity) pairs,
+    |L_i & L_j| / |L_i | L_j|; 1 for identical label sets, 0 when they share nothing (and for two
+    reviews that mention no aspect at all: nothing says they are alike)."""
+    # FIX(VSB-ABSENT-STATE): agreeing on aspects neither review mentions is not similarity; with
+    # ~80% absent slots it made nearly every pair a strong positive.
+    # was: return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
+    present = F.one_hot(targets, NUM_STATES)[..., 1:].flatten(1).float()  # (N, A*3) present (aspect, polarity) pairs
+    shared = present @ present.T  # (N, N) |L_i & L_j|
+    union = present.sum(1)[:, None] + present.sum(1)[None, :] - shared
+    return torch.where(union > 0, shared / union.clamp_min(1.0), torch.zeros_like(shared))
 
 
 def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

@@ -33,7 +33,9 @@ class ModelConfig:
     dropout: float = 0.1  # hidden dropout in embeddings and blocks
     attention_dropout: float = 0.1  # dropout on attention probabilities
     num_aspects: int = 10  # A: aspects predicted per review
-    num_states: int = 3  # S: classes per aspect (positive, negative, neutral)
+    # FIX(VSB-ABSENT-STATE): an aspect a review does not mention is its own class, not "neutral".
+    # was: num_states: int = 3  # S: classes per aspect (positive, negative, neutral)
+    num_states: int = 4  # S: classes per aspect (absent, positive, negative, neutral)
     head_hidden: int = 512  # width of the classification head's hidden layer
     head_dropout: float = 0.3  # dropout in the classification head
     proj_dim: int = 256  # size of the L2-normalised contrastive embedding
