@@ -2,6 +2,7 @@
 
 The baseline behaviour is reproduced here (the old lines, computed inline or kept as `_baseline_*`)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +15,7 @@ from visobert_multitask.losses import (
     training_targets,
 )
 from visobert_multitask.model import ModelConfig
+from visobert_multitask.train import aspect_metrics, inflated_f1
 
 
 def _baseline_supcon_per_anchor(embeddings, weights, temperature=0.07):
@@ -57,3 +59,38 @@ def test_vsb_absent_state_not_mentioned_is_not_neutral():
     weights = positive_weights(targets)
     assert weights[0, 2] == 0.0 and weights[0, 1] == 0.5 and weights[1, 1] == 1.0  # Jaccard of present pairs
     assert positive_weights(torch.zeros(2, 3, dtype=torch.long)).sum() == 0  # no aspects: no positive
+
+
+def _random_labels(n=300, aspects=4, present_rate=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randint(1, 4, (n, aspects), generator=g)
+    return torch.where(torch.rand(n, aspects, generator=g) < present_rate, states, torch.zeros_like(states))
+
+
+def test_vsb_honest_f1_model_that_detects_nothing_no_longer_scores_high():
+    """VSB-HONEST-F1: the baseline's selection metric (absent = neutral, weighted F1 averaged over
+    aspects) gives ~0.7 to a model that never detects an aspect; the fixed score gives it ~0."""
+    labels = _random_labels()
+    silent = F.one_hot(torch.zeros_like(labels), NUM_STATES).float() * 5  # always "absent"
+    baseline_score = inflated_f1(labels, predicted_states(silent))
+    assert baseline_score > 0.65
+    metrics = aspect_metrics(labels, silent, ["A", "B", "C", "D"])
+    assert metrics["det_f1"] == 0.0 and metrics["score"] < 0.4
+    assert metrics["f1_inflated"] == baseline_score  # still reported, and labelled inflated
+    perfect = aspect_metrics(labels, F.one_hot(labels, NUM_STATES).float(), ["A", "B", "C", "D"])
+    assert perfect["det_f1"] == perfect["sent_f1"] == perfect["score"] == 1.0
+    assert [row["support"] for row in perfect["per_aspect"]] == (labels != ABSENT).sum(0).tolist()
+
+
+def test_honest_f1_agrees_with_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="cross-check needs scikit-learn")
+    labels = _random_labels(seed=1)
+    logits = torch.randn(*labels.shape, NUM_STATES, generator=torch.Generator().manual_seed(2))
+    metrics = aspect_metrics(labels, logits, ["A", "B", "C", "D"])
+    pred = logits.argmax(-1)
+    detection = [sklearn_metrics.f1_score((labels[:, a] > 0).numpy(), (pred[:, a] > 0).numpy()) for a in range(4)]
+    assert metrics["det_f1"] == pytest.approx(sum(detection) / 4)
+    present = labels > 0
+    sentiment = sklearn_metrics.f1_score(labels[present].numpy(), (logits[..., 1:].argmax(-1) + 1)[present].numpy(),
+                                         average="macro")
+    assert metrics["sent_f1"] == pytest.approx(sentiment)
