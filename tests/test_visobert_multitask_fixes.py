@@ -14,7 +14,7 @@ from visobert_multitask.losses import (
     supcon_multilabel,
     training_targets,
 )
-from visobert_multitask.model import ModelConfig
+from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
 from visobert_multitask.train import aspect_metrics, inflated_f1
 
 
@@ -94,3 +94,37 @@ def test_honest_f1_agrees_with_scikit_learn():
     sentiment = sklearn_metrics.f1_score(labels[present].numpy(), (logits[..., 1:].argmax(-1) + 1)[present].numpy(),
                                          average="macro")
     assert metrics["sent_f1"] == pytest.approx(sentiment)
+
+
+def _mlm_checkpoint(cfg):
+    """An HF-named encoder state dict without a pooler, like an XLM-R masked-LM checkpoint."""
+    source = AspectSentimentModel(cfg)
+    own = source.encoder.state_dict()
+    return {hf: own[ours].clone() for ours, hf in hf_key_map(cfg).items()}, source
+
+
+def test_vsb_cls_token_sentence_vector_comes_from_the_checkpoint_not_a_random_pooler():
+    """VSB-CLS-TOKEN: with pooler_output, two runs loading the same pretrained checkpoint fed the
+    heads different random tanh projections (the pooler is untrained); the first token's hidden
+    state is fixed by the checkpoint alone."""
+    cfg = ModelConfig(vocab_size=40, hidden=32, layers=1, heads=2, intermediate=64, max_positions=20, num_aspects=3)
+    checkpoint, source = _mlm_checkpoint(cfg)
+    ids = torch.randint(4, 40, (4, 10))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    vectors, baseline_vectors = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = AspectSentimentModel(cfg).eval()
+        load_hf_encoder(model.encoder, checkpoint)
+        baseline_pooler = torch.nn.Linear(32, 32)  # the baseline's pooler: whatever the seed drew
+        with torch.no_grad():
+            vectors.append(model.sentence_vector(ids, mask))
+            baseline_vectors.append(torch.tanh(baseline_pooler(model.encoder(ids, mask)[:, 0])))
+    assert F.cosine_similarity(*baseline_vectors).mean() < 0.5  # seed noise, not pretrained features
+    torch.testing.assert_close(vectors[0], vectors[1])
+    with torch.no_grad():
+        torch.testing.assert_close(vectors[0], source.eval().encoder(ids, mask)[:, 0])
+    assert not any("pooler" in name for name, _ in model.named_parameters())
+    # A checkpoint that does carry a pooler loads, and its pooler is reported as unused.
+    with_pooler = {**checkpoint, "pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32)}
+    assert load_hf_encoder(model.encoder, with_pooler) == ["pooler.dense.bias", "pooler.dense.weight"]

@@ -92,24 +92,14 @@ class Block(nn.Module):
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
 
 
-class Pooler(nn.Module):
-    """BERT's pooler: tanh(Linear(first token))."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))
-
-
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
-        self.pooler = Pooler(cfg)
+        # FIX(VSB-CLS-TOKEN): no pooler; see AspectSentimentModel.sentence_vector.
+        # was: self.pooler = Pooler(cfg)  # tanh(Linear(hidden[:, 0]))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (B, T) -> last hidden states (B, T, H)."""
@@ -132,7 +122,12 @@ class AspectSentimentModel(nn.Module):
 
     def sentence_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, H)
-        return self.encoder.pooler(hidden)  # (B, H)
+        # FIX(VSB-CLS-TOKEN): XLM-R is pretrained by masked-LM only; its pooler never trains (MLM
+        # checkpoints carry none, transformers initialises it at random), so pooler_output fed the
+        # heads a random tanh projection that differs with the seed. The first token's (<s>)
+        # hidden state is what pretraining shaped.
+        # was: return self.encoder.pooler(hidden)  # (B, H)
+        return hidden[:, 0]  # (B, H)
 
     def heads(self, sentence: torch.Tensor, return_embeddings: bool = False, detach_classifier_input: bool = False):
         """Both heads on one sentence vector. `detach_classifier_input` trains the classifier on
@@ -166,10 +161,11 @@ def _init_weights(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------- pretrained weights
 
 # Checkpoint keys that exist but are not used, said once here instead of a bare strict=False.
-UNUSED_HF_KEYS = {"embeddings.position_ids"}  # a buffer some checkpoints store
+# FIX(VSB-CLS-TOKEN): the pooler, where a checkpoint has one, is listed as unused, never loaded.
+# was: UNUSED_HF_KEYS = {"embeddings.position_ids"}
+UNUSED_HF_KEYS = {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
 UNUSED_HF_PREFIXES = ("lm_head.",)  # the masked-LM head of XLMRobertaForMaskedLM checkpoints
-# transformers leaves a missing pooler randomly initialised (MLM checkpoints have none); so do we.
-OPTIONAL_HF_KEYS = {"pooler.dense.weight", "pooler.dense.bias"}
+# was: OPTIONAL_HF_KEYS = {"pooler.dense.weight", "pooler.dense.bias"}  # left at random init when absent
 
 
 def hf_key_map(cfg: ModelConfig) -> dict[str, str]:
@@ -178,9 +174,7 @@ def hf_key_map(cfg: ModelConfig) -> dict[str, str]:
                "embeddings.position.weight": "embeddings.position_embeddings.weight",
                "embeddings.token_type.weight": "embeddings.token_type_embeddings.weight",
                "embeddings.norm.weight": "embeddings.LayerNorm.weight",
-               "embeddings.norm.bias": "embeddings.LayerNorm.bias",
-               "pooler.dense.weight": "pooler.dense.weight",
-               "pooler.dense.bias": "pooler.dense.bias"}
+               "embeddings.norm.bias": "embeddings.LayerNorm.bias"}
     block = (("attn.query", "attention.self.query"), ("attn.key", "attention.self.key"),
              ("attn.value", "attention.self.value"), ("attn_out", "attention.output.dense"),
              ("attn_norm", "attention.output.LayerNorm"), ("mlp_in", "intermediate.dense"),
@@ -199,7 +193,9 @@ def load_hf_encoder(encoder: Encoder, hf_state: dict[str, torch.Tensor]) -> list
     state = {k.removeprefix("roberta."): v for k, v in hf_state.items()}
     mapping = hf_key_map(encoder.cfg)
     wanted = set(mapping.values())
-    missing = sorted(wanted - set(state) - OPTIONAL_HF_KEYS)
+    # FIX(VSB-CLS-TOKEN): every mapped key is required now that no pooler is left at random init.
+    # was: missing = sorted(wanted - set(state) - OPTIONAL_HF_KEYS)
+    missing = sorted(wanted - set(state))
     unexpected = sorted(k for k in state if k not in wanted and k not in UNUSED_HF_KEYS
                         and not k.startswith(UNUSED_HF_PREFIXES))
     if missing or unexpected:
@@ -207,9 +203,6 @@ def load_hf_encoder(encoder: Encoder, hf_state: dict[str, torch.Tensor]) -> list
     own = encoder.state_dict()
     loaded = {}
     for ours, theirs in mapping.items():
-        if theirs not in state:
-            loaded[ours] = own[ours]  # optional key absent: keep the initialisation
-            continue
         if own[ours].shape != state[theirs].shape:
             raise ValueError(f"shape mismatch: {ours} {tuple(own[ours].shape)} vs checkpoint {theirs} "
                              f"{tuple(state[theirs].shape)}")
