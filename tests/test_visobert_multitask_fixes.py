@@ -6,16 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE
+from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE, synthetic_splits
 from visobert_multitask.losses import (
     NUM_STATES,
+    focal_alpha,
     positive_weights,
     predicted_states,
     supcon_multilabel,
     training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
-from visobert_multitask.train import aspect_metrics, inflated_f1
+from visobert_multitask.train import aspect_metrics, inflated_f1, training_alpha
 
 
 def _baseline_supcon_per_anchor(embeddings, weights, temperature=0.07):
@@ -128,3 +129,21 @@ def test_vsb_cls_token_sentence_vector_comes_from_the_checkpoint_not_a_random_po
     # A checkpoint that does carry a pooler loads, and its pooler is reported as unused.
     with_pooler = {**checkpoint, "pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32)}
     assert load_hf_encoder(model.encoder, with_pooler) == ["pooler.dense.bias", "pooler.dense.weight"]
+
+
+def test_vsb_alpha_train_split_only_training_labels_set_focal_alpha():
+    """VSB-ALPHA-TRAIN-SPLIT: the baseline's alpha moved when validation/test labels changed."""
+    splits = synthetic_splits(200, 50, 50, seed=0)
+    before = training_alpha(splits)
+
+    def baseline_alpha():
+        return focal_alpha(torch.cat([training_targets(s.labels) for s in splits.values()]), NUM_STATES)
+
+    baseline_before = baseline_alpha()
+    splits["test"].labels[:, 0] = NEGATIVE  # a different test set
+    assert not torch.allclose(baseline_alpha(), baseline_before)  # test labels leak into training
+    torch.testing.assert_close(training_alpha(splits), before)
+    torch.testing.assert_close(before, focal_alpha(training_targets(splits["train"].labels), NUM_STATES))
+    # Inverse frequency, mean 1 per aspect: the rare states weigh more than "absent".
+    assert before.shape == (10, NUM_STATES) and (before[:, ABSENT] < before[:, NEUTRAL]).all()
+    torch.testing.assert_close(before.mean(dim=1), torch.ones(10))

@@ -205,6 +205,16 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+def training_alpha(splits: dict) -> torch.Tensor:
+    """Per-aspect focal alpha (A, S) from label frequencies."""
+    # FIX(VSB-ALPHA-TRAIN-SPLIT): the original counted labels over the whole dataset before
+    # splitting, so validation and test labels shaped the training loss (leakage) and a different
+    # test set changed training. Only the training split may set it.
+    # was: all_labels = torch.cat([training_targets(s.labels) for s in splits.values()])
+    # was: return focal_alpha(all_labels, NUM_STATES)
+    return focal_alpha(training_targets(splits["train"].labels), NUM_STATES)
+
+
 def build_data(args):
     if args.data_root:
         aspects = tuple(a.strip() for a in args.aspects.split(",")) if args.aspects else None
@@ -247,9 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(decay_param_groups(model, args.weight_decay), lr=lr)
     dtype = autocast_dtype(device, not args.no_amp)
     scaler = make_grad_scaler(device, dtype)
-    # alpha from every split the data has: the original computed it before splitting.
-    all_labels = torch.cat([training_targets(s.labels) for s in splits.values()])
-    alpha = focal_alpha(all_labels, NUM_STATES).to(device)
+    alpha = training_alpha(splits).to(device)
 
     sampler = EpochSampler(len(datasets["train"]), args.batch_size, shuffle=True, seed=args.seed,
                            rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
