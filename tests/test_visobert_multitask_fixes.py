@@ -2,6 +2,8 @@
 
 The baseline behaviour is reproduced here (the old lines, computed inline or kept as `_baseline_*`)."""
 
+from argparse import Namespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE, synthetic_splits
 from visobert_multitask.losses import (
     NUM_STATES,
+    aspect_focal_loss,
     focal_alpha,
     positive_weights,
     predicted_states,
@@ -16,7 +19,7 @@ from visobert_multitask.losses import (
     training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
-from visobert_multitask.train import aspect_metrics, inflated_f1, training_alpha
+from visobert_multitask.train import aspect_metrics, compute_losses, inflated_f1, training_alpha
 
 
 def _baseline_supcon_per_anchor(embeddings, weights, temperature=0.07):
@@ -147,3 +150,31 @@ def test_vsb_alpha_train_split_only_training_labels_set_focal_alpha():
     # Inverse frequency, mean 1 per aspect: the rare states weigh more than "absent".
     assert before.shape == (10, NUM_STATES) and (before[:, ABSENT] < before[:, NEUTRAL]).all()
     torch.testing.assert_close(before.mean(dim=1), torch.ones(10))
+
+
+def test_vsb_one_pass_both_losses_from_a_single_encoder_pass():
+    """VSB-ONE-PASS: the baseline ran the encoder once per loss (2 passes per step)."""
+    cfg = ModelConfig(vocab_size=40, hidden=32, layers=1, heads=2, intermediate=64, max_positions=20, num_aspects=3)
+    model = AspectSentimentModel(cfg).eval()  # no dropout, so both ways compute the same numbers
+    passes = []
+    model.encoder.register_forward_hook(lambda *_: passes.append(1))
+    labels = torch.tensor([[1, 0, 2], [1, 0, 0], [0, 3, 2], [1, 0, 2]])
+    batch = {"input_ids": torch.randint(4, 40, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.bool),
+             "labels": labels}
+    alpha = focal_alpha(training_targets(labels), NUM_STATES)
+    args = Namespace(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
+    targets = training_targets(labels)
+    # The baseline step, written out.
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    focal = aspect_focal_loss(logits, targets, alpha)
+    _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+    baseline_total = 0.8 * focal + 0.2 * supcon_multilabel(embeddings, positive_weights(targets))
+    assert len(passes) == 2
+    passes.clear()
+    losses = compute_losses(model, batch, alpha, args)
+    assert len(passes) == 1
+    torch.testing.assert_close(losses["loss"], baseline_total)
+    for mode in ("focal", "contrastive"):
+        passes.clear()
+        compute_losses(model, batch, alpha, Namespace(**{**vars(args), "loss": mode}))
+        assert len(passes) == 1, mode

@@ -124,18 +124,22 @@ def compute_losses(model, batch: dict, alpha: torch.Tensor, args) -> dict[str, t
     """Weighted focal + SupCon for one batch; the dict holds the total and each component."""
     targets = training_targets(batch["labels"])
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    # FIX(VSB-ONE-PASS): one encoder pass feeds both heads. The seed's note promised this, but the
+    # code ran the encoder once per loss: twice the forward cost, and the two losses saw
+    # different dropout masks, i.e. were not computed on the same representation.
+    # was: logits = model(ids, mask)                                       # pass 1, focal
+    # was: logits, embeddings = model(ids, mask, return_embeddings=True)   # pass 2, SupCon
+    # NOTE(deviation): with --loss contrastive the classifier still needs training to be
+    # evaluated; it learns on detached sentence vectors (an online linear probe), so the encoder
+    # receives the contrastive gradient only.
+    logits, embeddings = model(ids, mask, return_embeddings=True, detach_classifier_input=args.loss == "contrastive")
     out = {}
     if args.loss in ("both", "focal"):
-        logits = model(ids, mask)
         out["focal"] = aspect_focal_loss(logits, targets, alpha, args.gamma)
     if args.loss in ("both", "contrastive"):
-        # NOTE(deviation): with --loss contrastive the classifier still needs training to be
-        # evaluated; it learns on detached sentence vectors (an online linear-probe style head), so
-        # the encoder itself receives the contrastive gradient only.
-        logits, embeddings = model(ids, mask, return_embeddings=True, detach_classifier_input=args.loss == "contrastive")
         out["supcon"] = supcon_multilabel(embeddings, positive_weights(targets), args.temperature)
-        if args.loss == "contrastive":
-            out["probe"] = aspect_focal_loss(logits, targets, alpha, args.gamma)
+    if args.loss == "contrastive":
+        out["probe"] = aspect_focal_loss(logits, targets, alpha, args.gamma)
     if args.loss == "both":
         out["loss"] = args.w_focal * out["focal"] + args.w_con * out["supcon"]
     elif args.loss == "focal":
