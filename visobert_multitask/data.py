@@ -304,9 +304,23 @@ ASPECT_WORDS = {
     "SER&ACC": ("nhân viên", "shop", "phụ kiện"),
     "STORAGE": ("bộ nhớ", "dung lượng", "thẻ nhớ"),
 }
+# Opinion words: most clauses use a word tied to its aspect ("pin trâu", "giá chát"), as Vietnamese
+# reviews do; the rest use generic words ("tốt", "tệ") whose aspect only word order tells.
+ASPECT_OPINIONS = {
+    "BATTERY": (("trâu", "bền bỉ"), ("hao", "chai")),
+    "CAMERA": (("nét", "sống động"), ("mờ", "nhòe")),
+    "DESIGN": (("sang trọng", "thời trang"), ("thô kệch", "quê mùa")),
+    "FEATURES": (("nhạy bén", "tiện lợi"), ("chập chờn", "rè")),
+    "GENERAL": (("đáng tiền", "hài lòng"), ("hối hận", "thất vọng")),
+    "PERFORMANCE": (("mượt", "mạnh mẽ"), ("giật", "lag")),
+    "PRICE": (("rẻ", "hợp lý"), ("đắt", "chát")),
+    "SCREEN": (("rực rỡ", "sáng"), ("ám vàng", "tối")),
+    "SER&ACC": (("nhiệt tình", "chu đáo"), ("cọc cằn", "thờ ơ")),
+    "STORAGE": (("dư dả", "rộng rãi"), ("chật chội", "đầy")),
+}
 SENTIMENT_WORDS = {
-    POSITIVE: ("tốt", "đẹp", "tuyệt vời", "ổn định", "mượt", "xịn", "ưng ý"),
-    NEGATIVE: ("tệ", "kém", "chán", "yếu", "lỗi", "thất vọng", "dở"),
+    POSITIVE: ("tốt", "tuyệt vời", "xịn"),
+    NEGATIVE: ("tệ", "kém", "dở"),
     NEUTRAL: ("bình thường", "tạm được", "tạm ổn", "trung bình"),
 }
 INTENSIFIERS = ("", "", "rất", "khá", "hơi", "quá")
@@ -315,9 +329,10 @@ FILLERS = ("mình mới mua", "dùng được một tuần", "nói chung là", "
 
 
 def synthetic_split(n: int, seed: int) -> ReviewSplit:
-    """Vietnamese-like reviews: 1-3 aspects per review (most aspects absent), a sentiment word per
-    aspect, and negation ("không" + positive word = negative, + negative word = positive), so the
-    polarity of a clause cannot be read off one word alone."""
+    """Vietnamese-like reviews: 1-3 aspects per review (most aspects absent), an opinion word per
+    aspect (aspect-specific 70% of the time, generic otherwise), and negation ("không" + positive
+    word = negative, + negative word = positive), so the polarity of a clause cannot be read off
+    one word alone."""
     rng = np.random.default_rng(seed)
     texts, labels = [], np.zeros((n, len(SYN_ASPECTS)), dtype=np.int64)
     for i in range(n):
@@ -325,9 +340,12 @@ def synthetic_split(n: int, seed: int) -> ReviewSplit:
         clauses = []
         for a in rng.choice(len(SYN_ASPECTS), size=k, replace=False):
             state = int(rng.choice([POSITIVE, NEGATIVE, NEUTRAL], p=[0.45, 0.35, 0.2]))
-            negate = state != NEUTRAL and rng.random() < 0.25
+            negate = state != NEUTRAL and rng.random() < 0.2
             said = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}[state] if negate else state
-            word = SENTIMENT_WORDS[said][rng.integers(len(SENTIMENT_WORDS[said]))]
+            if said != NEUTRAL and rng.random() < 0.7:
+                word = ASPECT_OPINIONS[SYN_ASPECTS[a]][said - 1][rng.integers(2)]
+            else:
+                word = SENTIMENT_WORDS[said][rng.integers(len(SENTIMENT_WORDS[said]))]
             intensifier = "" if negate else INTENSIFIERS[rng.integers(len(INTENSIFIERS))]
             parts = [ASPECT_WORDS[SYN_ASPECTS[a]][rng.integers(3)], "không" if negate else intensifier, word]
             clauses.append(" ".join(p for p in parts if p))

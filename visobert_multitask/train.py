@@ -26,6 +26,7 @@ from common.metrics import precision_recall_f1
 from common.runtime import (
     CSVLogger,
     EpochSampler,
+    all_reduce_mean,
     autocast,
     autocast_dtype,
     check_config_compatible,
@@ -90,12 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--layers", type=int, default=2, help="tiny encoder blocks")
     g.add_argument("--heads", type=int, default=4, help="tiny encoder attention heads")
     g.add_argument("--intermediate", type=int, default=512, help="tiny encoder MLP width")
+    g.add_argument("--dropout", type=float, default=0.1, help="encoder hidden and attention dropout")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="both", choices=["both", "focal", "contrastive"],
                    help="ablation: focal only, contrastive only (classifier trained as a probe), or both")
     g.add_argument("--w-focal", type=float, default=0.8, help="weight of the focal loss")
     g.add_argument("--w-con", type=float, default=0.2, help="weight of the supervised contrastive loss")
     g.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
+    g.add_argument("--alpha-power", type=float, default=0.5,
+                   help="focal alpha = (1/train frequency)^power per aspect; 1 = the original's inverse frequency, 0 = none")
     g.add_argument("--temperature", type=float, default=0.07, help="SupCon temperature")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=8, help="training epochs")
@@ -209,14 +213,14 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
-def training_alpha(splits: dict) -> torch.Tensor:
+def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
     """Per-aspect focal alpha (A, S) from label frequencies."""
     # FIX(VSB-ALPHA-TRAIN-SPLIT): the original counted labels over the whole dataset before
     # splitting, so validation and test labels shaped the training loss (leakage) and a different
     # test set changed training. Only the training split may set it.
     # was: all_labels = torch.cat([training_targets(s.labels) for s in splits.values()])
     # was: return focal_alpha(all_labels, NUM_STATES)
-    return focal_alpha(training_targets(splits["train"].labels), NUM_STATES)
+    return focal_alpha(training_targets(splits["train"].labels), NUM_STATES, power)
 
 
 def build_data(args):
@@ -238,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     aspects = splits["train"].aspects
     pretrained_state = None
     model_cfg = ModelConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
+                            dropout=args.dropout, attention_dropout=args.dropout,
                             max_positions=args.max_len + 2, num_aspects=len(aspects), num_states=NUM_STATES)
     if args.encoder:
         from visobert_multitask.data import HFTokenizer
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(decay_param_groups(model, args.weight_decay), lr=lr)
     dtype = autocast_dtype(device, not args.no_amp)
     scaler = make_grad_scaler(device, dtype)
-    alpha = training_alpha(splits).to(device)
+    alpha = training_alpha(splits, args.alpha_power).to(device)
 
     sampler = EpochSampler(len(datasets["train"]), args.batch_size, shuffle=True, seed=args.seed,
                            rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
@@ -342,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
             window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
             window["n"] += 1
             if step % args.log_interval == 0:
-                row = {k: (v / window["n"]).item() for k, v in window.items() if k != "n"}
+                # Averaged over the window and over ranks (one all-reduce per logged value).
+                row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
                 if main_rank:
                     logger.log({"step": step, "epoch": epoch, "split": "train", "lr": lr_now, **row})
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
