@@ -79,3 +79,21 @@ def test_key_map_rejects_unknown_missing_and_misshaped_keys():
         load_hf_encoder(model.encoder, {k: v for k, v in state.items() if k != "encoder.layer.1.output.dense.bias"})
     with pytest.raises(ValueError, match="shape mismatch: embeddings.word.weight"):
         load_hf_encoder(model.encoder, {**state, "embeddings.word_embeddings.weight": torch.zeros(7, 32)})
+
+
+def test_pretrained_encoder_offline_fails_with_a_clear_message(monkeypatch):
+    """`--encoder NAME` with no internet and no cache: a RuntimeError that says what to do."""
+    import sys
+    import types
+
+    def offline(name):
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
+
+    fake = types.SimpleNamespace(AutoModel=types.SimpleNamespace(from_pretrained=offline))
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    from visobert_multitask.model import fetch_pretrained
+    with pytest.raises(RuntimeError, match=r"(?s)could not fetch encoder .uitnlp/visobert.*local Hugging Face cache"):
+        fetch_pretrained("uitnlp/visobert")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed
+    with pytest.raises(ImportError, match="pip install transformers sentencepiece"):
+        fetch_pretrained("uitnlp/visobert")

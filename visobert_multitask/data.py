@@ -330,16 +330,19 @@ FILLERS = ("mình mới mua", "dùng được một tuần", "nói chung là", "
 
 def synthetic_split(n: int, seed: int) -> ReviewSplit:
     """Vietnamese-like reviews: 1-3 aspects per review (most aspects absent), an opinion word per
-    aspect (aspect-specific 70% of the time, generic otherwise), and negation ("không" + positive
-    word = negative, + negative word = positive), so the polarity of a clause cannot be read off
-    one word alone."""
+    aspect (aspect-specific 70% of the time, generic otherwise), aspects that often share the
+    review's mood, and negation ("không" + positive word = negative, + negative word = positive),
+    so the polarity of a clause cannot be read off one word alone."""
     rng = np.random.default_rng(seed)
     texts, labels = [], np.zeros((n, len(SYN_ASPECTS)), dtype=np.int64)
     for i in range(n):
         k = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
+        mood = int(rng.choice([POSITIVE, NEGATIVE, NEUTRAL], p=[0.45, 0.35, 0.2]))
         clauses = []
         for a in rng.choice(len(SYN_ASPECTS), size=k, replace=False):
-            state = int(rng.choice([POSITIVE, NEGATIVE, NEUTRAL], p=[0.45, 0.35, 0.2]))
+            # Reviews lean one way: an aspect takes the review's overall mood with probability
+            # 0.6, else a polarity of its own, so several aspects often (not always) agree.
+            state = mood if rng.random() < 0.6 else int(rng.choice([POSITIVE, NEGATIVE, NEUTRAL], p=[0.45, 0.35, 0.2]))
             negate = state != NEUTRAL and rng.random() < 0.2
             said = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}[state] if negate else state
             if said != NEUTRAL and rng.random() < 0.7:

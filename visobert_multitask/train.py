@@ -67,7 +67,7 @@ from visobert_multitask.losses import (
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
-LOG_FIELDS = ["step", "epoch", "split", "loss", "focal", "supcon", "lr", "grad_norm", "det_f1", "sent_f1", "f1_inflated"]
+LOG_FIELDS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1", "f1_inflated"]
 ARCH_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
 
 
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--layers", type=int, default=2, help="tiny encoder blocks")
     g.add_argument("--heads", type=int, default=4, help="tiny encoder attention heads")
     g.add_argument("--intermediate", type=int, default=512, help="tiny encoder MLP width")
-    g.add_argument("--dropout", type=float, default=0.1, help="encoder hidden and attention dropout")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="encoder hidden and attention dropout (default 0.1 pretrained as XLM-R, 0 for the tiny encoder)")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="both", choices=["both", "focal", "contrastive"],
                    help="ablation: focal only, contrastive only (classifier trained as a probe), or both")
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="focal alpha = (1/train frequency)^power per aspect; 1 = the original's inverse frequency, 0 = none")
     g.add_argument("--temperature", type=float, default=0.07, help="SupCon temperature")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=8, help="training epochs")
+    g.add_argument("--epochs", type=int, default=30, help="training epochs")
     g.add_argument("--max-iters", type=int, default=None, help="cap on optimizer steps (schedule length)")
     g.add_argument("--batch-size", type=int, default=32, help="per-process batch size")
     g.add_argument("--lr", type=float, default=None, help="peak lr (default 2e-5 pretrained, 1e-3 tiny)")
@@ -241,8 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
     splits = build_data(args)
     aspects = splits["train"].aspects
     pretrained_state = None
+    # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
+    # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
+    dropout = args.dropout if args.dropout is not None else (0.1 if args.encoder else 0.0)
     model_cfg = ModelConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
-                            dropout=args.dropout, attention_dropout=args.dropout,
+                            dropout=dropout, attention_dropout=dropout,
                             max_positions=args.max_len + 2, num_aspects=len(aspects), num_states=NUM_STATES)
     if args.encoder:
         from visobert_multitask.data import HFTokenizer
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
 
-            for name in ("loss", "focal", "supcon"):
+            for name in ("loss", "focal", "supcon", "probe"):
                 if name in losses:
                     window[name] = window.get(name, 0.0) + losses[name].detach().float()
             window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
