@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
                 checkpoint(run_dir / "best.pt", epoch + 1 if finished else epoch, batch_in_epoch if not finished else 0)
             checkpoint(run_dir / "last.pt", epoch + 1 if finished else epoch, 0 if finished else batch_in_epoch)
 
+    if not val_metrics:  # resumed from a run that had already finished: nothing was trained here
+        val_metrics = evaluate(model, eval_loaders["val"], device, dtype, aspects)
     # Test once, with the weights of the best validation epoch.
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # best.pt is written by rank 0
