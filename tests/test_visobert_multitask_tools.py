@@ -1,0 +1,40 @@
+"""visobert_multitask bench.py and visualize.py: measured numbers, real module shapes, matplotlib optional."""
+
+import sys
+
+import pytest
+
+from visobert_multitask import bench, visualize
+
+SMALL = ["--batch-size", "4", "--seq-len", "8", "--iters", "1"]
+
+
+@pytest.mark.slow
+def test_bench_reports_both_steps_for_the_tiny_config(capsys):
+    results = bench.main(["--configs", "tiny", "--warmup", "0", *SMALL])
+    r = results["tiny"]
+    assert r["one_ms"] > 0 and r["two_ms"] > 0 and r["ratio"] == pytest.approx(r["one_ms"] / r["two_ms"])
+    assert r["one_tok_s"] > 0 and "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_visualize_records_real_shapes_and_writes_pictures(tmp_path):
+    pytest.importorskip("matplotlib", reason="the pictures need matplotlib")
+    out = visualize.main(["--out", str(tmp_path), *SMALL])
+    shapes = dict((name, shape) for name, _, shape in out["records"])
+    assert shapes["encoder.layers.1"] == (4, 8, 128) and shapes["logits"] == (4, 10, 4)
+    assert shapes["embeddings"] == (4, 256)
+    assert set(out["times"]) == {"encoder", "heads", "losses", "backward", "optimizer step"}
+    assert all(ms > 0 for ms in out["times"].values())
+    for path in out["files"]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_visualize_without_matplotlib_prints_the_numbers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = visualize.main(["--out", str(tmp_path / "figs"), *SMALL])
+    printed = capsys.readouterr().out
+    assert out["files"] == [] and "pip install matplotlib" in printed
+    assert "encoder.layers.0" in printed and "optimizer step" in printed and "two-pass step" in printed
+    assert not (tmp_path / "figs").exists()

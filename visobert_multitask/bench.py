@@ -1,0 +1,140 @@
+"""Measure a training step with one encoder pass (both heads, both losses) against the seed's
+two-pass step (one encoder pass per loss), at the tiny and at a ViSoBERT-sized configuration.
+
+    python visobert_multitask/bench.py                    # tiny + base, CPU or GPU
+    python visobert_multitask/bench.py --configs tiny --iters 20
+
+Reports median step time, the one-pass / two-pass ratio (the seed claims ~70 vs ~160 ms, i.e.
+<= ~0.45; below 0.6 is the target here: the optimizer step is paid once either way) and tokens/s.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import argparse
+import statistics
+import time
+from argparse import Namespace
+
+import torch
+
+from common.runtime import autocast, autocast_dtype, pick_device
+from visobert_multitask.losses import (
+    NUM_STATES,
+    aspect_focal_loss,
+    focal_alpha,
+    positive_weights,
+    supcon_multilabel,
+    training_targets,
+)
+from visobert_multitask.model import AspectSentimentModel, ModelConfig
+from visobert_multitask.train import compute_losses
+
+CONFIGS = {
+    "tiny": dict(cfg=ModelConfig(vocab_size=1000, max_positions=130), batch=32),
+    # ViSoBERT / XLM-R base: 12 x 768, 12 heads, MLP 3072, ~15k SentencePiece vocabulary.
+    "base": dict(cfg=ModelConfig(vocab_size=15004, hidden=768, layers=12, heads=12, intermediate=3072,
+                                 max_positions=514), batch=4),
+}
+LOSS_ARGS = Namespace(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
+
+
+def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:
+    """Random token ids with ragged lengths (padding in the batch) and random aspect states."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, cfg.vocab_size, (batch_size, seq_len), generator=g)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch_size,), generator=g)
+    mask = torch.arange(seq_len)[None, :] < lengths[:, None]  # (B, T)
+    ids[:, 0] = 0
+    present = torch.rand(batch_size, cfg.num_aspects, generator=g) < 0.3
+    labels = torch.where(present, torch.randint(1, 4, (batch_size, cfg.num_aspects), generator=g), 0)
+    return {"input_ids": ids.masked_fill(~mask, cfg.pad_token_id).to(device), "attention_mask": mask.to(device),
+            "labels": labels.to(device)}
+
+
+def one_pass_step(model, optimizer, batch, alpha, dtype) -> None:
+    """The training step of train.py: one forward for both heads, one backward, one update."""
+    with autocast(batch["input_ids"].device, dtype):
+        losses = compute_losses(model, batch, alpha, LOSS_ARGS)
+    losses["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def two_pass_step(model, optimizer, batch, alpha, dtype) -> None:
+    """The seed's step as its code did it: the encoder runs once for the focal loss, once more for SupCon."""
+    targets = training_targets(batch["labels"])
+    with autocast(batch["input_ids"].device, dtype):
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        focal = aspect_focal_loss(logits, targets, alpha, LOSS_ARGS.gamma)
+        _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS_ARGS.temperature)
+    (LOSS_ARGS.w_focal * focal + LOSS_ARGS.w_con * supcon).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def median_seconds(fn, warmup: int, iters: int, device) -> float:
+    times = []
+    for i in range(warmup + iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compare(cfg: ModelConfig, batch_size: int, seq_len: int, device, dtype, warmup: int, iters: int) -> dict:
+    """Median one-pass and two-pass step times for one configuration (same model, same batch)."""
+    torch.manual_seed(0)
+    model = AspectSentimentModel(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = make_batch(cfg, batch_size, seq_len, device)
+    alpha = focal_alpha(training_targets(batch["labels"]), NUM_STATES).to(device)
+    one = median_seconds(lambda: one_pass_step(model, optimizer, batch, alpha, dtype), warmup, iters, device)
+    two = median_seconds(lambda: two_pass_step(model, optimizer, batch, alpha, dtype), warmup, iters, device)
+    tokens = int(batch["attention_mask"].sum())
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch_size, "seq": seq_len,
+            "one_ms": one * 1e3, "two_ms": two * 1e3, "ratio": one / two,
+            "one_tok_s": tokens / one, "two_tok_s": tokens / two}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = [f"{'config':<7}{'params':>9}{'batch x seq':>13}{'one-pass ms':>13}{'two-pass ms':>13}{'ratio':>7}"
+             f"{'tok/s one':>11}{'tok/s two':>11}"]
+    for name, r in results.items():
+        lines.append(f"{name:<7}{r['params_m']:>8.1f}M{r['batch']:>8d} x {r['seq']:<3d}{r['one_ms']:>12.1f}"
+                     f"{r['two_ms']:>13.1f}{r['ratio']:>7.2f}{r['one_tok_s']:>11.0f}{r['two_tok_s']:>11.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="tiny,base", help="comma-separated: tiny, base")
+    p.add_argument("--batch-size", type=int, default=None, help="override the per-config batch (tiny 32, base 4)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per review")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--iters", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    dtype = autocast_dtype(device, not args.no_amp)
+    results = {}
+    for name in args.configs.split(","):
+        spec = CONFIGS[name]
+        results[name] = compare(spec["cfg"], args.batch_size or spec["batch"], args.seq_len, device, dtype,
+                                args.warmup, args.iters)
+    print(f"device {device}, {torch.get_num_threads()} threads, autocast {dtype}")
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The aspect-level focal loss and the multi-label contrastive terms of this project.
+
+The generic pieces are in common/losses.py (`focal_loss`, `supcon_loss`); here is what is specific
+to aspect x sentiment labels: what the model is trained to predict per aspect, per-aspect alpha
+from label frequencies, and which reviews count as positives of each other.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common.losses import focal_loss, supcon_loss
+
+# FIX(VSB-ABSENT-STATE): "not mentioned" is its own state. Design choice: one 4-way softmax per
+# aspect {absent, positive, negative, neutral} rather than a presence head plus a 3-way sentiment
+# head masked to present aspects. It keeps one focal loss per aspect as in the original (its
+# alpha simply gains an "absent" entry), needs no presence threshold, and cannot predict a
+# sentiment for an aspect it calls absent; sentiment given presence is still read from the three
+# sentiment logits (see predicted_states / train.aspect_metrics).
+# was: NUM_STATES = 3  # classes per aspect the model predicts
+NUM_STATES = 4  # classes per aspect the model predicts: the data states themselves
+
+
+def training_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(N, A) data states -> (N, A) class indices the head is trained on."""
+    # FIX(VSB-ABSENT-STATE): the original labelled every aspect a review does not mention as
+    # Neutral, so "no opinion on the battery" and "battery is so-so" were the same target.
+    # was: return torch.where(labels == ABSENT, torch.full_like(labels, NEUTRAL), labels) - 1
+    return labels
+
+
+def predicted_states(logits: torch.Tensor) -> torch.Tensor:
+    """(N, A, S) logits -> (N, A) data states (0 absent, 1 positive, 2 negative, 3 neutral)."""
+    # FIX(VSB-ABSENT-STATE): the head's classes are the data states.
+    # was: return logits.argmax(dim=-1) + 1
+    return logits.argmax(dim=-1)
+
+
+def focal_alpha(targets: torch.Tensor, num_states: int, power: float = 0.5) -> torch.Tensor:
+    """Per-aspect alpha (A, S) = (1 / frequency) ** power, normalised to mean 1 per aspect.
+
+    power 1 is plain inverse frequency (the original's rule, over its 3 sentiments); 0 is no alpha.
+    A state never seen in the given labels is counted once, so its alpha is large but finite."""
+    # NOTE(deviation): default power 0.5. With "absent" as a state (~80% of slots) plain inverse
+    # frequency gives absent ~0.1 and neutral ~2: the model then calls aspects present that are not
+    # (synthetic demo: detection F1 0.48 with power 1, 1.00 with power 0.5, same budget).
+    counts = torch.stack([torch.bincount(targets[:, a], minlength=num_states) for a in range(targets.shape[1])])
+    weights = counts.float().clamp_min(1.0).reciprocal() ** power  # (A, S)
+    return weights / weights.mean(dim=1, keepdim=True)
+
+
+def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0):
+    """Sum over aspects of common `focal_loss` on each aspect's (B, S) logits (batch mean inside).
+
+    Summed, not averaged: each aspect is a classification task of its own, and the mean made the
+    focal term ~A times smaller than SupCon, whose gradient then dominated the shared encoder."""
+    return torch.stack([focal_loss(logits[:, a], targets[:, a], gamma, alpha[a])
+                        for a in range(logits.shape[1])]).sum()
+
+
+def positive_weights(targets: torch.Tensor) -> torch.Tensor:
+    """(N, A) targets -> (N, N) positive weights for SupCon.
+
+    Rule: Jaccard overlap of the sets of PRESENT (aspect, polarity) pairs,
+    |L_i & L_j| / |L_i | L_j|; 1 for identical label sets, 0 when they share nothing (and for two
+    reviews that mention no aspect at all: nothing says they are alike)."""
+    # FIX(VSB-ABSENT-STATE): agreeing on aspects neither review mentions is not similarity; with
+    # ~80% absent slots it made nearly every pair a strong positive.
+    # was: return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
+    present = F.one_hot(targets, NUM_STATES)[..., 1:].flatten(1).float()  # (N, A*3) present (aspect, polarity) pairs
+    shared = present @ present.T  # (N, N) |L_i & L_j|
+    union = present.sum(1)[:, None] + present.sum(1)[None, :] - shared
+    return torch.where(union > 0, shared / union.clamp_min(1.0), torch.zeros_like(shared))
+
+
+def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020, L_out) with weighted positives, over L2-normalised embeddings."""
+    # FIX(VSB-SUPCON-NO-POSITIVE): an anchor with no positive in the batch divided 0 by 0, and one
+    # such anchor turned the batch loss into NaN. common's supcon_loss leaves those anchors out
+    # (mean over the anchors that have a positive; 0 with a gradient path if none has).
+    # was: pos = weights.masked_fill(self_mask, 0.0)
+    # was: return (-(pos * log_prob).sum(dim=1) / pos.sum(dim=1)).mean()
+    return supcon_loss(embeddings, positive_weights=weights, temperature=temperature)

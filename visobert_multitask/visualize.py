@@ -1,0 +1,190 @@
+"""The three pictures seed 004 promised, drawn from the real model and from measurements.
+
+    python visobert_multitask/visualize.py                                  # tiny model, synthetic batch
+    python visobert_multitask/visualize.py --checkpoint runs/visobert_multitask/best.pt
+
+model_architecture.png      the module tree with the output shape of every module, recorded by
+                            forward hooks during a real forward pass
+forward_pass_timeline.png   measured per-stage times of a training step: encoder, heads, losses,
+                            backward, optimizer step
+sequential_vs_parallel.png  measured step time, one encoder pass (train.py) vs one pass per loss
+
+Without matplotlib the same numbers are printed as tables.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import argparse
+import re
+import time
+
+import torch
+import torch.nn as nn
+
+from common.runtime import load_checkpoint
+from visobert_multitask.bench import LOSS_ARGS, compare, make_batch
+from visobert_multitask.losses import (
+    NUM_STATES,
+    aspect_focal_loss,
+    focal_alpha,
+    positive_weights,
+    supcon_multilabel,
+    training_targets,
+)
+from visobert_multitask.model import AspectSentimentModel, ModelConfig
+
+STAGES = ("encoder", "heads", "losses", "backward", "optimizer step")
+
+
+def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]:
+    """(qualified name, class name, output shape) of the encoder's parts and the heads, in call order."""
+    wanted = [(n, m) for n, m in model.named_modules()
+              if n in ("encoder.embeddings", "classifier", "projection") or re.fullmatch(r"encoder\.layers\.\d+", n)]
+    records, hooks = [], []
+    for name, module in wanted:
+        hooks.append(module.register_forward_hook(
+            lambda mod, inp, out, name=name: records.append((name, type(mod).__name__, tuple(out.shape)))))
+    with torch.no_grad():
+        logits, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+    for h in hooks:
+        h.remove()
+    return records + [("logits", "per aspect", tuple(logits.shape)), ("embeddings", "L2-normed", tuple(embeddings.shape))]
+
+
+def stage_times(model, batch: dict, iters: int = 10) -> dict[str, float]:
+    """Mean milliseconds per stage of a one-pass training step, measured stage by stage."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    targets = training_targets(batch["labels"])
+    alpha = focal_alpha(targets, NUM_STATES)
+    totals = dict.fromkeys(STAGES, 0.0)
+    sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
+    for i in range(iters + 2):  # the first two steps warm up and are not counted
+        marks = [time.perf_counter()]
+        sentence = model.sentence_vector(batch["input_ids"], batch["attention_mask"])
+        sync(), marks.append(time.perf_counter())
+        logits, embeddings = model.heads(sentence, return_embeddings=True)
+        sync(), marks.append(time.perf_counter())
+        focal = aspect_focal_loss(logits, targets, alpha, LOSS_ARGS.gamma)
+        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS_ARGS.temperature)
+        loss = LOSS_ARGS.w_focal * focal + LOSS_ARGS.w_con * supcon
+        sync(), marks.append(time.perf_counter())
+        loss.backward()
+        sync(), marks.append(time.perf_counter())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(), marks.append(time.perf_counter())
+        if i >= 2:
+            for stage, start, end in zip(STAGES, marks, marks[1:]):
+                totals[stage] += (end - start) * 1e3 / iters
+    return totals
+
+
+def draw_architecture(records, path: Path, plt) -> None:
+    encoder = [r for r in records if r[0].startswith("encoder.")]
+    heads = {r[0]: r for r in records if not r[0].startswith("encoder")}
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * (len(encoder) + 4)))
+    ax.axis("off")
+    y = len(encoder) + 4
+
+    def box(x, y, text, color):
+        ax.text(x, y, text, ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc=color, ec="gray"))
+
+    box(0.5, y, "input_ids, attention_mask  " + str(tuple(encoder[0][2][:2])), "#eeeeee")
+    for name, cls, shape in encoder:
+        y -= 1
+        box(0.5, y, f"{name} ({cls})  ->  {shape}", "#cfe2f3")
+        ax.annotate("", (0.5, y + 0.3), (0.5, y + 0.7), arrowprops=dict(arrowstyle="->"))
+    y -= 1
+    box(0.5, y, "sentence vector = first token hidden state", "#d9ead3")
+    ax.annotate("", (0.5, y + 0.3), (0.5, y + 0.7), arrowprops=dict(arrowstyle="->"))
+    for x, key, out, loss in ((0.25, "classifier", "logits", "focal loss (per aspect)"),
+                              (0.75, "projection", "embeddings", "SupCon loss")):
+        name, cls, shape = heads[key]
+        box(x, y - 1, f"{name} ({cls})  ->  {shape}\n{out} {heads[out][2]}", "#fce5cd")
+        box(x, y - 2, loss, "#f4cccc")
+        ax.annotate("", (x, y - 0.7), (0.5, y - 0.3), arrowprops=dict(arrowstyle="->"))
+        ax.annotate("", (x, y - 1.7), (x, y - 1.3), arrowprops=dict(arrowstyle="->"))
+        ax.annotate("", (0.5, y - 2.7), (x, y - 2.3), arrowprops=dict(arrowstyle="->"))
+    box(0.5, y - 3, f"{LOSS_ARGS.w_focal} x focal + {LOSS_ARGS.w_con} x SupCon -> one backward", "#d0e0e3")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(y - 3.6, len(encoder) + 4.6)
+    ax.set_title("Module tree and output shapes (recorded by forward hooks)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_timeline(times: dict[str, float], path: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    start = 0.0
+    for i, (stage, ms) in enumerate(times.items()):
+        ax.barh(0, ms, left=start, color=f"C{i}", label=f"{stage}: {ms:.1f} ms")
+        start += ms
+    ax.set_yticks([])
+    ax.set_xlabel("milliseconds (measured, mean per step)")
+    ax.set_title(f"One training step: {start:.1f} ms; both heads and losses use one encoder output")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_comparison(result: dict, path: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(["one encoder pass\n(train.py)", "one pass per loss\n(seed's code)"],
+                  [result["one_ms"], result["two_ms"]], color=["C2", "C3"])
+    ax.bar_label(bars, fmt="%.1f ms")
+    ax.set_ylabel("step time, ms (median, measured)")
+    ax.set_title(f"Training step: ratio {result['ratio']:.2f}")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="a train.py checkpoint (its model config and weights)")
+    p.add_argument("--out", default="runs/visobert_multitask/figures", help="folder for the PNG files")
+    p.add_argument("--batch-size", type=int, default=32, help="batch of the measured steps")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per review in the measured steps")
+    p.add_argument("--iters", type=int, default=10, help="measured steps per number")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        cfg = ModelConfig(**state["config"]["model"])
+        model = AspectSentimentModel(cfg)
+        model.load_state_dict(state["model"])
+    else:
+        cfg = ModelConfig()
+        model = AspectSentimentModel(cfg)
+    batch = make_batch(cfg, args.batch_size, args.seq_len, torch.device("cpu"))
+    records = module_shapes(model.eval(), batch)
+    times = stage_times(model.train(), batch, args.iters)
+    comparison = compare(cfg, args.batch_size, args.seq_len, torch.device("cpu"), None, 2, args.iters)
+
+    print(f"{'module':<22}{'class':<12}output shape")
+    print("\n".join(f"{n:<22}{c:<12}{s}" for n, c, s in records))
+    print(f"\n{'stage':<16}ms per step")
+    print("\n".join(f"{s:<16}{ms:.2f}" for s, ms in times.items()))
+    print(f"\none-pass step {comparison['one_ms']:.1f} ms, two-pass step {comparison['two_ms']:.1f} ms, "
+          f"ratio {comparison['ratio']:.2f}")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): printed the numbers instead of the pictures")
+        return {"records": records, "times": times, "comparison": comparison, "files": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "model_architecture.png", out / "forward_pass_timeline.png", out / "sequential_vs_parallel.png"]
+    draw_architecture(records, files[0], plt)
+    draw_timeline(times, files[1], plt)
+    draw_comparison(comparison, files[2], plt)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return {"records": records, "times": times, "comparison": comparison, "files": files}
+
+
+if __name__ == "__main__":
+    main()
