@@ -26,8 +26,10 @@ from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
 from common.runtime import (
     CSVLogger,
+    DataError,
     EpochSampler,
     LossBalanceMonitor,
+    assert_replicas_in_sync,
     autocast,
     autocast_dtype,
     check_config_compatible,
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
     log = print if main_rank else (lambda *a, **k: None)
     seed_everything(tc.seed)
 
+    if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
+        # A wrong path must fail now, not after CLIP's weights have been read or fetched.
+        raise DataError(f"--data-root {cfg.data.data_root} is not a folder")
     dataset = "synthetic" if cfg.data.data_root is None else cfg.data.dataset
     names = list(CLASS_DESCRIPTORS[dataset])
     descriptors = list(CLASS_DESCRIPTORS[dataset].values())
@@ -482,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"confusion matrix (rows true, columns predicted; {', '.join(names)}):\n{test['confusion']}")
         log(f"best val UAR {best_uar:.4f} (epoch {best_epoch}) | test UAR {test['uar']:.4f} WAR {test['war']:.4f} "
             f"| {elapsed:.1f} s")
+    assert_replicas_in_sync(ddp_model)  # under torchrun: every rank must end with the same weights
     cleanup_distributed()
     return {"best_val_uar": best_uar, "best_epoch": best_epoch, "val_uar": val_metrics["uar"],
             "test_uar": test["uar"], "test_war": test["war"], "steps": step, "run_dir": str(run_dir),

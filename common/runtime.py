@@ -258,7 +258,7 @@ def prepare_run_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
     run_dir = Path(path)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
+        probe = run_dir / f".write_probe.{os.getpid()}"  # per process: under torchrun every rank probes
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as e:

@@ -30,6 +30,7 @@ from common.metrics import accuracy, average_precision, precision_recall_f1, roc
 from common.runtime import (
     CSVLogger,
     EpochSampler,
+    assert_replicas_in_sync,
     autocast,
     autocast_dtype,
     check_config_compatible,
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{best_val_loss:.4f} at step {best_step}, {summary['elapsed_s']:.0f} s")
     if tb is not None:
         tb.close()
+    assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
     cleanup_distributed()
     return summary
 

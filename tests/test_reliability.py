@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,14 +35,28 @@ class Spec:
     tiny: list[str]  # a run of a few seconds on the synthetic default
     other_size: list[str]  # the same run with a different architecture (for the mismatch test)
     mismatch_key: str  # a config key the mismatch error must name
-    env: dict = field(default_factory=dict)
+    final_marker: str  # start of the closing line rank 0 prints
 
 
 SPECS: dict[str, Spec] = {
     "dual_cross_attention": Spec(
         tiny=["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-classes", "4", "--image-size", "16",
               "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8", "--epochs", "2"],
-        other_size=["--embed-dim", "48"], mismatch_key="embed_dim"),
+        other_size=["--embed-dim", "48"], mismatch_key="embed_dim", final_marker="final:"),
+    "caer_clip": Spec(
+        tiny=["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-test", "10", "--batch-size", "4",
+              "--epochs", "1", "--moco-queue", "16"],
+        other_size=["--temporal-layers", "2"], mismatch_key="temporal_layers", final_marker="best val UAR"),
+    "deepfake_effnet_lstm": Spec(
+        tiny=["--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-frames", "4",
+              "--frames", "2", "--image-size", "32", "--batch-size", "2", "--eval-clips", "1", "--no-overlays",
+              "--no-tensorboard", "--log-interval", "2", "--max-iters", "4"],
+        other_size=["--lstm-hidden", "64"], mismatch_key="lstm_hidden", final_marker="final validation"),
+    "visobert_multitask": Spec(
+        tiny=["--synthetic-train", "128", "--synthetic-val", "32", "--synthetic-test", "32", "--hidden", "32",
+              "--layers", "1", "--heads", "2", "--intermediate", "64", "--epochs", "2", "--batch-size", "32",
+              "--log-interval", "2"],
+        other_size=["--layers", "2"], mismatch_key="model.layers", final_marker="final validation"),
 }
 
 
@@ -132,8 +148,6 @@ def test_unwritable_or_full_run_folder_fails_before_training(project, tmp_path, 
     with pytest.raises(RunDirError, match="a_file"):
         main([*SPECS[project].tiny, "--out", str(blocker / "run")])
 
-    import shutil
-
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
     with pytest.raises(RunDirError, match="MB free"):
@@ -167,7 +181,8 @@ def test_torchrun_two_cpu_processes(project, tmp_path):
     rows = _rows(out)
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps, key=int)
-    final_lines = [line for line in result.stdout.splitlines() if line.startswith("final")]
+    marker = SPECS[project].final_marker
+    final_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(marker)]
     assert len(final_lines) == 1, result.stdout[-2000:]  # printed by rank 0 only
 
 
@@ -195,6 +210,51 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
+def _caer_case(edit, **raer):
+    def build(tmp_path):
+        from tests.fixtures_caer_clip import make_raer
+
+        root = tmp_path / "raer"
+        make_raer(root, **{"clips_per_class": 2, "frames": 4, **raer})
+        edit(root)
+        return ["--data-root", str(root), "--clip", "tiny", "--num-frames", "2", "--batch-size", "2",
+                "--moco-queue", "8", "--logit-scale", "20"]
+    return build
+
+
+def _drop_face_box(root: Path) -> None:
+    boxes = json.loads((root / "face_boxes.json").read_text())
+    del boxes["train/class2_0"]
+    (root / "face_boxes.json").write_text(json.dumps(boxes))
+
+
+def _dfd_case(edit, videos=None):
+    def build(tmp_path):
+        from tests.fixtures_deepfake_effnet_lstm import grouped_videos, write_dataset
+
+        root = write_dataset(tmp_path / "d", videos or grouped_videos(8), frames=4)
+        edit(root)
+        return ["--data-root", str(root)]
+    return build
+
+
+def _vsb_case(train_csv: bytes | str):
+    def build(tmp_path):
+        root = tmp_path / "reviews"
+        root.mkdir()
+        good = "text,Battery,Camera\npin tốt,Positive,\ncamera kém,,Negative\n"
+        for split in ("val", "test"):
+            (root / f"{split}.csv").write_text(good, encoding="utf-8")
+        data = train_csv if isinstance(train_csv, bytes) else train_csv.encode("utf-8")
+        (root / "train.csv").write_bytes(data)
+        return ["--data-root", str(root)]
+    return build
+
+
+def _nothing(root: Path) -> None:
+    pass
+
+
 BAD_INPUTS = [
     # (project, case, build(tmp_path) -> extra args, error type, what the message must name)
     ("dual_cross_attention", "missing data root", lambda t: ["--data-root", str(t / "nowhere")],
@@ -214,6 +274,48 @@ BAD_INPUTS = [
     ("dual_cross_attention", "empty split",
      lambda t: ["--data-root", str(_dcal_cub(t, split=(1, 1, 1, 1, 1, 1))), "--image-size", "16", "--resize", "20"],
      DataError, "split is empty"),
+    ("caer_clip", "missing data root", lambda t: ["--data-root", str(t / "nowhere")], DataError, "nowhere"),
+    ("caer_clip", "empty annotation file", _caer_case(lambda r: (r / "train.txt").write_text("")),
+     DataError, r"train\.txt is empty"),
+    ("caer_clip", "malformed line", _caer_case(lambda r: (r / "train.txt").write_text("train/class1_0 4\n")),
+     DataError, r"train\.txt:1"),
+    ("caer_clip", "label out of range", _caer_case(lambda r: (r / "train.txt").write_text("train/class1_0 4 9\n")),
+     DataError, r"train\.txt:1.*label 9"),
+    ("caer_clip", "missing frame folder",
+     _caer_case(lambda r: shutil.rmtree(r / "train" / "class3_0")), DataError, "class3_0"),
+    ("caer_clip", "unreadable frame",
+     _caer_case(lambda r: [p.write_bytes(b"not a jpeg") for p in (r / "train" / "class1_0").glob("*.jpg")]),
+     DataError, r"cannot read frame .*class1_0/\d\.jpg"),
+    ("caer_clip", "truncated frame",
+     _caer_case(lambda r: [_truncate(p) for p in (r / "train" / "class4_0").glob("*.jpg")]),
+     DataError, r"class4_0/\d\.jpg.*truncated"),
+    ("caer_clip", "fewer frames than listed", _caer_case(lambda r: (r / "train" / "class5_0" / "4.jpg").unlink()),
+     DataError, "class5_0"),
+    ("caer_clip", "missing face box", _caer_case(_drop_face_box), DataError, "no face box for clip 'train/class2_0'"),
+    ("deepfake_effnet_lstm", "missing data root", lambda t: ["--data-root", str(t / "nowhere")], DataError, "nowhere"),
+    ("deepfake_effnet_lstm", "empty index file", _dfd_case(lambda r: (r / "index.csv").write_text("video,label\n")),
+     DataError, "no videos listed"),
+    ("deepfake_effnet_lstm", "malformed line",
+     _dfd_case(lambda r: (r / "index.csv").write_text("video,label\nreal0\n")), DataError, r"index\.csv:2"),
+    ("deepfake_effnet_lstm", "label out of range",
+     _dfd_case(lambda r: (r / "index.csv").write_text("video,label\nreal0,2\n")), DataError, "unknown label '2'"),
+    ("deepfake_effnet_lstm", "missing frame folder", _dfd_case(lambda r: shutil.rmtree(r / "fake3_1")),
+     DataError, "fake3_1"),
+    ("deepfake_effnet_lstm", "unreadable image",
+     _dfd_case(lambda r: [p.write_bytes(b"not a png") for p in r.glob("*/*.png")]), DataError, r"\.png: unreadable"),
+    ("deepfake_effnet_lstm", "truncated image", _dfd_case(lambda r: [_truncate(p) for p in r.glob("*/*.png")]),
+     DataError, r"\.png: unreadable"),
+    ("deepfake_effnet_lstm", "a split with one class",
+     _dfd_case(_nothing, videos=[{"video": f"real{i}", "label": "real"} for i in range(6)]), DataError, "only"),
+    ("visobert_multitask", "missing data root", lambda t: ["--data-root", str(t / "nowhere")], DataError, "nowhere"),
+    ("visobert_multitask", "empty annotation file", _vsb_case(""), DataError, r"train\.csv: the file is empty"),
+    ("visobert_multitask", "malformed line", _vsb_case("text,Battery\npin,Positive,extra\n"),
+     DataError, r"train\.csv:2: 3 fields"),
+    ("visobert_multitask", "label out of range", _vsb_case("text,Battery\npin tốt,Great\n"),
+     DataError, r"train\.csv:2: unknown polarity 'Great'"),
+    ("visobert_multitask", "non-UTF-8 text", _vsb_case(b"text,Battery\npin t\xf4t,Positive\n"),
+     DataError, r"train\.csv:2: not valid UTF-8"),
+    ("visobert_multitask", "empty text", _vsb_case("text,Battery\n  ,Positive\n"), DataError, r"train\.csv:2: empty review"),
 ]
 
 
@@ -241,9 +343,18 @@ def _nan_in_dcal_glca(monkeypatch):
     _wrap(monkeypatch, "dual_cross_attention.train", "compute_losses", corrupt)
 
 
+def _nan_result(result):
+    return result * float("nan")
+
+
 NAN_INJECTIONS = [
     # (project, inject(monkeypatch), component the error must name)
     ("dual_cross_attention", _nan_in_dcal_glca, "glca"),
+    ("caer_clip", lambda mp: _wrap(mp, "caer_clip.losses", "dc_loss", _nan_result), "loss_dc"),
+    ("deepfake_effnet_lstm", lambda mp: _wrap(mp, "deepfake_effnet_lstm.train", "classification_loss", _nan_result),
+     "cls"),
+    ("visobert_multitask", lambda mp: _wrap(mp, "visobert_multitask.train", "compute_losses",
+                                            lambda out: {**out, "supcon": out["supcon"] * float("nan")}), "supcon"),
 ]
 
 

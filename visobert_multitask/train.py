@@ -27,6 +27,7 @@ from common.runtime import (
     CSVLogger,
     EpochSampler,
     all_reduce_mean,
+    assert_replicas_in_sync,
     autocast,
     autocast_dtype,
     check_config_compatible,
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("per-aspect test scores (best epoch):\n" + per_aspect_table(test_metrics))
         print(f"final validation: {_summary(val_metrics)}")
         print(f"elapsed {elapsed:.1f} s, run folder {run_dir}")
+    assert_replicas_in_sync(train_model)  # under torchrun: every rank must end with the same weights
     cleanup_distributed()
     return {"run_dir": str(run_dir), "step": step, "best_epoch": best_epoch, "best_val_score": best_score,
             "val": val_metrics, "test": test_metrics, "elapsed_s": elapsed}
