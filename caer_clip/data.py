@@ -9,6 +9,7 @@ whole frame) of each, and the number of box look-ups that fell back to a centre 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
-from common.runtime import DataError, EpochSampler, sample_generator
+from common.runtime import DataError, EpochSampler, read_text, sample_generator
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -133,7 +134,7 @@ def load_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"box file {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
 
@@ -143,7 +144,7 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
     if not path.is_file():
         raise DataError(f"annotation list {path} does not exist")
     records = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split()
@@ -180,7 +181,7 @@ def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipReco
     if not path.is_file():
         raise DataError(f"label CSV {path} does not exist")
     records = []
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         fields = [name.strip() for name in reader.fieldnames or []]
         if "ClipID" not in fields or "Engagement" not in fields:

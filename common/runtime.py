@@ -40,6 +40,18 @@ class NonFiniteLossError(FloatingPointError):
     """A loss component became NaN or Inf; the message names the component(s)."""
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a leading BOM is dropped). A file in another encoding raises DataError
+    naming the file, line and byte, instead of a UnicodeDecodeError from deep inside a reader."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
+                        f"save the file as UTF-8") from e
+
+
 # ----------------------------------------------------------------------------- seeding
 
 

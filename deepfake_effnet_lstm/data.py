@@ -18,6 +18,7 @@ training, fixed offsets for evaluation, which may take several clips per video).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from common.runtime import DataError, sample_generator
+from common.runtime import DataError, read_text, sample_generator
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
 CLASS_NAMES = ("real", "fake")
@@ -67,7 +68,7 @@ def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frame
     if not index_csv.is_file():
         raise DataError(f"{index_csv}: index file not found")
     records, seen, padded = [], {}, 0
-    with open(index_csv, newline="") as f:
+    with io.StringIO(read_text(index_csv), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if "video" not in header or "label" not in header:

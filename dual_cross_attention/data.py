@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from common.runtime import DataError, sample_generator
+from common.runtime import DataError, read_text, sample_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,7 +83,7 @@ def _read_table(path: Path, columns: int) -> list[list[str]]:
         raise DataError(f"{path}: missing (CUB-200-2011 layout needs images.txt, image_class_labels.txt, "
                         "train_test_split.txt and images/)")
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=columns - 1)

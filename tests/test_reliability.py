@@ -363,3 +363,46 @@ def test_nan_inside_a_loss_stops_the_run_naming_the_component(project, inject, c
     inject(monkeypatch)
     with pytest.raises(NonFiniteLossError, match=rf"{component}=nan"):
         _main(project)([*SPECS[project].tiny, "--out", str(tmp_path / "run")])
+
+
+# ----------------------------------------------------------------------------- property test of the readers
+
+
+def _readers(tmp: Path):
+    """(file the reader reads, call) for every reader of an annotation/index/label file or image."""
+    from caer_clip.data import load_json, read_annotation_list, read_daisee_csv
+    from deepfake_effnet_lstm.data import load_image, read_index
+    from dual_cross_attention.data import _read_table, load_rgb
+    from visobert_multitask.data import read_aspect_columns, read_visfd
+
+    return [
+        (tmp / "list.txt", lambda p: read_annotation_list(p, tmp, 1, 5)),
+        (tmp / "boxes.json", load_json),
+        (tmp / "labels.csv", lambda p: read_daisee_csv(p, tmp, "frames")),
+        (tmp / "images.txt", lambda p: _read_table(p, 2)),
+        (tmp / "img.jpg", load_rgb),
+        (tmp / "index.csv", lambda p: read_index(p, tmp, None, 2)),
+        (tmp / "frame.png", lambda p: load_image(p, 8)),
+        (tmp / "train.csv", read_aspect_columns),
+        (tmp / "visfd.csv", read_visfd),
+    ]
+
+
+def test_readers_raise_only_clear_errors_on_random_bytes_and_lines(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed (optional property test)")
+    st = hypothesis.strategies
+    tokens = list("ab01 ,;{}#-.\t/é") + ["Positive", "1.jpg", "video", "label", "text", "Engagement", "ClipID"]
+    line = st.lists(st.sampled_from(tokens), max_size=12).map("".join)
+    content = st.one_of(st.binary(max_size=200), st.lists(line, max_size=6).map(lambda ls: "\n".join(ls).encode()))
+
+    @hypothesis.settings(max_examples=100, deadline=None, database=None)
+    @hypothesis.given(data=content)
+    def check(data):
+        for path, read in _readers(tmp_path):
+            path.write_bytes(data)
+            try:
+                read(path)
+            except DataError:
+                pass  # a clear error naming the file: what the readers promise
+
+    check()

@@ -100,6 +100,8 @@ def read_aspect_columns(path: str | Path, aspects: tuple[str, ...] | None = None
     columns = {h: i for i, h in enumerate(header) if i != text_idx}
     if aspects is None:
         aspects = tuple(columns)
+    if not aspects:
+        raise DataError(f"{path}:1: no aspect columns in header {header}; expected text plus one column per aspect")
     missing = [a for a in aspects if a not in columns]
     if missing:
         raise DataError(f"{path}:1: aspect column(s) {missing} not in header {header}")
