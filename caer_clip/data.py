@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from common.runtime import DataError, EpochSampler, read_text, sample_generator
 
@@ -294,8 +294,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def load_frame(self, index: int, name: str) -> torch.Tensor:
         path = self.records[index].frames_dir / name
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as e:
+            # PIL rather than torchvision.io: its decoders are deprecated from torchvision 0.29, and
+            # before 0.20 they take no path. load() decodes now, so a truncated file fails here.
+            with Image.open(path) as image:
+                image.load()
+                rgb = np.asarray(image.convert("RGB"))
+            return torch.from_numpy(rgb.copy()).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
+        except (OSError, ValueError) as e:
             raise DataError(f"{self.records[index].source}: cannot read frame {path}: {e}") from e
 
     def face_box(self, index: int, name: str):

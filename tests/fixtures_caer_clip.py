@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from torchvision.io import write_jpeg
+from PIL import Image
 
 from caer_clip.clip import load_clip
 from caer_clip.data import CLASS_DESCRIPTORS, DataConfig
@@ -36,7 +36,7 @@ def write_frames(folder: Path, count: int, size: tuple[int, int] = (40, 48), col
         if box is not None:
             x1, y1, x2, y2 = box
             frame[:, y1:y2, x1:x2] = torch.tensor(box_colour, dtype=torch.uint8).view(3, 1, 1)
-        write_jpeg(frame, str(folder / f"{i}.jpg"), quality=95)
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(folder / f"{i}.jpg", quality=95)
 
 
 def make_raer(root: Path, clips_per_class: int = 2, frames: int = 6, box=(10, 8, 30, 28)) -> DataConfig:

@@ -288,7 +288,7 @@ BAD_INPUTS = [
      DataError, r"cannot read frame .*class1_0/\d\.jpg"),
     ("caer_clip", "truncated frame",
      _caer_case(lambda r: [_truncate(p) for p in (r / "train" / "class4_0").glob("*.jpg")]),
-     DataError, r"class4_0/\d\.jpg.*truncated"),
+     DataError, r"(?i)class4_0/\d\.jpg.*truncated"),
     ("caer_clip", "fewer frames than listed", _caer_case(lambda r: (r / "train" / "class5_0" / "4.jpg").unlink()),
      DataError, "class5_0"),
     ("caer_clip", "missing face box", _caer_case(_drop_face_box), DataError, "no face box for clip 'train/class2_0'"),
