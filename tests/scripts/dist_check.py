@@ -65,4 +65,7 @@ if is_main():
         "divergence_detected": diverged,
     }))
 (out_dir / f"rank{info.rank}_was_main.txt").write_text(str(is_main()))
+# Release DDP (its reducer holds the process group) before destroying the group; a module-level
+# DDP object torn down at interpreter exit, after the group, can abort the process.
+del model, opt
 cleanup_distributed()
