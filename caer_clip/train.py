@@ -251,8 +251,6 @@ def lr_at(step: int, base_lr: float, cfg: TrainConfig, steps_per_epoch: int) -> 
 # ----------------------------------------------------------------------------- evaluation
 
 
-
-
 @torch.no_grad()
 def evaluate(model, loader, device, dtype, num_classes: int) -> dict:
     model.eval()

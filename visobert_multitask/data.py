@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.runtime import DataError
+from common.runtime import DataError, read_text
 
 STATES = ("absent", "positive", "negative", "neutral")
 ABSENT, POSITIVE, NEGATIVE, NEUTRAL = range(4)
@@ -49,16 +49,10 @@ class ReviewSplit:
 
 
 def read_utf8_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """CSV header and rows. Bytes that are not UTF-8 raise a DataError naming the file and line,
-    instead of the bare UnicodeDecodeError (byte offset only) that `open()` gives."""
+    """CSV header and rows. Bytes that are not UTF-8 raise a DataError naming the file and line
+    (common.runtime.read_text), instead of the bare UnicodeDecodeError that `open()` gives."""
     path = Path(path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start}); "
-                        f"re-save the file as UTF-8") from None
+    text = read_text(path)
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise DataError(f"{path}: the file is empty (no header)")
