@@ -1,0 +1,120 @@
+"""Command lines built from config dataclasses: one place for every default, checks at parse time.
+
+A field declares its flag once, in its dataclass:
+
+    @dataclass
+    class OptimConfig:
+        batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
+        lr: float | None = arg(None, "peak lr (default: from the recipe)", check=above(0.0))
+
+`add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` with that
+default (shown by --help), `from_args(OptimConfig, namespace)` builds the dataclass back. A bad
+value is refused by argparse itself, before anything runs:
+`error: argument --batch-size: must be >= 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+
+
+def arg(default, help: str, *, check: Callable | None = None, choices: Sequence | None = None,
+        flag: str | None = None, short_off: str | None = None):
+    """A dataclass field that is also a command-line flag.
+
+    check: a converter from `at_least` / `above` / `between` (its type and range).
+    flag: the flag's name when it is not `--<field-name>`.
+    short_off: for a bool defaulting to True, an extra `--no-x` style alias (e.g. '--no-context')."""
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "short_off": short_off}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _checked(kind: type, ok: Callable[[float], bool], words: str) -> Callable[[str], object]:
+    def convert(text: str):
+        value = kind(text)  # a ValueError here reads "invalid int value: 'x'"
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {words} (got {text})")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], object]:
+    return _checked(kind, lambda v: v >= low, f">= {low}")
+
+
+def above(low: float, kind: type = float) -> Callable[[str], object]:
+    return _checked(kind, lambda v: v > low, f"> {low}")
+
+
+def between(low: float, high: float, kind: type = float) -> Callable[[str], object]:
+    """Closed interval, e.g. a fraction `between(0, 1)`."""
+    return _checked(kind, lambda v: low <= v <= high, f"between {low} and {high}")
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    """(element type, is a list) of an annotation such as `int | None` or `list[int]`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_args(parser: argparse.ArgumentParser, cls: type, title: str) -> argparse._ArgumentGroup:
+    """One argument group with a flag per field of the dataclass `cls`."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue  # not a flag (derived later)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kind, is_list = _base_type(hints[f.name])
+        help_text = meta["help"] + (" (default: %(default)s)" if default not in (None, False, "") else "")
+        if kind is bool:
+            flags = [flag] + ([meta["short_off"]] if meta["short_off"] else [])
+            if meta["short_off"]:
+                group.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
+                group.add_argument(meta["short_off"], dest=f.name, action="store_false",
+                                   help=f"turn {flag} off")
+            else:
+                group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                   help=meta["help"] + f" (default: {'on' if default else 'off'})")
+            continue
+        group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,
+                           choices=meta["choices"], nargs="+" if is_list else None, help=help_text)
+    return group
+
+
+def from_args(cls: type, values: argparse.Namespace | dict):
+    """The dataclass `cls` from parsed values (fields that are no flag keep their defaults)."""
+    values = vars(values) if isinstance(values, argparse.Namespace) else values
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations the command line sets itself (not left at their defaults): a resumed run
+    takes every other setting from its checkpoint."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=parser.allow_abbrev)
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:  # store_true / store_false / --x/--no-x: presence is what counts
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["nargs"] = action.nargs
+            probe.add_argument(*action.option_strings, **kwargs)
+    seen, _ = probe.parse_known_args(argv)
+    return set(vars(seen))
