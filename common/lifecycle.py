@@ -572,3 +572,18 @@ def _fmt(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def run_cli(main) -> None:
+    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
+    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
+    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
+    traceback: that is a bug."""
+    from common.runtime import DataError, NonFiniteLossError
+
+    try:
+        main()
+    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, FileNotFoundError) as e:
+        print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        raise SystemExit(1) from None

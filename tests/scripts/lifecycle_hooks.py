@@ -1,0 +1,49 @@
+"""Run a train.py with a fault placed at an exact point of its run lifecycle.
+
+    python tests/scripts/lifecycle_hooks.py kill-after-row COLUMN VALUE <project>/train.py [args...]
+        SIGKILL the process right after the first log.csv row whose COLUMN holds VALUE ('*': any
+        non-empty value) has been written, i.e. between a validation row and the checkpoint after it.
+    python tests/scripts/lifecycle_hooks.py signal-at N SIGNAME <project>/train.py [args...]
+        send SIGNAME to the process itself just before the N-th Run.should_stop() call, i.e. during
+        the N-th optimizer step, through the real signal handler.
+
+Both patch common.lifecycle.Run only; the training code runs unchanged."""
+
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
+
+from common.lifecycle import Run
+
+mode = sys.argv[1]
+if mode == "kill-after-row":
+    column, value = sys.argv[2], sys.argv[3]
+    log = Run.log
+
+    def log_then_kill(self, row):
+        log(self, row)
+        cell = row.get(column)
+        if cell not in (None, "") and (value == "*" or str(cell) == value):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Run.log = log_then_kill
+elif mode == "signal-at":
+    at, signum = int(sys.argv[2]), signal.Signals[sys.argv[3]]
+    should_stop, calls = Run.should_stop, [0]
+
+    def signalled_should_stop(self):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signum)
+        return should_stop(self)
+
+    Run.should_stop = signalled_should_stop
+else:
+    raise SystemExit(f"unknown mode {mode!r}")
+
+script, sys.argv = sys.argv[4], sys.argv[4:]
+runpy.run_path(script, run_name="__main__")
