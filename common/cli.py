@@ -81,7 +81,8 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str) -> argparse
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kind, is_list = _base_type(hints[f.name])
-        help_text = meta["help"] + (" (default: %(default)s)" if default not in (None, False, "") else "")
+        shown = not (default is None or default is False or default == "")  # 0 and 0.0 are shown
+        help_text = meta["help"] + (" (default: %(default)s)" if shown else "")
         if kind is bool:
             flags = [flag] + ([meta["short_off"]] if meta["short_off"] else [])
             if meta["short_off"]:

@@ -90,7 +90,7 @@ def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: i
                    "(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="autocast on CUDA: bf16 where supported, else fp16 with loss scaling")
+                   help="autocast on CUDA: bf16 where supported, else fp16 with loss scaling (default: on)")
     g.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes (default: %(default)s)")
     g.add_argument("--log-interval", type=at_least(1), default=log_interval,
                    help="optimizer steps between training log lines (default: %(default)s)")

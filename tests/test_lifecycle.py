@@ -202,7 +202,7 @@ def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-    with Run("p", args, {}, "runs/p") as run:  # the holder is gone: a killed run's lock
+    with Run("p", args, {}, "runs/p"):  # the holder is gone: a killed run's lock
         assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
     assert not (run_dir / ".lock").exists()
 
