@@ -38,3 +38,21 @@ def test_visualize_without_matplotlib_prints_the_numbers(tmp_path, monkeypatch, 
     assert out["files"] == [] and "pip install matplotlib" in printed
     assert "encoder.layers.0" in printed and "optimizer step" in printed and "two-pass step" in printed
     assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.slow
+def test_visualize_reads_a_train_checkpoint(tmp_path, monkeypatch, capsys):
+    """visualize.py --checkpoint takes the model config and weights from a train.py run checkpoint."""
+    from common.lifecycle import CheckpointError
+    from visobert_multitask.train import main as train
+
+    train(["--synthetic-train", "32", "--synthetic-val", "8", "--synthetic-test", "8", "--hidden", "32", "--layers",
+           "1", "--heads", "2", "--intermediate", "64", "--batch-size", "16", "--epochs", "1", "--device", "cpu",
+           "--out", str(tmp_path / "run")])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = visualize.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "figs"), *SMALL])
+    shapes = dict((name, shape) for name, _, shape in out["records"])
+    assert shapes["encoder.layers.0"] == (4, 8, 32) and "encoder.layers.1" not in shapes
+    (tmp_path / "bare.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="bare.pt"):
+        visualize.main(["--checkpoint", str(tmp_path / "bare.pt"), *SMALL])

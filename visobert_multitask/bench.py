@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 import argparse
 import statistics
 import time
-from argparse import Namespace
 
 import torch
 
@@ -30,7 +29,7 @@ from visobert_multitask.losses import (
     training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
-from visobert_multitask.train import compute_losses
+from visobert_multitask.train import LossConfig, compute_losses
 
 CONFIGS = {
     "tiny": dict(cfg=ModelConfig(vocab_size=1000, max_positions=130), batch=32),
@@ -38,7 +37,7 @@ CONFIGS = {
     "base": dict(cfg=ModelConfig(vocab_size=15004, hidden=768, layers=12, heads=12, intermediate=3072,
                                  max_positions=514), batch=4),
 }
-LOSS_ARGS = Namespace(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
+LOSS_ARGS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal + 0.2 x SupCon
 
 
 def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:

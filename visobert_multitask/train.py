@@ -3,6 +3,7 @@
     python visobert_multitask/train.py                      # tiny encoder, synthetic reviews
     python visobert_multitask/train.py --data-root DIR      # train/val/test CSVs (two formats)
     python visobert_multitask/train.py --encoder uitnlp/visobert --data-root DIR   # pretrained
+    python visobert_multitask/train.py --resume runs/visobert_multitask/last.pt    # continue a run
     torchrun --nproc_per_node 2 visobert_multitask/train.py
 """
 
@@ -14,39 +15,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 import argparse
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
+from common.cli import above, add_args, arg, at_least, between
+from common.lifecycle import (
+    Run,
+    check_resume_config,
+    checkpoint_bytes,
+    load_model_state,
+    load_run_checkpoint,
+    parse_with_resume,
+    run_args,
+)
 from common.metrics import precision_recall_f1
 from common.runtime import (
-    CSVLogger,
+    DataError,
     EpochSampler,
     all_reduce_mean,
     assert_replicas_in_sync,
     autocast,
     autocast_dtype,
-    check_config_compatible,
     check_finite,
     cleanup_distributed,
     decay_param_groups,
     gather_cat,
-    is_main,
-    load_checkpoint,
     make_grad_scaler,
-    prepare_run_dir,
-    rng_state,
-    save_checkpoint,
     seed_everything,
     seed_worker,
-    set_rng_state,
     setup_distributed,
-    unwrap,
-    write_config,
 )
 from common.schedulers import warmup_cosine_lr
 from visobert_multitask.data import (
@@ -68,59 +69,101 @@ from visobert_multitask.losses import (
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
-LOG_FIELDS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1", "f1_inflated"]
-ARCH_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
+PROJECT = "visobert_multitask"
+LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1",
+               "f1_inflated"]
+SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
+# What a resumed run may not change: the architecture and what its outputs mean.
+RESUME_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
+EVAL_BATCH = 64  # reviews per evaluation batch (no gradients: larger than training's)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--data-root", default=None, help="folder with train/val(dev)/test .csv; absent -> synthetic reviews")
-    g.add_argument("--data-format", default="auto", choices=["auto", "columns", "visfd"],
-                   help="columns: one column per aspect; visfd: a `label` column of {ASPECT#Polarity};... strings")
-    g.add_argument("--aspects", default=None, help="comma-separated aspect list (default: read from the training file)")
-    g.add_argument("--text-column", default=None, help="name of the text column (default: text/comment/review/...)")
-    g.add_argument("--synthetic-train", type=int, default=3000, help="synthetic training reviews")
-    g.add_argument("--synthetic-val", type=int, default=600, help="synthetic validation reviews")
-    g.add_argument("--synthetic-test", type=int, default=600, help="synthetic test reviews")
-    g.add_argument("--max-len", type=int, default=64, help="tokens per review incl. <s> and </s> (original: 256)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    g = p.add_argument_group("model")
-    g.add_argument("--encoder", default=None, help="HF XLM-R/RoBERTa checkpoint, e.g. uitnlp/visobert (needs "
-                                                   "transformers + internet or cache); absent -> tiny encoder")
-    g.add_argument("--hidden", type=int, default=128, help="tiny encoder width")
-    g.add_argument("--layers", type=int, default=2, help="tiny encoder blocks")
-    g.add_argument("--heads", type=int, default=4, help="tiny encoder attention heads")
-    g.add_argument("--intermediate", type=int, default=512, help="tiny encoder MLP width")
-    g.add_argument("--dropout", type=float, default=None,
-                   help="encoder hidden and attention dropout (default 0.1 pretrained as XLM-R, 0 for the tiny encoder)")
-    g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="both", choices=["both", "focal", "contrastive"],
-                   help="ablation: focal only, contrastive only (classifier trained as a probe), or both")
-    g.add_argument("--w-focal", type=float, default=0.8, help="weight of the focal loss")
-    g.add_argument("--w-con", type=float, default=0.2, help="weight of the supervised contrastive loss")
-    g.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
-    g.add_argument("--alpha-power", type=float, default=0.5,
-                   help="focal alpha = (1/train frequency)^power per aspect; 1 = the original's inverse frequency, 0 = none")
-    g.add_argument("--temperature", type=float, default=0.07, help="SupCon temperature")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=30, help="training epochs")
-    g.add_argument("--max-iters", type=int, default=None, help="cap on optimizer steps (schedule length)")
-    g.add_argument("--batch-size", type=int, default=32, help="per-process batch size")
-    g.add_argument("--lr", type=float, default=None, help="peak lr (default 2e-5 pretrained, 1e-3 tiny)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
-    g.add_argument("--warmup-frac", type=float, default=0.06, help="linear warm-up share of the steps")
-    g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/visobert_multitask", help="run folder")
-    g.add_argument("--resume", default=None, help="checkpoint to resume from, e.g. <out>/last.pt")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
-    g.add_argument("--log-interval", type=int, default=20, help="steps between training log rows")
-    g.add_argument("--ckpt-interval", type=int, default=200, help="steps between mid-epoch last.pt writes")
-    g.add_argument("--stop-after", type=int, default=None, help="exit after this many steps as if killed (resume tests)")
-    return p.parse_args(argv)
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass
+class DataConfig:
+    data_root: str | None = arg(None, "folder with train/val(dev)/test .csv (default: synthetic reviews)")
+    data_format: str = arg("auto", "columns: one column per aspect; visfd: a `label` column of "
+                           "{ASPECT#Polarity};... strings", choices=["auto", "columns", "visfd"])
+    aspects: str | None = arg(None, "comma-separated aspect list (default: read from the training file)")
+    text_column: str | None = arg(None, "name of the text column (default: text/comment/review/...)")
+    synthetic_train: int = arg(3000, "synthetic training reviews", check=at_least(1))
+    synthetic_val: int = arg(600, "synthetic validation reviews", check=at_least(1))
+    synthetic_test: int = arg(600, "synthetic test reviews", check=at_least(1))
+    max_len: int = arg(64, "tokens per review incl. <s> and </s>; the original used 256", check=at_least(3))
+
+
+@dataclass
+class EncoderConfig:
+    encoder: str | None = arg(None, "HF XLM-R/RoBERTa checkpoint, e.g. uitnlp/visobert (needs transformers + "
+                              "internet or cache; default: the tiny encoder below, trained from scratch)")
+    dropout: float | None = arg(None, "encoder hidden and attention dropout (default: 0.1 with --encoder, as "
+                                "XLM-R; 0 for the tiny encoder)", check=between(0.0, 1.0))
+
+
+@dataclass
+class LossConfig:
+    loss: str = arg("both", "ablation: focal only, contrastive only (classifier trained as a probe), or both",
+                    choices=["both", "focal", "contrastive"])
+    w_focal: float = arg(0.8, "weight of the focal loss", check=at_least(0.0, float))
+    w_con: float = arg(0.2, "weight of the supervised contrastive loss", check=at_least(0.0, float))
+    gamma: float = arg(2.0, "focal loss gamma", check=at_least(0.0, float))
+    alpha_power: float = arg(0.5, "focal alpha = (1/train frequency)^power per aspect; 1 = the original's "
+                             "inverse frequency, 0 = none", check=at_least(0.0, float))
+    temperature: float = arg(0.07, "SupCon temperature", check=above(0.0))
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = arg(30, "training epochs", check=at_least(1))
+    max_iters: int | None = arg(None, "cap on optimizer steps (default: epochs x batches per epoch)",
+                                check=at_least(1))
+    batch_size: int = arg(32, "reviews per step and per process", check=at_least(1))
+    lr: float | None = arg(None, "peak lr (default: 2e-5 with --encoder, 1e-3 for the tiny encoder)",
+                           check=above(0.0))
+    weight_decay: float = arg(0.01, "AdamW weight decay on matrices", check=at_least(0.0, float))
+    warmup_steps: int | None = arg(None, "linear warm-up in optimizer steps (default: 6%% of the total steps)",
+                                   check=at_least(0))
+    grad_clip: float = arg(1.0, "max gradient norm (0: off)", check=at_least(0.0, float))
+    val_interval: int | None = arg(None, "optimizer steps between validations (default: once per epoch; every "
+                                   "epoch end validates too)", check=at_least(1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(parser, DataConfig, "data")
+    add_args(parser, EncoderConfig, "encoder")
+    add_args(parser, ModelConfig, "tiny encoder (without --encoder)")
+    add_args(parser, LossConfig, "loss")
+    add_args(parser, OptimConfig, "optimisation")
+    run_args(parser, default_out=f"runs/{PROJECT}", ckpt_interval=200, log_interval=20)
+    return parser
+
+
+@dataclass
+class Recipe:
+    """The numbers of this run whose defaults depend on the encoder or on the data size."""
+    lr: float  # peak learning rate
+    dropout: float  # encoder hidden and attention dropout
+    batches_per_epoch: int  # optimizer steps in one pass over the training split (all processes together)
+    total_steps: int  # length of the schedule
+    warmup_steps: int  # linear warm-up at its start
+    epochs: int  # epochs that hold total_steps (fewer than --epochs under --max-iters)
+
+
+def recipe(args, batches_per_epoch: int) -> Recipe:
+    pretrained = args.encoder is not None
+    total = args.epochs * batches_per_epoch if args.max_iters is None else min(args.max_iters,
+                                                                                  args.epochs * batches_per_epoch)
+    return Recipe(
+        lr=args.lr if args.lr is not None else (2e-5 if pretrained else 1e-3),
+        # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
+        # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
+        dropout=args.dropout if args.dropout is not None else (0.1 if pretrained else 0.0),
+        batches_per_epoch=batches_per_epoch, total_steps=total,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else max(1, round(0.06 * total)),
+        epochs=math.ceil(total / batches_per_epoch))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -212,7 +255,73 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
             "score": 0.5 * (det_f1 + sent_f1), "per_aspect": per_aspect}
 
 
-# ----------------------------------------------------------------------------- main
+def scores(metrics: dict) -> dict[str, float]:
+    """The flat scores of `aspect_metrics` (no per-aspect table): what results["val"/"test"] hold."""
+    return {k: float(metrics[k]) for k in SCORES}
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def build_data(args) -> dict:
+    if args.data_root:
+        aspects = tuple(a.strip() for a in args.aspects.split(",")) if args.aspects else None
+        return load_splits(args.data_root, args.data_format, aspects, args.text_column)
+    return synthetic_splits(args.synthetic_train, args.synthetic_val, args.synthetic_test, args.seed)
+
+
+def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
+    """Every process needs a full training batch and at least one review of each evaluated split."""
+    for name, split in splits.items():
+        if len(split.texts) < world_size:
+            raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
+                            f"process(es); every process needs at least one")
+    train = splits["train"]
+    if len(train.texts) // world_size < batch_size:
+        raise DataError(f"train split ({train.source}): {len(train.texts)} reviews make no full batch of "
+                        f"--batch-size {batch_size} on each of {world_size} process(es)")
+
+
+def build_tokenizer(encoder: str | None, splits: dict, vocab: list[str] | None = None):
+    """The pretrained encoder's own tokenizer, or the word tokenizer: its vocabulary `vocab` as a
+    checkpoint saved it, else built from the training texts."""
+    if encoder:
+        from visobert_multitask.data import HFTokenizer
+        return HFTokenizer(encoder)
+    return WordTokenizer(vocab) if vocab is not None else WordTokenizer.from_texts(splits["train"].texts)
+
+
+def model_config(args, dropout: float, vocab_size: int, num_aspects: int) -> tuple[ModelConfig, dict | None]:
+    """The tiny encoder's settings from the flags, or a pretrained encoder's (and its weights)."""
+    cfg = ModelConfig(vocab_size=vocab_size, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                      intermediate=args.intermediate, dropout=dropout, attention_dropout=dropout,
+                      max_positions=args.max_len + 2, num_aspects=num_aspects, num_states=NUM_STATES)
+    if not args.encoder:
+        return cfg, None
+    fields, pretrained_state = fetch_pretrained(args.encoder)
+    cfg = ModelConfig(**{**asdict(cfg), **fields})
+    if args.max_len + 2 > cfg.max_positions:
+        raise ValueError(f"--max-len {args.max_len} exceeds the checkpoint's {cfg.max_positions - 2} positions")
+    return cfg, pretrained_state
+
+
+def train_loader(dataset, pad_id: int, args, dist_info):
+    """Shuffled, sharded over processes, resumable mid-epoch (EpochSampler.set_epoch)."""
+    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=True, seed=args.seed, rank=dist_info.rank,
+                           world_size=dist_info.world_size, drop_last=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         collate_fn=make_collate(pad_id), num_workers=args.workers,
+                                         worker_init_fn=seed_worker,
+                                         generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+    return loader, sampler
+
+
+def eval_loader(dataset, pad_id: int, workers: int = 0, rank: int = 0, world_size: int = 1):
+    """In order, sharded over processes without dropping a review (predict gathers the shards)."""
+    sampler = EpochSampler(len(dataset), EVAL_BATCH, shuffle=False, rank=rank, world_size=world_size,
+                           drop_last=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=EVAL_BATCH, sampler=sampler,
+                                       collate_fn=make_collate(pad_id), num_workers=workers)
 
 
 def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
@@ -220,190 +329,201 @@ def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
     # FIX(VSB-ALPHA-TRAIN-SPLIT): the original counted labels over the whole dataset before
     # splitting, so validation and test labels shaped the training loss (leakage) and a different
     # test set changed training. Only the training split may set it.
-    # was: all_labels = torch.cat([training_targets(s.labels) for s in splits.values()])
-    # was: return focal_alpha(all_labels, NUM_STATES)
+    # was: return focal_alpha(torch.cat([training_targets(s.labels) for s in splits.values()]), NUM_STATES)
     return focal_alpha(training_targets(splits["train"].labels), NUM_STATES, power)
 
 
-def build_data(args):
-    if args.data_root:
-        aspects = tuple(a.strip() for a in args.aspects.split(",")) if args.aspects else None
-        return load_splits(args.data_root, args.data_format, aspects, args.text_column)
-    return synthetic_splits(args.synthetic_train, args.synthetic_val, args.synthetic_test, args.seed)
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint of this project holds: weights, optimiser and scaler, the position in the
+    data, the open window of the training log, the last validation scores, the word vocabulary."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    vocab: list[str] | None  # the word tokenizer's, so a checkpoint is scored with the ids it trained on
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress; after its validation, the next one
+    batch_in_epoch: int = 0  # batches of `epoch` done
+    window: dict = field(default_factory=lambda: {"n": 0})  # loss sums since the last training log row
+    val: dict = field(default_factory=dict)  # scores of the last validation
+
+    def save(self, run: Run, name: str) -> None:
+        """Every rank calls it (Run.save: rank 0 writes, all wait)."""
+        run.save(name, *self._contents())
+
+    def save_periodic(self, run: Run) -> None:
+        """step<N>.pt beside last.pt; Run keeps the newest --keep-checkpoints of them."""
+        run.save_periodic(self.step, *self._contents())
+
+    def _contents(self) -> tuple:
+        """Run.save's arguments after the file name: model, optimizer, scaler, progress, extra."""
+        progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        extra = {"window": self.window, "val": self.val, "vocab": self.vocab}
+        return self.model, self.optimizer, self.scaler, progress, extra
+
+    def restore(self, run: Run) -> None:
+        restored = run.restore(self.model, self.optimizer, self.scaler)
+        if restored is not None:
+            self.step, self.epoch, self.batch_in_epoch = (restored[k] for k in ("step", "epoch", "batch_in_epoch"))
+            self.window, self.val = restored["extra"]["window"], restored["extra"]["val"]
+
+
+def train_one_epoch(train_model, state: TrainState, loader, alpha, hp: Recipe, run: Run, args, device, dtype,
+                    validate) -> bool:
+    """Train from the state's position to the end of its epoch (or of the schedule). Returns True
+    when a stop signal arrived: the step it arrived in is finished, nothing else is."""
+    model, optimizer, scaler, epoch = state.model, state.optimizer, state.scaler, state.epoch
+    for batch in loader:
+        if state.step >= hp.total_steps:
+            break
+        lr = warmup_cosine_lr(state.step, hp.lr, hp.warmup_steps, hp.total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, dtype):
+            losses = compute_losses(train_model, batch, alpha, args)
+        check_finite(losses, state.step)
+        scaler.scale(losses["loss"]).backward()
+        scaler.unscale_(optimizer)
+        # --grad-clip 0: no clipping, the norm is still measured for the log.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+
+        window = state.window
+        for name in ("loss", "focal", "supcon", "probe"):
+            if name in losses:
+                window[name] = window.get(name, 0.0) + losses[name].detach().float()
+        window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
+        window["n"] += 1
+        if state.step % args.log_interval == 0:
+            # Averaged over the window and over ranks (one all-reduce per logged value).
+            row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
+            run.log({"step": state.step, "epoch": epoch, "split": "train", "lr": lr, **row})
+            run.print(f"step {state.step} epoch {epoch}: loss {row['loss']:.4f} lr {lr:.3g} "
+                      f"grad norm {row['grad_norm']:.3f}")
+            state.window = {"n": 0}
+        # Before the checkpoint of this step, so a checkpoint never precedes a validation it owes.
+        # The epoch's (or the schedule's) last step is validated by the caller.
+        mid_epoch = state.batch_in_epoch < hp.batches_per_epoch and state.step < hp.total_steps
+        if args.val_interval and state.step % args.val_interval == 0 and mid_epoch:
+            validate(epoch)  # writes last.pt
+        elif args.ckpt_interval and state.step % args.ckpt_interval == 0:
+            state.save(run, "last.pt")
+        if run.should_stop():
+            return True
+    return False
+
+
+def validate(run: Run, state: TrainState, loader, aspects, device, dtype, epoch: int) -> None:
+    """Score the validation split, log it, keep best.pt, write last.pt. Every rank calls it: the
+    predictions are gathered over ranks, so all ranks agree on the best."""
+    metrics = evaluate(state.model, loader, device, dtype, aspects)
+    state.val = scores(metrics)
+    run.log({"step": state.step, "epoch": epoch, "split": "val", **_log_metrics(metrics)})
+    improved = run.improved(metrics["score"], state.step, epoch)
+    run.print(f"epoch {epoch} step {state.step}: val {_summary(metrics)}" + ("  (best)" if improved else ""))
+    if improved:
+        state.save(run, "best.pt")
+    state.save(run, "last.pt")
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
     start_time = time.time()
+    parser = build_parser()
+    args, resumed = parse_with_resume(parser, argv, PROJECT)  # a given checkpoint is checked here
+    if args.hidden % args.heads:
+        parser.error(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}")
     dist_info = setup_distributed(args.device)
-    device, main_rank = dist_info.device, is_main()
-    run_dir = prepare_run_dir(args.out) if main_rank else Path(args.out)
+    device, dtype = dist_info.device, autocast_dtype(dist_info.device, args.amp)
     seed_everything(args.seed)
 
     splits = build_data(args)
+    check_sizes(splits, args.batch_size, dist_info.world_size)
     aspects = splits["train"].aspects
-    pretrained_state = None
-    # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
-    # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
-    dropout = args.dropout if args.dropout is not None else (0.1 if args.encoder else 0.0)
-    model_cfg = ModelConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
-                            dropout=dropout, attention_dropout=dropout,
-                            max_positions=args.max_len + 2, num_aspects=len(aspects), num_states=NUM_STATES)
-    if args.encoder:
-        from visobert_multitask.data import HFTokenizer
-        fields, pretrained_state = fetch_pretrained(args.encoder)
-        tokenizer = HFTokenizer(args.encoder)
-        model_cfg = ModelConfig(**{**asdict(model_cfg), **fields})
-        if args.max_len + 2 > model_cfg.max_positions:
-            raise ValueError(f"--max-len {args.max_len} exceeds the checkpoint's {model_cfg.max_positions - 2} positions")
-    else:
-        tokenizer = WordTokenizer.from_texts(splits["train"].texts)
-        model_cfg.vocab_size = len(tokenizer)
-    pad_id = tokenizer.pad_id
+    tokenizer = build_tokenizer(args.encoder, splits, resumed["extra"]["vocab"] if resumed else None)
     datasets = {k: ReviewDataset(s, tokenizer, args.max_len) for k, s in splits.items()}
-    lr = args.lr if args.lr is not None else (2e-5 if args.encoder else 1e-3)
-    config = {**vars(args), "lr": lr, "aspects": list(aspects), "model": asdict(model_cfg),
+    loader, sampler = train_loader(datasets["train"], tokenizer.pad_id, args, dist_info)
+    eval_loaders = {k: eval_loader(datasets[k], tokenizer.pad_id, args.workers, dist_info.rank,
+                                   dist_info.world_size) for k in ("val", "test")}
+    hp = recipe(args, sampler.batches_per_epoch())
+    model_cfg, pretrained_state = model_config(args, hp.dropout, len(tokenizer), len(aspects))
+    config = {**vars(args), **asdict(hp), "aspects": list(aspects), "model": asdict(model_cfg),
               "world_size": dist_info.world_size}
+    if resumed:
+        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
 
-    model = AspectSentimentModel(model_cfg).to(device)
-    if pretrained_state is not None:
-        load_hf_encoder(model.encoder, pretrained_state)
-    optimizer = torch.optim.AdamW(decay_param_groups(model, args.weight_decay), lr=lr)
-    dtype = autocast_dtype(device, not args.no_amp)
-    scaler = make_grad_scaler(device, dtype)
-    alpha = training_alpha(splits, args.alpha_power).to(device)
+    with Run(PROJECT, args, config, f"runs/{PROJECT}", resumed, best_metric="score", best_mode="max") as run:
+        model = AspectSentimentModel(model_cfg).to(device)
+        if pretrained_state is not None:
+            load_hf_encoder(model.encoder, pretrained_state)
+        optimizer = torch.optim.AdamW(decay_param_groups(model, args.weight_decay), lr=hp.lr)
+        state = TrainState(model, optimizer, make_grad_scaler(device, dtype), getattr(tokenizer, "vocab", None))
+        state.restore(run)
+        alpha = training_alpha(splits, args.alpha_power).to(device)
+        run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
+        run.print(f"[{PROJECT}] {len(aspects)} aspects, train/val/test = {len(datasets['train'])}/"
+                  f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {model_cfg.vocab_size}, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {hp.total_steps} steps on {device}")
+        run.restore_rng()  # last: dropout continues where the run stopped
+        train_model = model
+        if dist_info.enabled:
+            train_model = DistributedDataParallel(model, find_unused_parameters=args.loss == "focal")
+        validate_now = partial(validate, run, state, eval_loaders["val"], aspects, device, dtype)
 
-    sampler = EpochSampler(len(datasets["train"]), args.batch_size, shuffle=True, seed=args.seed,
-                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
-    batches_per_epoch = sampler.batches_per_epoch()
-    if batches_per_epoch == 0:
-        raise ValueError(f"--batch-size {args.batch_size} x {dist_info.world_size} processes exceeds the "
-                         f"{len(datasets['train'])} training reviews")
-    total_steps = args.epochs * batches_per_epoch if args.max_iters is None else min(args.max_iters, args.epochs * batches_per_epoch)
-    warmup_steps = max(1, round(args.warmup_frac * total_steps))
-    collate = make_collate(pad_id)
-    loader = torch.utils.data.DataLoader(datasets["train"], batch_size=args.batch_size, sampler=sampler,
-                                         collate_fn=collate, num_workers=args.workers, worker_init_fn=seed_worker,
-                                         generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
-    eval_loaders = {k: torch.utils.data.DataLoader(
-        datasets[k], batch_size=64, collate_fn=collate, num_workers=args.workers,
-        sampler=EpochSampler(len(datasets[k]), 64, shuffle=False, rank=dist_info.rank,
-                             world_size=dist_info.world_size, drop_last=False)) for k in ("val", "test")}
+        for epoch in range(state.epoch, hp.epochs):
+            sampler.set_epoch(epoch, state.batch_in_epoch)
+            if train_one_epoch(train_model, state, loader, alpha, hp, run, args, device, dtype, validate_now):
+                state.save(run, "last.pt")
+                run.exit_stopped(state.step)
+            state.epoch, state.batch_in_epoch = epoch + 1, 0  # what last.pt resumes from, once validated
+            validate_now(epoch)
+            state.save_periodic(run)
+        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        del train_model  # DDP must not outlive the process group
 
-    step, start_epoch, start_batch, best_score, best_epoch = 0, 0, 0, -math.inf, -1
-    window = {"n": 0}
-    resume_state = None
-    if args.resume:
-        resume_state = load_checkpoint(args.resume)
-        check_config_compatible(_flat(resume_state["config"]), _flat(config), ARCH_KEYS)
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scaler.load_state_dict(resume_state["scaler"])
-        step, start_epoch, start_batch = resume_state["step"], resume_state["epoch"], resume_state["batch_in_epoch"]
-        best_score, best_epoch, window = resume_state["best_score"], resume_state["best_epoch"], resume_state["window"]
-    if main_rank:
-        write_config(run_dir, config)
-        logger = CSVLogger(run_dir / "log.csv", LOG_FIELDS, resume_step=step if args.resume else None)
-        print(f"[visobert_multitask] {len(aspects)} aspects, train/val/test = "
-              f"{len(datasets['train'])}/{len(datasets['val'])}/{len(datasets['test'])}, vocab {model_cfg.vocab_size}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {total_steps} steps on {device}")
-    train_model = model
-    if dist_info.enabled:
-        train_model = DistributedDataParallel(model, find_unused_parameters=args.loss == "focal")
-
-    def checkpoint(path, epoch, batch_in_epoch):
-        save_checkpoint(path, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "step": step, "epoch": epoch,
-                               "batch_in_epoch": batch_in_epoch, "best_score": best_score, "best_epoch": best_epoch,
-                               "window": window, "rng_state": rng_state(), "config": config,
-                               "schedule": {"total_steps": total_steps, "warmup_steps": warmup_steps},
-                               "vocab": getattr(tokenizer, "vocab", None)})
-
-    if resume_state is not None:
-        set_rng_state(resume_state["rng_state"])  # last: dropout continues where the run stopped
-    val_metrics = {}
-    for epoch in range(start_epoch, args.epochs):
-        if step >= total_steps:
-            break
-        batch_in_epoch = start_batch if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, batch_in_epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not main_rank or not sys.stderr.isatty(), leave=False)
-        for batch in bar:
-            if step >= total_steps:
-                break
-            lr_now = warmup_cosine_lr(step, lr, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device, dtype):
-                losses = compute_losses(train_model, batch, alpha, args)
-            check_finite(losses, step)
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-
-            for name in ("loss", "focal", "supcon", "probe"):
-                if name in losses:
-                    window[name] = window.get(name, 0.0) + losses[name].detach().float()
-            window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
-            window["n"] += 1
-            if step % args.log_interval == 0:
-                # Averaged over the window and over ranks (one all-reduce per logged value).
-                row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
-                if main_rank:
-                    logger.log({"step": step, "epoch": epoch, "split": "train", "lr": lr_now, **row})
-                    bar.set_postfix(loss=f"{row['loss']:.4f}")
-                window = {"n": 0}
-            # Mid-epoch checkpoint; the last batch of an epoch is saved after validation instead.
-            if step % args.ckpt_interval == 0 and batch_in_epoch < batches_per_epoch and main_rank:
-                checkpoint(run_dir / "last.pt", epoch, batch_in_epoch)
-            if args.stop_after is not None and step >= args.stop_after:
-                cleanup_distributed()
-                return {"run_dir": str(run_dir), "step": step, "stopped": True}
-
-        val_metrics = evaluate(model, eval_loaders["val"], device, dtype, aspects)
-        improved = val_metrics["score"] > best_score
-        if improved:
-            best_score, best_epoch = val_metrics["score"], epoch
-        finished = batch_in_epoch >= batches_per_epoch
-        if main_rank:
-            logger.log({"step": step, "epoch": epoch, "split": "val", **_log_metrics(val_metrics)})
-            print(f"epoch {epoch} step {step}: val {_summary(val_metrics)}" + ("  (best)" if improved else ""))
-            if improved:
-                checkpoint(run_dir / "best.pt", epoch + 1 if finished else epoch, batch_in_epoch if not finished else 0)
-            checkpoint(run_dir / "last.pt", epoch + 1 if finished else epoch, 0 if finished else batch_in_epoch)
-
-    if not val_metrics:  # resumed from a run that had already finished: nothing was trained here
-        val_metrics = evaluate(model, eval_loaders["val"], device, dtype, aspects)
-    # Test once, with the weights of the best validation epoch.
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # best.pt is written by rank 0
-    best_state = load_checkpoint(run_dir / "best.pt")
-    model.load_state_dict(best_state["model"])
-    test_metrics = evaluate(model, eval_loaders["test"], device, dtype, aspects)
-    elapsed = time.time() - start_time
-    if main_rank:
-        logger.log({"step": step, "epoch": best_epoch, "split": "test", **_log_metrics(test_metrics)})
-        print(f"best epoch {best_epoch}: test {_summary(test_metrics)}")
-        print("per-aspect test scores (best epoch):\n" + per_aspect_table(test_metrics))
-        print(f"final validation: {_summary(val_metrics)}")
-        print(f"elapsed {elapsed:.1f} s, run folder {run_dir}")
-    assert_replicas_in_sync(train_model)  # under torchrun: every rank must end with the same weights
+        # Test once, with the weights of the best validation (every rank loads the complete best.pt).
+        run.load_best(model)
+        test = evaluate(model, eval_loaders["test"], device, dtype, aspects)
+        run.log({"step": state.step, "epoch": run.best["epoch"], "split": "test", **_log_metrics(test)})
+        run.print(f"best epoch {run.best['epoch']}: test {_summary(test)}")
+        run.print("per-aspect test scores (best epoch):\n" + per_aspect_table(test))
+        run.print(f"final validation: {_summary(state.val)}")
+        run.print(f"elapsed {time.time() - start_time:.1f} s, run folder {run.dir}")
+        results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.val,
+                   "test": scores(test), "test_per_aspect": test["per_aspect"]}
+        run.finish(results)
     cleanup_distributed()
-    return {"run_dir": str(run_dir), "step": step, "best_epoch": best_epoch, "best_val_score": best_score,
-            "val": val_metrics, "test": test_metrics, "elapsed_s": elapsed}
+    return results
 
 
-def _flat(config: dict) -> dict:
-    return {**config, **{f"model.{k}": v for k, v in config.get("model", {}).items()}}
+def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
+    """Score `split` with a checkpoint in this one process, rebuilding data, tokenizer (the word
+    vocabulary from the checkpoint) and model from the checkpoint alone: the same flat scores
+    main() reports in results["test"] for its best.pt."""
+    checkpoint = load_run_checkpoint(path, PROJECT)
+    args = argparse.Namespace(**checkpoint["args"])
+    splits = build_data(args)
+    tokenizer = build_tokenizer(args.encoder, splits, checkpoint["extra"]["vocab"])
+    model = AspectSentimentModel(ModelConfig(**checkpoint["config"]["model"]))
+    load_model_state(model, checkpoint["model"], path)
+    device = torch.device(device)
+    loader = eval_loader(ReviewDataset(splits[split], tokenizer, args.max_len), tokenizer.pad_id)
+    metrics = evaluate(model.to(device), loader, device, autocast_dtype(device, args.amp),
+                       checkpoint["config"]["aspects"])
+    return scores(metrics)
 
 
 def _log_metrics(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k in LOG_FIELDS}
+    return {k: v for k, v in metrics.items() if k in LOG_COLUMNS}
 
 
 def _summary(metrics: dict) -> str:

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn as nn
 
-from common.runtime import load_checkpoint
+from common.lifecycle import load_model_state, load_run_checkpoint
 from visobert_multitask.bench import LOSS_ARGS, compare, make_batch
 from visobert_multitask.losses import (
     NUM_STATES,
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        cfg = ModelConfig(**state["config"]["model"])
+        checkpoint = load_run_checkpoint(args.checkpoint, "visobert_multitask")  # a train.py run checkpoint
+        cfg = ModelConfig(**checkpoint["config"]["model"])
         model = AspectSentimentModel(cfg)
-        model.load_state_dict(state["model"])
+        load_model_state(model, checkpoint["model"], args.checkpoint)
     else:
         cfg = ModelConfig()
         model = AspectSentimentModel(cfg)
