@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from common.cli import arg, at_least, between
 from common.runtime import DataError, EpochSampler, read_text, sample_generator
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
@@ -69,24 +70,28 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 @dataclass
 class DataConfig:
-    data_root: str | None = None  # dataset folder; None = built-in synthetic clips
-    dataset: str = "raer"  # raer | daisee | caer: list format, label base and box policy
-    train_list: str = "train.txt"  # annotation list (RAER/CAER) or label CSV (DAiSEE), relative to data_root
-    val_list: str = ""  # validation list; empty = a stratified `val_fraction` of the training list
-    test_list: str = "test.txt"  # test list, evaluated once at the end with the best-on-validation weights
-    val_fraction: float = 0.1  # share of each class moved from train to validation when val_list is empty
-    face_boxes: str = "face_boxes.json"  # per-frame face boxes {clip: {frame: [x1, y1, x2, y2]}}
-    body_boxes: str = ""  # per-clip body boxes {clip: [x1, y1, x2, y2]}; empty = whole frame as context
-    frames_subdir: str = "frames"  # DAiSEE: folder holding one frame folder per ClipID
-    allow_missing_boxes: bool = False  # RAER/CAER: centre-crop a clip with no face box instead of failing
-    face_margin: float = 0.1  # face box grown by this share of its size on each side
-    flip: bool = True  # random horizontal flip, one draw per clip
-    rotate_degrees: float = 10.0  # random rotation in [-d, d], one draw per clip
-    balanced_sampler: bool = False  # class-balanced training epochs
-    balance_power: float = 0.0  # per-class share ~ count^power: 0 = balanced, 1 = natural frequencies
-    synthetic_train: int = 600  # synthetic clips per split
-    synthetic_val: int = 200
-    synthetic_test: int = 200
+    data_root: str | None = arg(None, "dataset folder (default: built-in synthetic clips)")
+    dataset: str = arg("raer", "format of --data-root: list format, label base and box policy",
+                       choices=["raer", "daisee", "caer"])
+    train_list: str = arg("train.txt", "annotation list (RAER/CAER) or label CSV (DAiSEE), relative to "
+                          "--data-root")
+    val_list: str = arg("", "validation list (default: a stratified --val-fraction of the training list)")
+    test_list: str = arg("test.txt", "test list, scored once at the end with the best-on-validation weights")
+    val_fraction: float = arg(0.1, "share of each class moved from train to validation when --val-list is empty",
+                              check=between(0.0, 1.0))
+    face_boxes: str = arg("face_boxes.json", "per-frame face boxes {clip: {frame: [x1, y1, x2, y2]}}")
+    body_boxes: str = arg("", "per-clip body boxes {clip: [x1, y1, x2, y2]} (default: whole frame as context)")
+    frames_subdir: str = arg("frames", "DAiSEE: folder holding one frame folder per ClipID")
+    allow_missing_boxes: bool = arg(False, "RAER/CAER: centre-crop a clip with no face box instead of failing")
+    face_margin: float = arg(0.1, "face box grown by this share of its size on each side", check=at_least(0.0, float))
+    flip: bool = arg(True, "random horizontal flip, one draw per clip")
+    rotate_degrees: float = arg(10.0, "random rotation in [-d, d], one draw per clip", check=between(0.0, 180.0))
+    balanced_sampler: bool = arg(False, "class-balanced training epochs")
+    balance_power: float = arg(0.0, "per-class share ~ count^power: 0 = balanced, 1 = natural frequencies",
+                               check=at_least(0.0, float))
+    synthetic_train: int = arg(600, "synthetic training clips", check=at_least(1))
+    synthetic_val: int = arg(200, "synthetic validation clips", check=at_least(1))
+    synthetic_test: int = arg(200, "synthetic test clips", check=at_least(1))
 
 
 # ----------------------------------------------------------------------------- records and boxes

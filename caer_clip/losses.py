@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.cli import above, arg, at_least, between
 from common.losses import info_nce, label_smoothing_ce
 from common.mixup import mixup_loss
 from common.runtime import check_finite
@@ -20,23 +21,26 @@ from common.runtime import check_finite
 
 @dataclass
 class LossConfig:
-    cls_loss: str = "lsr"  # hard-label loss: 'ce' or 'lsr' (label-smoothing CE)
-    smoothing: float = 0.1  # label smoothing epsilon of 'lsr'
+    cls_loss: str = arg("lsr", "hard-label loss: 'ce' or 'lsr' (label-smoothing CE)", choices=["ce", "lsr"])
+    smoothing: float = arg(0.1, "label smoothing epsilon of 'lsr'", check=between(0.0, 1.0))
     # Off by default as in the official CLIP-CAER recipe (CE); with a random text encoder (the
     # synthetic demo) the description similarities carry no meaning and LDL only blurs the targets.
-    use_ldl: bool = False  # semantic LDL (soft targets from class-text similarity) after the warm-up
-    ldl_warmup: int = 2  # epochs of hard labels before LDL takes over
-    ldl_temperature: float = 0.1  # temperature of the LDL target softmax over text cosines
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of face and context clips; 0 = off
-    w_mi: float = 0.1  # weight of the MI loss (learned vs hand-crafted class texts)
+    use_ldl: bool = arg(False, "semantic LDL (soft targets from class-text similarity) after the warm-up",
+                        flag="--ldl")
+    ldl_warmup: int = arg(2, "epochs of hard labels before LDL takes over", check=at_least(0))
+    ldl_temperature: float = arg(0.1, "temperature of the LDL target softmax over text cosines", check=above(0.0))
+    mixup_alpha: float = arg(0.0, "Beta(alpha, alpha) mixup of face and context clips (0: off)",
+                             check=at_least(0.0, float))
+    w_mi: float = arg(0.1, "weight of the MI loss (learned vs hand-crafted class texts)", check=at_least(0.0, float))
     # FIX(CAER-LOSS-WEIGHTS): weight 5 made DC the largest gradient from the first step and the
     # prompts learned to be orthogonal instead of to classify (seed 000, section 1).
-    # was: w_dc: float = 5.0  # weight of the DC loss (decorrelated class prototypes)
-    w_dc: float = 0.1  # weight of the DC loss (decorrelated class prototypes)
-    w_moco: float = 0.1  # weight of the MoCo loss
-    aux_warmup: float = 1.0  # epochs over which the auxiliary weights ramp linearly from 0 to full
-    mi_temperature: float = 0.07  # InfoNCE temperature of the MI loss
-    moco_temperature: float = 0.07  # InfoNCE temperature of the MoCo loss
+    # was: w_dc: float = arg(5.0, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
+    w_dc: float = arg(0.1, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
+    w_moco: float = arg(0.1, "weight of the MoCo loss", check=at_least(0.0, float))
+    aux_warmup: float = arg(1.0, "epochs over which the auxiliary weights ramp linearly from 0 to full",
+                            check=at_least(0.0, float))
+    mi_temperature: float = arg(0.07, "InfoNCE temperature of the MI loss", check=above(0.0))
+    moco_temperature: float = arg(0.07, "InfoNCE temperature of the MoCo loss", check=above(0.0))
 
 
 def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor,
@@ -52,8 +56,6 @@ def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: to
     text = F.normalize(class_text.detach().float(), dim=-1)
     soft_targets = F.softmax((text @ text.T)[target] / temperature, dim=-1)  # (B, C)
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets, reduction="batchmean")
-
-
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor, epoch: int,

@@ -1,7 +1,8 @@
 """Train CLIP-CAER. `python caer_clip/train.py` trains on built-in synthetic clips (tiny random
 CLIP, CPU or GPU); `--data-root DIR --dataset raer|daisee|caer` trains on a real dataset with the
 official recipe (ViT-B/16 CLIP, 16 frames, 20 epochs, batch 8, SGD, per-group lrs, steps at
-epochs 10 and 15). Runs under `torchrun --nproc_per_node N caer_clip/train.py` too.
+epochs 10 and 15) for every setting the command line leaves unset. Runs under
+`torchrun --nproc_per_node N caer_clip/train.py` too; `--resume <out>/last.pt` continues a run exactly.
 """
 
 import sys
@@ -10,8 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 import argparse
+import copy
+import textwrap
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -22,62 +25,62 @@ from caer_clip.clip import load_clip
 from caer_clip.data import CLASS_DESCRIPTORS, ClassBalancedSampler, DataConfig, build_datasets
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model
+from common.cli import above, add_args, arg, at_least, between, explicit_dests, from_args
+from common.lifecycle import (
+    Run,
+    check_resume_config,
+    checkpoint_bytes,
+    is_main,
+    load_model_state,
+    load_run_checkpoint,
+    parse_with_resume,
+    run_args,
+)
 from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
 from common.runtime import (
-    CSVLogger,
     DataError,
     EpochSampler,
     LossBalanceMonitor,
     assert_replicas_in_sync,
     autocast,
     autocast_dtype,
-    check_config_compatible,
     cleanup_distributed,
     gather_cat,
-    is_main,
-    load_checkpoint,
     make_grad_scaler,
-    prepare_run_dir,
-    rng_state,
     sample_generator,
-    save_checkpoint,
     seed_everything,
     seed_worker,
-    set_rng_state,
     setup_distributed,
     unwrap,
-    write_config,
 )
 from common.schedulers import multistep_lr, scaled_lr
+
+PROJECT = "caer_clip"
 
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/caer_clip"  # run folder: config.json, log.csv, last.pt, best.pt, confusion matrix
-    resume: str | None = None  # checkpoint to continue from (e.g. runs/caer_clip/last.pt)
-    seed: int = 0  # seeds weights, data order, augmentation and mixup
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # autocast on CUDA (bf16 where supported)
-    workers: int = 0  # DataLoader worker processes
-    batch_size: int = 16  # clips per step and per process
-    epochs: int = 4  # training epochs
-    max_iters: int = 0  # stop after this many steps (0 = run all epochs)
-    lr: float = 1e-2  # lr of the temporal models
-    lr_image: float = 2e-3  # lr of the CLIP image encoder (ignored when it is frozen)
-    lr_prompt: float = 2e-3  # lr of the prompt learner's context vectors
-    lr_proj: float = 1e-2  # lr of the fusion projection
-    lr_adapter: float = 1e-2  # lr of the face adapter
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # on weight matrices only
-    milestones: list[int] = field(default_factory=lambda: [3])  # epochs at which the lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1  # multi-step lr factor
-    warmup_iters: int = 10  # linear lr warm-up steps
-    grad_clip: float = 10.0  # max global gradient norm (0 = off); 1.0 starved the prompts on the tiny CLIP
-    lr_rule: str = "none"  # none | linear | sqrt: scale every lr by the effective batch / lr_ref_batch
-    lr_ref_batch: int = 8  # batch the lrs were quoted for (official recipe: 8)
-    log_interval: int = 10  # steps between log rows
-    ckpt_interval: int = 100  # steps between last.pt writes (also at every epoch end)
+    batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
+    epochs: int = arg(4, "training epochs", check=at_least(1))
+    max_iters: int | None = arg(None, "stop after this many optimizer steps (default: all epochs)", check=at_least(1))
+    val_interval: int | None = arg(None, "optimizer steps between validations besides every epoch end "
+                                   "(default: epoch ends only)", check=at_least(1))
+    lr: float = arg(1e-2, "lr of the temporal models", check=above(0.0))
+    lr_image: float = arg(2e-3, "lr of the CLIP image encoder (unused when it is frozen)", check=above(0.0))
+    lr_prompt: float = arg(2e-3, "lr of the prompt learner's context vectors", check=above(0.0))
+    lr_proj: float = arg(1e-2, "lr of the fusion projection", check=above(0.0))
+    lr_adapter: float = arg(1e-2, "lr of the face adapter", check=above(0.0))
+    momentum: float = arg(0.9, "SGD momentum", check=between(0.0, 1.0))
+    weight_decay: float = arg(1e-4, "SGD weight decay, on weight matrices only", check=at_least(0.0, float))
+    milestones: list[int] = arg([3], "epochs at which every lr is multiplied by --lr-gamma", check=at_least(0))
+    lr_gamma: float = arg(0.1, "multi-step lr factor", check=above(0.0))
+    warmup_steps: int = arg(10, "linear lr warm-up in optimizer steps", check=at_least(0))
+    grad_clip: float = arg(10.0, "max global gradient norm (0: off); 1.0 starved the prompts on the tiny CLIP",
+                           check=at_least(0.0, float))
+    lr_rule: str = arg("none", "scale every lr by the effective batch / --lr-ref-batch (lrs printed at start)",
+                       choices=["none", "linear", "sqrt"])
+    lr_ref_batch: int = arg(8, "batch the lrs are quoted for", check=at_least(1))
 
 
 @dataclass
@@ -88,116 +91,45 @@ class RunConfig:
     train: TrainConfig
 
 
-# Settings left unset on the command line come from the recipe of the data in use.
-RECIPES = {
-    "synthetic": {},  # the dataclass defaults
-    "official": dict(clip="openai:ViT-B-16", num_frames=16, epochs=20, batch_size=8, lr=1e-2, lr_image=1e-5,
-                     lr_prompt=1e-3, lr_proj=1e-5, lr_adapter=1e-3, milestones=[10, 15], warmup_iters=0, logit_scale=100.0,
-                     num_classes=None),
-}
-ARCH_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx", "temporal", "temporal_layers",
-             "temporal_heads", "use_context", "moco_queue", "adapter_reduction"]
+# The official CLIP-CAER recipe: with --data-root it replaces the default of every setting the
+# command line leaves unset (printed at start). The dataclass defaults are the synthetic recipe.
+OFFICIAL = dict(clip="openai:ViT-B-16", num_frames=16, epochs=20, batch_size=8, lr_image=1e-5, lr_prompt=1e-3,
+                lr_proj=1e-5, lr_adapter=1e-3, milestones=[10, 15], warmup_steps=0, logit_scale=100.0)
+# A resumed run must keep these: the architecture, and the frozen parts (they set the optimizer's groups).
+RESUME_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx", "temporal", "temporal_layers",
+               "temporal_heads", "use_context", "moco_queue", "adapter_reduction", "freeze_image_encoder"]
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_cls", "loss_mi", "loss_dc", "loss_moco", "share_cls",
                "share_mi", "share_dc", "share_moco", "train_acc", "val_uar", "val_war", "box_fallbacks"]
 COMPONENTS = ["cls", "mi", "dc", "moco"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bool_flag = argparse.BooleanOptionalAction
-    g = p.add_argument_group("data")
-    g.add_argument("--data-root", default=None, help="dataset folder (absent: built-in synthetic clips)")
-    g.add_argument("--dataset", default="raer", choices=["raer", "daisee", "caer"], help="format of --data-root")
-    g.add_argument("--train-list", default="train.txt", help="training list / label CSV, relative to the root")
-    g.add_argument("--val-list", default="", help="validation list (empty: a stratified share of train)")
-    g.add_argument("--test-list", default="test.txt", help="test list, scored once at the end")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out for validation")
-    g.add_argument("--face-boxes", default="face_boxes.json", help="per-frame face boxes JSON")
-    g.add_argument("--body-boxes", default="", help="per-clip body boxes JSON (empty: whole frame as context)")
-    g.add_argument("--frames-subdir", default="frames", help="DAiSEE: folder of per-clip frame folders")
-    g.add_argument("--allow-missing-boxes", action="store_true", help="centre-crop clips without a face box")
-    g.add_argument("--face-margin", type=float, default=0.1, help="face box growth per side, share of its size")
-    g.add_argument("--flip", action=bool_flag, default=True, help="random horizontal flip (one per clip)")
-    g.add_argument("--rotate-degrees", type=float, default=10.0, help="random rotation range (one per clip)")
-    g.add_argument("--balanced-sampler", action="store_true", help="class-balanced training epochs")
-    g.add_argument("--balance-power", type=float, default=0.0, help="class share ~ count^power (0 = balanced)")
-    g.add_argument("--synthetic-train", type=int, default=600, help="synthetic training clips")
-    g.add_argument("--synthetic-val", type=int, default=200, help="synthetic validation clips")
-    g.add_argument("--synthetic-test", type=int, default=200, help="synthetic test clips")
-    g = p.add_argument_group("model")
-    g.add_argument("--clip", default=None, help="'tiny', an OpenAI .pt file, or 'openai:ViT-B-16'")
-    g.add_argument("--num-classes", type=int, default=None, help="classes (default: from the dataset)")
-    g.add_argument("--num-frames", type=int, default=None, help="frames sampled per clip")
-    g.add_argument("--n-ctx", type=int, default=8, help="learnable prompt context vectors")
-    g.add_argument("--class-specific-ctx", action=bool_flag, default=True, help="context vectors per class")
-    g.add_argument("--temporal", default="cls", choices=["cls", "attn"], help="temporal model")
-    g.add_argument("--temporal-layers", type=int, default=1, help="temporal transformer blocks")
-    g.add_argument("--temporal-heads", type=int, default=8, help="temporal attention heads")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout in the temporal models")
-    g.add_argument("--adapter-ratio", type=float, default=0.2, help="residual share of the face adapter")
-    g.add_argument("--adapter-reduction", type=int, default=4, help="face adapter bottleneck factor")
-    g.add_argument("--no-context", dest="use_context", action="store_false", help="face stream only")
-    g.add_argument("--freeze-image-encoder", action="store_true", help="freeze the CLIP image encoder")
-    g.add_argument("--logit-scale", type=float, default=None, help="fixed cosine-logit scale (official: 100)")
-    g.add_argument("--moco-queue", type=int, default=4096, help="MoCo queue length (0: no MoCo)")
-    g.add_argument("--moco-momentum", type=float, default=0.99, help="MoCo key-encoder momentum")
-    g = p.add_argument_group("loss")
-    g.add_argument("--cls-loss", default="lsr", choices=["ce", "lsr"], help="hard-label loss")
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing of 'lsr'")
-    g.add_argument("--ldl", dest="use_ldl", action=bool_flag, default=False, help="semantic LDL after the warm-up")
-    g.add_argument("--ldl-warmup", type=int, default=2, help="epochs of hard labels before LDL")
-    g.add_argument("--ldl-temperature", type=float, default=0.1, help="LDL target temperature")
-    g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = off")
-    g.add_argument("--w-mi", type=float, default=LossConfig.w_mi, help="MI loss weight")
-    g.add_argument("--w-dc", type=float, default=LossConfig.w_dc, help="DC loss weight")
-    g.add_argument("--w-moco", type=float, default=0.1, help="MoCo loss weight")
-    g.add_argument("--aux-warmup", type=float, default=1.0, help="epochs to ramp the auxiliary weights in")
-    g.add_argument("--mi-temperature", type=float, default=0.07, help="MI InfoNCE temperature")
-    g.add_argument("--moco-temperature", type=float, default=0.07, help="MoCo InfoNCE temperature")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=None, help="clips per step and per process")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs")
-    g.add_argument("--max-iters", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    g.add_argument("--lr", type=float, default=None, help="lr of the temporal models")
-    g.add_argument("--lr-image", type=float, default=None, help="lr of the CLIP image encoder")
-    g.add_argument("--lr-prompt", type=float, default=None, help="lr of the prompt context vectors")
-    g.add_argument("--lr-proj", type=float, default=None, help="lr of the fusion projection")
-    g.add_argument("--lr-adapter", type=float, default=None, help="lr of the face adapter")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay on matrices")
-    g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs where lr *= --lr-gamma")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="multi-step lr factor")
-    g.add_argument("--warmup-iters", type=int, default=None, help="linear lr warm-up steps")
-    g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0: off)")
-    g.add_argument("--lr-rule", default="none", choices=["none", "linear", "sqrt"],
-                   help="scale the lrs by effective batch / --lr-ref-batch (printed at start)")
-    g.add_argument("--lr-ref-batch", type=int, default=8, help="batch the lrs are quoted for")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/caer_clip", help="run folder")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. <out>/last.pt)")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable autocast on CUDA")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    g.add_argument("--log-interval", type=int, default=10, help="steps between log rows")
-    g.add_argument("--ckpt-interval", type=int, default=100, help="steps between last.pt writes")
+    recipe = textwrap.fill(", ".join(f"{k}={v}" for k, v in OFFICIAL.items()), 96, initial_indent="  ",
+                           subsequent_indent="  ")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"official recipe (with --data-root, for every setting not given):\n{recipe}")
+    for cls, title in ((DataConfig, "data"), (ModelConfig, "model"), (LossConfig, "loss"),
+                       (TrainConfig, "optimisation")):
+        add_args(p, cls, title)
+    run_args(p, default_out="runs/caer_clip", ckpt_interval=100, log_interval=10)
     return p
 
 
-def _fill(cls, values: dict):
-    """A config dataclass from the parsed values of its fields (every field must be a flag)."""
-    return cls(**{f.name: values[f.name] for f in fields(cls)})
+def apply_official_recipe(args: argparse.Namespace, given: set[str]) -> dict:
+    """Real data: the official recipe for every setting not in `given` (the flags on the command
+    line). Returns what it set."""
+    if args.data_root is None:
+        return {}
+    recipe = {k: copy.deepcopy(v) for k, v in OFFICIAL.items() if k not in given}
+    vars(args).update(recipe)
+    return recipe
 
 
-def build_configs(args: argparse.Namespace) -> RunConfig:
-    values = dict(vars(args))
-    recipe = RECIPES["synthetic" if values["data_root"] is None else "official"]
-    dataset = "synthetic" if values["data_root"] is None else values["dataset"]
-    defaults = {**asdict(ModelConfig()), **asdict(TrainConfig())}
-    defaults["num_classes"] = len(CLASS_DESCRIPTORS[dataset])
-    for key, value in values.items():
-        if value is None and key not in ("data_root", "resume"):
-            values[key] = recipe.get(key) if recipe.get(key) is not None else defaults[key]
+def dataset_name(data: DataConfig) -> str:
+    return "synthetic" if data.data_root is None else data.dataset
+
+
+def configs_from(args: argparse.Namespace) -> RunConfig:
     # FIX(CAER-MIXUP-PLUMB): the loss settings were passed field by field and mixup_alpha,
     # use_ldl and ldl_warmup were forgotten, so --mixup-alpha etc. were parsed and silently
     # dropped. Every config section is now filled from all of its flags by name.
@@ -205,8 +137,59 @@ def build_configs(args: argparse.Namespace) -> RunConfig:
     #                        ldl_temperature=values["ldl_temperature"], w_mi=values["w_mi"], w_dc=values["w_dc"],
     #                        w_moco=values["w_moco"], aux_warmup=values["aux_warmup"],
     #                        mi_temperature=values["mi_temperature"], moco_temperature=values["moco_temperature"])
-    loss = _fill(LossConfig, values)
-    return RunConfig(_fill(ModelConfig, values), loss, _fill(DataConfig, values), _fill(TrainConfig, values))
+    loss = from_args(LossConfig, args)
+    data = from_args(DataConfig, args)
+    model = from_args(ModelConfig, args)
+    model.num_classes = len(CLASS_DESCRIPTORS[dataset_name(data)])
+    return RunConfig(model, loss, data, from_args(TrainConfig, args))
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def build_model_and_data(cfg: RunConfig, seed: int, device: torch.device):
+    """The model and the {train, val, test} datasets of a configuration. Seeded first: the tiny
+    CLIP is random, and the prompt learner copies its token embeddings into buffers that no
+    checkpoint holds, so main() and evaluate_checkpoint() must build the very same model."""
+    if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
+        # A wrong path must fail now, not after CLIP's weights have been read or fetched.
+        raise DataError(f"--data-root {cfg.data.data_root} is not a folder")
+    seed_everything(seed)
+    descriptors = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)].values())
+    clip, tokenizer = load_clip(cfg.model.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    model = build_model(cfg.model, clip, tokenizer, descriptors).to(device)
+    splits = build_datasets(cfg.data, cfg.model.num_frames, clip.cfg.image_resolution, seed)
+    return model, dict(zip(("train", "val", "test"), splits))
+
+
+def check_split_sizes(splits: dict, batch_size: int, world_size: int) -> None:
+    """A split too small for one batch is an error naming it, not an epoch of nothing."""
+    for name, dataset in splits.items():
+        need = batch_size * world_size if name == "train" else world_size  # training drops partial batches
+        if len(dataset) < need:
+            raise DataError(f"the {name} split holds {len(dataset)} clips, fewer than {need} (batch {batch_size} x "
+                            f"{world_size} processes for training, one clip per process for evaluation)")
+
+
+def train_sampler_for(dataset, cfg: RunConfig, seed: int, rank: int, world_size: int) -> EpochSampler:
+    if cfg.data.balanced_sampler:
+        return ClassBalancedSampler(dataset.labels, cfg.train.batch_size, cfg.data.balance_power, seed, rank,
+                                    world_size)
+    return EpochSampler(len(dataset), cfg.train.batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+
+
+def make_loader(dataset, sampler, batch_size: int, args: argparse.Namespace, device, epoch: int = 0):
+    # An explicit generator keeps the DataLoader from drawing on the global RNG (exact resume).
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(args.seed * 1000 + epoch), pin_memory=device.type == "cuda")
+
+
+def eval_loader(dataset, batch_size: int, args: argparse.Namespace, device, rank: int = 0, world_size: int = 1):
+    """Every clip once; each rank scores its shard and `evaluate` gathers them."""
+    sampler = EpochSampler(len(dataset), batch_size, shuffle=False, drop_last=False, seed=args.seed, rank=rank,
+                           world_size=world_size)
+    return make_loader(dataset, sampler, batch_size, args, device)
 
 
 # ----------------------------------------------------------------------------- optimiser and lr
@@ -245,7 +228,7 @@ def param_groups(model, cfg: TrainConfig, world_size: int) -> list[dict]:
 
 
 def lr_at(step: int, base_lr: float, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    return multistep_lr(step, base_lr, [m * steps_per_epoch for m in cfg.milestones], cfg.lr_gamma, cfg.warmup_iters)
+    return multistep_lr(step, base_lr, [m * steps_per_epoch for m in cfg.milestones], cfg.lr_gamma, cfg.warmup_steps)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -269,6 +252,23 @@ def evaluate(model, loader, device, dtype, num_classes: int) -> dict:
     uar_value = uar(labels, preds, num_classes)
     return {"uar": uar_value, "war": war(labels, preds), "fallbacks": fallbacks,
             "confusion": confusion_matrix(labels, preds, num_classes)}
+
+
+def scores(metrics: dict) -> dict:
+    """The flat floats a run reports for a split (results.json, evaluate_checkpoint)."""
+    return {"uar": float(metrics["uar"]), "war": float(metrics["war"])}
+
+
+def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
+    """What main() reports as results[split] for these weights, from one process: data and model
+    are rebuilt from the checkpoint's own settings."""
+    checkpoint = load_run_checkpoint(path, PROJECT)
+    args = argparse.Namespace(**checkpoint["args"])
+    cfg, device = configs_from(args), torch.device(device)
+    model, splits = build_model_and_data(cfg, args.seed, device)
+    load_model_state(model, checkpoint["model"], path)
+    loader = eval_loader(splits[split], cfg.train.batch_size, args, device)
+    return scores(evaluate(model, loader, device, autocast_dtype(device, args.amp), cfg.model.num_classes))
 
 
 def save_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
@@ -301,114 +301,87 @@ def save_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def make_loader(dataset, sampler, cfg: TrainConfig, device, epoch: int):
-    # An explicit generator keeps the DataLoader from drawing on the global RNG (exact resume).
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-        pin_memory=device.type == "cuda")
+@dataclass
+class TrainState:
+    """Where the run stands and the running sums behind the next log rows. All of it goes into
+    every checkpoint, so a resumed run writes the rows an uninterrupted one would."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    # Sums of loss, the 4 weighted components and correct predictions since the last training row
+    # ("window") and since the epoch began ("epoch"); counts: steps in each, box fallbacks this epoch.
+    meters: dict = field(default_factory=lambda: {"window": torch.zeros(6), "epoch": torch.zeros(6)})
+    counts: dict = field(default_factory=lambda: {"window": 0, "epoch": 0, "fallbacks": 0})
+    val: dict = field(default_factory=dict)  # the last validation scores
+    monitor: LossBalanceMonitor = field(default_factory=lambda: LossBalanceMonitor("cls"))
+
+    def progress(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def extra(self) -> dict:
+        return {"meters": {k: v.clone() for k, v in self.meters.items()}, "counts": dict(self.counts),
+                "val": dict(self.val), "monitor": {"streak": dict(self.monitor.streak),
+                                                   "warned": sorted(self.monitor.warned)}}
+
+    @classmethod
+    def restored(cls, progress: dict | None) -> "TrainState":
+        """From run.restore(...): None for a fresh run."""
+        if progress is None:
+            return cls()
+        extra = progress["extra"]
+        state = cls(progress["step"], progress["epoch"], progress["batch_in_epoch"], extra["meters"],
+                    extra["counts"], extra["val"])
+        state.monitor.streak, state.monitor.warned = extra["monitor"]["streak"], set(extra["monitor"]["warned"])
+        return state
 
 
-def main(argv: list[str] | None = None) -> dict:
-    start_time = time.time()
-    cfg = build_configs(build_parser().parse_args(argv))
-    tc = cfg.train
-    run_dir = prepare_run_dir(tc.out)
-    dist_info = setup_distributed(tc.device)
-    device, main_rank = dist_info.device, is_main()
-    log = print if main_rank else (lambda *a, **k: None)
-    seed_everything(tc.seed)
+def log_row(run: Run, state: TrainState, kind: str, lr: float, batch_size: int, extra: dict) -> dict:
+    """One log.csv row of means since the last row of this kind ("window" or "epoch"), each
+    component's share of the total, and `extra`."""
+    sums, n = state.meters[kind].tolist(), max(1, state.counts[kind])
+    weighted = {c: sums[1 + i] / n for i, c in enumerate(COMPONENTS)}
+    shares = state.monitor.update(weighted) if kind == "window" else \
+        {f"share_{c}": abs(v) / (sum(map(abs, weighted.values())) or 1.0) for c, v in weighted.items()}
+    row = {"step": state.step, "epoch": state.epoch, "lr": lr, "loss": sums[0] / n,
+           **{f"loss_{c}": v for c, v in weighted.items()}, **shares,
+           "train_acc": sums[5] / max(1, n * batch_size), **extra}
+    state.meters[kind].zero_()
+    state.counts[kind] = 0
+    run.log(row)
+    return row
 
-    if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
-        # A wrong path must fail now, not after CLIP's weights have been read or fetched.
-        raise DataError(f"--data-root {cfg.data.data_root} is not a folder")
-    dataset = "synthetic" if cfg.data.data_root is None else cfg.data.dataset
-    names = list(CLASS_DESCRIPTORS[dataset])
-    descriptors = list(CLASS_DESCRIPTORS[dataset].values())
-    clip, tokenizer = load_clip(cfg.model.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
-    model = build_model(cfg.model, clip, tokenizer, descriptors).to(device)
-    train_set, val_set, test_set = build_datasets(cfg.data, cfg.model.num_frames, clip.cfg.image_resolution, tc.seed)
-    rank_args = dict(seed=tc.seed, rank=dist_info.rank, world_size=dist_info.world_size)
-    if cfg.data.balanced_sampler:
-        train_sampler = ClassBalancedSampler(train_set.labels, tc.batch_size, cfg.data.balance_power, **rank_args)
-    else:
-        train_sampler = EpochSampler(len(train_set), tc.batch_size, shuffle=True, **rank_args)
-    steps_per_epoch = train_sampler.batches_per_epoch()
-    eval_samplers = {name: EpochSampler(len(ds), tc.batch_size, shuffle=False, drop_last=False, **rank_args)
-                     for name, ds in (("val", val_set), ("test", test_set))}
 
-    optimizer = torch.optim.SGD(param_groups(model, tc, dist_info.world_size), lr=0.0, momentum=tc.momentum)
-    dtype = autocast_dtype(device, tc.amp)
-    scaler = make_grad_scaler(device, dtype)
-    step, start_epoch, start_batch, best_uar, best_epoch = 0, 0, 0, -1.0, -1
-    meters = {"window": torch.zeros(6), "epoch": torch.zeros(6)}  # sums of loss, 4 components, correct; count
-    counts = {"window": 0, "epoch": 0, "fallbacks": 0}
-    if tc.resume:
-        ckpt = load_checkpoint(tc.resume)
-        check_config_compatible(ckpt["config"]["model"], asdict(cfg.model), ARCH_KEYS)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        best_uar, best_epoch, meters, counts = ckpt["best_uar"], ckpt["best_epoch"], ckpt["meters"], ckpt["counts"]
-        log(f"resumed from {tc.resume} at step {step} (epoch {start_epoch}, batch {start_batch})")
-    if main_rank:
-        write_config(run_dir, asdict(cfg))
-    logger = CSVLogger(run_dir / "log.csv", LOG_COLUMNS, resume_step=step if tc.resume else None) if main_rank else None
-    ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist_info.enabled else model
-    monitor = LossBalanceMonitor("cls")
+def keep_if_best(metrics: dict, epoch: int, state: TrainState, run: Run, model, optimizer, scaler) -> bool:
+    """Remember the validation scores and write best.pt when they beat every earlier one (all
+    ranks: they hold the same gathered scores and all take part in the save)."""
+    state.val = scores(metrics)
+    improved = run.improved(state.val["uar"], state.step, epoch)
+    if improved:
+        run.save("best.pt", model, optimizer, scaler, state.progress(), state.extra())
+    return improved
 
-    log(f"caer_clip: {dataset} data, {len(train_set)}/{len(val_set)}/{len(test_set)} train/val/test clips, "
-        f"CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, context {'on' if cfg.model.use_context else 'off'}, "
-        f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {dist_info.world_size}, device {device}")
-    log(f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
-        + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"parameters: {sum(p.numel() for p in model.parameters()):,} total, {trainable:,} trainable")
-    if tc.resume:
-        set_rng_state(ckpt["rng"])
 
-    def checkpoint(path: Path, epoch: int, batch_in_epoch: int) -> None:
-        if main_rank:
-            save_checkpoint(path, {
-                "model": unwrap(ddp_model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "best_uar": best_uar, "best_epoch": best_epoch, "meters": {k: v.clone() for k, v in meters.items()},
-                "counts": dict(counts), "rng": rng_state(), "config": asdict(cfg)})
-
-    def log_row(kind: str, extra: dict) -> dict:
-        """Means since the last row of this kind, their shares of the total, and `extra`."""
-        sums, n = meters[kind].tolist(), max(1, counts[kind])
-        weighted = {c: sums[1 + i] / n for i, c in enumerate(COMPONENTS)}
-        shares = monitor.update(weighted) if kind == "window" else \
-            {f"share_{c}": abs(v) / (sum(map(abs, weighted.values())) or 1.0) for c, v in weighted.items()}
-        row = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": sums[0] / n,
-               **{f"loss_{c}": v for c, v in weighted.items()}, **shares,
-               "train_acc": sums[5] / max(1, n * tc.batch_size), **extra}
-        meters[kind].zero_()
-        counts[kind] = 0
-        if logger is not None:
-            logger.log(row)
-        return row
-
-    val_metrics = {"uar": float("nan")}
-    stopped = False
-    epoch = start_epoch
-    for epoch in range(start_epoch, tc.epochs):
-        train_sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        train_set.set_epoch(epoch)
-        ddp_model.train()
-        batch_in_epoch = start_batch if epoch == start_epoch else 0
-        bar = tqdm(make_loader(train_set, train_sampler, tc, device, epoch), desc=f"epoch {epoch}", leave=False,
-                   disable=not main_rank or not sys.stderr.isatty(), total=steps_per_epoch - batch_in_epoch)
+def train_one_epoch(ddp_model, optimizer, scaler, train_set, sampler, val_loader, state: TrainState,
+                    cfg: RunConfig, args: argparse.Namespace, run: Run, dtype) -> str:
+    """Train from the state's position to the end of its epoch. Returns "epoch", "max_iters" (the
+    step cap is reached) or "stopped" (a stop signal: the caller saves last.pt and exits)."""
+    tc, model = cfg.train, unwrap(ddp_model)
+    device, epoch, steps_per_epoch = next(model.parameters()).device, state.epoch, sampler.batches_per_epoch()
+    if tc.max_iters and state.step >= tc.max_iters:
+        return "max_iters"
+    sampler.set_epoch(epoch, state.batch_in_epoch)
+    train_set.set_epoch(epoch)
+    ddp_model.train()
+    loader = make_loader(train_set, sampler, tc.batch_size, args, device, epoch)
+    with tqdm(loader, desc=f"epoch {epoch}", leave=False, total=steps_per_epoch - state.batch_in_epoch,
+              disable=not is_main() or not sys.stderr.isatty()) as bar:
         for face, context, labels, fallbacks in bar:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, group["base_lr"], tc, steps_per_epoch)
+                group["lr"] = lr_at(state.step, group["base_lr"], tc, steps_per_epoch)
             face, context = face.to(device, non_blocking=True), context.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             # Mixup randomness from (seed, epoch, batch): identical after a resume.
-            mix_gen = sample_generator(tc.seed, epoch, 10**9 + batch_in_epoch)
+            mix_gen = sample_generator(args.seed, epoch, 10**9 + state.batch_in_epoch)
             # FIX(CAER-MIXUP-TARGET): the local mixup returned the permutation index as y_b, so the
             # second loss term trained towards class "index" (a random class id); common.mixup
             # returns y[perm] and mixes face and context with the same permutation and lambda.
@@ -416,10 +389,9 @@ def main(argv: list[str] | None = None) -> dict:
             (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
             with autocast(device, dtype):
                 out = ddp_model(face, context)
-            base = unwrap(ddp_model)
-            queue = (base.queue, base.queue_labels) if cfg.model.moco_queue > 0 else None
-            progress = epoch + batch_in_epoch / steps_per_epoch
-            loss, parts, weighted = total_loss(out, y_a, y_b, lam, epoch, progress, cfg.loss, queue, step)
+            queue = (model.queue, model.queue_labels) if cfg.model.moco_queue > 0 else None
+            epoch_progress = epoch + state.batch_in_epoch / steps_per_epoch
+            loss, parts, weighted = total_loss(out, y_a, y_b, lam, epoch, epoch_progress, cfg.loss, queue, state.step)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             if tc.grad_clip > 0:
@@ -429,69 +401,125 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             if queue is not None and "key" in out:  # keys exist in training mode only
                 key_labels = y_a if lam >= 0.5 else y_b
-                base.enqueue(gather_cat(out["key"].detach().float()), gather_cat(key_labels))
+                model.enqueue(gather_cat(out["key"].detach().float()), gather_cat(key_labels))
             with torch.no_grad():
                 correct = (out["logits"].argmax(-1) == labels).sum().float()
                 values = torch.stack([loss.detach().float(), *[weighted[c].detach().float() for c in COMPONENTS],
                                       correct]).cpu()
             for kind in ("window", "epoch"):
-                meters[kind] += values
-                counts[kind] += 1
-            counts["fallbacks"] += int(fallbacks.sum())
-            step += 1
-            batch_in_epoch += 1
-            if step % tc.log_interval == 0:
-                row = log_row("window", {})
-                bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{val_metrics['uar']:.3f}", lr=f"{row['lr']:.1e}")
-            if tc.ckpt_interval and step % tc.ckpt_interval == 0:
-                checkpoint(run_dir / "last.pt", epoch, batch_in_epoch)
-            if tc.max_iters and step >= tc.max_iters:
-                stopped = True
+                state.meters[kind] += values
+                state.counts[kind] += 1
+            state.counts["fallbacks"] += int(fallbacks.sum())
+            state.step += 1
+            state.batch_in_epoch += 1
+            lr = optimizer.param_groups[0]["lr"]
+            if state.step % args.log_interval == 0:
+                row = log_row(run, state, "window", lr, tc.batch_size, {})
+                bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{state.val.get('uar', float('nan')):.3f}",
+                                lr=f"{lr:.1e}")
+            if tc.val_interval and state.step % tc.val_interval == 0 and state.batch_in_epoch < steps_per_epoch:
+                metrics = evaluate(model, val_loader, device, dtype, cfg.model.num_classes)
+                run.log({"step": state.step, "epoch": epoch, "lr": lr, "val_uar": metrics["uar"],
+                         "val_war": metrics["war"], "box_fallbacks": metrics["fallbacks"]})
+                keep_if_best(metrics, epoch, state, run, ddp_model, optimizer, scaler)
+                ddp_model.train()
+            if args.ckpt_interval and state.step % args.ckpt_interval == 0:
+                run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
+                run.save_periodic(state.step, ddp_model, optimizer, scaler, state.progress(), state.extra())
+            if run.should_stop():
+                return "stopped"
+            if tc.max_iters and state.step >= tc.max_iters:
+                return "max_iters"
+    return "epoch"
+
+
+def describe(cfg: RunConfig, recipe: dict, splits: dict, model, optimizer, steps_per_epoch: int, world_size: int,
+             device) -> str:
+    """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
+    tc = cfg.train
+    lines = [f"official recipe for the settings not given: {', '.join(f'{k}={v}' for k, v in recipe.items())}"] \
+        if recipe else []
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "\n".join(lines + [
+        f"caer_clip: {dataset_name(cfg.data)} data, {'/'.join(str(len(d)) for d in splits.values())} train/val/test "
+        f"clips, CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, context {'on' if cfg.model.use_context else 'off'}, "
+        f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {world_size}, device {device}",
+        f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
+        + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})),
+        f"parameters: {sum(p.numel() for p in model.parameters()):,} total, {trainable:,} trainable"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    start_time = time.time()
+    parser = build_parser()
+    args, resumed = parse_with_resume(parser, argv, PROJECT)
+    # A resumed run has its recipe already in the checkpoint's settings.
+    recipe = {} if resumed else apply_official_recipe(args, explicit_dests(parser, argv))
+    cfg = configs_from(args)
+    tc = cfg.train
+    dist_info = setup_distributed(args.device)
+    device = dist_info.device
+    config = {**asdict(cfg), "run": {"seed": args.seed, "amp": args.amp, "world_size": dist_info.world_size}}
+    if resumed:
+        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
+    run = Run(PROJECT, args, config, "runs/caer_clip", resumed, best_metric="val_uar", best_mode="max")
+    with run:
+        model, splits = build_model_and_data(cfg, args.seed, device)
+        check_split_sizes(splits, tc.batch_size, dist_info.world_size)
+        sampler = train_sampler_for(splits["train"], cfg, args.seed, dist_info.rank, dist_info.world_size)
+        optimizer = torch.optim.SGD(param_groups(model, tc, dist_info.world_size), lr=0.0, momentum=tc.momentum)
+        dtype = autocast_dtype(device, args.amp)
+        scaler = make_grad_scaler(device, dtype)
+        state = TrainState.restored(run.restore(model, optimizer, scaler))
+        run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
+        steps_per_epoch = sampler.batches_per_epoch()
+        run.print(describe(cfg, recipe, splits, model, optimizer, steps_per_epoch, dist_info.world_size, device))
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if dist_info.enabled else model
+        val_loader, test_loader = (eval_loader(splits[s], tc.batch_size, args, device, dist_info.rank,
+                                               dist_info.world_size) for s in ("val", "test"))
+        run.restore_rng()  # after everything above that draws random numbers
+        for epoch in range(state.epoch, tc.epochs):
+            ended = train_one_epoch(ddp_model, optimizer, scaler, splits["train"], sampler, val_loader, state, cfg,
+                                    args, run, dtype)
+            if ended == "stopped":
+                run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
+                run.exit_stopped(state.step)
+            if ended == "max_iters" and state.batch_in_epoch < steps_per_epoch:
+                run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
+                break  # mid-epoch: no validation row (a resumed run with a higher cap writes it)
+            # A checkpoint from the epoch's last step resumes here: validation, then the epoch row.
+            metrics = evaluate(model, val_loader, device, dtype, cfg.model.num_classes)
+            fallbacks = state.counts["fallbacks"] + metrics["fallbacks"]
+            row = log_row(run, state, "epoch", optimizer.param_groups[0]["lr"], tc.batch_size,
+                          {"val_uar": metrics["uar"], "val_war": metrics["war"], "box_fallbacks": fallbacks})
+            state.epoch, state.batch_in_epoch, state.counts["fallbacks"] = epoch + 1, 0, 0
+            improved = keep_if_best(metrics, epoch, state, run, ddp_model, optimizer, scaler)
+            run.print(f"epoch {epoch:3d} step {state.step:6d} | loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} "
+                      f"mi {row['loss_mi']:.4f} dc {row['loss_dc']:.4f} moco {row['loss_moco']:.4f}) train acc "
+                      f"{row['train_acc']:.3f} | val UAR {metrics['uar']:.4f} WAR {metrics['war']:.4f}"
+                      f"{' *' if improved else ''} | box fallbacks {fallbacks} | lr {row['lr']:.2e}")
+            run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
+            if ended == "max_iters":
                 break
-        bar.close()
-        start_batch = 0
-        if stopped and batch_in_epoch < steps_per_epoch:
-            break  # mid-epoch stop: last.pt below, no epoch row (a resumed run writes it)
-        val_set.set_epoch(epoch)
-        val_metrics = evaluate(unwrap(ddp_model), make_loader(val_set, eval_samplers["val"], tc, device, 0),
-                               device, dtype, cfg.model.num_classes)
-        fallback_total = counts["fallbacks"] + val_metrics["fallbacks"]
-        row = log_row("epoch", {"val_uar": val_metrics["uar"], "val_war": val_metrics["war"],
-                                "box_fallbacks": fallback_total})
-        counts["fallbacks"] = 0
-        improved = val_metrics["uar"] > best_uar
-        if improved:
-            best_uar, best_epoch = val_metrics["uar"], epoch
-        log(f"epoch {epoch:3d} step {step:6d} | loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} "
-            f"mi {row['loss_mi']:.4f} dc {row['loss_dc']:.4f} moco {row['loss_moco']:.4f}) "
-            f"train acc {row['train_acc']:.3f} | val UAR {val_metrics['uar']:.4f} WAR {val_metrics['war']:.4f}"
-            f"{' *' if improved else ''} | box fallbacks {fallback_total} | lr {row['lr']:.2e}")
-        checkpoint(run_dir / "last.pt", epoch + 1, 0)
-        if improved:
-            checkpoint(run_dir / "best.pt", epoch + 1, 0)
-        if stopped:
-            break
-    if stopped:
-        checkpoint(run_dir / "last.pt", epoch, batch_in_epoch)
 
-    # Final test: best-on-validation weights, scored once.
-    if (run_dir / "best.pt").is_file():
-        unwrap(ddp_model).load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-    test = evaluate(unwrap(ddp_model), make_loader(test_set, eval_samplers["test"], tc, device, 0),
-                    device, dtype, cfg.model.num_classes)
-    elapsed = time.time() - start_time
-    if main_rank:
-        save_confusion(test["confusion"], names, run_dir / "confusion_test")
-        log(f"confusion matrix (rows true, columns predicted; {', '.join(names)}):\n{test['confusion']}")
-        log(f"best val UAR {best_uar:.4f} (epoch {best_epoch}) | test UAR {test['uar']:.4f} WAR {test['war']:.4f} "
-            f"| {elapsed:.1f} s")
-    assert_replicas_in_sync(ddp_model)  # under torchrun: every rank must end with the same weights
+        # Final test: best-on-validation weights (this run's best.pt, on every rank), scored once.
+        run.load_best(model)
+        test = evaluate(model, test_loader, device, dtype, cfg.model.num_classes)
+        names = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
+        if is_main():
+            save_confusion(test["confusion"], names, run.dir / "confusion_test")
+        run.print(f"confusion matrix (rows true, columns predicted; {', '.join(names)}):\n{test['confusion']}")
+        best = "none" if run.best["value"] is None else f"{run.best['value']:.4f}"
+        run.print(f"best val UAR {best} (epoch {run.best['epoch']}) | test UAR {test['uar']:.4f} "
+                  f"WAR {test['war']:.4f} | {time.time() - start_time:.1f} s")
+        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.val,
+                   "test": scores(test)}
+        run.finish(results)
+    del ddp_model  # DDP holds the process group: release it first
     cleanup_distributed()
-    return {"best_val_uar": best_uar, "best_epoch": best_epoch, "val_uar": val_metrics["uar"],
-            "test_uar": test["uar"], "test_war": test["war"], "steps": step, "run_dir": str(run_dir),
-            "elapsed_s": elapsed}
-
-
+    return results
 
 
 if __name__ == "__main__":

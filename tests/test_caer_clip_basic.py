@@ -7,7 +7,7 @@ import torch
 
 from caer_clip.clip import CLIP, WordTokenizer, tiny_config
 from caer_clip.data import DataConfig, SyntheticClips
-from caer_clip.train import main
+from caer_clip.train import evaluate_checkpoint, main
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, tiny_model
 
 
@@ -58,4 +58,6 @@ def test_train_smoke_writes_run_folder(tmp_path):
     for name in ("config.json", "log.csv", "last.pt", "best.pt", "confusion_test.csv"):
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 4
-    assert 0.0 <= summary["test_uar"] <= 1.0 and summary["steps"] == 5
+    assert 0.0 <= summary["test"]["uar"] <= 1.0 and summary["step"] == 5
+    assert set(summary) >= {"run_dir", "step", "best", "val", "test"}
+    assert evaluate_checkpoint(run / "best.pt", "test") == summary["test"]  # the final test scored best.pt

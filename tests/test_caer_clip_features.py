@@ -3,6 +3,8 @@ tiny fixture folders, their errors, and exact resume of train.py."""
 
 import csv
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -16,7 +18,8 @@ from caer_clip.clip import (
     tiny_config,
 )
 from caer_clip.losses import LossConfig, total_loss
-from caer_clip.train import build_configs, build_parser, main, param_groups
+from caer_clip.train import apply_official_recipe, build_parser, configs_from, main, param_groups
+from common.lifecycle import Run
 from common.runtime import ConfigMismatchError, DataError
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, make_raer, tiny_model, write_frames
 
@@ -87,7 +90,7 @@ def test_frozen_weights_unchanged_and_every_trainable_parameter_gets_a_gradient(
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()
               if not p.requires_grad and not n.startswith("key_head")}
     assert any(n.startswith("clip.transformer") for n in frozen) and any(n.startswith("clip.visual") for n in frozen)
-    cfg = build_configs(build_parser().parse_args([])).train
+    cfg = configs_from(build_parser().parse_args([])).train
     optimizer = torch.optim.SGD(param_groups(model, cfg, 1), lr=0.1, momentum=0.9)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"]
@@ -202,34 +205,79 @@ def test_missing_face_box_file_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------- train.py
 
 
+def test_official_recipe_fills_only_the_settings_not_given():
+    parser = build_parser()
+    argv = ["--data-root", "somewhere", "--batch-size", "4", "--no-context"]
+    args = parser.parse_args(argv)
+    applied = apply_official_recipe(args, {"data_root", "batch_size", "use_context"})
+    cfg = configs_from(args)
+    assert "batch_size" not in applied and cfg.train.batch_size == 4
+    assert cfg.train.epochs == 20 and cfg.model.num_frames == 16 and cfg.train.milestones == [10, 15]
+    assert not cfg.model.use_context and cfg.model.num_classes == 5  # RAER
+    synthetic = parser.parse_args(["--context"])
+    assert apply_official_recipe(synthetic, set()) == {} and configs_from(synthetic).train.batch_size == 16
+
+
+def test_split_smaller_than_one_batch_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="train split holds 3 clips"):
+        main(["--synthetic-train", "3", "--batch-size", "4", "--moco-queue", "16", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()  # nothing written, the folder released
+
+
 @pytest.mark.slow
 def test_train_on_raer_fixture_folder(tmp_path):
     make_raer(tmp_path / "raer", clips_per_class=2, frames=5)
     summary = main(["--data-root", str(tmp_path / "raer"), "--clip", "tiny", "--num-frames", "2",
                     "--batch-size", "2", "--epochs", "1", "--moco-queue", "8", "--out", str(tmp_path / "run"),
                     "--logit-scale", "20"])
-    assert summary["steps"] == 2 and (tmp_path / "run" / "confusion_test.csv").is_file()
+    assert summary["step"] == 2 and (tmp_path / "run" / "confusion_test.csv").is_file()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["num_frames"] == 2 and config["train"]["milestones"] == [10, 15]  # official recipe
 
 
+def _stop_at(monkeypatch, call: int) -> None:
+    """SIGTERM to this process during the `call`-th optimizer step (the real handler then stops the run)."""
+    should_stop, calls = Run.should_stop, [0]
+
+    def signalled(self):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return should_stop(self)
+
+    monkeypatch.setattr(Run, "should_stop", signalled)
+
+
 @pytest.mark.slow
-def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
-    args = TINY_TRAIN + ["--epochs", "2", "--log-interval", "1", "--mixup-alpha", "0.4", "--ckpt-interval", "3"]
-    main(args + ["--out", str(tmp_path / "full")])
-    main(args + ["--out", str(tmp_path / "part"), "--max-iters", "3"])
-    main(args + ["--out", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "last.pt")])
-    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
-    part = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
-    assert full["step"] == part["step"] == 10
-    for key, value in full["model"].items():
-        torch.testing.assert_close(part["model"][key], value, rtol=0, atol=0, msg=key)
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
+    """Stopped mid-epoch (step 3) and at an epoch's last step (5, before its validation), with
+    mid-epoch validations (--val-interval 2) and mixup: each resume ends as the uninterrupted run."""
+    args = TINY_TRAIN + ["--epochs", "2", "--log-interval", "1", "--mixup-alpha", "0.4", "--ckpt-interval", "3",
+                         "--val-interval", "2"]
+    full = main(args + ["--out", str(tmp_path / "full")])
 
     def rows(run):
         with open(tmp_path / run / "log.csv") as f:
             return list(csv.DictReader(f))
-    assert rows("full") == rows("part") and len(rows("full")) == 12
+
+    reference = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    assert reference["progress"]["step"] == 10
+    assert len(rows("full")) == 10 + 2 + 4  # a row per step, per epoch, per mid-epoch validation (2, 4, 6, 8)
+    for stop in (3, 5):
+        part = tmp_path / f"part{stop}"
+        with monkeypatch.context() as patch:
+            _stop_at(patch, stop)
+            with pytest.raises(SystemExit) as exited:
+                main(args + ["--out", str(part)])
+        assert exited.value.code == 128 + signal.SIGTERM
+        assert torch.load(part / "last.pt", weights_only=False)["progress"]["step"] == stop
+        resumed = main(["--resume", str(part / "last.pt")])
+        assert resumed["test"] == full["test"] and resumed["val"] == full["val"] and resumed["best"] == full["best"]
+        final = torch.load(part / "last.pt", weights_only=False)
+        for key, value in reference["model"].items():
+            torch.testing.assert_close(final["model"][key], value, rtol=0, atol=0, msg=key)
+        assert rows(part.name) == rows("full")
     # An architecture change is refused with the keys named.
     with pytest.raises(ConfigMismatchError, match="num_frames"):
-        main(args + ["--out", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "last.pt"),
+        main(args + ["--out", str(tmp_path / "part3"), "--resume", str(tmp_path / "part3" / "last.pt"),
                      "--num-frames", "2"])

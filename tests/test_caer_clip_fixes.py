@@ -66,26 +66,21 @@ def test_caer_lsr_batch_without_last_class():
     torch.testing.assert_close(one, F.cross_entropy(logits[:1], target[:1], label_smoothing=0.1))
 
 
-def _non_default(action):
+def _non_default_argvs(action):
+    """(argv, value it must set) for each way of setting `action` to a value other than its default."""
+    if action.nargs == 0:  # --x / --no-x pairs and store_true/store_false: each option string on its own
+        return [([o], not o.startswith("--no-")) for o in action.option_strings]
     if action.choices:
-        return [c for c in action.choices if c != action.default][0]
-    if action.nargs == 0:  # store_true / store_false / --no-x
-        return not action.default if action.default is not None else True
-    if action.type is int:
-        return [7, 9] if action.nargs == "+" else 7
-    if action.type is float:
-        return 0.123
-    return "value"
-
-
-def _argv(action, value):
-    if action.nargs == 0:
-        flags = [o for o in action.option_strings if o.startswith("--no-") == (value is False)]
-        if isinstance(action.default, bool) and action.default is True and not any(
-                o.startswith("--no-") for o in action.option_strings):
-            flags = action.option_strings
-        return [flags[0]]
-    return [action.option_strings[0]] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
+        value = [c for c in action.choices if c != action.default][0]
+    elif action.nargs == "+":
+        value = [7, 9]
+    elif action.type.__name__ == "int":
+        value = 7
+    elif action.type.__name__ == "float":
+        value = 0.123
+    else:
+        value = "value"
+    return [([action.option_strings[0], *map(str, value if isinstance(value, list) else [value])], value)]
 
 
 def test_caer_mixup_plumb_every_flag_reaches_its_config():
@@ -94,15 +89,18 @@ def test_caer_mixup_plumb_every_flag_reaches_its_config():
     args = parser.parse_args(["--mixup-alpha", "0.4", "--ldl", "--ldl-warmup", "3"])
     old = caer_losses.LossConfig(cls_loss=args.cls_loss, w_dc=args.w_dc)
     assert old.mixup_alpha == 0.0 and old.use_ldl != args.use_ldl and old.ldl_warmup != 3
-    # Fixed: every flag, set to a non-default value, lands in the config section that reads it.
-    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    # Fixed: every flag of a config section, set to a non-default value, lands in the section that reads it;
+    # the shared run flags (common.lifecycle.run_args) are the only others.
+    run_flags = {"out", "resume", "overwrite", "seed", "device", "amp", "workers", "log_interval", "ckpt_interval",
+                 "keep_checkpoints"}
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help" and a.dest not in run_flags]
     assert len(actions) > 50
     for action in actions:
-        value = _non_default(action)
-        cfg = caer_train.build_configs(parser.parse_args(_argv(action, value)))
-        sections = [s for s in (cfg.model, cfg.loss, cfg.data, cfg.train) if hasattr(s, action.dest)]
-        assert len(sections) == 1, f"{action.dest} must belong to exactly one config section"
-        assert getattr(sections[0], action.dest) == value, action.option_strings
+        for argv, value in _non_default_argvs(action):
+            cfg = caer_train.configs_from(parser.parse_args(argv))
+            sections = [s for s in (cfg.model, cfg.loss, cfg.data, cfg.train) if hasattr(s, action.dest)]
+            assert len(sections) == 1, f"{action.dest} must belong to exactly one config section"
+            assert getattr(sections[0], action.dest) == value, argv
     # ... and every config field is read somewhere in the project beyond its definition.
     source = "\n".join(p.read_text() for p in Path(caer_train.__file__).parent.glob("*.py"))
     for section in (cfg.model, cfg.loss, cfg.data, cfg.train):
