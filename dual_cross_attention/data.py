@@ -1,4 +1,4 @@
-"""Datasets for DCAL: CUB-200-2011, class-per-folder train/val trees, and a synthetic
+"""Datasets for DCAL: CUB-200-2011, class-per-folder train/val(/test) trees, and a synthetic
 fine-grained set where only a small local part decides the class.
 
 Every dataset returns (image (3, S, S) float, label, index). Augmentation randomness comes from
@@ -8,17 +8,32 @@ the crops and flips of an uninterrupted one whatever the number of workers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from common.cli import arg, at_least, between
 from common.runtime import DataError, read_text, sample_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class DataConfig:
+    data_root: str | None = arg(None, "CUB_200_2011 folder or a train/val(/test) class-folder tree "
+                                "(default: the built-in synthetic set)")
+    resize: int = arg(550, "shorter side before cropping --image-size (real data)", check=at_least(1))
+    synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
+    synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
+    synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
+    synthetic_classes: int = arg(10, "synthetic classes", check=between(2, 128, int))
+    synthetic_decoys: int = arg(3, "decoy parts per synthetic image (same palette and size as the class part, "
+                                "random patterns)", check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -142,17 +157,37 @@ def folder_samples(root: Path, split: str, classes: list[str] | None = None):
 
 
 def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int):
+    """(train, val, test) datasets; test is the val dataset itself where the data has no third split."""
     root = Path(root)
     if (root / "images.txt").is_file():
         train, classes = cub_samples(root, train=True)
         val, _ = cub_samples(root, train=False)
+        # NOTE(deviation): CUB-200-2011 has a train and a test split only. Until a validation split is
+        # carved from the train images, validation (best.pt) and the final test use the same test
+        # images, so the test score is optimistic; train.py says so.
+        test = val
     elif (root / "train").is_dir():
         train, classes = folder_samples(root, "train")
         val, _ = folder_samples(root, "val", classes)
+        test = folder_samples(root, "test", classes)[0] if (root / "test").is_dir() else val  # as CUB without test/
     else:
         raise DataError(f"{root}: neither a CUB-200-2011 folder (images.txt) nor a train/val class-folder tree")
-    return (_FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed),
-            _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed))
+    train_set = _FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed)
+    val_set = _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed)
+    test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False), seed)
+    return train_set, val_set, test_set
+
+
+def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, int]:
+    """{"train", "val", "test"} datasets and the number of classes: real data under cfg.data_root,
+    else the synthetic set."""
+    if cfg.data_root is not None:
+        train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed)
+        return {"train": train, "val": val, "test": test}, len(train.classes)
+    sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
+    splits = {split: SyntheticParts(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
+                                    split=split) for split, n in sizes.items()}
+    return splits, cfg.synthetic_classes
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -167,26 +202,30 @@ class SyntheticParts(torch.utils.data.Dataset):
     A global colour histogram cannot tell the classes apart, and decoys look like parts: the
     model must find the one part whose pattern is a class pattern and read it, which is what
     GLCA's rollout-selected local queries are for. Class patterns are distinct and depend on the
-    seed only (shared by train and val); images are generated once from (seed, split) and
-    shifted by whole cells per (seed, epoch, index) in training."""
+    seed only (shared by all splits); images are generated once from (seed, split), each split
+    from its own stream, and shifted by whole cells per (seed, epoch, index) in training."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
+    SPLITS = ("train", "val", "test")
 
     def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
-                 decoys: int = 3, seed: int = 0, train: bool = True):
+                 decoys: int = 3, seed: int = 0, split: str = "train"):
         if image_size % part or part % 2:
             raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
         colours = len(self.PALETTE)
         if num_classes > colours**4 // 2:
             raise ValueError(f"at most {colours**4 // 2} synthetic classes (2x2 patterns over {colours} colours)")
-        self.num_classes, self.image_size, self.part, self.seed, self.train = num_classes, image_size, part, seed, train
+        if split not in self.SPLITS:
+            raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
+        self.num_classes, self.image_size, self.part, self.seed = num_classes, image_size, part, seed
+        self.train = split == "train"
         self.epoch = 0
         g_cls = torch.Generator().manual_seed(seed)
         codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
         digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1)  # (colours^4, 4)
         digits = digits.view(-1, 2, 2)  # (patterns, 2, 2): colour index of each cell
         patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
-        g = torch.Generator().manual_seed(seed * 7919 + (1 if train else 2))
+        g = torch.Generator().manual_seed(seed * 7919 + 1 + self.SPLITS.index(split))
         self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)
         field = torch.rand(num_samples, 3, 4, 4, generator=g) * 0.6 + 0.2
         images = TF.resize(field, [image_size, image_size], antialias=True)  # smooth background

@@ -19,26 +19,51 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from common.cli import arg, at_least, between
 from common.losses import UncertaintyWeighting
+
+PRESETS = {  # ViT sizes picked by --model; --embed-dim / --depth / --heads / --patch-size override one entry
+    "tiny": dict(embed_dim=64, depth=4, num_heads=4, patch_size=4),
+    "small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),  # ViT-B/16, the paper's backbone
+}
 
 
 @dataclass
 class DCALConfig:
-    image_size: int = 448  # input side in pixels (square images)
-    patch_size: int = 16  # patch side; tokens = (image_size / patch_size)^2 patches + CLS
+    preset: str | None = arg(None, "ViT size, fills the sizes below that are left unset (default: base = ViT-B/16 "
+                             "as in the paper; tiny on the synthetic data)", choices=sorted(PRESETS), flag="--model")
+    image_size: int | None = arg(None, "input side in pixels, square images (default: 448 as in the paper; 32 on "
+                                 "the synthetic data)", check=at_least(1))
+    patch_size: int | None = arg(None, "patch side; tokens = (image_size / patch_size)^2 patches + CLS "
+                                 "(default: from --model)", check=at_least(1))
     in_chans: int = 3  # input channels
-    num_classes: int = 200  # classes of the SA / GLCA / PWCA classifiers
-    embed_dim: int = 768  # token width D
-    depth: int = 12  # L SA blocks (the PWCA stream runs through the same T = L blocks)
-    num_heads: int = 12  # attention heads per block
+    num_classes: int = 200  # classes of the SA / GLCA / PWCA classifiers (train.py: from the data)
+    embed_dim: int | None = arg(None, "token width D (default: from --model)", check=at_least(1))
+    depth: int | None = arg(None, "L SA blocks; the PWCA stream runs through the same T = L blocks "
+                            "(default: from --model)", check=at_least(1))
+    num_heads: int | None = arg(None, "attention heads per block (default: from --model)", check=at_least(1),
+                                flag="--heads")
     mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * D
     qkv_bias: bool = True  # bias on the fused q/k/v projection (ViT and DeiT have one)
     ln_eps: float = 1e-6  # LayerNorm epsilon of torchvision / timm ViTs
-    drop_path: float = 0.1  # stochastic depth rate of the last block, linear from 0 at the first
-    glca: bool = True  # build the GLCA branch (M = 1 block)
-    pwca: bool = True  # build the PWCA branch (training only)
-    top_ratio: float = 0.1  # R as a fraction of the patches: GLCA local queries (10% FGVC, 30% Re-ID)
-    grad_checkpoint: bool = False  # recompute each block in backward to save activation memory
+    drop_path: float = arg(0.1, "stochastic depth rate of the last block, linear from 0 at the first",
+                           check=between(0.0, 1.0))
+    glca: bool = arg(True, "the GLCA branch (M = 1 block)")
+    pwca: bool = arg(True, "the PWCA branch (training only; pairs images within a batch)")
+    top_ratio: float = arg(0.1, "R as a fraction of the patches: GLCA local queries (10%% FGVC, 30%% Re-ID)",
+                           check=between(0.0, 1.0))
+    grad_checkpoint: bool = arg(False, "recompute each block in backward to save activation memory")
+
+    def __post_init__(self):
+        # what is left unset comes from the preset; without one, the paper's ViT-B/16 at 448 px
+        # (train.py picks the tiny ViT at 32 px for the synthetic data before this runs)
+        self.preset = self.preset if self.preset is not None else "base"
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.image_size is None:
+            self.image_size = 448
 
     @property
     def grid(self) -> int:

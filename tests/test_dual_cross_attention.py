@@ -47,7 +47,7 @@ def test_every_parameter_gets_a_gradient():
 
 def test_synthetic_classes_share_background_and_differ_by_part():
     ds = SyntheticParts(200, num_classes=4, image_size=24, seed=1)
-    val = SyntheticParts(50, num_classes=4, image_size=24, seed=1, train=False)
+    val = SyntheticParts(50, num_classes=4, image_size=24, seed=1, split="val")
     assert ds.images.shape == (200, 3, 24, 24) and len(val) == 50
     # mean colour per class nearly equal: the whole-image statistics do not give the class away
     means = torch.stack([ds.images[ds.labels == c].mean() for c in range(4)])
@@ -58,9 +58,9 @@ def test_synthetic_classes_share_background_and_differ_by_part():
 
 def test_train_smoke_writes_run_folder(tmp_path):
     out = tmp_path / "run"
-    summary = main(["--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16", "--epochs", "1",
-                    "--out", str(out), "--log-interval", "1", "--synthetic-classes", "4"])
-    assert {"config.json", "log.csv", "last.pt", "best.pt"} <= {p.name for p in out.iterdir()}
+    summary = main(["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--batch-size", "16",
+                    "--epochs", "1", "--out", str(out), "--log-interval", "1", "--synthetic-classes", "4"])
+    assert {"config.json", "log.csv", "last.pt", "best.pt", "results.json"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows[0]["step"] == "1" and rows[-1]["val_top1"] != ""
-    assert 0.0 <= summary["val_top1"] <= 1.0 and summary["step"] == 4
+    assert 0.0 <= summary["val"]["top1"] <= 1.0 and 0.0 <= summary["test"]["top1"] <= 1.0 and summary["step"] == 4

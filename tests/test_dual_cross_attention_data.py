@@ -11,8 +11,9 @@ from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_
 
 
 def test_cub_layout_reads_splits_and_zero_based_labels(tmp_path):
-    train, val = build_real_datasets(write_cub(tmp_path / "CUB"), resize=24, crop=16, seed=0)
+    train, val, test = build_real_datasets(write_cub(tmp_path / "CUB"), resize=24, crop=16, seed=0)
     assert len(train) == 3 and len(val) == 3 and len(train.classes) == 3
+    assert test is val  # CUB has no third split: validation and test share the test images (for now)
     assert [label for _, label in train.samples] == [0, 1, 2]
     image, label, index = train[1]
     assert image.shape == (3, 16, 16) and label == 1 and index == 1
@@ -31,7 +32,7 @@ def test_cub_empty_split_and_corrupt_image_name_the_file(tmp_path):
     root = write_cub(tmp_path / "CUB2")
     bad = root / "images" / "001.bird_1" / "img_1.jpg"
     bad.write_bytes(b"not a jpeg")
-    train, _ = build_real_datasets(root, 24, 16, 0)
+    train, _, _ = build_real_datasets(root, 24, 16, 0)
     with pytest.raises(DataError, match="img_1.jpg"):
         train[0]
 
@@ -41,8 +42,11 @@ def test_class_folders_train_val(tmp_path):
         for name in ("cat", "dog"):
             for i in range(n):
                 write_image(tmp_path / "data" / split / name / f"{i}.png")
-    train, val = build_real_datasets(tmp_path / "data", 24, 16, 0)
-    assert train.classes == ["cat", "dog"] and len(train) == 4 and len(val) == 2
+    train, val, test = build_real_datasets(tmp_path / "data", 24, 16, 0)
+    assert train.classes == ["cat", "dog"] and len(train) == 4 and len(val) == 2 and test is val
+    write_image(tmp_path / "data" / "test" / "dog" / "0.png")
+    _, val, test = build_real_datasets(tmp_path / "data", 24, 16, 0)
+    assert len(val) == 2 and [label for _, label in test.samples] == [1]  # a test/ folder is the test split
     write_image(tmp_path / "data" / "val" / "bird" / "0.png")
     with pytest.raises(DataError, match="unknown class folder.*bird"):
         build_real_datasets(tmp_path / "data", 24, 16, 0)

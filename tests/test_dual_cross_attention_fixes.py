@@ -4,7 +4,6 @@ import contextlib
 import csv
 import gc
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -59,8 +58,8 @@ def test_dcal_wd_decoupled_and_no_decay_on_norms_tokens_loss_weights():
         torch.testing.assert_close(after[name], before[name] * (1 - lr * wd))
 
 
-TINY_RUN = ["--synthetic-train", "48", "--synthetic-val", "16", "--synthetic-classes", "4", "--image-size", "16",
-            "--embed-dim", "32", "--depth", "2", "--heads", "2", "--log-interval", "1"]
+TINY_RUN = ["--synthetic-train", "48", "--synthetic-val", "16", "--synthetic-test", "16", "--synthetic-classes", "4",
+            "--image-size", "16", "--embed-dim", "32", "--depth", "2", "--heads", "2", "--log-interval", "1"]
 
 
 @pytest.mark.slow
@@ -68,13 +67,13 @@ def test_dcal_lr_paper_rule_on_effective_batch_with_warmup(tmp_path):
     """DCAL-LR: the baseline's 5e-4*sqrt(batch/16) on the per-device batch gives 22x the paper's
     5e-4/512 x effective batch here; the fix uses batch x accumulation, warms up, and keeps the
     seed's sqrt rule as an option."""
-    common = TINY_RUN + ["--batch-size", "8", "--accum-steps", "2", "--base-lr", "5e-4", "--max-iters", "3",
-                         "--warmup-epochs", "1"]
+    common = TINY_RUN + ["--batch-size", "8", "--accum-steps", "2", "--base-lr", "5e-4", "--max-iters", "3"]
     baseline_lr = 5e-4 * (8 / 16) ** 0.5
     summary = main(common + ["--out", str(tmp_path / "linear")])
     assert summary["effective_batch"] == 16
     assert summary["peak_lr"] == 5e-4 * 16 / 512 and baseline_lr / summary["peak_lr"] > 20
     rows = [r for r in csv.DictReader(open(tmp_path / "linear" / "log.csv")) if r["lr"]]
+    # the default warm-up on the synthetic data: one epoch, 3 steps of 2 micro-batches
     assert summary["warmup_steps"] == 3 and abs(float(rows[0]["lr"]) / (summary["peak_lr"] / 3) - 1) < 1e-5  # warm-up
     sqrt = main(common + ["--lr-rule", "sqrt", "--out", str(tmp_path / "sqrt")])
     assert abs(sqrt["peak_lr"] - 5e-4) < 1e-12  # the seed's rule, now on the effective batch 16
@@ -291,7 +290,7 @@ def test_dcal_accum_two_micro_batches_equal_one_full_batch_and_skip_sync():
 
 def _val_loader(dataset, batch_size):
     sampler = EpochSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
-    return make_loader(dataset, sampler, SimpleNamespace(batch_size=batch_size, workers=0, seed=0))
+    return make_loader(dataset, sampler, workers=0, seed=0)
 
 
 def _baseline_evaluate(model, loader):
@@ -313,7 +312,7 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
     with torch.no_grad():  # sharper logits, so the partner visibly changes the PWCA term
         model.head.weight.mul_(50.0)
         model.glca_head.weight.mul_(50.0)
-    data = SyntheticParts(24, num_classes=4, image_size=16, seed=0, train=False)
+    data = SyntheticParts(24, num_classes=4, image_size=16, seed=0, split="val")
     baseline_a = _baseline_evaluate(model, _val_loader(data, 8))
     baseline_b = _baseline_evaluate(model, _val_loader(data, 3))
     assert not torch.equal(baseline_a, baseline_b)
@@ -327,9 +326,9 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
         out = model(data.images)
     assert "pwca" not in out
     combined = (out["sa"].softmax(-1) + out["glca"].softmax(-1)).argmax(-1)
-    assert result_a["val_top1"] == (combined == data.labels).double().mean().item()
-    assert result_a["val_top1_sa"] == (out["sa"].argmax(-1) == data.labels).double().mean().item()
-    assert result_a["val_top1_glca"] == (out["glca"].argmax(-1) == data.labels).double().mean().item()
+    assert result_a["top1"] == (combined == data.labels).double().mean().item()
+    assert result_a["top1_sa"] == (out["sa"].argmax(-1) == data.labels).double().mean().item()
+    assert result_a["top1_glca"] == (out["glca"].argmax(-1) == data.labels).double().mean().item()
 
 
 def test_dcal_glca_init_copies_pretrained_last_block_and_keeps_loaded_tensors():
