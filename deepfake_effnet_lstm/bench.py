@@ -26,9 +26,8 @@ import time
 import torch
 
 from common.runtime import EpochSampler, pick_device, seed_worker
-from deepfake_effnet_lstm.data import make_datasets
+from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss
-from deepfake_effnet_lstm.train import parse_args as train_args
 
 
 def sync(device: torch.device) -> None:
@@ -113,9 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return {}
 
-    data_argv = ["--frames", str(args.frames), "--image-size", str(args.image_size)]
-    data_argv += ["--data-root", args.data_root] if args.data_root else []
-    datasets, _, _ = make_datasets(train_args(data_argv))
+    data_cfg = DataConfig(data_root=args.data_root, frames=args.frames, image_size=args.image_size)
+    datasets, _, _ = make_datasets(data_cfg, seed=0)
     print(f"device {device}, batch {args.batch_size}, T {args.frames}, {args.image_size}px, "
           f"{'real data' if args.data_root else 'synthetic data'}, {torch.get_num_threads()} torch threads")
     results = {}

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from common.cli import arg, at_least, between
 from common.runtime import DataError, read_text, sample_generator
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
@@ -225,6 +226,30 @@ def load_image(path: Path, size: int, mode: str = "RGB") -> torch.Tensor:
 
 
 @dataclass
+class DataConfig:
+    data_root: str | None = arg(None, "folder with index.csv and <video>/ frame folders (default: none, the "
+                                "synthetic demo)")
+    index: str | None = arg(None, "index CSV (default: <data-root>/index.csv)")
+    mask_root: str | None = arg(None, "folder of masks parallel to the frames (enables --attention-loss-weight)")
+    frames: int = arg(8, "T, frames per sequence", check=at_least(1))
+    image_size: int = arg(32, "face crops are resized to this square side", check=at_least(1))
+    pad_short: bool = arg(False, "repeat the last frame of videos shorter than T (counted)")
+    val_fraction: float = arg(0.15, "share of groups for validation (index without a split column)",
+                              check=between(0.0, 1.0))
+    test_fraction: float = arg(0.15, "share of groups for test (index without a split column)", check=between(0.0, 1.0))
+    subset_fraction: float = arg(1.0, "keep this share of the videos of each split and class (at least one)",
+                                 check=between(0.0, 1.0))
+    eval_clips: int = arg(2, "sequences per video in validation / test", check=at_least(1))
+    synthetic_train: int = arg(384, "synthetic training videos", check=at_least(1))
+    synthetic_val: int = arg(96, "synthetic validation videos", check=at_least(1))
+    synthetic_test: int = arg(96, "synthetic test videos", check=at_least(1))
+    synthetic_frames: int = arg(16, "frames per synthetic video", check=at_least(1))
+    augment: bool = arg(True, "training augmentation, drawn once per sequence")
+    aug_blur: float = arg(0.0, "probability of a Gaussian blur (training; 0: off)", check=between(0.0, 1.0))
+    aug_noise: float = arg(0.0, "std of compression-like noise (training; 0: off)", check=at_least(0.0, float))
+
+
+@dataclass
 class AugmentConfig:
     flip: float = 0.5  # probability of a horizontal flip
     rotation: float = 10.0  # max degrees
@@ -322,35 +347,35 @@ def upsample_map(attention_map: torch.Tensor, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- putting it together
 
 
-def make_datasets(args) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, dict]:
+def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, dict]:
     """Datasets of the three splits, training class weights, and counts to print."""
-    if args.data_root:
-        root = Path(args.data_root)
-        index = Path(args.index) if args.index else root / "index.csv"
-        records, padded = read_index(index, root, Path(args.mask_root) if args.mask_root else None,
-                                     args.frames, args.pad_short)
-        splits = split_records(records, args.val_fraction, args.test_fraction, args.seed)
+    if cfg.data_root:
+        root = Path(cfg.data_root)
+        index = Path(cfg.index) if cfg.index else root / "index.csv"
+        records, padded = read_index(index, root, Path(cfg.mask_root) if cfg.mask_root else None,
+                                     cfg.frames, cfg.pad_short)
+        splits = split_records(records, cfg.val_fraction, cfg.test_fraction, seed)
         source = str(index)
     else:
-        sizes = {"train": args.synthetic_train, "val": args.synthetic_val, "test": args.synthetic_test}
-        splits = {s: synthetic_records(n, args.seed, args.synthetic_frames, s) for s, n in sizes.items()}
+        sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
+        splits = {s: synthetic_records(n, seed, cfg.synthetic_frames, s) for s, n in sizes.items()}
         padded, source = 0, "synthetic videos"
-    splits = {s: subsample(r, args.subset_fraction, args.seed) for s, r in splits.items()}
+    splits = {s: subsample(r, cfg.subset_fraction, seed) for s, r in splits.items()}
     for name in ("train", "val"):
         check_two_classes(name, splits[name], source)
     all_records = [r for s in SPLITS for r in splits[s]]
-    augment = AugmentConfig(blur=args.aug_blur, noise=args.aug_noise) if args.augment else None
+    augment = AugmentConfig(blur=cfg.aug_blur, noise=cfg.aug_noise) if cfg.augment else None
     # FIX(DFD-SPLIT-BY-VIDEO): split VIDEOS (grouped by original) before building samples; the seed
     # split shuffled samples with random_split, so frames of one video / identity sat on both sides.
-    # was: full = VideoSequenceDataset(all_records, args.frames, args.image_size, train=True, augment=augment, seed=args.seed)
+    # was: full = VideoSequenceDataset(all_records, cfg.frames, cfg.image_size, train=True, augment=augment, seed=seed)
     #      full.clips = 1
     #      cut = [len(splits["train"]), len(splits["val"]), len(splits["test"])]
-    #      subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(args.seed))
+    #      subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(seed))
     #      datasets = dict(zip(SPLITS, subsets))
     #      for subset in subsets:
     #          subset.records, subset.clips, subset.has_masks, subset.set_epoch = full.records, 1, full.has_masks, full.set_epoch
-    make = lambda split, aug: VideoSequenceDataset(splits[split], args.frames, args.image_size, train=split == "train",
-                                                   augment=aug, clips=args.eval_clips, seed=args.seed)
+    make = lambda split, aug: VideoSequenceDataset(splits[split], cfg.frames, cfg.image_size, train=split == "train",
+                                                   augment=aug, clips=cfg.eval_clips, seed=seed)
     datasets = {s: make(s, augment) for s in SPLITS}
     # FIX(DFD-AUG-AFTER-SPLIT): augmentation belongs to the training split only; the seed augmented the
     # whole set before splitting, so validation scores moved with the random augmentation draw.

@@ -18,20 +18,25 @@ import torch.nn.functional as F
 import torchvision
 from einops import rearrange
 
+from common.cli import arg, at_least, between
+
 # Output channels of efficientnet_b0.features[i] (torchvision); stage i has stride 2,2,4,8,16,16,32,32,32.
 STAGE_CHANNELS = (32, 16, 24, 40, 80, 112, 192, 320, 1280)
 
 
 @dataclass
 class DetectorConfig:
-    attention: str = "gate"  # 'gate': sigmoid(conv1x1) map (EfficientNetAutoAtt) or 'cbam': channel + spatial gates
-    attention_stage: int = 3  # index into efficientnet_b0.features after which attention acts (3: stride 8, 40 channels)
-    lstm_hidden: int = 128  # per-direction hidden size of the temporal LSTM
-    lstm_layers: int = 1  # stacked LSTM layers
-    bidirectional: bool = True  # read the sequence both ways; the head sees both final states
-    num_logits: int = 2  # 2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit
-    dropout: float = 0.2  # on the pooled frame features and before the head
-    pretrained: bool = False  # torchvision ImageNet weights for the backbone (needs a download)
+    attention: str = arg("gate", "attention inside the backbone: 'gate', a sigmoid(conv1x1) map (EfficientNetAutoAtt), "
+                         "or 'cbam', channel + spatial gates", choices=("gate", "cbam"))
+    attention_stage: int = arg(3, "index into efficientnet_b0.features after which attention acts (3: stride 8, "
+                               "40 channels)", check=between(0, len(STAGE_CHANNELS) - 2, int))
+    lstm_hidden: int = arg(128, "per-direction hidden size of the temporal LSTM", check=at_least(1))
+    lstm_layers: int = arg(1, "stacked LSTM layers", check=at_least(1))
+    bidirectional: bool = arg(True, "read the sequence both ways; the head sees both final states")
+    num_logits: int = arg(2, "2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit",
+                          choices=(1, 2))
+    dropout: float = arg(0.2, "dropout on the pooled frame features and before the head", check=between(0.0, 1.0))
+    pretrained: bool = arg(False, "torchvision ImageNet weights for the backbone (needs a download)")
 
 
 class SigmoidGate(nn.Module):

@@ -3,12 +3,14 @@
     python deepfake_effnet_lstm/train.py                       # synthetic demo (flickering fakes)
     python deepfake_effnet_lstm/train.py --data-root faces/ --frames 16 --image-size 224 --pretrained
     python deepfake_effnet_lstm/train.py --resume runs/deepfake_effnet_lstm/last.pt
-    torchrun --nproc_per_node 2 deepfake_effnet_lstm/train.py --max-iters 20
+    torchrun --nproc_per_node 2 deepfake_effnet_lstm/train.py --max-iters 20 --test
 
 The loop follows polimi-ispl/icpr2020dfdc train_binclass.py: a global iteration counter across
-epochs, train metrics and last.pt every --log-interval, validation every --val-interval AND at the
-end of every epoch (periodic checkpoint, best.pt on validation loss, attention overlays), the lr
-divided by 10 on a validation-loss plateau, stop at --max-iters or when the lr floor is reached.
+epochs, a train metrics row every --log-interval, validation every --val-interval AND at the end
+of every epoch and at the last step (each one writes a periodic step<N>.pt, best.pt on validation
+loss, attention overlays), the lr divided by 10 on a validation-loss plateau, stop at --max-iters
+or when the lr floor is reached. last.pt is written every --ckpt-interval steps, at every epoch
+end and on a stop signal. Every checkpoint is a full run checkpoint: any of them resumes the run.
 """
 
 import sys
@@ -17,41 +19,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
+from common.cli import above, add_args, arg, at_least, between, from_args
+from common.lifecycle import (
+    Run,
+    check_resume_config,
+    checkpoint_bytes,
+    load_model_state,
+    load_run_checkpoint,
+    parse_with_resume,
+    run_args,
+    run_cli,
+)
 from common.metrics import accuracy, average_precision, precision_recall_f1, roc_auc
 from common.runtime import (
-    CSVLogger,
+    DataError,
+    DistInfo,
     EpochSampler,
     assert_replicas_in_sync,
     autocast,
     autocast_dtype,
-    check_config_compatible,
     check_finite,
     cleanup_distributed,
     gather_cat,
     is_main,
-    load_checkpoint,
     make_grad_scaler,
-    prepare_run_dir,
-    rng_state,
-    save_checkpoint,
     seed_everything,
     seed_worker,
-    set_rng_state,
     setup_distributed,
-    unwrap,
-    write_config,
 )
 from common.schedulers import PlateauController
-from deepfake_effnet_lstm.data import CLASS_NAMES, denormalize, make_datasets, upsample_map
+from deepfake_effnet_lstm.data import CLASS_NAMES, DataConfig, denormalize, make_datasets, upsample_map
 from deepfake_effnet_lstm.model import (
     DeepfakeDetector,
     DetectorConfig,
@@ -60,71 +68,94 @@ from deepfake_effnet_lstm.model import (
     fake_probability,
 )
 
+PROJECT = "deepfake_effnet_lstm"
+DEFAULT_OUT = f"runs/{PROJECT}"
 # keys that define the architecture and the class count: a resume with other values is refused
-ARCH_KEYS = ["attention", "attention_stage", "lstm_hidden", "lstm_layers", "bidirectional", "num_logits", "image_size"]
+RESUME_KEYS = ["attention", "attention_stage", "lstm_hidden", "lstm_layers", "bidirectional", "num_logits", "image_size"]
 METRICS = ["loss", "acc", "precision", "f1", "roc_auc", "ap"]
-LOG_COLUMNS = (["step", "epoch", "split", "lr"] + METRICS + [f"video_{m}" for m in METRICS[1:]])
+LOG_COLUMNS = ["step", "epoch", "split", "lr"] + METRICS + [f"video_{m}" for m in METRICS[1:]]
+WINDOW = ("loss", "prob", "label", "video")  # training outputs kept between two train rows
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--data-root", help="folder with index.csv and <video>/ frame folders; absent -> synthetic")
-    g.add_argument("--index", help="index CSV (default <data-root>/index.csv)")
-    g.add_argument("--mask-root", help="folder of masks parallel to the frames (enables --attention-loss-weight)")
-    g.add_argument("--frames", type=int, default=8, help="T, frames per sequence")
-    g.add_argument("--image-size", type=int, default=32, help="face crops are resized to this square side")
-    g.add_argument("--pad-short", action="store_true", help="repeat the last frame of videos shorter than T (counted)")
-    g.add_argument("--val-fraction", type=float, default=0.15, help="share of groups for validation (no split column)")
-    g.add_argument("--test-fraction", type=float, default=0.15, help="share of groups for test (no split column)")
-    g.add_argument("--subset-fraction", type=float, default=1.0, help="keep this share of the videos of each split")
-    g.add_argument("--eval-clips", type=int, default=2, help="sequences per video in validation / test")
-    g.add_argument("--synthetic-train", type=int, default=384, help="synthetic training videos")
-    g.add_argument("--synthetic-val", type=int, default=96, help="synthetic validation videos")
-    g.add_argument("--synthetic-test", type=int, default=96, help="synthetic test videos")
-    g.add_argument("--synthetic-frames", type=int, default=16, help="frames per synthetic video")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
-    g.add_argument("--aug-blur", type=float, default=0.0, help="probability of a Gaussian blur (training)")
-    g.add_argument("--aug-noise", type=float, default=0.0, help="std of compression-like noise (training)")
-    g = p.add_argument_group("model")
-    g.add_argument("--attention", choices=["gate", "cbam"], default="gate", help="attention module inside the backbone")
-    g.add_argument("--attention-stage", type=int, default=3, help="efficientnet_b0.features index it follows")
-    g.add_argument("--lstm-hidden", type=int, default=128, help="per-direction LSTM hidden size")
-    g.add_argument("--lstm-layers", type=int, default=1, help="stacked LSTM layers")
-    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True, help="bidirectional LSTM")
-    g.add_argument("--num-logits", type=int, choices=[1, 2], default=2, help="2: weighted CE; 1: weighted BCE")
-    g.add_argument("--dropout", type=float, default=0.2, help="dropout on frame features and before the head")
-    g.add_argument("--pretrained", action="store_true", help="torchvision ImageNet weights (needs internet)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, help="Adam learning rate; default 1e-4 (icpr2020dfdc) on real data, "
-                   "1e-3 on the synthetic demo (random init, tiny frames, a 3-minute budget)")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per step (per process)")
-    g.add_argument("--max-iters", type=int, default=200, help="stop after this many optimizer steps")
-    g.add_argument("--epochs", type=int, help="optional cap on epochs")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
-    g.add_argument("--attention-loss-weight", type=float, default=0.0, help="weight of the mask loss (needs masks)")
-    g.add_argument("--plateau-patience", type=int, default=10, help="validations without improvement before lr/10")
-    g.add_argument("--plateau-cooldown", type=int, default=20, help="validations to wait after a reduction")
-    g.add_argument("--min-lr-factor", type=float, default=1e-5, help="min_lr = lr * this; stop when reached")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/deepfake_effnet_lstm", help="run folder")
-    g.add_argument("--resume", help="checkpoint to resume from, e.g. <out>/last.pt")
-    g.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation and init")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="plain fp32 on CUDA")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    g.add_argument("--log-interval", type=int, default=25, help="steps between train rows and last.pt")
-    g.add_argument("--val-interval", type=int, default=749, help="steps between validations (also every epoch end)")
-    g.add_argument("--ckpt-interval", type=int, default=0, help="extra last.pt every N steps (0: only at log steps)")
-    g.add_argument("--test", action="store_true", help="evaluate best.pt on the test split at the end")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="TensorBoard scalars, PR curves and overlays (when tensorboard is installed)")
-    g.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=True,
-                   help="attention overlay PNGs (one real, one fake validation video) at every validation")
-    args = p.parse_args(argv)
+@dataclass
+class TrainConfig:
+    lr: float | None = arg(None, "Adam learning rate (default: 1e-4 as icpr2020dfdc with --data-root, 1e-3 on the "
+                           "synthetic demo, which starts from random weights on tiny frames)", check=above(0.0))
+    warmup_steps: int | None = arg(None, "linear lr warm-up in optimizer steps (default: none, as icpr2020dfdc)",
+                                   check=at_least(0))
+    batch_size: int = arg(8, "sequences per step and per process", check=at_least(1))
+    max_iters: int = arg(200, "stop after this many optimizer steps", check=at_least(1))
+    epochs: int | None = arg(None, "optional cap on epochs (default: none, --max-iters decides)", check=at_least(1))
+    grad_clip: float = arg(1.0, "max gradient norm (0 = off)", check=at_least(0.0, float))
+    attention_loss_weight: float = arg(0.0, "weight of the attention mask loss (needs masks: --mask-root, or the "
+                                       "synthetic data; 0: off)", check=at_least(0.0, float))
+    plateau_patience: int = arg(10, "validations without improvement before lr / 10", check=at_least(0))
+    plateau_cooldown: int = arg(20, "validations to wait after a reduction", check=at_least(0))
+    min_lr_factor: float = arg(1e-5, "min_lr = lr x this; the run stops when the lr sits there without improving",
+                               check=between(0.0, 1.0))
+
+
+@dataclass
+class EvalConfig:
+    val_interval: int = arg(749, "optimizer steps between validations, as icpr2020dfdc (also at every epoch end and "
+                            "at the last step)", check=at_least(1))
+    test: bool = arg(False, "score best.pt on the test split at the end (results.json, test_metrics.json)")
+    tensorboard: bool = arg(True, "TensorBoard scalars, PR curves and overlays (when tensorboard is installed)")
+    overlays: bool = arg(True, "attention overlay PNGs (one real, one fake validation video) at every validation")
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: DetectorConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+GROUPS = {"data": DataConfig, "model": DetectorConfig, "optimisation": TrainConfig, "evaluation": EvalConfig}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for title, cls in GROUPS.items():
+        add_args(parser, cls, title)
+    run_args(parser, DEFAULT_OUT, ckpt_interval=25, log_interval=25)
+    return parser
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that involve two flags: parse errors (exit 2) before anything runs."""
+    if args.val_fraction + args.test_fraction >= 1:
+        parser.error(f"--val-fraction {args.val_fraction} + --test-fraction {args.test_fraction} leave no "
+                     f"training videos")
+    if args.attention_loss_weight > 0 and args.data_root and not args.mask_root:
+        parser.error("--attention-loss-weight needs masks: pass --mask-root (the synthetic data has them)")
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The recipe-dependent defaults (flags left at None), written back so checkpoints hold them."""
     if args.lr is None:
         args.lr = 1e-4 if args.data_root else 1e-3
+    if args.warmup_steps is None:
+        args.warmup_steps = 0
     return args
+
+
+def configs_from(args: argparse.Namespace) -> Config:
+    return Config(*(from_args(cls, args) for cls in GROUPS.values()))
+
+
+def config_dict(cfg: Config, args: argparse.Namespace) -> dict:
+    """config.json and the checkpoints' "config": the dataclasses, plus the run flags."""
+    own = {f.name for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+    return {**dataclasses.asdict(cfg), "run": {k: v for k, v in vars(args).items() if k not in own}}
+
+
+def lr_at(step: int, plateau_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to the plateau controller's lr over `warmup_steps`, then that lr."""
+    if step < warmup_steps:
+        return plateau_lr * (step + 1) / warmup_steps
+    return plateau_lr
 
 
 def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tensor) -> dict:
@@ -164,30 +195,219 @@ def make_loader(dataset, sampler: EpochSampler, args, epoch: int) -> torch.utils
                                        generator=generator, pin_memory=torch.cuda.is_available())
 
 
+def make_train_sampler(datasets: dict, args, dist_info: DistInfo) -> EpochSampler:
+    """This rank's shard of the training order; splits too small to train or test on are a DataError."""
+    sampler = EpochSampler(len(datasets["train"]), args.batch_size, shuffle=True, seed=args.seed,
+                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
+    if sampler.batches_per_epoch() == 0:
+        raise DataError(f"the train split gives 0 batches: {len(datasets['train'])} sequences over "
+                        f"{dist_info.world_size} process(es) at --batch-size {args.batch_size} (incomplete batches "
+                        f"are dropped); lower --batch-size or add training videos")
+    if args.test and len(datasets["test"]) == 0:
+        raise DataError("--test: the test split is empty (--test-fraction 0, or no test rows in the index)")
+    return sampler
+
+
 @torch.no_grad()
-def evaluate(model, dataset, args, device, amp_dtype, weights, dist_info) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Loss and metrics on a whole split, predictions gathered over ranks."""
+def evaluate(model, dataset, args, dist_info: DistInfo, class_weights) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Loss and metrics on a whole split, equal to a one-process evaluation's under torchrun too:
+    the one-process batches are dealt out whole to the ranks (so every sequence is scored in the
+    same batch, bit for bit) and the gathered results are put back in sample order."""
     model.eval()
-    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, rank=dist_info.rank,
-                           world_size=dist_info.world_size, drop_last=False)
-    parts = {"weighted_loss": [], "weight": [], "prob": [], "label": [], "video": []}
-    for batch in make_loader(dataset, sampler, args, epoch=0):
+    device = dist_info.device
+    amp_dtype = autocast_dtype(device, args.amp)
+    n, size = len(dataset), args.batch_size
+    batches = [list(range(i, min(i + size, n))) for i in range(0, n, size)][dist_info.rank :: dist_info.world_size]
+    # a private generator for the workers' base seed: evaluating must not move the global RNG (dropout)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
+                                         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(args.seed),
+                                         pin_memory=torch.cuda.is_available())
+    rows = [torch.zeros(0, 6, dtype=torch.float64, device=device)]  # a rank may get no batch
+    for indices, batch in zip(batches, loader):
         frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
         with autocast(device, amp_dtype):
             logits = model(frames)
-        weighted, w = classification_loss(logits, labels, weights, reduction="none")
-        for key, value in zip(parts, (weighted, w, fake_probability(logits), labels, batch["video"].to(device))):
-            parts[key].append(value)
-    gathered = {k: gather_cat(torch.cat(v)).cpu() for k, v in parts.items()}
-    metrics = {"loss": float(gathered["weighted_loss"].sum() / gathered["weight"].sum())}
-    metrics.update(binary_metrics(gathered["label"], gathered["prob"], gathered["video"]))
+        weighted, w = classification_loss(logits, labels, class_weights, reduction="none")
+        columns = (torch.tensor(indices, device=device), weighted, w, fake_probability(logits), labels,
+                   batch["video"].to(device))
+        rows.append(torch.stack([c.double() for c in columns], dim=1))  # [B, 6], exact for these values
+    table = gather_cat(torch.cat(rows))
+    table = table[table[:, 0].argsort()].cpu()  # rank by rank -> sample order
+    weighted, w, probs = table[:, 1].float(), table[:, 2].float(), table[:, 3].float()
+    labels, videos = table[:, 4].long(), table[:, 5].long()
+    metrics = {"loss": float(weighted.sum() / w.sum())}
+    metrics.update(binary_metrics(labels, probs, videos))
     model.train()
-    return metrics, gathered["label"], gathered["prob"]
+    return metrics, labels, probs
+
+
+def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
+    """The metrics of a checkpoint on one split in this one process, data and model rebuilt from the
+    checkpoint's own settings: the flat dict main() puts in results["test"]."""
+    checkpoint = load_run_checkpoint(path, PROJECT)
+    args = build_parser().parse_args([])
+    vars(args).update(checkpoint["args"])
+    cfg = configs_from(args)
+    datasets, class_weights, _ = make_datasets(cfg.data, args.seed)
+    model = DeepfakeDetector(dataclasses.replace(cfg.model, pretrained=False)).to(device)  # weights: the checkpoint's
+    load_model_state(model, checkpoint["model"], path)
+    dist_info = DistInfo(device=torch.device(device))
+    return evaluate(model, datasets[split], args, dist_info, class_weights.to(device))[0]
+
+
+@dataclass
+class LoopState:
+    """Where the run is, and what a resume needs besides weights, optimizer, controller and RNG."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    last_val: dict = field(default_factory=dict)  # metrics of the latest validation
+    window: dict = field(default_factory=lambda: {k: [] for k in WINDOW})  # this rank's outputs since the last train row
+
+
+def resumed_state(progress: dict, dist_info: DistInfo) -> LoopState:
+    windows = progress["extra"]["windows"]  # one per rank of the run that saved it
+    own = windows[dist_info.rank] if dist_info.rank < len(windows) else {}
+    window = {k: [own[k].to(dist_info.device)] if len(own.get(k, [])) else [] for k in WINDOW}
+    return LoopState(progress["step"], progress["epoch"], progress["batch_in_epoch"], progress["extra"]["last_val"],
+                     window)
+
+
+@dataclass
+class Setup:
+    """The fixed pieces the loop, the validation and the checkpoints share."""
+    run: Run
+    args: argparse.Namespace
+    dist_info: DistInfo
+    datasets: dict
+    class_weights: torch.Tensor
+    sampler: EpochSampler  # this rank's training order
+    batches_per_epoch: int
+    max_iters: int  # --max-iters, or fewer under --epochs
+    tb: object = None  # a SummaryWriter on rank 0 with --tensorboard, else None
+
+
+def save(setup: Setup, name: str, model, optimizer, scaler, controller, state: LoopState) -> None:
+    """A full run checkpoint; `name` "periodic" writes step<N>.pt. Every rank must call it."""
+    own = {k: torch.cat(v).cpu() if v else torch.empty(0) for k, v in state.window.items()}
+    windows = [own]
+    if setup.dist_info.enabled:  # each rank's own window: rank 0's alone would not resume rank 1
+        windows = [None] * setup.dist_info.world_size
+        dist.all_gather_object(windows, own)
+    extra = {
+        # FIX(DFD-MINLR-STOP): the controller's state replaces torch's scheduler state.
+        # was: "scheduler": scheduler.state_dict(),
+        "controller": controller.state_dict(),
+        "last_val": state.last_val, "windows": windows}
+    progress = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch}
+    if name == "periodic":
+        setup.run.save_periodic(state.step, model, optimizer, scaler, progress, extra)
+    else:
+        setup.run.save(name, model, optimizer, scaler, progress, extra)
+
+
+def train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup: Setup, state: LoopState) -> bool:
+    """Optimizer steps until the epoch, --max-iters or the lr floor ends them, with train rows,
+    validations and last.pt at their intervals. True when a stop signal asks to save and exit."""
+    args, run, device = setup.args, setup.run, setup.dist_info.device
+    amp_dtype = autocast_dtype(device, args.amp)
+    train_set = setup.datasets["train"]
+    setup.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    train_set.set_epoch(state.epoch)
+    ddp_model.train()
+    for batch in make_loader(train_set, setup.sampler, args, state.epoch):
+        frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
+        # FIX(DFD-MINLR-STOP): the lr is a pure function of the controller's state, written every step.
+        # was: (nothing)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state.step, controller.lr, args.warmup_steps)
+        with autocast(device, amp_dtype):
+            logits, attention_map = ddp_model(frames, return_attention=True)
+        loss_cls = classification_loss(logits, labels, setup.class_weights)
+        components = {"cls": loss_cls}
+        loss = loss_cls
+        if args.attention_loss_weight > 0:
+            components["attention"] = attention_loss(attention_map, batch["mask"].to(device))
+            loss = loss + args.attention_loss_weight * components["attention"]
+        check_finite(components, state.step)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+        for key, value in zip(WINDOW, (loss_cls.detach().view(1), fake_probability(logits.detach()), labels,
+                                       batch["video"].to(device))):
+            state.window[key].append(value)
+
+        if state.step % args.log_interval == 0:
+            log_train_window(setup, state, optimizer.param_groups[0]["lr"])
+        do_validate = state.step % args.val_interval == 0
+        # FIX(DFD-VAL-CADENCE): validate at every epoch end and at the last step too; with
+        # --val-interval 749 alone a small subset (a few dozen steps per epoch) never validated.
+        # was: (nothing)
+        do_validate = do_validate or state.batch_in_epoch == setup.batches_per_epoch or state.step == setup.max_iters
+        if do_validate:
+            validate(model, optimizer, scaler, controller, setup, state)
+        if args.ckpt_interval and state.step % args.ckpt_interval == 0:
+            save(setup, "last.pt", model, optimizer, scaler, controller, state)
+        if run.should_stop():
+            return True
+        if state.step >= setup.max_iters or controller.should_stop():
+            break
+    return False
+
+
+def log_train_window(setup: Setup, state: LoopState, lr: float) -> None:
+    """Metrics of the training outputs since the last train row, over all ranks."""
+    merged = {k: gather_cat(torch.cat(v)).cpu() for k, v in state.window.items()}
+    metrics = {"loss": float(merged["loss"].mean())}
+    metrics.update(binary_metrics(merged["label"], merged["prob"], merged["video"]))
+    state.window = {k: [] for k in WINDOW}
+    setup.run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": lr, **metrics})
+    setup.run.print(f"step {state.step} train loss {metrics['loss']:.4f} acc {metrics['acc']:.3f} "
+                    f"auc {metrics['roc_auc']:.3f}")
+    if setup.tb is not None:
+        for k, v in metrics.items():
+            setup.tb.add_scalar(f"train/{k}", v, state.step)
+
+
+def validate(model, optimizer, scaler, controller, setup: Setup, state: LoopState) -> None:
+    """Validation metrics, the plateau controller, the log row, a periodic checkpoint and best.pt
+    on the validation loss (every rank); TensorBoard and overlays on rank 0."""
+    run, args, data = setup.run, setup.args, setup.datasets
+    # FIX(DFD-VAL-DATA): validate on the validation split; the seed built its validation
+    # loader on the training set, so "validation" measured memorisation.
+    # was: metrics, val_labels, val_probs = evaluate(model, data["train"], args, setup.dist_info, setup.class_weights)
+    metrics, val_labels, val_probs = evaluate(model, data["val"], args, setup.dist_info, setup.class_weights)
+    # FIX(DFD-MINLR-STOP): step the controller on the validation loss; the loop stops when it says so.
+    # was: scheduler.step(metrics["loss"])
+    #      stop = optimizer.param_groups[0]["lr"] == min_lr
+    controller.step(metrics["loss"])
+    state.last_val = metrics
+    run.log({"step": state.step, "epoch": state.epoch, "split": "val", "lr": optimizer.param_groups[0]["lr"], **metrics})
+    run.print(f"step {state.step} VAL loss {metrics['loss']:.4f} acc {metrics['acc']:.3f} "
+              f"roc_auc {metrics['roc_auc']:.3f} video_roc_auc {metrics['video_roc_auc']:.3f}")
+    if run.improved(metrics["loss"], state.step, state.epoch):
+        save(setup, "best.pt", model, optimizer, scaler, controller, state)
+    save(setup, "periodic", model, optimizer, scaler, controller, state)
+    if is_main():
+        if setup.tb is not None:
+            for k, v in metrics.items():
+                setup.tb.add_scalar(f"val/{k}", v, state.step)
+            setup.tb.add_pr_curve("val/pr_curve", val_labels, val_probs, state.step)
+        if args.overlays:
+            save_overlays(model, data["val"], run.dir, state.step, setup.tb)
+    if controller.should_stop():
+        run.print(f"lr reached its floor {controller.min_lr:.3g} without improvement: stopping at step {state.step}")
 
 
 def save_overlays(model, dataset, run_dir: Path, step: int, tb) -> None:
     """One real and one fake validation sequence: frames on top, attention (red) blended below."""
     model.eval()
+    (run_dir / "overlays").mkdir(exist_ok=True)
     for label, name in enumerate(CLASS_NAMES):
         index = next(i for i, r in enumerate(dataset.records) if r.label == label) * dataset.clips
         frames = dataset[index]["frames"]  # [T, 3, S, S]
@@ -220,197 +440,82 @@ def print_table(title: str, metrics: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    started = time.time()
+    parser = build_parser()
+    args, resumed = parse_with_resume(parser, argv, PROJECT)
+    check_flags(parser, args)
+    cfg = configs_from(resolve_defaults(args))
+    config = config_dict(cfg, args)
     dist_info = setup_distributed(args.device)
     device = dist_info.device
-    run_dir = prepare_run_dir(args.out)
-    (run_dir / "overlays").mkdir(exist_ok=True)
-    seed_everything(args.seed + dist_info.rank)
-    config = vars(args).copy()
-    if is_main():
-        write_config(run_dir, config)
-
-    datasets, weights, info = make_datasets(args)
-    if is_main():
+    if resumed:
+        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
+    run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_loss", best_mode="min")
+    with run:
+        started = time.time()
+        seed_everything(args.seed + dist_info.rank)  # per-rank dropout streams; DDP copies rank 0's initial weights
+        datasets, class_weights, info = make_datasets(cfg.data, args.seed)
         padded = f", {info['padded']} short videos padded" if info["padded"] else ""
-        print("videos: " + ", ".join(f"{s} {n}" for s, n in info["videos"].items()) + f" ({info['source']}{padded})")
-        print(f"class weights (real, fake): {[round(w, 3) for w in weights.tolist()]}")
-    weights = weights.to(device)
-    if args.attention_loss_weight > 0 and not datasets["train"].has_masks:
-        raise ValueError("--attention-loss-weight needs masks: pass --mask-root (the synthetic data has them)")
+        run.print("videos: " + ", ".join(f"{s} {n}" for s, n in info["videos"].items()) + f" ({info['source']}{padded})")
+        run.print(f"class weights (real, fake): {[round(w, 3) for w in class_weights.tolist()]}")
+        sampler = make_train_sampler(datasets, args, dist_info)
+        batches_per_epoch = sampler.batches_per_epoch()
+        max_iters = args.max_iters if args.epochs is None else min(args.max_iters, args.epochs * batches_per_epoch)
 
-    model_cfg = DetectorConfig(attention=args.attention, attention_stage=args.attention_stage,
-                               lstm_hidden=args.lstm_hidden, lstm_layers=args.lstm_layers,
-                               bidirectional=args.bidirectional, num_logits=args.num_logits,
-                               dropout=args.dropout, pretrained=args.pretrained)
-    model = DeepfakeDetector(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    amp_dtype = autocast_dtype(device, args.amp)
-    scaler = make_grad_scaler(device, amp_dtype)
-    min_lr = args.lr * args.min_lr_factor
-    # FIX(DFD-MINLR-STOP): torch's ReduceLROnPlateau skips reductions smaller than eps=1e-8, so its
-    # lr sticks at 1e-8 > min_lr = 1e-9 and `lr == min_lr` never held; the controller lands on the floor.
-    # was: scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.plateau_patience, cooldown=args.plateau_cooldown, min_lr=min_lr)
-    controller = PlateauController(args.lr, factor=0.1, patience=args.plateau_patience,
-                                   cooldown=args.plateau_cooldown, min_lr=min_lr)
-
-    train_set = datasets["train"]
-    sampler = EpochSampler(len(train_set), args.batch_size, shuffle=True, seed=args.seed,
-                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
-    batches_per_epoch = sampler.batches_per_epoch()
-    max_iters = args.max_iters if args.epochs is None else min(args.max_iters, args.epochs * batches_per_epoch)
-    step, epoch, batch_in_epoch, best_val_loss, best_step, last_val = 0, 0, 0, float("inf"), -1, {}
-    window = {"loss": [], "prob": [], "label": [], "video": []}
-    if args.resume:
-        ckpt = load_checkpoint(args.resume, map_location=device)
-        check_config_compatible(ckpt["config"], config, ARCH_KEYS)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        # FIX(DFD-RESUME-LR): restore the plateau controller (lr, best, bad/cooldown counters); a fresh
-        # one restarted at --lr, undoing every reduction, and forgot how long the plateau had lasted.
-        # was: (nothing)
-        controller.load_state_dict(ckpt["controller"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        best_val_loss, best_step, last_val = ckpt["best_val_loss"], ckpt["best_step"], ckpt["last_val"]
-        window = {k: [v.to(device)] if len(v) else [] for k, v in ckpt["window"].items()}
-        set_rng_state(ckpt["rng_state"])
-        if is_main():
-            print(f"resumed from {args.resume} at step {step} (epoch {epoch}, lr {optimizer.param_groups[0]['lr']:.3g})")
-    logger = CSVLogger(run_dir / "log.csv", LOG_COLUMNS, resume_step=step if args.resume else None) if is_main() else None
-    tb = open_tensorboard(args, run_dir)
-    train_model = model
-    if dist_info.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def checkpoint_state() -> dict:
-        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                # FIX(DFD-MINLR-STOP): the controller's state replaces torch's scheduler state.
-                # was: "scheduler": scheduler.state_dict(),
-                "controller": controller.state_dict(),
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val_loss": best_val_loss,
-                "best_step": best_step, "last_val": last_val, "rng_state": rng_state(), "config": config,
-                "window": {k: torch.cat(v).cpu() if v else torch.empty(0) for k, v in window.items()}}
-
-    stop = False
-    bar = tqdm(total=max_iters, initial=step, disable=not is_main() or not sys.stderr.isatty(), desc="train")
-    model.train()
-    while step < max_iters and not stop:
-        sampler.set_epoch(epoch, start_batch=batch_in_epoch)
-        train_set.set_epoch(epoch)
-        for batch in make_loader(train_set, sampler, args, epoch):
-            frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
-            # FIX(DFD-MINLR-STOP): the lr is a pure function of the controller's state, written every step.
+        model = DeepfakeDetector(cfg.model).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        scaler = make_grad_scaler(device, autocast_dtype(device, args.amp))
+        min_lr = args.lr * args.min_lr_factor
+        # FIX(DFD-MINLR-STOP): torch's ReduceLROnPlateau skips reductions smaller than eps=1e-8, so its
+        # lr sticks at 1e-8 > min_lr = 1e-9 and `lr == min_lr` never held; the controller lands on the floor.
+        # was: scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.plateau_patience, cooldown=args.plateau_cooldown, min_lr=min_lr)
+        controller = PlateauController(args.lr, 0.1, args.plateau_patience, args.plateau_cooldown, min_lr)
+        state = LoopState()
+        progress = run.restore(model, optimizer, scaler)
+        if progress is not None:
+            state = resumed_state(progress, dist_info)
+            # FIX(DFD-RESUME-LR): restore the plateau controller (lr, best, bad/cooldown counters); a fresh
+            # one restarted at --lr, undoing every reduction, and forgot how long the plateau had lasted.
             # was: (nothing)
-            for group in optimizer.param_groups:
-                group["lr"] = controller.lr
-            with autocast(device, amp_dtype):
-                logits, attention_map = train_model(frames, return_attention=True)
-            loss_cls = classification_loss(logits, labels, weights)
-            components = {"cls": loss_cls}
-            loss = loss_cls
-            if args.attention_loss_weight > 0:
-                components["attention"] = attention_loss(attention_map, batch["mask"].to(device))
-                loss = loss + args.attention_loss_weight * components["attention"]
-            check_finite(components, step)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            bar.update()
-            for key, value in zip(window, (loss_cls.detach().view(1), fake_probability(logits.detach()),
-                                           labels, batch["video"].to(device))):
-                window[key].append(value)
+            controller.load_state_dict(progress["extra"]["controller"])
+        run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
+        run.restore_rng()
+        ddp_model = model
+        if dist_info.enabled:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        setup = Setup(run, args, dist_info, datasets, class_weights.to(device), sampler, batches_per_epoch,
+                      max_iters, open_tensorboard(args, run.dir))
 
-            if step % args.log_interval == 0:
-                merged = {k: gather_cat(torch.cat(v)).cpu() for k, v in window.items()}
-                train_metrics = {"loss": float(merged["loss"].mean())}
-                train_metrics.update(binary_metrics(merged["label"], merged["prob"], merged["video"]))
-                window = {k: [] for k in window}
-                if is_main():
-                    logger.log({"step": step, "epoch": epoch, "split": "train", "lr": optimizer.param_groups[0]["lr"],
-                                **train_metrics})
-                    bar.write(f"step {step} train loss {train_metrics['loss']:.4f} acc {train_metrics['acc']:.3f} "
-                              f"auc {train_metrics['roc_auc']:.3f}")
-                    if tb is not None:
-                        for k, v in train_metrics.items():
-                            tb.add_scalar(f"train/{k}", v, step)
+        while state.step < max_iters and not controller.should_stop():
+            stopped = train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup, state)
+            if state.batch_in_epoch == batches_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            save(setup, "last.pt", model, optimizer, scaler, controller, state)
+            if stopped:
+                run.exit_stopped(state.step)
 
-            do_validate = step % args.val_interval == 0
-            # FIX(DFD-VAL-CADENCE): validate at every epoch end and at the last step too; with
-            # --val-interval 749 alone a small subset (a few dozen steps per epoch) never validated.
-            # was: (nothing)
-            do_validate = do_validate or batch_in_epoch == batches_per_epoch or step == max_iters
-            if do_validate:
-                # FIX(DFD-VAL-DATA): validate on the validation split; the seed built its validation
-                # loader on the training set, so "validation" measured memorisation.
-                # was: last_val, val_labels, val_probs = evaluate(model, train_set, args, device, amp_dtype, weights, dist_info)
-                last_val, val_labels, val_probs = evaluate(unwrap(model), datasets["val"], args, device, amp_dtype,
-                                                           weights, dist_info)
-                # FIX(DFD-MINLR-STOP): step the controller on the validation loss; stop when it says so.
-                # was: scheduler.step(last_val["loss"])
-                #      stop = optimizer.param_groups[0]["lr"] == min_lr
-                controller.step(last_val["loss"])
-                stop = controller.should_stop()
-                if is_main():
-                    logger.log({"step": step, "epoch": epoch, "split": "val", "lr": optimizer.param_groups[0]["lr"],
-                                **last_val})
-                    bar.write(f"step {step} VAL loss {last_val['loss']:.4f} acc {last_val['acc']:.3f} "
-                              f"roc_auc {last_val['roc_auc']:.3f} video_roc_auc {last_val['video_roc_auc']:.3f}")
-                    save_checkpoint(run_dir / f"periodic_step{step:06d}.pt", {"model": unwrap(model).state_dict(),
-                                                                              "step": step, "config": config})
-                    if tb is not None:
-                        for k, v in last_val.items():
-                            tb.add_scalar(f"val/{k}", v, step)
-                        tb.add_pr_curve("val/pr_curve", val_labels, val_probs, step)
-                    if args.overlays:
-                        save_overlays(unwrap(model), datasets["val"], run_dir, step, tb)
-                if last_val["loss"] < best_val_loss:
-                    best_val_loss, best_step = last_val["loss"], step
-                    if is_main():
-                        save_checkpoint(run_dir / "best.pt", checkpoint_state())
-                if stop and is_main():
-                    print(f"lr reached its floor {min_lr:.3g} without improvement: stopping at step {step}")
-
-            if is_main() and (step % args.log_interval == 0 or (args.ckpt_interval and step % args.ckpt_interval == 0)):
-                save_checkpoint(run_dir / "last.pt", checkpoint_state())
-            if step >= max_iters or stop:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-    bar.close()
-    if is_main():
-        save_checkpoint(run_dir / "last.pt", checkpoint_state())
-
-    summary = {"run_dir": str(run_dir), "steps": step, "best_val_loss": best_val_loss, "best_step": best_step,
-               "stopped_early": stop, "lr": optimizer.param_groups[0]["lr"],
-               **{f"val_{k}": v for k, v in last_val.items()}}
-    if args.test and (run_dir / "best.pt").exists():
-        unwrap(model).load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-        test_metrics, _, _ = evaluate(unwrap(model), datasets["test"], args, device, amp_dtype, weights, dist_info)
-        summary.update({f"test_{k}": v for k, v in test_metrics.items()})
-        if is_main():
-            print_table(f"test split, best.pt (step {best_step})", test_metrics)
-            (run_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
-    summary["elapsed_s"] = time.time() - started
-    if is_main():
-        if last_val:
-            print_table(f"validation at step {step}", last_val)
-        print(f"\nfinal validation ROC-AUC {summary.get('val_roc_auc', float('nan')):.4f} "
-              f"(per video {summary.get('val_video_roc_auc', float('nan')):.4f}), best val loss "
-              f"{best_val_loss:.4f} at step {best_step}, {summary['elapsed_s']:.0f} s")
-    if tb is not None:
-        tb.close()
-    assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        results = {"run_dir": str(run.dir), "step": state.step, "best": run.best, "val": state.last_val,
+                   "stopped_early": controller.should_stop(), "lr": controller.lr}
+        if args.test:
+            run.load_best(model)
+            results["test"] = evaluate(model, datasets["test"], args, dist_info, setup.class_weights)[0]
+            if is_main():
+                print_table(f"test split, best.pt (step {run.best['step']})", results["test"])
+                (run.dir / "test_metrics.json").write_text(json.dumps(results["test"], indent=2))
+        if is_main() and state.last_val:
+            print_table(f"validation at step {state.step}", state.last_val)
+        nan = float("nan")
+        run.print(f"\nfinal validation ROC-AUC {state.last_val.get('roc_auc', nan):.4f} (per video "
+                  f"{state.last_val.get('video_roc_auc', nan):.4f}), best val loss {run.best['value'] or nan:.4f} at "
+                  f"step {run.best['step']}, {time.time() - started:.0f} s")
+        if setup.tb is not None:
+            setup.tb.close()
+        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        run.finish(results)
+    del ddp_model  # a DDP wrapper must not outlive its process group
     cleanup_distributed()
-    return summary
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,13 +2,16 @@
 
 import csv
 import importlib.util
+import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from common.runtime import DataError
+from common.lifecycle import load_run_checkpoint
+from common.runtime import ConfigMismatchError, DataError
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
@@ -109,9 +112,8 @@ def test_a_split_with_one_class_is_refused(tmp_path):
     videos = [{"video": f"v{i}", "label": "real" if i < 4 else "fake", "split": "val" if i < 2 else "train"}
               for i in range(6)]
     root = write_dataset(tmp_path / "d", videos)
-    args = T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8"])
     with pytest.raises(DataError, match=r"index.csv: the val split has only real \(2 videos\)"):
-        D.make_datasets(args)
+        D.make_datasets(D.DataConfig(data_root=str(root), frames=2, image_size=8), seed=0)
 
 
 def test_subset_fraction_keeps_whole_videos_of_both_classes():
@@ -123,9 +125,8 @@ def test_subset_fraction_keeps_whole_videos_of_both_classes():
 
 def test_real_format_loads_frames_and_masks(tmp_path):
     root = write_dataset(tmp_path / "d", grouped_videos(4, splits=True), masks=True)
-    args = T.parse_args(["--data-root", str(root), "--mask-root", str(tmp_path / "masks"), "--frames", "2",
-                         "--image-size", "8"])
-    datasets, weights, info = D.make_datasets(args)
+    cfg = D.DataConfig(data_root=str(root), mask_root=str(tmp_path / "masks"), frames=2, image_size=8)
+    datasets, weights, info = D.make_datasets(cfg, seed=0)
     item = datasets["train"][0]
     assert item["frames"].shape == (2, 3, 8, 8) and item["mask"].shape == (2, 1, 8, 8)
     assert info["videos"] == {"train": 6, "val": 3, "test": 3}
@@ -135,20 +136,66 @@ def test_real_format_loads_frames_and_masks(tmp_path):
 def test_smoke_train_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     has_tb = importlib.util.find_spec("tensorboard") is not None  # TensorBoard is optional: checked when installed
-    summary = T.main([*TINY_ARGS, "--max-iters", "4", "--val-interval", "2", "--out", str(out), "--overlays",
-                      "--attention-loss-weight", "0.1", "--test", "--tensorboard" if has_tb else "--no-tensorboard"])
+    results = T.main([*TINY_ARGS, "--max-iters", "4", "--val-interval", "2", "--out", str(out), "--overlays",
+                      "--attention-loss-weight", "0.1", "--test", "--tensorboard" if has_tb else "--no-tensorboard",
+                      "--keep-checkpoints", "1"])
     if has_tb:
         assert list((out / "tb").glob("events.out.tfevents.*"))
-    for name in ("config.json", "log.csv", "last.pt", "best.pt", "test_metrics.json", "overlays/step000002_fake.png"):
+    for name in ("config.json", "log.csv", "last.pt", "best.pt", "results.json", "test_metrics.json",
+                 "overlays/step000002_fake.png"):
         assert (out / name).exists(), name
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [r["split"] for r in rows].count("val") == 2 and list(rows[0]) == T.LOG_COLUMNS
-    assert 0.0 <= summary["val_roc_auc"] <= 1.0 and "test_roc_auc" in summary
+    assert 0.0 <= results["val"]["roc_auc"] <= 1.0 and set(results["test"]) == set(T.LOG_COLUMNS[4:])
+    assert json.loads((out / "test_metrics.json").read_text()) == results["test"]
+    assert results["best"]["metric"] == "val_loss" and results["step"] == 4
+    # periodic checkpoints are full run checkpoints, and only the newest --keep-checkpoints stay
+    assert [p.name for p in out.glob("step*.pt")] == ["step0000004.pt"]
+    assert load_run_checkpoint(out / "step0000004.pt", T.PROJECT)["optimizer"] is not None
 
 
-def test_resume_refuses_another_architecture(tmp_path):
-    from common.runtime import ConfigMismatchError, save_checkpoint
-    saved_config = vars(T.parse_args(TINY_ARGS)) | {"lstm_hidden": 8}
-    save_checkpoint(tmp_path / "other.pt", {"config": saved_config})
-    with pytest.raises(ConfigMismatchError, match="lstm_hidden: checkpoint=8 now=128"):
-        T.main([*TINY_ARGS, "--max-iters", "2", "--out", str(tmp_path / "run"), "--resume", str(tmp_path / "other.pt")])
+@pytest.mark.slow
+def test_a_periodic_checkpoint_resumes_the_run_exactly(tmp_path):
+    """Any step<N>.pt continues the run to the weights and log rows of the uninterrupted run
+    (the seed's periodic files held weights only: KeyError 'optimizer')."""
+    out = tmp_path / "run"
+    args = [*TINY_ARGS, "--max-iters", "6", "--val-interval", "2", "--ckpt-interval", "0", "--out", str(out)]
+    T.main(args)
+    reference_rows, reference = (out / "log.csv").read_text(), torch.load(out / "last.pt", weights_only=False)
+    shutil.copy(out / "step0000004.pt", tmp_path / "from.pt")
+    T.main([*args, "--resume", str(tmp_path / "from.pt")])
+    assert (out / "log.csv").read_text() == reference_rows
+    resumed = torch.load(out / "last.pt", weights_only=False)
+    for k, v in reference["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["--frames", "0"], "argument --frames: must be >= 1"),
+    (["--epochs", "0"], "argument --epochs: must be >= 1"),
+    (["--lr", "0"], "argument --lr: must be > 0.0"),
+    (["--val-fraction", "0.6", "--test-fraction", "0.5"], "leave no training videos"),
+    (["--data-root", "faces", "--attention-loss-weight", "0.1"], "--attention-loss-weight needs masks"),
+])
+def test_bad_flags_are_parse_errors(argv, words, capsys):
+    """Before: ZeroDivisionError for --batch-size 0 / --frames 0, ROC-AUC nan for --epochs 0."""
+    with pytest.raises(SystemExit) as exited:
+        T.main(argv)
+    assert exited.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_train_split_without_one_batch_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match=r"the train split gives 0 batches: 4 sequences .* --batch-size 8"):
+        T.main([*TINY_ARGS, "--synthetic-train", "4", "--batch-size", "8", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_architecture_and_keeps_config_json(tmp_path):
+    out = tmp_path / "run"
+    T.main([*TINY_ARGS, "--max-iters", "1", "--out", str(out)])
+    config = (out / "config.json").read_text()
+    with pytest.raises(ConfigMismatchError, match="lstm_hidden: checkpoint=128 now=8"):
+        T.main([*TINY_ARGS, "--lstm-hidden", "8", "--resume", str(out / "last.pt")])
+    assert (out / "config.json").read_text() == config

@@ -3,12 +3,12 @@
 
 import csv
 import math
-import shutil
 
 import pytest
 import torch
 import torchvision
 
+from common.lifecycle import Run
 from common.schedulers import PlateauController
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
@@ -26,8 +26,8 @@ def test_dfd_val_data_validation_runs_on_the_validation_split(tmp_path, monkeypa
     built, evaluated = {}, []
     real_make, real_evaluate = T.make_datasets, T.evaluate
 
-    def spy_make(args):
-        datasets, weights, info = real_make(args)
+    def spy_make(*args):
+        datasets, weights, info = real_make(*args)
         built.update(datasets)
         return datasets, weights, info
 
@@ -46,9 +46,8 @@ def test_dfd_split_by_video_no_video_or_original_crosses_splits(tmp_path):
     """DFD-SPLIT-BY-VIDEO: a fake and its original always share a split; the seed's random_split over
     samples put one identity on both sides."""
     root = write_dataset(tmp_path / "d", grouped_videos(20), frames=2)
-    args = T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8", "--val-fraction", "0.2",
-                         "--test-fraction", "0.2"])
-    datasets, _, _ = D.make_datasets(args)
+    cfg = D.DataConfig(data_root=str(root), frames=2, image_size=8, val_fraction=0.2, test_fraction=0.2)
+    datasets, _, _ = D.make_datasets(cfg, seed=0)
     groups = {s: {r.group for r in ds.records} for s, ds in datasets.items()}
     videos = {s: {r.video for r in ds.records} for s, ds in datasets.items()}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -73,8 +72,7 @@ def test_dfd_split_by_video_a_leaking_split_column_is_refused(tmp_path):
 def test_dfd_aug_after_split_validation_is_not_augmented():
     """DFD-AUG-AFTER-SPLIT: validation/test items are the plain frames at every epoch; only the
     training split is augmented."""
-    args = T.parse_args(["--synthetic-train", "4", "--synthetic-val", "4", "--frames", "4", "--image-size", "16"])
-    datasets, _, _ = D.make_datasets(args)
+    datasets, _, _ = D.make_datasets(D.DataConfig(synthetic_train=4, synthetic_val=4, frames=4, image_size=16), seed=0)
     val, train = datasets["val"], datasets["train"]
     assert val.augment is None and datasets["test"].augment is None and train.augment is not None
     plain = D.VideoSequenceDataset(val.records, 4, 16, train=False, augment=None, clips=val.clips)
@@ -92,7 +90,7 @@ def test_dfd_class_weights_come_from_the_training_split(tmp_path):
     videos = [{"video": f"t{i}", "label": ("real", "fake")[i % 2], "split": "train"} for i in range(8)]
     videos += [{"video": f"v{i}", "label": "fake" if i else "real", "split": "val"} for i in range(6)]
     root = write_dataset(tmp_path / "d", videos, frames=2)
-    datasets, weights, _ = D.make_datasets(T.parse_args(["--data-root", str(root), "--frames", "2", "--image-size", "8"]))
+    datasets, weights, _ = D.make_datasets(D.DataConfig(data_root=str(root), frames=2, image_size=8), seed=0)
     torch.testing.assert_close(weights, torch.tensor([1.0, 1.0]))
     seed_weights = D.class_weights([r.label for ds in datasets.values() for r in ds.records])
     assert seed_weights[0] > 1.2 > 0.9 > seed_weights[1]
@@ -151,10 +149,11 @@ def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
 
     flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
     monkeypatch.setattr(T, "evaluate", lambda *a: (dict(flat), torch.tensor([0, 1]), torch.tensor([0.4, 0.6])))
-    summary = T.main([*TINY_ARGS, "--lr", "1e-4", "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
-                      "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--out", str(tmp_path / "run")])
+    results = T.main([*TINY_ARGS, "--lr", "1e-4", "--max-iters", "50", "--val-interval", "1", "--plateau-patience", "0",
+                      "--plateau-cooldown", "0", "--min-lr-factor", "1e-2", "--keep-checkpoints", "0",
+                      "--out", str(tmp_path / "run")])
     # evals: 1 sets best, 2 -> 1e-5, 3 -> 1e-6 = min_lr, 4 -> stop
-    assert summary["stopped_early"] and summary["steps"] == 4 and summary["lr"] == pytest.approx(1e-6)
+    assert results["stopped_early"] and results["step"] == 4 and results["lr"] == pytest.approx(1e-6)
 
 
 def _seed_frame_features(model, images):
@@ -212,24 +211,23 @@ def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
             "--plateau-cooldown", "0", "--lr", "1e-3", "--ckpt-interval", "5"]
     T.main([*args, "--out", str(tmp_path / "full")])
 
-    real_save = T.save_checkpoint
+    real_save = Run.save
 
-    def save_then_die(path, state):
-        real_save(path, state)
-        if path.name == "last.pt" and state["step"] == 5:
+    def save_then_die(self, name, model, optimizer, scaler, progress, extra=None):
+        real_save(self, name, model, optimizer, scaler, progress, extra)
+        if name == "last.pt" and progress["step"] == 5:
             raise _Killed
-    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(Run, "save", save_then_die)
     with pytest.raises(_Killed):
         T.main([*args, "--out", str(tmp_path / "cut")])
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    monkeypatch.setattr(Run, "save", real_save)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
-    assert saved["controller"]["lr"] == pytest.approx(1e-4)  # reduced at step 4, before the kill
+    assert saved["extra"]["controller"]["lr"] == pytest.approx(1e-4)  # reduced at step 4, before the kill
     assert PlateauController(1e-3).lr == 1e-3  # what the seed's fresh scheduler restarted from
-    shutil.copy(tmp_path / "cut" / "last.pt", tmp_path / "resume_from.pt")
-    T.main([*args, "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "resume_from.pt")])
+    T.main(["--resume", str(tmp_path / "cut" / "last.pt")])
 
     full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("full", "cut"))
     for k, v in full["model"].items():
         assert torch.equal(v, cut["model"][k]), k
-    assert full["controller"] == cut["controller"]
+    assert full["extra"]["controller"] == cut["extra"]["controller"]
     assert _log_rows(tmp_path / "full" / "log.csv") == _log_rows(tmp_path / "cut" / "log.csv")
