@@ -35,6 +35,7 @@ from common.lifecycle import (
     load_run_checkpoint,
     parse_with_resume,
     run_args,
+    run_cli,
 )
 from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
@@ -523,4 +524,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

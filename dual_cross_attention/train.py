@@ -37,6 +37,7 @@ from common.lifecycle import (
     load_run_checkpoint,
     parse_with_resume,
     run_args,
+    run_cli,
 )
 from common.metrics import accuracy
 from common.runtime import (
@@ -508,4 +509,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

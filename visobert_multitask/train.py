@@ -31,6 +31,7 @@ from common.lifecycle import (
     load_run_checkpoint,
     parse_with_resume,
     run_args,
+    run_cli,
 )
 from common.metrics import precision_recall_f1
 from common.runtime import (
@@ -538,4 +539,4 @@ def per_aspect_table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
