@@ -426,7 +426,6 @@ def train_one_epoch(ddp_model, optimizer, scaler, train_set, sampler, val_loader
                 ddp_model.train()
             if args.ckpt_interval and state.step % args.ckpt_interval == 0:
                 run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
-                run.save_periodic(state.step, ddp_model, optimizer, scaler, state.progress(), state.extra())
             if run.should_stop():
                 return "stopped"
             if tc.max_iters and state.step >= tc.max_iters:
@@ -501,6 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['train_acc']:.3f} | val UAR {metrics['uar']:.4f} WAR {metrics['war']:.4f}"
                       f"{' *' if improved else ''} | box fallbacks {fallbacks} | lr {row['lr']:.2e}")
             run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
+            run.save_periodic(state.step, ddp_model, optimizer, scaler, state.progress(), state.extra())
             if ended == "max_iters":
                 break
 

@@ -329,7 +329,6 @@ def train_one_epoch(model, optimizer, scaler, loader, meter: RunningMeans, run: 
             return True
         if args.ckpt_interval and step % args.ckpt_interval == 0:
             run.save("last.pt", **checkpoint())
-            run.save_periodic(step, **checkpoint())
     return False
 
 
@@ -493,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
             validate()
             progress.update(epoch=epoch + 1, batch_in_epoch=0)
             run.save("last.pt", **checkpoint())
+            run.save_periodic(progress["step"], **checkpoint())
         assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         run.load_best(model)
         test = evaluate(model, test_loader, device, dtype)

@@ -155,21 +155,14 @@ def test_torchrun_three_epochs_and_final_test_match_one_process_evaluation(proje
 @pytest.mark.slow
 @pytest.mark.parametrize("project", PROJECTS)
 def test_used_run_folder_is_never_silently_reused(project, tmp_path, reference_runs):
-    """An explicit used --out is refused with the choices named; the default --out moves on to the
-    next free numbered folder; --overwrite clears the old run first, so its best.pt is never scored."""
+    """An explicit used --out is refused with the choices named and left untouched; the default
+    --out moves on to the next free numbered folder. (--overwrite: the caer_clip test below.)"""
     used = reference_runs(project)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in used.iterdir())
     refused = _train(project, [*SPECS[project].tiny, "--out", str(used)])
     assert refused.returncode != 0
     assert "--resume" in refused.stderr and "--overwrite" in refused.stderr and "RunDirError" in refused.stderr
     assert sorted((p.name, p.stat().st_mtime_ns) for p in used.iterdir()) == before  # nothing touched
-
-    copy = tmp_path / "copy"
-    shutil.copytree(used, copy)
-    stale = load_run_checkpoint(copy / "best.pt", project)
-    _ok(_train(project, [*SPECS[project].tiny, "--seed", "7", "--out", str(copy), "--overwrite"]))
-    fresh = load_run_checkpoint(copy / "best.pt", project)
-    assert fresh["args"]["seed"] == 7 and stale["args"]["seed"] == 0
 
     for _ in range(2):
         _ok(_train(project, [*SPECS[project].tiny, "--max-iters", "1"], cwd=tmp_path))
@@ -463,6 +456,6 @@ def test_nearly_full_disk_stops_a_training_run_with_words_and_no_tmp(small_tmpfs
     run = disk / "run"
     result = _train("dual_cross_attention", [*tiny, "--ckpt-interval", "1", "--out", str(run)])
     assert result.returncode != 0
-    assert "RunDirError" in result.stderr and "MB free" in result.stderr, result.stderr[-2000:]
+    assert "RunDirError" in result.stderr and "MB are free" in result.stderr, result.stderr[-2000:]
     assert not list(run.glob("*.tmp"))
     load_run_checkpoint(run / "last.pt", "dual_cross_attention")  # the previous one, intact
