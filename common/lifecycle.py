@@ -44,6 +44,7 @@ import torch.distributed as dist
 from common.runtime import (
     ConfigMismatchError,
     RunDirError,
+    is_main,
     rng_state,
     set_rng_state,
     unwrap,
@@ -67,10 +68,6 @@ def _distributed() -> bool:
 def barrier() -> None:
     if _distributed():
         dist.barrier()
-
-
-def is_main() -> bool:
-    return not _distributed() or dist.get_rank() == 0
 
 
 # ----------------------------------------------------------------------------- arguments

@@ -1,6 +1,5 @@
-"""common/runtime.py: checkpoints, RNG, logging, checks, sampler and distributed helpers."""
+"""common/runtime.py: RNG, checks, sampler and distributed helpers (checkpoints: test_lifecycle.py)."""
 
-import csv
 import json
 import os
 import random
@@ -13,23 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from common import runtime
+from common.lifecycle import check_resume_config, load_model_state, load_optimizer_state, save_atomic
 from common.runtime import (
     ConfigMismatchError,
-    CSVLogger,
     DataError,
     EpochSampler,
     LossBalanceMonitor,
     NonFiniteLossError,
-    RunDirError,
-    check_config_compatible,
     check_finite,
     decay_param_groups,
-    load_checkpoint,
-    prepare_run_dir,
     rng_state,
     sample_generator,
-    save_checkpoint,
     set_rng_state,
 )
 
@@ -50,13 +43,13 @@ def test_checkpoint_roundtrip_restores_parameters_optimizer_and_rng(tmp_path):
     del seed_draws
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7, "rng": rng_state(),
              "config": {"width": 8}}
-    save_checkpoint(tmp_path / "last.pt", state)
+    save_atomic(tmp_path / "last.pt", state)
     expected_next = (random.random(), np.random.rand(), torch.rand(3))
 
     model2, opt2 = _model_and_optimizer()
-    loaded = load_checkpoint(tmp_path / "last.pt")
-    model2.load_state_dict(loaded["model"])
-    opt2.load_state_dict(loaded["optimizer"])
+    loaded = torch.load(tmp_path / "last.pt", weights_only=False)
+    load_model_state(model2, loaded["model"], "last.pt")
+    load_optimizer_state(opt2, loaded["optimizer"], "last.pt")
     set_rng_state(loaded["rng"])
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
@@ -68,64 +61,13 @@ def test_checkpoint_roundtrip_restores_parameters_optimizer_and_rng(tmp_path):
     assert torch.equal(got_next[2], expected_next[2])
 
 
-def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint(path, {"step": 1})
-
-    def dies_halfway(obj, f, *args, **kwargs):
-        f.write(b"partial bytes of a checkpoint")
-        raise KeyboardInterrupt("killed while writing")
-
-    monkeypatch.setattr(runtime.torch, "save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"step": 2})
-    monkeypatch.undo()
-    assert (tmp_path / "last.pt.tmp").exists()  # the torn write went to the temporary file
-    assert load_checkpoint(path)["step"] == 1
-
-
-def test_load_missing_checkpoint_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_checkpoint(tmp_path / "nope.pt")
-
-
-def test_config_mismatch_names_the_differing_keys():
+def test_config_mismatch_names_the_differing_keys_nested_or_flat():
+    saved = {"model": {"num_classes": 5, "width": 64}, "train": {"lr": 0.1}}
     with pytest.raises(ConfigMismatchError, match="num_classes: checkpoint=5 now=7"):
-        check_config_compatible({"num_classes": 5, "width": 64}, {"num_classes": 7, "width": 64},
-                                ["num_classes", "width"])
-    check_config_compatible({"a": 1, "lr": 0.1}, {"a": 1, "lr": 0.2}, ["a"])
-
-
-def test_prepare_run_dir_rejects_unwritable_folder(tmp_path):
-    if os.geteuid() == 0:
-        blocker = tmp_path / "a_file"
-        blocker.write_text("not a folder")
-        with pytest.raises(RunDirError, match="a_file"):
-            prepare_run_dir(blocker / "run")
-    else:
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(RunDirError, match="locked"):
-            prepare_run_dir(locked / "run")
-    with pytest.raises(RunDirError, match="MB free"):
-        prepare_run_dir(tmp_path / "ok", min_free_mb=1e12)
-    assert prepare_run_dir(tmp_path / "ok").is_dir()
-
-
-def test_csv_logger_header_once_fixed_columns_and_resume_truncation(tmp_path):
-    path = tmp_path / "log.csv"
-    log = CSVLogger(path, ["step", "loss"])
-    for step in range(1, 6):
-        log.log({"step": step, "loss": 1.0 / step})
-    with pytest.raises(KeyError, match="acc"):
-        log.log({"step": 6, "acc": 0.5})
-    resumed = CSVLogger(path, ["step", "loss"], resume_step=3)  # checkpoint was at step 3
-    resumed.log({"step": 4, "loss": 0.25})
-    rows = list(csv.DictReader(open(path)))
-    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
-    assert open(path).read().count("step,loss") == 1
-    with pytest.raises(ConfigMismatchError, match="columns"):
-        CSVLogger(path, ["step", "other"], resume_step=3)
+        check_resume_config({"config": saved}, {"model": {"num_classes": 7, "width": 64}, "train": {"lr": 0.1}},
+                            ["num_classes", "model.width"], "last.pt")
+    check_resume_config({"config": saved}, {"model": {"num_classes": 5, "width": 64}, "train": {"lr": 0.2}},
+                        ["num_classes", "model.width"], "last.pt")  # the lr may change
 
 
 def test_check_finite_names_the_bad_component():

@@ -280,6 +280,8 @@ def test_torn_last_log_line_is_dropped_and_rows_kept_by_count(tmp_path):
         run.restore(torch.nn.Module())
         run.open(["step", "loss"], 1)
         run.log({"step": 3, "loss": 0.25})
+        with pytest.raises(KeyError, match="acc"):
+            run.log({"step": 4, "acc": 0.5})  # fixed columns
     assert (run_dir / "log.csv").read_text() == "step,loss\n1,0.5\n2,0.4\n3,0.25\n"
 
 
