@@ -347,7 +347,7 @@ def train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup: Setu
         do_validate = state.step % args.val_interval == 0
         # FIX(DFD-VAL-CADENCE): validate at every epoch end and at the last step too; with
         # --val-interval 749 alone a small subset (a few dozen steps per epoch) never validated.
-        # was: (nothing)
+        # was: do_validate = do_validate
         do_validate = do_validate or state.batch_in_epoch == setup.batches_per_epoch or state.step == setup.max_iters
         if do_validate:
             validate(model, optimizer, scaler, controller, setup, state)
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
             state = resumed_state(progress, dist_info)
             # FIX(DFD-RESUME-LR): restore the plateau controller (lr, best, bad/cooldown counters); a fresh
             # one restarted at --lr, undoing every reduction, and forgot how long the plateau had lasted.
-            # was: (nothing)
+            # was: pass
             controller.load_state_dict(progress["extra"]["controller"])
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()
