@@ -134,10 +134,7 @@ def configs_from(args: argparse.Namespace) -> RunConfig:
     # FIX(CAER-MIXUP-PLUMB): the loss settings were passed field by field and mixup_alpha,
     # use_ldl and ldl_warmup were forgotten, so --mixup-alpha etc. were parsed and silently
     # dropped. Every config section is now filled from all of its flags by name.
-    # was: loss = LossConfig(cls_loss=values["cls_loss"], smoothing=values["smoothing"],
-    #                        ldl_temperature=values["ldl_temperature"], w_mi=values["w_mi"], w_dc=values["w_dc"],
-    #                        w_moco=values["w_moco"], aux_warmup=values["aux_warmup"],
-    #                        mi_temperature=values["mi_temperature"], moco_temperature=values["moco_temperature"])
+    # was: loss = LossConfig(**{k: getattr(args, k) for k in ("cls_loss", "smoothing", "ldl_temperature", "w_mi", "w_dc", "w_moco", "aux_warmup", "mi_temperature", "moco_temperature")})
     loss = from_args(LossConfig, args)
     data = from_args(DataConfig, args)
     model = from_args(ModelConfig, args)
