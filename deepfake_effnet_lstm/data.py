@@ -379,7 +379,7 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
     datasets = {s: make(s, augment) for s in SPLITS}
     # FIX(DFD-AUG-AFTER-SPLIT): augmentation belongs to the training split only; the seed augmented the
     # whole set before splitting, so validation scores moved with the random augmentation draw.
-    # was: (nothing)
+    # was: pass
     datasets["val"], datasets["test"] = make("val", None), make("test", None)
     # FIX(DFD-CLASS-WEIGHTS): weights from the training split only; counting validation/test labels
     # leaks their class balance into the loss.
