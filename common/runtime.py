@@ -1,20 +1,18 @@
 """Run plumbing shared by the four train.py scripts.
 
 Seeding, device and autocast choice, optional torchrun/DDP set-up, a deterministic resumable
-sampler, atomic checkpoints that resume a run exactly, a CSV logger, a non-finite check and a
-loss-balance monitor. Each piece is a plain function or a small class that can be copied out.
+sampler, RNG states for checkpoints, a non-finite check and a loss-balance monitor. Each piece is
+a plain function or a small class that can be copied out. The run lifecycle (folders,
+checkpoints, resume, signals) is in common/lifecycle.py.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
-import json
 import math
 import os
 import random
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +137,13 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     else:
         backend = "gloo"
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first
+        # imported, and DDP's constructor imports it lazily (via torch._dynamo -> fsdp -> _shard). Imported
+        # after init, it would pin the live default group for the life of the interpreter: then
+        # destroy_process_group() cannot free it, its gloo worker threads are never joined, and one that
+        # releases its last collective's tensors while Python is finalizing aborts the process
+        # ("terminate called without an active exception"). Imported first, it binds None.
+        import torch.distributed.nn.functional as _nn_functional  # noqa: F401  (an alias: no local `torch`)
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
@@ -262,29 +267,7 @@ def decay_param_groups(model: torch.nn.Module, weight_decay: float,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ----------------------------------------------------------------------------- run folder, checkpoints
-
-
-def prepare_run_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
-    """Create the run folder and prove it is writable with enough free space, before training."""
-    run_dir = Path(path)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write_probe.{os.getpid()}"  # per process: under torchrun every rank probes
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as e:
-        raise RunDirError(f"run folder {run_dir} is not writable: {e.strerror or e}") from e
-    free_mb = shutil.disk_usage(run_dir).free / 2**20
-    if free_mb < min_free_mb:
-        raise RunDirError(f"run folder {run_dir}: only {free_mb:.1f} MB free, "
-                          f"need at least {min_free_mb:.0f} MB for checkpoints")
-    return run_dir
-
-
-def write_config(run_dir: Path, config: dict) -> None:
-    with open(run_dir / "config.json", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True, default=str)
+# ----------------------------------------------------------------------------- RNG state (checkpoints: common/lifecycle.py)
 
 
 def rng_state() -> dict:
@@ -302,79 +285,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write to `<path>.tmp`, fsync, then rename: a kill during the write leaves the previous
-    checkpoint intact (os.replace is atomic on POSIX)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
-    # weights_only=False: the checkpoint holds RNG states and the config, not only tensors.
-    return torch.load(path, map_location=map_location, weights_only=False)
-
-
-def check_config_compatible(saved: dict, current: dict, keys: list[str] | tuple[str, ...]) -> None:
-    """Raise if any architecture-defining key differs between a checkpoint and this run."""
-    differing = [f"{k}: checkpoint={saved.get(k)!r} now={current.get(k)!r}"
-                 for k in keys if saved.get(k) != current.get(k)]
-    if differing:
-        raise ConfigMismatchError("--resume: the checkpoint was written with a different configuration: "
-                                  + "; ".join(differing))
-
-
 # ----------------------------------------------------------------------------- logging
-
-
-class CSVLogger:
-    """Fixed columns, header written once, one flushed row per call.
-
-    On resume (`resume_step` given) rows logged after the checkpoint's step are dropped, so
-    the steps that are re-run are not duplicated in the log."""
-
-    def __init__(self, path: str | os.PathLike, fieldnames: list[str], resume_step: int | None = None):
-        self.path, self.fieldnames = Path(path), list(fieldnames)
-        if "step" not in self.fieldnames:
-            raise ValueError("CSVLogger needs a 'step' column")
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != self.fieldnames:
-                    raise ConfigMismatchError(f"{self.path}: columns {reader.fieldnames} differ from "
-                                              f"{self.fieldnames}")
-                kept = [row for row in reader if int(row["step"]) <= resume_step]
-            with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.fieldnames)
-                writer.writeheader()
-                writer.writerows(kept)
-        else:
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.fieldnames).writeheader()
-
-    def log(self, row: dict) -> None:
-        unknown = set(row) - set(self.fieldnames)
-        if unknown:
-            raise KeyError(f"CSVLogger: columns {sorted(unknown)} are not in the header {self.fieldnames}")
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fieldnames).writerow(
-                {k: _fmt(row.get(k, "")) for k in self.fieldnames})
-            f.flush()
-
-
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, torch.Tensor):
-        return f"{value.item():.6g}"
-    return value
 
 
 def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -> None:

@@ -150,3 +150,6 @@ def test_distributed_helpers_under_torchrun(tmp_path):
     assert report["params_equal"] and report["divergence_detected"]
     assert (tmp_path / "rank0_was_main.txt").read_text() == "True"
     assert (tmp_path / "rank1_was_main.txt").read_text() == "False"
+    for rank in (0, 1):  # destroy_process_group joined gloo's threads (see setup_distributed)
+        threads = json.loads((tmp_path / f"rank{rank}_threads.json").read_text())
+        assert not [t for t in threads if "gloo" in t], threads

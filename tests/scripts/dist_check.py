@@ -65,7 +65,9 @@ if is_main():
         "divergence_detected": diverged,
     }))
 (out_dir / f"rank{info.rank}_was_main.txt").write_text(str(is_main()))
-# Release DDP (its reducer holds the process group) before destroying the group; a module-level
-# DDP object torn down at interpreter exit, after the group, can abort the process.
 del model, opt
 cleanup_distributed()
+# The group must really be gone: gloo worker threads still alive at interpreter exit can release a
+# tensor without the GIL and abort the process ("terminate called without an active exception").
+threads = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+(out_dir / f"rank{info.rank}_threads.json").write_text(json.dumps(threads))
