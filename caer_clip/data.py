@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 
 from common.cli import arg, at_least, between
+from common.images import DECODE_ERRORS, check_one_file_per_frame, natural_key, open_image
 from common.runtime import DataError, EpochSampler, read_text, sample_generator
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
@@ -106,11 +105,6 @@ class ClipRecord:
     source: str  # "file:line" for error messages
 
 
-def natural_key(name: str) -> list:
-    """'10.jpg' after '9.jpg': digits compare as numbers."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
 def clip_key(path: str) -> str:
     """Normalised clip key: posix separators, no leading './' or '/', no trailing '/', no video
     extension (CAER keys are relative paths without extension)."""
@@ -174,6 +168,7 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
     if not frames_dir.is_dir():
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
+    check_one_file_per_frame(names, frames_dir, source)
     # FIX(CAER-FRAME-SORT): a plain sort puts 10.jpg before 2.jpg, so the "temporal" order
     # fed to the temporal model was scrambled; compare the digits as numbers.
     # was: return sorted(names)
@@ -300,12 +295,10 @@ class ClipDataset(torch.utils.data.Dataset):
         path = self.records[index].frames_dir / name
         try:
             # PIL rather than torchvision.io: its decoders are deprecated from torchvision 0.29, and
-            # before 0.20 they take no path. load() decodes now, so a truncated file fails here.
-            with Image.open(path) as image:
-                image.load()
-                rgb = np.asarray(image.convert("RGB"))
+            # before 0.20 they take no path. open_image scales 16-bit frames instead of clipping them.
+            rgb = np.asarray(open_image(path))
             return torch.from_numpy(rgb.copy()).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
-        except (OSError, ValueError) as e:
+        except DECODE_ERRORS as e:
             raise DataError(f"{self.records[index].source}: cannot read frame {path}: {e}") from e
 
     def face_box(self, index: int, name: str):

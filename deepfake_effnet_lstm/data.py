@@ -30,6 +30,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from common.cli import arg, at_least, between
+from common.images import DECODE_ERRORS, check_one_file_per_frame, open_image
 from common.runtime import DataError, read_text, sample_generator
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
@@ -62,6 +63,13 @@ class VideoRecord:
 # ----------------------------------------------------------------------------- reading the index
 
 
+def list_frames(folder: Path, where: str) -> list[Path]:
+    """The frame files of one video in frame order, one file per frame."""
+    names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    check_one_file_per_frame(names, folder, where)
+    return sorted(folder / name for name in names)
+
+
 def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frames: int,
                pad_short: bool = False) -> tuple[list[VideoRecord], int]:
     """Parse the index and check every video's frame folder. Returns the records and the number of
@@ -90,7 +98,7 @@ def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frame
             folder = frames_root / video
             if not folder.is_dir():
                 raise DataError(f"{where}: frame folder {folder} does not exist")
-            frame_paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            frame_paths = list_frames(folder, where)
             if len(frame_paths) < frames:
                 if not pad_short or not frame_paths:
                     raise DataError(f"{where}: {folder} has {len(frame_paths)} frames, fewer than --frames {frames} "
@@ -218,10 +226,9 @@ def sequence_frame_ids(num_frames: int, length: int, offset_fraction: float) -> 
 
 def load_image(path: Path, size: int, mode: str = "RGB") -> torch.Tensor:
     try:
-        with Image.open(path) as im:
-            im = im.convert(mode).resize((size, size), Image.BILINEAR)
-            return TF.to_dtype(TF.pil_to_tensor(im), torch.float32, scale=True)
-    except (OSError, ValueError) as e:
+        im = open_image(path, mode).resize((size, size), Image.BILINEAR)  # 16-bit scaled, not clipped
+        return TF.to_dtype(TF.pil_to_tensor(im), torch.float32, scale=True)
+    except DECODE_ERRORS as e:
         raise DataError(f"{path}: unreadable image ({e})") from e
 
 

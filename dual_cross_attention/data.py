@@ -16,6 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from common.cli import arg, at_least, between
+from common.images import DECODE_ERRORS, open_image
 from common.runtime import DataError, read_text, sample_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,9 +66,8 @@ class FGVCTransform:
 
 def load_rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+        return open_image(path)  # 8-bit RGB whatever the file's mode; 16-bit scaled, not clipped
+    except DECODE_ERRORS as e:
         raise DataError(f"{path}: cannot read image ({e})") from e
 
 
