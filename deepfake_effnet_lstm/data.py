@@ -30,7 +30,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from common.cli import arg, at_least, between
-from common.images import DECODE_ERRORS, check_one_file_per_frame, open_image
+from common.images import DECODE_ERRORS, check_one_file_per_frame, natural_key, open_image
 from common.runtime import DataError, read_text, sample_generator
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
@@ -67,7 +67,9 @@ def list_frames(folder: Path, where: str) -> list[Path]:
     """The frame files of one video in frame order, one file per frame."""
     names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
     check_one_file_per_frame(names, folder, where)
-    return sorted(folder / name for name in names)
+    # FIX(DFD-FRAME-SORT): a text sort puts 10.png before 2.png, so unpadded frames reached the LSTM shuffled.
+    # was: return sorted(folder / name for name in names)
+    return [folder / name for name in sorted(names, key=natural_key)]
 
 
 def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frames: int,

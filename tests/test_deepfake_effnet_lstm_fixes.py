@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from common.lifecycle import Run
 from common.schedulers import PlateauController
@@ -231,3 +232,23 @@ def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
         assert torch.equal(v, cut["model"][k]), k
     assert full["extra"]["controller"] == cut["extra"]["controller"]
     assert _log_rows(tmp_path / "full" / "log.csv") == _log_rows(tmp_path / "cut" / "log.csv")
+
+
+def test_dfd_frame_sort_is_natural(tmp_path):
+    folder = tmp_path / "video"
+    folder.mkdir()
+    for i in range(1, 13):
+        (folder / f"{i}.png").write_bytes(b"")
+    # the baseline's text sort gave 1, 10, 11, 12, 2, ... to the LSTM
+    assert [p.name for p in D.list_frames(folder, "index.csv:2")] == [f"{i}.png" for i in range(1, 13)]
+
+
+def test_dfd_frame_sort_read_index_keeps_unpadded_frames_in_numeric_order(tmp_path):
+    root = write_dataset(tmp_path / "data", [{"video": "v", "label": "real", "frames": 0}])
+    for i in range(1, 13):
+        Image.new("RGB", (4, 4), (0, 10 * i, 0)).save(root / "v" / f"{i}.png")
+    records, _ = D.read_index(root / "index.csv", root, None, frames=12)
+    assert [p.name for p in records[0].frame_paths] == [f"{i}.png" for i in range(1, 13)]
+    dataset = D.VideoSequenceDataset(records, frames=12, size=4, train=False, augment=None)
+    frames, _ = dataset.load_frames(records[0], list(range(12)))  # (T, 3, H, W) in [0, 1]
+    assert (frames[:, 1, 0, 0] * 255).round().tolist() == [10.0 * i for i in range(1, 13)]
