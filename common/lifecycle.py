@@ -35,6 +35,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -271,6 +272,16 @@ class Run:
         self._stop_signal: int | None = None
         self._old_handlers: dict = {}
         self._lock: Path | None = None
+        self._clear_on_open = False  # --overwrite: the old run is deleted only once this one has started
+        self._owner_pid = os.getpid()  # DataLoader workers inherit the handlers; only this process acts
+        world = dist.get_world_size() if _distributed() else 1
+        if resumed is not None and resumed["progress"].get("world_size", 1) != world:
+            saved = resumed["progress"]["world_size"]
+            raise ConfigMismatchError(f"--resume {args.resume}: written by {saved} process(es), this run has {world}; "
+                                      f"the data shards and the position in the epoch depend on it (resume with "
+                                      f"torchrun --nproc_per_node {saved} ...)" if saved > 1 else
+                                      f"--resume {args.resume}: written by 1 process, this run has {world}; resume "
+                                      f"it without torchrun")
         self.dir = self._choose_dir(args.out, default_out, args.resume, args.overwrite)
 
     # -- folder and lock
@@ -295,7 +306,9 @@ class Run:
                     return candidate
                 n += 1
         run_dir = Path(out)
-        if _holds_files(run_dir) and not resume:
+        continuing = resume is not None and (run_dir.resolve() == Path(resume).resolve().parent
+                                             or self._same_run(run_dir))
+        if _holds_files(run_dir) and not continuing:
             if not overwrite:
                 raise RunDirError(f"--out {run_dir} already holds a run ({', '.join(_listing(run_dir))}). "
                                   f"Continue it with --resume {run_dir / 'last.pt'}, replace it with --overwrite, "
@@ -304,28 +317,40 @@ class Run:
                 raise RunDirError(f"--overwrite: {run_dir} holds files but no config.json, so it is not a run "
                                   f"folder; nothing was deleted")
             self._lock_or_fail(run_dir)
-            for item in run_dir.iterdir():
-                if item.name != ".lock":
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+            self._clear_on_open = True
             return run_dir
         self._lock_or_fail(run_dir)
         return run_dir
 
+    def _same_run(self, run_dir: Path) -> bool:
+        """A checkpoint kept elsewhere (a copy of step<N>.pt) continues the run whose folder holds
+        the same configuration; any other used folder is another run's."""
+        try:
+            saved = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return saved == json.loads(json.dumps(self.resumed["config"], sort_keys=True, default=str))
+
     def _try_lock(self, run_dir: Path) -> bool:
+        """Create `.lock` with its content in one step (written aside, then hard-linked: link fails
+        if the name exists), so no other process ever reads a half-written lock."""
+        lock, draft = run_dir / ".lock", run_dir / f".lock.{os.getpid()}"
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            draft.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+                                         "started": datetime.datetime.now().isoformat(timespec="seconds")}))
+            try:
+                os.link(draft, lock)
+            finally:
+                draft.unlink()
         except FileExistsError:
-            if _stale_lock(run_dir / ".lock"):
-                (run_dir / ".lock").unlink(missing_ok=True)
+            if _stale_lock(lock):
+                lock.unlink(missing_ok=True)
                 return self._try_lock(run_dir)
             return False
         except OSError as e:
             raise RunDirError(f"run folder {run_dir} is not writable: {e.strerror or e}") from e
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
-                       "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
-        self._lock = run_dir / ".lock"
+        self._lock = lock
         return True
 
     def _lock_or_fail(self, run_dir: Path) -> None:
@@ -369,33 +394,57 @@ class Run:
             if free < need:
                 raise RunDirError(f"run folder {self.dir}: only {free:.1f} MB free, need at least {need:.0f} MB "
                                   f"for checkpoints of {checkpoint_size / 2**20:.1f} MB")
-            for stale in self.dir.glob("*.tmp"):  # left by a run killed while saving
+            kept_rows = self._kept_log_rows()  # checked before anything in the folder changes
+            if self._clear_on_open:
+                for item in self.dir.iterdir():
+                    if item.name != ".lock":
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
+            for stale in self.dir.glob("*.pt.tmp"):  # left by a run killed while saving
                 stale.unlink()
+            if self.resumed is not None:
+                self._drop_abandoned_checkpoints()
             with open(self.dir / "config.json", "w") as f:
                 json.dump(self.config, f, indent=2, sort_keys=True, default=str)
-            self._start_log()
-        for sig in STOP_SIGNALS:
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            with open(self.dir / "log.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self._columns)
+                writer.writerows(kept_rows)
+            self.log_rows = len(kept_rows)
+        if threading.current_thread() is threading.main_thread():  # signal.signal works there only
+            for sig in STOP_SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         where = f"resumed from {self.args.resume}" if self.resumed else "new run"
         self.print(f"run folder {self.dir} ({where})")
 
-    def _start_log(self) -> None:
+    def _kept_log_rows(self) -> list[list[str]]:
+        """The rows of log.csv a resumed run keeps: as many as its checkpoint had seen (the rows
+        written after it are written again). A torn last line, cut by a kill, is dropped."""
         path = self.dir / "log.csv"
-        keep: list[list[str]] = []
-        if self.resumed is not None and path.exists():
-            with open(path, newline="") as f:
-                text = f.read()
-            if text and not text.endswith("\n"):
-                text = text[: text.rfind("\n") + 1]  # a torn last line, cut by a kill
-            rows = list(csv.reader(io.StringIO(text)))
-            if rows and rows[0] != self._columns:
-                raise ConfigMismatchError(f"{path}: columns {rows[0]} differ from {self._columns}")
-            keep = rows[1 : 1 + self.log_rows]
-        self.log_rows = len(keep)
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self._columns)
-            writer.writerows(keep)
+        if self.resumed is None or self._clear_on_open or not path.exists():
+            return []
+        with open(path, newline="") as f:
+            text = f.read()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        rows = list(csv.reader(io.StringIO(text)))
+        if rows and rows[0] != self._columns:
+            raise ConfigMismatchError(f"{path}: columns {rows[0]} differ from {self._columns}")
+        return rows[1 : 1 + self.log_rows]
+
+    def _drop_abandoned_checkpoints(self) -> None:
+        """Resumed from an older checkpoint (a step<N>.pt): the later periodic checkpoints, and a
+        best.pt, belong to the branch this run abandons."""
+        step = self.resumed["progress"]["step"]
+        for later in self.dir.glob("step*.pt"):
+            if later.stem[4:].isdigit() and int(later.stem[4:]) > step:
+                later.unlink()
+        best = self.dir / "best.pt"
+        if Path(self.args.resume).name != "last.pt" and best.is_file() and best.resolve() != Path(self.args.resume).resolve():
+            best_step = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["best"]["step"]
+            if best_step > step:
+                best.unlink()
+                self.best.update(value=None, step=-1, epoch=-1)
+                self.print(f"removed {best} (step {best_step}, after the resumed step {step})")
 
     # -- during the run
 
@@ -435,7 +484,9 @@ class Run:
                      "config": self.config, "model": unwrap(model).state_dict(),
                      "optimizer": optimizer.state_dict() if optimizer is not None else None,
                      "scaler": scaler.state_dict() if scaler is not None else None,
-                     "progress": {**progress, "log_rows": self.log_rows}, "best": dict(self.best),
+                     "progress": {**progress, "log_rows": self.log_rows,
+                                  "world_size": dist.get_world_size() if _distributed() else 1},
+                     "best": dict(self.best),
                      "rng": rngs, "extra": extra or {}}
             path = self.dir / name
             free = shutil.disk_usage(self.dir).free
@@ -469,6 +520,8 @@ class Run:
     # -- stopping
 
     def _on_signal(self, signum, frame) -> None:
+        if os.getpid() != self._owner_pid:
+            return  # a DataLoader worker: the main process stops the run
         if self._stop_signal is not None:  # the second one: leave at once
             raise SystemExit(128 + signum)
         self._stop_signal = signum
@@ -491,9 +544,9 @@ class Run:
     def exit_stopped(self, step: int) -> None:
         """After last.pt is saved: say how to resume, release the folder and exit non-zero."""
         name = signal.Signals(self._stop_signal).name
-        script = f"{self.project}/train.py"
+        launcher = f"torchrun --nproc_per_node {dist.get_world_size()}" if _distributed() else "python"
         self.print(f"stopped by {name} at step {step}; last.pt is saved. Continue with:\n"
-                   f"    python {script} --resume {self.dir / 'last.pt'}")
+                   f"    {launcher} {self.project}/train.py --resume {self.dir / 'last.pt'}")
         self.close()
         raise SystemExit(128 + self._stop_signal)
 

@@ -275,7 +275,7 @@ def test_torn_last_log_line_is_dropped_and_rows_kept_by_count(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "log.csv").write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")  # killed mid-row
-    checkpoint = {"progress": {"log_rows": 2}, "model": {}, "optimizer": None, "scaler": None,
+    checkpoint = {"progress": {"step": 2, "log_rows": 2}, "model": {}, "optimizer": None, "scaler": None,
                   "best": {"metric": "", "mode": "max", "value": None, "step": -1, "epoch": -1}, "rng": [], "extra": {}}
     with Run("p", _run_namespace(out=str(run_dir), resume=str(run_dir / "last.pt")), {}, "runs/p", checkpoint) as run:
         run.restore(torch.nn.Module())
@@ -462,3 +462,57 @@ def test_nearly_full_disk_stops_a_training_run_with_words_and_no_tmp(small_tmpfs
     assert "RunDirError" in result.stderr and "MB are free" in result.stderr, result.stderr[-2000:]
     assert not list(run.glob("*.tmp"))
     load_run_checkpoint(run / "last.pt", "dual_cross_attention")  # the previous one, intact
+
+
+# ----------------------------------------------------------------------------- edges found in review
+
+
+def _resumed(step: int, world_size: int = 1) -> dict:
+    return {"progress": {"step": step, "log_rows": 0, "world_size": world_size}, "config": {"seed": 0},
+            "model": {}, "optimizer": None,
+            "scaler": None, "best": {"metric": "", "mode": "max", "value": 0.5, "step": step, "epoch": 0},
+            "rng": [], "extra": {}}
+
+
+def test_overwrite_deletes_the_old_run_only_once_the_new_one_has_started(tmp_path, reference_runs):
+    """caer_clip with --overwrite and a wrong --data-root: the DataError comes before anything of
+    the old run is deleted (it was deleted first, and the empty folder removed)."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_runs("caer_clip"), run)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(Exception, match="nowhere"):
+        importlib.import_module("caer_clip.train").main(
+            [*SPECS["caer_clip"].tiny, "--out", str(run), "--overwrite", "--data-root", str(tmp_path / "nowhere")])
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_resume_into_another_used_folder_is_refused(tmp_path):
+    source, other = tmp_path / "a", tmp_path / "b"
+    for folder, seed in ((source, 0), (other, 7)):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"seed": seed}))
+    with pytest.raises(RunDirError, match="already holds a run"):
+        Run("p", _run_namespace(out=str(other), resume=str(source / "last.pt")), {}, "runs/p", _resumed(3))
+    with Run("p", _run_namespace(resume=str(source / "last.pt")), {}, "runs/p", _resumed(3)) as run:
+        assert run.dir == source  # --out left unset: the checkpoint's own folder
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    with pytest.raises(ConfigMismatchError, match="written by 2 process.*torchrun --nproc_per_node 2"):
+        Run("p", _run_namespace(out=str(tmp_path), resume=str(tmp_path / "last.pt")), {}, "runs/p", _resumed(3, 2))
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_resuming_an_older_periodic_checkpoint_drops_the_abandoned_branch(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    for step in (100, 200, 300):
+        torch.save({"step": step}, run_dir / f"step{step:07d}.pt")
+    torch.save({"best": {"step": 300}}, run_dir / "best.pt")
+    resumed = _resumed(200)
+    with Run("p", _run_namespace(out=str(run_dir), resume=str(run_dir / "step0000200.pt")), {}, "runs/p",
+             resumed) as run:
+        run.restore(torch.nn.Module())
+        run.open(["step"], 1)
+        assert run.best["value"] is None  # its best.pt was from the abandoned branch
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["step0000100.pt", "step0000200.pt"]

@@ -74,7 +74,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, monkey
         main(args + ["--out", str(tmp_path / "cut")])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert load_run_checkpoint(tmp_path / "cut" / "last.pt", "visobert_multitask")["progress"] == {
-        "step": 9, "epoch": 1, "batch_in_epoch": 3, "log_rows": 5}  # train rows at steps 2, 4, 6, 8; val at 6
+        "step": 9, "epoch": 1, "batch_in_epoch": 3, "log_rows": 5, "world_size": 1}  # train rows at steps 2, 4, 6, 8; val at 6
     assert not (tmp_path / "cut" / "results.json").exists() and not (tmp_path / "cut" / ".lock").exists()
     monkeypatch.undo()
     main(["--resume", str(tmp_path / "cut" / "last.pt")])  # every other setting from the checkpoint
