@@ -62,6 +62,19 @@ TINY_RUN = ["--synthetic-train", "48", "--synthetic-val", "16", "--synthetic-tes
             "--image-size", "16", "--embed-dim", "32", "--depth", "2", "--heads", "2", "--log-interval", "1"]
 
 
+def test_dcal_wd_main_trains_with_decoupled_decay_and_no_decay_on_1d_tensors(tmp_path):
+    """DCAL-WD through main(): the optimiser it trains with (its state in last.pt) is decoupled
+    (AdamW) with two groups, the second (norms, biases, tokens, loss weights) without decay.
+    The baseline's Adam(model.parameters(), weight_decay) had one coupled group."""
+    main(TINY_RUN + ["--batch-size", "8", "--max-iters", "1", "--out", str(tmp_path / "run")])
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert all(g["decoupled_weight_decay"] for g in groups)
+    model = DCAL(tiny_cfg())
+    assert len(groups[1]["params"]) == sum(p.ndim < 2 or "pos" in n or "cls" in n or "token" in n
+                                           for n, p in model.named_parameters())
+
+
 @pytest.mark.slow
 def test_dcal_lr_paper_rule_on_effective_batch_with_warmup(tmp_path):
     """DCAL-LR: the baseline's 5e-4*sqrt(batch/16) on the per-device batch gives 22x the paper's
