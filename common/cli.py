@@ -84,13 +84,12 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str) -> argparse
         shown = not (default is None or default is False or default == "")  # 0 and 0.0 are shown
         help_text = meta["help"] + (" (default: %(default)s)" if shown else "")
         if kind is bool:
-            flags = [flag] + ([meta["short_off"]] if meta["short_off"] else [])
             if meta["short_off"]:
                 group.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
                 group.add_argument(meta["short_off"], dest=f.name, action="store_false",
                                    help=f"turn {flag} off")
             else:
-                group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                    help=meta["help"] + f" (default: {'on' if default else 'off'})")
             continue
         group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,

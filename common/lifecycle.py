@@ -54,7 +54,6 @@ from common.runtime import (
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "project", "args", "config", "model", "optimizer", "scaler", "progress", "best",
                    "rng", "extra")
-RUN_FILES = ("config.json", "log.csv", "last.pt", "best.pt", "results.json")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 

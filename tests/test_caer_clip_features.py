@@ -3,7 +3,6 @@ tiny fixture folders, their errors, and exact resume of train.py."""
 
 import csv
 import json
-import os
 import signal
 
 import pytest
@@ -22,6 +21,7 @@ from caer_clip.train import apply_official_recipe, build_parser, configs_from, m
 from common.lifecycle import Run
 from common.runtime import ConfigMismatchError, DataError
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, make_raer, tiny_model, write_frames
+from tests.lifecycle_faults import signal_during_step
 
 # ----------------------------------------------------------------------------- CLIP weights
 
@@ -235,19 +235,6 @@ def test_train_on_raer_fixture_folder(tmp_path):
     assert config["model"]["num_frames"] == 2 and config["train"]["milestones"] == [10, 15]  # official recipe
 
 
-def _stop_at(monkeypatch, call: int) -> None:
-    """SIGTERM to this process during the `call`-th optimizer step (the real handler then stops the run)."""
-    should_stop, calls = Run.should_stop, [0]
-
-    def signalled(self):
-        calls[0] += 1
-        if calls[0] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return should_stop(self)
-
-    monkeypatch.setattr(Run, "should_stop", signalled)
-
-
 @pytest.mark.slow
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
     """Stopped mid-epoch (step 3) and at an epoch's last step (5, before its validation), with
@@ -266,7 +253,7 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
     for stop in (3, 5):
         part = tmp_path / f"part{stop}"
         with monkeypatch.context() as patch:
-            _stop_at(patch, stop)
+            patch.setattr(Run, "should_stop", signal_during_step(stop))
             with pytest.raises(SystemExit) as exited:
                 main(args + ["--out", str(part)])
         assert exited.value.code == 128 + signal.SIGTERM

@@ -2,7 +2,6 @@
 parse-time checks, the final test of best.pt, rollout overlays."""
 
 import csv
-import itertools
 import json
 import signal
 
@@ -15,6 +14,7 @@ from common.runtime import ConfigMismatchError
 from dual_cross_attention.data import SyntheticParts
 from dual_cross_attention.train import evaluate_checkpoint, main
 from tests.fixtures_dual_cross_attention import single_thread, write_cub  # noqa: F401
+from tests.lifecycle_faults import signal_during_step
 
 # 4 optimizer steps per epoch of 2 micro-batches each; validations at steps 3, 4, 6, 8
 TINY = ["--synthetic-train", "64", "--synthetic-val", "16", "--synthetic-test", "16", "--synthetic-classes", "4",
@@ -30,20 +30,6 @@ def _load(path):
     return torch.load(path, weights_only=False)
 
 
-def _sigterm_at_call(monkeypatch, n):
-    """SIGTERM to this process during the n-th Run.should_stop call (after the n-th optimizer step),
-    as a cluster scheduler sends it."""
-    calls = itertools.count(1)
-    real = Run.should_stop
-
-    def should_stop(self):
-        if next(calls) == n:
-            signal.raise_signal(signal.SIGTERM)
-        return real(self)
-
-    monkeypatch.setattr(Run, "should_stop", should_stop)
-
-
 @pytest.mark.slow
 def test_sigterm_then_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
     """8 steps straight, vs SIGTERM after step 3 (just validated, mid-epoch) or step 4 (the epoch's
@@ -57,7 +43,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, 
     for stop_after in (3, 4):
         split = tmp_path / f"split{stop_after}"
         with monkeypatch.context() as patch:
-            _sigterm_at_call(patch, stop_after)
+            patch.setattr(Run, "should_stop", signal_during_step(stop_after))
             with pytest.raises(SystemExit) as stopped:
                 main(TINY + ["--out", str(split), "--num-overlays", "0"])
         assert stopped.value.code == 128 + signal.SIGTERM

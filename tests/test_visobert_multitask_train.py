@@ -4,7 +4,6 @@ checks, config mismatch, bad data."""
 
 import csv
 import json
-import os
 import signal
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from common.lifecycle import Run, load_run_checkpoint
 from common.runtime import ConfigMismatchError, DataError
+from tests.lifecycle_faults import signal_during_step
 from visobert_multitask.train import evaluate_checkpoint, main
 
 TINY = ["--synthetic-train", "96", "--synthetic-val", "32", "--synthetic-test", "32", "--hidden", "32", "--layers", "1",
@@ -21,19 +21,6 @@ TINY = ["--synthetic-train", "96", "--synthetic-val", "32", "--synthetic-test", 
 def rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def stop_at(monkeypatch, n: int, signum=signal.SIGTERM):
-    """Send `signum` to this process during the n-th optimizer step (the n-th Run.should_stop call)."""
-    should_stop, calls = Run.should_stop, [0]
-
-    def signalled(self):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signum)
-        return should_stop(self)
-
-    monkeypatch.setattr(Run, "should_stop", signalled)
 
 
 def assert_same_run(a, b):
@@ -69,7 +56,7 @@ def test_smoke_run_writes_run_folder_and_summary(tmp_path):
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     args = TINY + ["--epochs", "2", "--ckpt-interval", "4"]
     main(args + ["--out", str(tmp_path / "full")])
-    stop_at(monkeypatch, 9)  # 6 batches per epoch: mid epoch 1, between two interval checkpoints
+    monkeypatch.setattr(Run, "should_stop", signal_during_step(9))  # 6 batches per epoch: mid epoch 1, between two interval checkpoints
     with pytest.raises(SystemExit) as stopped:
         main(args + ["--out", str(tmp_path / "cut")])
     assert stopped.value.code == 128 + signal.SIGTERM
@@ -98,7 +85,7 @@ def test_val_interval_validates_mid_epoch_and_resumes_at_a_validation_step(tmp_p
     main(args + ["--out", str(tmp_path / "full")])
     val_steps = [int(r["step"]) for r in rows(tmp_path / "full" / "log.csv") if r["split"] == "val"]
     assert val_steps == [4, 6, 8, 12]  # every 4 steps, every epoch end (6, 12), never twice at one step
-    stop_at(monkeypatch, 8)  # the stop arrives in a step that also validates
+    monkeypatch.setattr(Run, "should_stop", signal_during_step(8))  # the stop arrives in a step that also validates
     with pytest.raises(SystemExit):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()

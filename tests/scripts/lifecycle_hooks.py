@@ -9,7 +9,6 @@
 
 Both patch common.lifecycle.Run only; the training code runs unchanged."""
 
-import os
 import runpy
 import signal
 import sys
@@ -18,30 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from common.lifecycle import Run
+from tests.lifecycle_faults import kill_after_row, signal_during_step
 
 mode = sys.argv[1]
 if mode == "kill-after-row":
-    column, value = sys.argv[2], sys.argv[3]
-    log = Run.log
-
-    def log_then_kill(self, row):
-        log(self, row)
-        cell = row.get(column)
-        if cell not in (None, "") and (value == "*" or str(cell) == value):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    Run.log = log_then_kill
+    Run.log = kill_after_row(sys.argv[2], sys.argv[3])
 elif mode == "signal-at":
-    at, signum = int(sys.argv[2]), signal.Signals[sys.argv[3]]
-    should_stop, calls = Run.should_stop, [0]
-
-    def signalled_should_stop(self):
-        calls[0] += 1
-        if calls[0] == at:
-            os.kill(os.getpid(), signum)
-        return should_stop(self)
-
-    Run.should_stop = signalled_should_stop
+    Run.should_stop = signal_during_step(int(sys.argv[2]), signal.Signals[sys.argv[3]])
 else:
     raise SystemExit(f"unknown mode {mode!r}")
 
