@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from caer_clip.clip import load_clip
@@ -54,6 +53,7 @@ from common.runtime import (
     seed_worker,
     setup_distributed,
     unwrap,
+    wrap_ddp,
 )
 from common.schedulers import multistep_lr, scaled_lr
 
@@ -471,8 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         steps_per_epoch = sampler.batches_per_epoch()
         run.print(describe(cfg, recipe, splits, model, optimizer, steps_per_epoch, dist_info.world_size, device))
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if dist_info.enabled else model
+        ddp_model = wrap_ddp(model, dist_info)
         val_loader, test_loader = (eval_loader(splits[s], tc.batch_size, args, device, dist_info.rank,
                                                dist_info.world_size) for s in ("val", "test"))
         run.restore_rng()  # after everything above that draws random numbers

@@ -158,6 +158,15 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Module:
+    """The model in DistributedDataParallel under torchrun (one device per process), else itself.
+    Delete the wrapper before cleanup_distributed(): it holds the process group."""
+    if not info.enabled:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DDP (checkpoints hold unwrapped weights)."""
     return model.module if hasattr(model, "module") else model

@@ -57,6 +57,7 @@ from common.runtime import (
     seed_everything,
     seed_worker,
     setup_distributed,
+    wrap_ddp,
 )
 from common.schedulers import PlateauController
 from deepfake_effnet_lstm.data import CLASS_NAMES, DataConfig, denormalize, make_datasets, upsample_map
@@ -479,10 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
             controller.load_state_dict(progress["extra"]["controller"])
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()
-        ddp_model = model
-        if dist_info.enabled:
-            ddp_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = wrap_ddp(model, dist_info)
         setup = Setup(run, args, dist_info, datasets, class_weights.to(device), sampler, batches_per_epoch,
                       max_iters, open_tensorboard(args, run.dir))
 

@@ -53,6 +53,7 @@ from common.runtime import (
     seed_everything,
     setup_distributed,
     unwrap,
+    wrap_ddp,
 )
 from common.runtime import autocast as autocast_ctx
 from common.runtime import autocast_dtype as pick_autocast_dtype
@@ -462,8 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
             meter.load_state_dict(restored["extra"]["meter"], device)
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()  # after everything that draws random numbers (the model's init)
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else model
+        train_model = wrap_ddp(model, dist_info)
         overlay_images = first_images(splits["val"], train_cfg.num_overlays, device) if is_main() else None
         run.print(plan.describe(train_cfg))
 

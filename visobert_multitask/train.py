@@ -20,7 +20,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from common.cli import above, add_args, arg, at_least, between
 from common.lifecycle import (
@@ -49,6 +48,7 @@ from common.runtime import (
     seed_everything,
     seed_worker,
     setup_distributed,
+    wrap_ddp,
 )
 from common.schedulers import warmup_cosine_lr
 from visobert_multitask.data import (
@@ -475,9 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {model_cfg.vocab_size}, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {hp.total_steps} steps on {device}")
         run.restore_rng()  # last: dropout continues where the run stopped
-        train_model = model
-        if dist_info.enabled:
-            train_model = DistributedDataParallel(model, find_unused_parameters=args.loss == "focal")
+        train_model = wrap_ddp(model, dist_info, find_unused_parameters=args.loss == "focal")
         validate_now = partial(validate, run, state, eval_loaders["val"], aspects, device, dtype)
 
         for epoch in range(state.epoch, hp.epochs):
