@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from common.runtime import (
+    AMP_MODES,
     ConfigMismatchError,
     RunDirError,
     is_main,
@@ -86,8 +87,10 @@ def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: i
     g.add_argument("--seed", type=at_least(0), default=0, help="seeds weights, data order and augmentation "
                    "(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="autocast on CUDA: bf16 where supported, else fp16 with loss scaling (default: on)")
+    g.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_MODES[:3],
+                   help="autocast on CUDA: auto = bf16 where the GPU supports it, else fp16 with loss "
+                        "scaling; bf16 / fp16 force one (default: %(default)s; no effect on CPU)")
+    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="plain fp32 on CUDA too")
     g.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes (default: %(default)s)")
     g.add_argument("--log-interval", type=at_least(1), default=log_interval,
                    help="optimizer steps between training log lines (default: %(default)s)")

@@ -88,11 +88,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; None (plain fp32) on CPU or with amp off."""
-    if not amp or device.type != "cuda":
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # the values of --amp / --no-amp
+
+
+def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
+    """The autocast dtype for `--amp`: None (plain fp32) on CPU or with amp off; on CUDA bf16 where
+    supported else fp16 for "auto" (or True, as older checkpoints store it), or the one asked for."""
+    if amp in (False, None, "off") or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp not in (True, *AMP_MODES):
+        raise ValueError(f"--amp {amp!r}: expected one of {', '.join(AMP_MODES)}")
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16")
+    return torch.bfloat16 if amp == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
