@@ -2,9 +2,11 @@
 
 Only the ViT image encoder and the text transformer, batch-first, attention through
 `F.scaled_dot_product_attention`. The layout follows openai/CLIP clip/model.py, so an OpenAI
-state_dict (TorchScript archive or plain) or an open_clip `openai` model loads by name, and the
-architecture is read from the tensor shapes. A tiny random configuration with a word-level
-tokenizer serves the synthetic demo and the tests.
+state_dict (TorchScript archive or plain) or an open_clip model of that layout loads by name. The
+architecture is read from the tensor shapes; the head counts and the MLP activation, which a
+state_dict does not hold, follow OpenAI's rules for OpenAI files and are read from the model for
+open_clip. A tiny random configuration with a word-level tokenizer serves the synthetic demo and
+the tests.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ class CLIPConfig:
     image_resolution: int = 224  # input side in pixels
     vision_layers: int = 12  # residual attention blocks in the ViT
     vision_width: int = 768  # ViT token width
-    vision_heads: int = 12  # ViT attention heads (OpenAI: width // 64)
+    vision_heads: int = 12  # ViT attention heads (OpenAI: width // 64; open_clip: width // head_width)
     vision_patch_size: int = 16  # patch side in pixels
     context_length: int = 77  # text tokens, SOT and EOT included
     vocab_size: int = 49408  # token-embedding rows; EOT must be the largest id (pooling takes argmax)
     transformer_width: int = 512  # text transformer width
     transformer_heads: int = 8  # text attention heads
     transformer_layers: int = 12  # text residual attention blocks
+    quick_gelu: bool = True  # MLP activation: QuickGELU as OpenAI trained with, else exact GELU (open_clip's own)
 
 
 def tiny_config(context_length: int = 32, vocab_size: int = 256) -> CLIPConfig:
@@ -75,13 +78,14 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, quick_gelu: bool = True):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]))
+            ("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+            ("c_proj", nn.Linear(4 * width, width))]))
         # CLIP itself has no dropout; the temporal models built from this block use it.
         self.drop = nn.Dropout(dropout)
 
@@ -91,9 +95,9 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, dropout: float = 0.0):
+    def __init__(self, width: int, layers: int, heads: int, dropout: float = 0.0, quick_gelu: bool = True):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, dropout) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, dropout, quick_gelu) for _ in range(layers)])
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:
@@ -113,14 +117,15 @@ def init_transformer(transformer: Transformer, width: int) -> None:
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int,
+                 quick_gelu: bool = True):
         super().__init__()
         scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
         init_transformer(self.transformer, width)
@@ -139,8 +144,9 @@ class CLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.visual = VisionTransformer(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width,
-                                        cfg.vision_layers, cfg.vision_heads, cfg.embed_dim)
-        self.transformer = Transformer(cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads)
+                                        cfg.vision_layers, cfg.vision_heads, cfg.embed_dim, cfg.quick_gelu)
+        self.transformer = Transformer(cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads,
+                                       quick_gelu=cfg.quick_gelu)
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.transformer_width))
         self.ln_final = LayerNorm(cfg.transformer_width)
@@ -172,8 +178,20 @@ class CLIP(nn.Module):
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIPConfig:
-    """Architecture from tensor shapes, as openai/CLIP build_model does (ViT models only)."""
+def openai_heads(width: int, tower: str) -> int:
+    """OpenAI's rule, width // 64 heads (openai/CLIP clip/model.py, build_model): a state_dict does not
+    store the head count. A width that is not a multiple of 64 is no OpenAI model, so no guess is made."""
+    if width % 64:
+        raise ValueError(f"{tower} width {width} is not a multiple of OpenAI's head width 64: the head count is not "
+                         "in a state_dict, so it cannot be loaded as an OpenAI checkpoint; load the open_clip "
+                         "model with load_open_clip / clip_from_open_clip, which read it from the model")
+    return width // 64
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int | None = None,
+                           transformer_heads: int | None = None, quick_gelu: bool = True) -> CLIPConfig:
+    """Architecture from tensor shapes, as openai/CLIP build_model does (ViT models only). Head counts
+    and activation are not in the tensors: by default OpenAI's (width // 64 heads, QuickGELU)."""
     if "visual.proj" not in state_dict:
         raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.proj': a ResNet CLIP?)")
     vision_width = state_dict["visual.conv1.weight"].shape[0]
@@ -183,17 +201,21 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIPConfig:
     return CLIPConfig(
         embed_dim=state_dict["text_projection"].shape[1], image_resolution=patch * grid,
         vision_layers=len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")}),
-        vision_width=vision_width, vision_heads=vision_width // 64, vision_patch_size=patch,
+        vision_width=vision_width, vision_patch_size=patch,
+        vision_heads=vision_heads if vision_heads is not None else openai_heads(vision_width, "vision"),
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0], transformer_width=width,
-        transformer_heads=width // 64,
-        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}))
+        transformer_heads=transformer_heads if transformer_heads is not None else openai_heads(width, "text"),
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
+        quick_gelu=quick_gelu)
 
 
-def clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIP:
-    """Build a CLIP whose shapes match `state_dict` and load it, checking the exact key sets."""
+def clip_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int | None = None,
+                         transformer_heads: int | None = None, quick_gelu: bool = True) -> CLIP:
+    """Build a CLIP whose shapes match `state_dict` and load it, checking the exact key sets. Heads
+    and activation default to OpenAI's; an open_clip model passes its own (clip_from_open_clip)."""
     state_dict = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
-    model = CLIP(config_from_state_dict(state_dict))
+    model = CLIP(config_from_state_dict(state_dict, vision_heads, transformer_heads, quick_gelu))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -209,7 +231,7 @@ def clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIP:
 
 def load_openai_file(path: str) -> CLIP:
     """A local OpenAI checkpoint: the TorchScript archive they publish (e.g. ViT-B-16.pt) or a
-    plain state_dict saved with torch.save."""
+    plain state_dict saved with torch.save. OpenAI's architecture rules (width // 64 heads, QuickGELU)."""
     try:
         state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:  # not a TorchScript archive: a plain state_dict
@@ -218,19 +240,92 @@ def load_openai_file(path: str) -> CLIP:
 
 
 def convert_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """open_clip's CLIP (QuickGELU 'openai' models) uses OpenAI's names; it may add the causal mask
-    as a buffer, which ours builds on the fly. Anything else is left for the key check."""
+    """open_clip's CLIP uses OpenAI's names; it may add the causal mask as a buffer, which ours
+    builds on the fly. Anything else is left for the key check."""
     return {k: v for k, v in state_dict.items() if k != "attn_mask"}
 
 
-def load_open_clip(name: str = "ViT-B-16", pretrained: str = "openai") -> CLIP:
-    """Weights from open_clip's pretrained registry (downloads on first use)."""
+def open_clip_architecture(reference: nn.Module) -> dict:
+    """Head counts and MLP activation of an open_clip CLIP, read from its modules (open_clip/model.py
+    builds heads = vision_cfg.width // vision_cfg.head_width and text_cfg.heads, and QuickGELU only when
+    the config says quick_gelu), as keyword arguments of clip_from_state_dict. Anything this CLIP
+    does not compute is refused here: the key and shape checks cannot see a change of function."""
+    from open_clip.model import CLIP as OpenClipCLIP
+    from open_clip.transformer import QuickGELU as OpenClipQuickGELU
+    from open_clip.transformer import ResidualAttentionBlock as OpenClipBlock
+    from open_clip.transformer import VisionTransformer as OpenClipViT
+
+    def refuse(what: str):
+        raise ValueError(f"cannot load this open_clip model correctly: {what}")
+
+    if type(reference) is not OpenClipCLIP:
+        refuse(f"{type(reference).__name__} is not open_clip's CLIP (custom / HF text tower, CoCa)")
+    visual = reference.visual
+    if type(visual) is not OpenClipViT:
+        refuse(f"image tower {type(visual).__name__} is not open_clip's VisionTransformer (timm trunk or ResNet)")
+    # open_clip/transformer.py VisionTransformer._pool / text_global_pool: ours takes the CLS token and the
+    # argmax (EOT) token, text under a causal mask
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        refuse(f"image pooling {visual.pool_type!r} / attentional pooler (ours: the CLS token, 'tok')")
+    if reference.text_pool_type != "argmax":
+        refuse(f"text pooling {reference.text_pool_type!r} (ours: the EOT token, 'argmax')")
+    if reference.attn_mask is None:
+        refuse("bidirectional text attention (no_causal_mask; ours is causal)")
+    for module in reference.modules():
+        if isinstance(module, nn.LayerNorm) and (module.eps != 1e-5 or not module.elementwise_affine):
+            refuse(f"LayerNorm eps {module.eps} / affine {module.elementwise_affine} (ours: 1e-5, affine)")
+
+    def tower(name: str, transformer: nn.Module) -> tuple[int, bool]:
+        heads, acts = set(), set()
+        for block in transformer.resblocks:
+            if type(block) is not OpenClipBlock or not isinstance(block.attn, nn.MultiheadAttention):
+                refuse(f"{name} block {type(block).__name__} is not open_clip's standard ResidualAttentionBlock")
+            if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
+                refuse(f"{name} blocks have LayerScale (ls_init_value)")
+            act = block.mlp.gelu
+            if type(act) is OpenClipQuickGELU:
+                acts.add(True)
+            elif type(act) is nn.GELU and act.approximate == "none":
+                acts.add(False)
+            else:
+                refuse(f"{name} MLP activation {act!r} (ours: QuickGELU or exact nn.GELU)")
+            heads.add(block.attn.num_heads)
+        if len(heads) != 1 or len(acts) != 1:
+            refuse(f"{name} blocks differ in heads {sorted(heads)} or activation")
+        return heads.pop(), acts.pop()
+
+    vision_heads, vision_quick = tower("image", visual.transformer)
+    transformer_heads, text_quick = tower("text", reference.transformer)
+    if vision_quick != text_quick:
+        refuse("the image and text towers use different activations")
+    return dict(vision_heads=vision_heads, transformer_heads=transformer_heads, quick_gelu=vision_quick)
+
+
+def clip_from_open_clip(reference: nn.Module) -> CLIP:
+    """Our CLIP with the weights, head counts and activation of an open_clip CLIP model."""
+    state_dict = convert_open_clip_state_dict(reference.state_dict())
+    return clip_from_state_dict(state_dict, **open_clip_architecture(reference))
+
+
+def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") -> CLIP:
+    """Weights from open_clip's pretrained registry (downloads on first use) or a file path.
+
+    The activation belongs to the weights: open_clip/pretrained.py marks the tags trained with
+    QuickGELU (OpenAI's, and e.g. the MetaCLIP ones), while open_clip/factory.py create_model only
+    warns when the model config disagrees (ViT-B-16 with 'openai' builds nn.GELU). The tag's
+    activation is forced here; a QuickGELU config with GELU-trained weights is refused."""
     try:
         import open_clip
     except ImportError as e:
         raise ImportError("loading open_clip weights needs open_clip_torch: pip install open_clip_torch") from e
-    reference = open_clip.create_model(name, pretrained=pretrained)
-    return clip_from_state_dict(convert_open_clip_state_dict(reference.state_dict()))
+    tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) if pretrained else {}
+    tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    reference = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=tag_quick_gelu)
+    model = clip_from_open_clip(reference)
+    if tag_cfg and model.cfg.quick_gelu != tag_quick_gelu:
+        raise ValueError(f"open_clip {name!r} uses QuickGELU but its weights {pretrained!r} were trained with GELU: "
+                         "use the model name without '-quickgelu'")
+    return model
 
 
 # ----------------------------------------------------------------------------- tokenizers

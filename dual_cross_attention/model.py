@@ -349,9 +349,24 @@ def detect_source(state_dict: dict) -> str:
                      f"(cls_token, patch_embed.proj.*) keys; first keys: {list(state_dict)[:5]}")
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D): bicubic on the patch grid, the CLS entry kept
-    apart (it has no position). 14x14 -> 28x28 when a 224 px ViT is fine-tuned at 448 px."""
+# How each library resamples the patch-grid position embeddings when its own loader puts a checkpoint
+# into a model of another image size. Weights are resampled the way their library does it, so a
+# 224 px checkpoint at 448 px is the model that library itself would build (the one its recipes assume).
+POS_EMBED_RESAMPLING = {
+    # torchvision/models/vision_transformer.py, interpolate_embeddings: bicubic, align_corners=True
+    "torchvision": dict(mode="bicubic", align_corners=True, antialias=False),
+    # timm/models/vision_transformer.py checkpoint_filter_fn calls timm/layers/pos_embed.py
+    # resample_abs_pos_embed with its defaults: bicubic, align_corners unset (= False), antialias=True
+    "timm": dict(mode="bicubic", align_corners=False, antialias=True),
+}
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid: int, source: str = "timm") -> torch.Tensor:
+    """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D): the patch grid interpolated as `source`
+    ('torchvision' or 'timm') does it, the CLS entry kept apart (it has no position).
+    14x14 -> 28x28 when a 224 px ViT is fine-tuned at 448 px."""
+    if source not in POS_EMBED_RESAMPLING:
+        raise ValueError(f"unknown weight source {source!r}: use one of {sorted(POS_EMBED_RESAMPLING)}")
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
     old = math.isqrt(patch_pos.shape[1])
     if old * old != patch_pos.shape[1]:
@@ -359,15 +374,17 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     if old == grid:
         return pos_embed
     patch_pos = rearrange(patch_pos, "1 (gh gw) d -> 1 d gh gw", gh=old)  # tokens back onto the grid
-    patch_pos = F.interpolate(patch_pos.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    # in float32 as timm does; torchvision interpolates in the stored dtype, the same for its fp32 weights
+    patch_pos = F.interpolate(patch_pos.float(), size=(grid, grid), **POS_EMBED_RESAMPLING[source])
     patch_pos = rearrange(patch_pos, "1 d gh gw -> 1 (gh gw) d").to(pos_embed.dtype)
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
 def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) -> dict:
     """Load a torchvision or timm ViT/DeiT state_dict into the SA backbone through an explicit key
-    map: every mapped key must exist with the right shape (pos-embed resampled first), every
-    source key must be used, and exactly the DCAL-only parameters stay as they are.
+    map: every mapped key must exist with the right shape (pos-embed resampled first, the way the
+    source library resamples it), every source key must be used, and exactly the DCAL-only
+    parameters stay as they are.
 
     The classifier is loaded only if its shape matches (fine-tuning to another class count
     starts a fresh head). Returns what was done."""
@@ -387,7 +404,7 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
     for ours, theirs in key_map.items():
         tensor = state_dict[theirs]
         if ours == "pos_embed":
-            tensor = resample_pos_embed(tensor, model.cfg.grid)
+            tensor = resample_pos_embed(tensor, model.cfg.grid, source)
         if tensor.shape != own[ours].shape:
             raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, {ours} needs {tuple(own[ours].shape)}")
         new_state[ours] = tensor
