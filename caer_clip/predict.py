@@ -1,0 +1,244 @@
+"""Class probabilities of clips from a caer_clip checkpoint.
+
+    python caer_clip/predict.py --checkpoint runs/caer_clip/best.pt clips/clip_0001
+    python caer_clip/predict.py --checkpoint best.pt RAER/test.txt --face-boxes RAER/face_boxes.json --format jsonl
+    python caer_clip/predict.py --checkpoint best.pt clips/ --picture clips.png
+
+INPUT is one clip (a folder of frames 1.jpg, 2.jpg, ...), a folder of clip folders, or a list file in
+the training format, one clip per line: `frames_dir [num_frames label]`, paths relative to the list's
+folder, labels numbered as the checkpoint's --dataset numbers them (RAER from 1, CAER from 0).
+--face-boxes is the JSON train.py reads ({clip: {frame: [x1, y1, x2, y2]}}), its clip keys relative to
+--root (default: the list's folder, the folder of clips, or the parent of the one clip). Without it
+every face crop is the centre square of the frame (counted in the box_fallbacks column).
+
+Frames are sampled, cropped and normalised by the evaluation path of caer_clip/data.py, and the model
+and class names come from the checkpoint's own settings.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from caer_clip.clip import load_clip
+from caer_clip.data import (
+    CLASS_DESCRIPTORS,
+    FRAME_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ClipDataset,
+    ClipRecord,
+    DataConfig,
+    centre_square,
+    clip_key,
+    expand_box,
+    list_frames,
+    load_json,
+    normalise_face_boxes,
+    sample_indices,
+)
+from caer_clip.model import ModelConfig, build_model
+from caer_clip.train import dataset_name
+from common.lifecycle import load_run_checkpoint, run_cli
+from common.predict import (
+    device_from,
+    enlarge,
+    eval_model,
+    existing,
+    predict_parser,
+    require_matplotlib,
+    save_figure,
+    sheet,
+    write_rows,
+)
+from common.runtime import DataError, autocast, autocast_dtype, read_text, sample_generator, seed_everything
+
+PROJECT = "caer_clip"
+PICTURE_CLIPS = 8  # clips drawn by --picture (the first ones)
+PICTURE_COLUMNS = 8  # frames per row of a clip in the picture
+
+
+def build_parser():
+    parser = predict_parser(__doc__, formats=("csv", "jsonl"))
+    parser.add_argument("input", help="a clip folder of frames, a folder of clip folders, or a list file")
+    parser.add_argument("--face-boxes", default=None, help="per-frame face boxes JSON {clip: {frame: [x1, y1, x2, y2]}} "
+                        "(default: centre crops)")
+    parser.add_argument("--body-boxes", default=None, help="per-clip body boxes JSON {clip: [x1, y1, x2, y2]} for the "
+                        "context crop (default: the whole frame)")
+    parser.add_argument("--allow-missing-boxes", action="store_true", help="centre-crop the frames --face-boxes has no "
+                        "box for (counted in box_fallbacks) instead of failing")
+    parser.add_argument("--root", default=None, help="folder the box files' clip keys are relative to (default: see "
+                        "above)")
+    parser.add_argument("--picture", default=None, help="PNG of the sampled frames of the first clips, the face crop "
+                        "outlined, with the predicted class (needs matplotlib)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- model and clips
+
+
+def load_model(checkpoint: dict, path, device: torch.device):
+    """The trained model, built as train.build_model_and_data builds it: seeded first, because the
+    tiny CLIP's word tokenizer and the prompt learner's token buffers are not in the checkpoint."""
+    config = checkpoint["config"]
+    model_cfg, data_cfg = ModelConfig(**config["model"]), DataConfig(**config["data"])
+    seed_everything(config["run"]["seed"])
+    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
+    clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    return eval_model(build_model(model_cfg, clip, tokenizer, descriptors), checkpoint, path, device)
+
+
+def clip_record(frames_dir: Path, root: Path, where: str, label: int = -1, num_frames: int | None = None) -> ClipRecord:
+    names = list_frames(frames_dir, where)
+    if not names:
+        raise DataError(f"{where}: clip folder {frames_dir} holds no frames ({', '.join(FRAME_EXTENSIONS)})")
+    key = clip_key(Path(os.path.relpath(frames_dir, root)).as_posix())
+    return ClipRecord(frames_dir, key, num_frames or len(names), label, where)
+
+
+def read_list(path: Path, root: Path, label_base: int, num_classes: int) -> list[ClipRecord]:
+    """`frames_dir [num_frames label]` per line, frames_dir relative to the list's folder; '#' lines
+    and blank lines are skipped. Clip keys are relative to `root`."""
+    records = []
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        fields, where = line.split(), f"{path}:{line_no}"
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) not in (1, 3):
+            raise DataError(f"{where}: expected 'frames_dir' or 'frames_dir num_frames label', got {line!r}")
+        if len(fields) == 1:
+            records.append(clip_record(path.parent / fields[0], root, where))
+            continue
+        try:
+            num_frames, label = int(fields[1]), int(fields[2]) - label_base
+        except ValueError as e:
+            raise DataError(f"{where}: num_frames and label must be integers: {line!r}") from e
+        if not 0 <= label < num_classes or num_frames < 1:
+            raise DataError(f"{where}: label {fields[2]} outside [{label_base}, {num_classes - 1 + label_base}] "
+                            f"or num_frames < 1")
+        records.append(clip_record(path.parent / fields[0], root, where, label, num_frames))
+    if not records:
+        raise DataError(f"list {path} names no clip")
+    return records
+
+
+def read_clips(input_path: Path, root: str | None, label_base: int, num_classes: int) -> list[ClipRecord]:
+    """The clips of INPUT, keyed relative to `root` (default: see the module's docstring)."""
+    if input_path.is_file():
+        if input_path.suffix.lower() in VIDEO_EXTENSIONS:
+            raise DataError(f"{input_path}: a video file; caer_clip reads clips as folders of frames "
+                            f"(1.jpg, 2.jpg, ...): extract the frames first")
+        base = Path(root) if root else input_path.parent
+        return read_list(input_path, base, label_base, num_classes)
+    if list_frames(input_path, str(input_path)):  # one clip
+        base = Path(root) if root else input_path.parent
+        return [clip_record(input_path, base, str(input_path))]
+    base = Path(root) if root else input_path
+    folders = sorted((d for d in input_path.iterdir() if d.is_dir()), key=lambda d: d.name)
+    records = [clip_record(d, base, str(d)) for d in folders if list_frames(d, str(d))]
+    if not records:
+        raise DataError(f"{input_path} holds no frames ({', '.join(FRAME_EXTENSIONS)}) and no clip folders with frames")
+    return records
+
+
+# ----------------------------------------------------------------------------- picture
+
+
+def sampled_frames(dataset: ClipDataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The T frames the model saw of clip `index`, in [0, 1] at one size of at least TILE px, and the
+    face crop of each (B, 4 boxes in those pixels), chosen as ClipDataset.__getitem__ chooses them."""
+    rec, names = dataset.records[index], dataset.frame_names(index)
+    picks = sample_indices(rec.num_frames, dataset.num_frames, False, sample_generator(dataset.seed, 0, index))
+    frames, boxes = [], []
+    for i in picks:
+        frame = dataset.load_frame(index, names[i])  # uint8 (3, H, W)
+        _, height, width = frame.shape
+        box = dataset.face_box(index, names[i])
+        box = None if box is None else expand_box(box, dataset.cfg.face_margin, height, width)
+        frames.append(frame)
+        boxes.append(box or centre_square(height, width))
+    first, scale = enlarge(frames[0][None])
+    size = first.shape[-2:]
+    tiles = torch.cat([F.interpolate(f[None].float(), size=size, mode="nearest") for f in frames]) / 255
+    boxes = torch.tensor([[x1 * size[1] / f.shape[2], y1 * size[0] / f.shape[1], x2 * size[1] / f.shape[2],
+                           y2 * size[0] / f.shape[1]] for (x1, y1, x2, y2), f in zip(boxes, frames)])
+    return tiles, boxes  # (T, 3, h, w), (T, 4)
+
+
+def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str], path: str, checkpoint: str) -> Path:
+    """One panel per clip (the first PICTURE_CLIPS): its sampled frames in a grid, face crops in green,
+    captioned with the predicted class, its probability and the true class when the list gives it."""
+    shown = range(min(PICTURE_CLIPS, len(dataset)))
+    panels = []
+    for index in shown:
+        tiles, boxes = sampled_frames(dataset, index)
+        width = max(2, tiles.shape[-1] // 100)
+        outlined = torch.stack([draw_bounding_boxes((t * 255).byte(), b[None], colors="lime", width=width)
+                                for t, b in zip(tiles, boxes)])
+        grid = make_grid(outlined.float() / 255, nrow=PICTURE_COLUMNS, padding=6, pad_value=1.0)
+        rec, p = dataset.records[index], probs[index]
+        caption = f"{rec.key}: predicted {names[int(p.argmax())]} ({float(p.max()):.2f})"
+        caption += f", true {names[rec.label]}" if rec.label >= 0 else ""
+        panels.append((grid, caption))
+    more = f" (the first {len(shown)} of {len(dataset)} clips)" if len(dataset) > len(shown) else ""
+    fig, _ = sheet(plt, panels, f"caer_clip {checkpoint}: the {dataset.num_frames} frames sampled per clip, "
+                                f"in time order, face crop outlined in green{more}")
+    return save_figure(plt, fig, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    plt = require_matplotlib("--picture") if args.picture else None
+    device = device_from(args.device)
+    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    config = checkpoint["config"]
+    data_cfg = DataConfig(**config["data"])
+    names = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)])
+    records = read_clips(existing(args.input, "input"), args.root, 1 if data_cfg.dataset == "raer" else 0,
+                               len(names))
+    face_boxes = normalise_face_boxes(load_json(Path(args.face_boxes)), args.face_boxes) if args.face_boxes else None
+    body_boxes = {clip_key(k): v for k, v in load_json(Path(args.body_boxes)).items()} if args.body_boxes else None
+    model = load_model(checkpoint, args.checkpoint, device)
+    # As in training: a frame missing from a given box file is an error (DAiSEE: always a centre crop).
+    fallback = face_boxes is None or args.allow_missing_boxes or data_cfg.dataset == "daisee"
+    dataset = ClipDataset(records, face_boxes, body_boxes, data_cfg, model.cfg.num_frames,
+                          model.clip.cfg.image_resolution, train=False, seed=config["run"]["seed"],
+                          centre_crop_fallback=fallback)
+    dtype = autocast_dtype(device, config["run"]["amp"])
+    probs, fallbacks = [], []
+    for face, context, _, box_fallbacks in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size):
+        with autocast(device, dtype):
+            logits = model(face.to(device), context.to(device))["logits"]
+        probs.append(logits.float().softmax(dim=-1).cpu())
+        fallbacks += box_fallbacks.tolist()
+    probs = torch.cat(probs)
+
+    rows = []
+    for rec, p, predicted, fb in zip(records, probs.tolist(), probs.argmax(dim=-1).tolist(), fallbacks):
+        true, prediction = names[rec.label] if rec.label >= 0 else "", names[predicted]
+        if args.format == "csv":
+            rows.append({"clip": rec.key, "prediction": prediction, **{f"p_{n}": v for n, v in zip(names, p)},
+                         "true": true, "box_fallbacks": fb})
+        else:
+            rows.append({"clip": rec.key, "prediction": prediction, "probabilities": dict(zip(names, p)),
+                         "true": true or None, "box_fallbacks": fb})
+    write_rows(rows, ["clip", "prediction", *[f"p_{n}" for n in names], "true", "box_fallbacks"], args.format,
+               args.output)
+    if face_boxes is None:
+        print("no --face-boxes: the face crop of every frame is its centre square", file=sys.stderr)
+    if plt is not None:
+        print(f"picture: {draw_picture(plt, dataset, probs, names, args.picture, args.checkpoint)}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,157 @@
+"""P(fake) per sequence and per video from a deepfake_effnet_lstm checkpoint.
+
+    python deepfake_effnet_lstm/predict.py --checkpoint runs/deepfake_effnet_lstm/best.pt faces/video_0001
+    python deepfake_effnet_lstm/predict.py --checkpoint best.pt faces/ --format jsonl --overlay overlays/
+
+INPUT is the face crops of one video (a folder of frames, in frame order by file name), a folder of
+such video folders, or a dataset folder in the training format (index.csv + <video>/ folders: its
+videos and their true labels). Each video gives --eval-clips sequences of T evenly spaced frames, as
+validation and test take them (data.VideoSequenceDataset); the video's P(fake) is the mean over its
+sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake.
+This project has no step that turns a video file into face crops: extract and crop the faces first.
+--overlay DIR writes one PNG per video: the frames of its first sequence and the attention map the
+backbone applies to them.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import dataclasses
+
+import torch
+from einops import rearrange
+from torchvision.utils import make_grid
+
+from common.images import natural_key
+from common.lifecycle import load_run_checkpoint, run_cli
+from common.predict import (
+    colorbar,
+    device_from,
+    enlarge,
+    eval_model,
+    existing,
+    predict_parser,
+    require_matplotlib,
+    save_figure,
+    sheet,
+    write_rows,
+)
+from common.runtime import DataError, autocast, autocast_dtype
+from deepfake_effnet_lstm.data import (
+    CLASS_NAMES,
+    IMAGE_EXTENSIONS,
+    DataConfig,
+    VideoRecord,
+    VideoSequenceDataset,
+    denormalize,
+    list_frames,
+    read_index,
+    upsample_map,
+)
+from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, fake_probability
+from deepfake_effnet_lstm.train import per_video
+
+PROJECT = "deepfake_effnet_lstm"
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+COLUMNS = ["video", "level", "sequence", "p_fake", "prediction", "true"]
+
+
+def build_parser():
+    parser = predict_parser(__doc__, formats=("csv", "jsonl"))
+    parser.add_argument("input", help="a folder of face-crop frames, a folder of such folders, or a dataset folder "
+                        "with index.csv")
+    parser.add_argument("--overlay", default=None, metavar="DIR", help="one PNG per video: frames and attention map "
+                        "(needs matplotlib)")
+    return parser
+
+
+def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
+    """The videos of INPUT; true labels only from an index.csv (-1: unknown)."""
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise DataError(f"{path}: a video file; this model reads the face crops of a video as image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) in one folder per video, and the project has no "
+                        f"video-to-frames step: extract the frames and crop the faces first")
+    if path.is_file():
+        raise DataError(f"{path}: not a folder; give a folder of frames, a folder of such folders, or the dataset "
+                        f"folder that holds index.csv")
+    if (path / "index.csv").is_file():
+        return read_index(path / "index.csv", path, None, data.frames, data.pad_short)[0]
+    folders = [path] if list_frames(path, str(path)) else sorted((d for d in path.iterdir() if d.is_dir()),
+                                                                  key=lambda d: natural_key(d.name))
+    records = []
+    for folder in folders:
+        frames = list_frames(folder, str(folder))
+        if not frames:
+            continue
+        if len(frames) < data.frames and not data.pad_short:
+            raise DataError(f"{folder}: {len(frames)} frames, fewer than the T = {data.frames} the model was "
+                            f"trained on (a run with --pad-short repeats the last frame)")
+        records.append(VideoRecord(folder.name, -1, len(frames), frame_paths=frames, where=str(folder)))
+    if not records:
+        raise DataError(f"{path} holds no frames ({', '.join(IMAGE_EXTENSIONS)}) and no folders of frames")
+    return records
+
+
+def draw_overlay(plt, model, frames: torch.Tensor, caption: str, title: str, path: Path) -> Path:
+    """Top: the T frames of one sequence. Bottom: the same frames under the attention map of the
+    backbone's gate (model.get_attention), upsampled to the frame."""
+    attention_map = model.get_attention(frames[None].to(next(model.parameters()).device))[0]  # (T, 1, h, w)
+    rgb, _ = enlarge(denormalize(frames))
+    heat = upsample_map(attention_map, rgb.shape[-1])  # (T, 1, S, S)
+    grid = make_grid(rgb, nrow=len(rgb), padding=6, pad_value=1.0)
+    heat_grid = make_grid(heat, nrow=len(rgb), padding=6, pad_value=float("nan"))[0]  # NaN: padding not drawn
+    fig, (top, bottom) = sheet(plt, [(grid, caption), (grid, "attention map of the backbone on each frame")], title)
+    shown = bottom.imshow(heat_grid.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar(fig, bottom, shown, "attention (0-1)")
+    return save_figure(plt, fig, path)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    plt = require_matplotlib("--overlay") if args.overlay else None
+    device = device_from(args.device)
+    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    config = checkpoint["config"]
+    data = DataConfig(**config["data"])
+    records = read_videos(existing(args.input, "input"), data)
+    model = eval_model(DeepfakeDetector(dataclasses.replace(DetectorConfig(**config["model"]), pretrained=False)),
+                       checkpoint, args.checkpoint, device)  # the weights are the checkpoint's: nothing to download
+    dataset = VideoSequenceDataset(records, data.frames, data.image_size, train=False, augment=None,
+                                   clips=data.eval_clips, seed=config["run"]["seed"])
+    dtype = autocast_dtype(device, config["run"]["amp"])
+    probs = []
+    for batch in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size):
+        with autocast(device, dtype):
+            probs.append(fake_probability(model(batch["frames"].to(device))).cpu())
+    probs = rearrange(torch.cat(probs), "(v c) -> v c", c=dataset.clips)  # item i: clip i % C of video i // C
+    videos = torch.arange(len(records)).repeat_interleave(dataset.clips)
+    labels = torch.tensor([r.label for r in records]).repeat_interleave(dataset.clips)
+    _, video_probs = per_video(labels, probs.flatten(), videos)  # (V,) the mean over each video's sequences
+
+    def row(record: VideoRecord, level: str, sequence, p: float) -> dict:
+        return {"video": record.video, "level": level, "sequence": sequence, "p_fake": p,
+                "prediction": CLASS_NAMES[int(p >= 0.5)], "true": CLASS_NAMES[record.label] if record.label >= 0 else ""}
+
+    rows = []
+    for v, record in enumerate(records):
+        rows += [row(record, "sequence", clip, p) for clip, p in enumerate(probs[v].tolist())]
+        rows.append(row(record, "video", None, float(video_probs[v])))
+    write_rows(rows, COLUMNS, args.format, args.output)
+
+    if plt is not None:
+        for v, record in enumerate(records):
+            true = f", true {CLASS_NAMES[record.label]}" if record.label >= 0 else ""
+            caption = (f"{record.video}: P(fake) {float(video_probs[v]):.2f} over {dataset.clips} sequence(s), "
+                       f"predicted {CLASS_NAMES[int(video_probs[v] >= 0.5)]}{true}; frames of sequence 0")
+            draw_overlay(plt, model, dataset[v * dataset.clips]["frames"], caption,
+                         f"deepfake_effnet_lstm {args.checkpoint}: attention overlay", Path(args.overlay) /
+                         f"{v:03d}_{record.video}.png")
+        print(f"overlays: {len(records)} PNG files in {args.overlay}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,185 @@
+"""Top-5 classes of images from a dual_cross_attention (DCAL) checkpoint, for SA, GLCA and combined.
+
+    python dual_cross_attention/predict.py --checkpoint runs/dual_cross_attention/best.pt bird.jpg
+    python dual_cross_attention/predict.py --checkpoint best.pt photos/ --format jsonl --explain explain/
+
+INPUT is image files and/or folders of images (searched recursively). "combined" is the model's own
+inference, softmax(SA) + softmax(GLCA) (train.evaluate), halved here so that it is a probability.
+Images go through the checkpoint's evaluation transform: on a run on real data, resize the shorter
+side to --resize and centre-crop --image-size, ImageNet normalisation (data.FGVCTransform); on the
+synthetic demo, a resize to --image-size and the synthetic set's (x - 0.5) / 0.25.
+When an image sits in a folder named like a class of the run (a class-folder tree), that class is
+reported as its true class. --explain DIR writes one PNG per image: the image with the patches GLCA
+picked as its local queries outlined, and the attention rollout they were ranked by over the image.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+
+import torch
+import torchvision.transforms.functional as TF
+from einops import rearrange
+from torchvision.utils import draw_bounding_boxes
+
+from common.lifecycle import load_run_checkpoint, run_cli
+from common.predict import (
+    batches,
+    colorbar,
+    device_from,
+    enlarge,
+    eval_model,
+    existing,
+    predict_parser,
+    require_matplotlib,
+    save_figure,
+    sheet,
+    write_rows,
+)
+from common.runtime import DataError, autocast, autocast_dtype, read_text
+from dual_cross_attention.data import (
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataConfig,
+    FGVCTransform,
+    load_rgb,
+)
+from dual_cross_attention.model import DCAL, DCALConfig
+
+PROJECT = "dual_cross_attention"
+TOP_K = 5
+
+
+def build_parser():
+    parser = predict_parser(__doc__, formats=("csv", "jsonl"))
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--explain", default=None, metavar="DIR", help="one PNG per image: rollout heat map and "
+                        "GLCA-selected patches (needs matplotlib)")
+    return parser
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    paths = []
+    for name in inputs:
+        path = existing(name, "input")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
+def class_names(data: DataConfig, num_classes: int) -> list[str]:
+    """The run's class names, read as data.py reads them (CUB classes.txt, or the train/ class folders);
+    'class <i>' on the synthetic data, or when the data folder is no longer there."""
+    root = Path(data.data_root) if data.data_root else None
+    names = []
+    if root is not None and (root / "classes.txt").is_file():
+        names = [line.split(maxsplit=1)[1] for line in read_text(root / "classes.txt").splitlines() if line.strip()]
+    elif root is not None and (root / "train").is_dir():
+        names = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if len(names) != num_classes:
+        if root is not None:
+            print(f"class names: {root} no longer lists the run's {num_classes} classes; numbering them",
+                  file=sys.stderr)
+        names = [f"class {i}" for i in range(num_classes)]
+    return names
+
+
+def make_transform(data: DataConfig, image_size: int):
+    if data.data_root is not None:
+        fgvc = FGVCTransform(data.resize, image_size, train=False)
+        return lambda image: fgvc(image, generator=None)  # evaluation draws nothing at random
+    # NOTE(deviation): the synthetic set is drawn in normalised space, never as files; a file given to a
+    # synthetic-demo run is read back with the inverse of the set's (x - 0.5) / 0.25 scaling.
+    return lambda image: (TF.to_tensor(TF.resize(image, [image_size, image_size], antialias=True)) - 0.5) / 0.25
+
+
+def top_k(probs: torch.Tensor, names: list[str]) -> list[dict]:
+    values, indices = probs.topk(min(TOP_K, len(names)))
+    return [{"class": names[i], "prob": v} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def unnormalise(image: torch.Tensor, data: DataConfig) -> torch.Tensor:
+    if data.data_root is None:
+        return (image * 0.25 + 0.5).clamp(0, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.cpu() * std + mean).clamp(0, 1)
+
+
+def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, cfg: DCALConfig, caption: str, title: str,
+                     path: Path) -> Path:
+    """Top: the image with the GLCA local queries (top-R patches by rollout, as DCAL.glca_forward picks
+    them) outlined. Bottom: the rollout CLS row, one value per patch, over the image."""
+    picture, scale = enlarge(image[None])
+    picture = picture[0]
+    side = cfg.patch_size * scale
+    picked = rollout_row.topk(cfg.num_local if cfg.glca else 0).indices  # a run without GLCA picks none
+    boxes = torch.stack([picked % cfg.grid, picked // cfg.grid, picked % cfg.grid + 1, picked // cfg.grid + 1],
+                        dim=1).float() * side  # (R, 4) x1 y1 x2 y2 of each picked patch
+    outlined = draw_bounding_boxes((picture * 255).byte(), boxes, colors="cyan", width=max(1, round(side / 12)))
+    fig, (top, bottom) = sheet(plt, [(outlined.float() / 255, f"{caption}\nGLCA's local queries: the "
+                                      f"{len(picked)} patch(es) ranked highest by the rollout, outlined"),
+                                     (picture, "attention rollout, CLS row: what ranks the patches")], title)
+    heat = rearrange(rollout_row, "(gh gw) -> gh gw", gh=cfg.grid).float().cpu().numpy()
+    height, width = picture.shape[-2:]
+    shown = bottom.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                          interpolation="nearest")
+    colorbar(fig, bottom, shown, "rollout weight of the patch")
+    return save_figure(plt, fig, path)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    plt = require_matplotlib("--explain") if args.explain else None
+    device = device_from(args.device)
+    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    config = checkpoint["config"]
+    cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
+    paths = image_paths(args.inputs)
+    model = eval_model(DCAL(cfg), checkpoint, args.checkpoint, device)
+    names, transform = class_names(data, cfg.num_classes), make_transform(data, cfg.image_size)
+    dtype = autocast_dtype(device, checkpoint["args"]["amp"])
+
+    rows, drawn = [], 0
+    for chunk in batches(paths, args.batch_size):
+        images = torch.stack([transform(load_rgb(p)) for p in chunk])  # DataError naming an unreadable file
+        with autocast(device, dtype):
+            out = model(images.to(device), need_rollout=plt is not None)
+        branches = {"sa": out["sa"].float().softmax(dim=-1).cpu()}
+        if "glca" in out:
+            branches["glca"] = out["glca"].float().softmax(dim=-1).cpu()
+        # train.evaluate ranks by softmax(SA) + softmax(GLCA); the half of it is the same ranking, summing to 1
+        branches["combined"] = sum(branches.values()) / len(branches)
+        for i, path in enumerate(chunk):
+            true = path.parent.name if path.parent.name in names else ""
+            ranked = {branch: top_k(p[i], names) for branch, p in branches.items()}
+            if args.format == "jsonl":
+                rows.append({"image": str(path), "true": true or None, **ranked})
+            else:
+                rows += [{"image": str(path), "branch": branch, "true": true,
+                          **{f"{key}_{k + 1}": entry[key] for k, entry in enumerate(top) for key in ("class", "prob")}}
+                         for branch, top in ranked.items()]
+            if plt is not None:
+                best = ranked["combined"][0]
+                caption = f"{path.name}: predicted {best['class']} ({best['prob']:.2f})" + (f", true {true}" if true else "")
+                title = f"dual_cross_attention {args.checkpoint}: GLCA local queries and attention rollout"
+                drawn += 1  # numbered: images of the same name in two folders get two pictures
+                draw_explanation(plt, unnormalise(images[i], data), out["rollout"][i, 0, 1:].cpu(), cfg, caption, title,
+                                 Path(args.explain) / f"{drawn:03d}_{path.stem}.png")
+    columns = ["image", "branch", "true"] + [f"{key}_{k + 1}" for k in range(min(TOP_K, len(names)))
+                                               for key in ("class", "prob")]
+    write_rows(rows, columns, args.format, args.output)
+    if plt is not None:
+        print(f"explanations: {drawn} PNG files in {args.explain}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
