@@ -8,7 +8,8 @@ such video folders, or a dataset folder in the training format (index.csv + <vid
 videos and their true labels). Each video gives --eval-clips sequences of T evenly spaced frames, as
 validation and test take them (data.VideoSequenceDataset); the video's P(fake) is the mean over its
 sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake.
-This project has no step that turns a video file into face crops: extract and crop the faces first.
+A video file is refused: `python -m common.video` turns videos into frame folders, whose faces must
+then be cropped (the model was trained on face crops).
 --overlay DIR writes one PNG per video: the frames of its first sequence and the attention map the
 backbone applies to them.
 """
@@ -71,8 +72,8 @@ def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
     """The videos of INPUT; true labels only from an index.csv (-1: unknown)."""
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         raise DataError(f"{path}: a video file; this model reads the face crops of a video as image files "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) in one folder per video, and the project has no "
-                        f"video-to-frames step: extract the frames and crop the faces first")
+                        f"({', '.join(IMAGE_EXTENSIONS)}) in one folder per video: write its frames with "
+                        f"`python -m common.video {path} frames/`, crop the faces, and pass the folder")
     if path.is_file():
         raise DataError(f"{path}: not a folder; give a folder of frames, a folder of such folders, or the dataset "
                         f"folder that holds index.csv")
