@@ -48,22 +48,22 @@ def test_caer_ldl_norm_loss_is_not_tiny_at_chance():
     assert caer_losses.semantic_ldl_loss(good_logits, target, class_text, 0.1) < 1e-4
 
 
-def _baseline_lsr2(logits, target, smoothing):
-    length = int(target.max()) + 1
-    one_hot = torch.zeros(target.shape[0], length).scatter_(1, target.view(-1, 1), 1.0)
-    smoothed = one_hot * (1 - smoothing) + (1 - one_hot) * smoothing / (length - 1)
-    return (-smoothed * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
-
-
 def test_caer_lsr_batch_without_last_class():
-    logits, target = torch.randn(6, 5), torch.tensor([0, 1, 1, 0, 1, 0])
-    with pytest.raises(RuntimeError):
-        _baseline_lsr2(logits, target, 0.1)
-    cfg = caer_losses.LossConfig(cls_loss="lsr", smoothing=0.1, use_ldl=False)
-    loss = caer_losses.classification_loss(logits, target, torch.randn(5, 8), 0, cfg)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, target, label_smoothing=0.1))
-    one = caer_losses.classification_loss(logits[:1], target[:1], torch.randn(5, 8), 0, cfg)  # batch of one
-    torch.testing.assert_close(one, F.cross_entropy(logits[:1], target[:1], label_smoothing=0.1))
+    """CAER-LSR through total_loss, the loss of every training step, with the loss settings main()
+    runs by default (label smoothing 0.1). The baseline's one-hot was max(label) + 1 wide: a batch
+    without the last class raised a shape error, and a batch with it spread the smoothing mass over
+    C - 1 classes. The classification term must be torch's label-smoothed cross-entropy."""
+    loss_cfg = caer_train.configs_from(caer_train.build_parser().parse_args([])).loss
+    assert loss_cfg.cls_loss == "lsr" and not loss_cfg.use_ldl
+    g = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(5, 8, generator=g), dim=-1)  # 5 class text features
+    for target in (torch.tensor([0, 1, 1, 0, 1, 0]),  # classes 2-4 absent from the batch
+                   torch.tensor([0, 1, 2, 3, 4, 4]),  # every class present
+                   torch.tensor([3])):  # a batch of one
+        logits = torch.randn(len(target), 5, generator=g)
+        out = {"logits": logits, "text": text, "handcrafted": text.flip(0), "handcrafted_mean": text}
+        _, parts, _ = caer_losses.total_loss(out, target, target, 1.0, 0, 1.0, loss_cfg)
+        torch.testing.assert_close(parts["cls"], F.cross_entropy(logits, target, label_smoothing=loss_cfg.smoothing))
 
 
 def _non_default_argvs(action):
@@ -108,21 +108,45 @@ def test_caer_mixup_plumb_every_flag_reaches_its_config():
             assert re.search(rf"\.{name}\b", source), f"config field {name} is never read"
 
 
-def test_caer_mixup_target_is_label_of_mixed_sample():
-    from common.mixup import mixup
+def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
+    """CAER-MIXUP-TARGET in a run of main() with --mixup-alpha: for every training step, the loss
+    receives as second target (y_b) of each clip the label of the clip that was mixed into it. The
+    baseline passed the permutation index, a class id unrelated to the mixed-in clip. The partner
+    of each clip is read off the model's actual inputs: the j with mixed[i] = lam*x[i] + (1-lam)*x[j]."""
+    real_make_loader, real_build, real_total_loss = (caer_train.make_loader, caer_train.build_model_and_data,
+                                                      caer_train.total_loss)
+    last_batch, model_inputs, steps = {}, {}, []
 
-    labels = torch.tensor([4, 4, 3, 3, 2, 2, 1, 0])
-    face, context = torch.randn(8, 2, 3), torch.randn(8, 2, 3)
-    g = torch.Generator().manual_seed(3)
-    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
-    # Baseline: y_b was the permutation index itself, a class id unrelated to the mixed clip.
-    y_b_old = perm
-    assert not torch.equal(y_b_old, labels[perm])
-    (mixed_face, mixed_context), y_a, y_b, lam = mixup([face, context], labels, 0.4, generator=g)
-    assert torch.equal(y_a, labels) and torch.equal(y_b, labels[perm])
-    torch.testing.assert_close(mixed_face, lam * face + (1 - lam) * face[perm])
-    torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[perm])
-    assert "def _mixup_data" not in Path(caer_train.__file__).read_text()
+    def recording_loader(*args, **kwargs):  # the clips as the loader yields them, before mixup
+        for batch in real_make_loader(*args, **kwargs):
+            last_batch["clips"] = batch
+            yield batch
+
+    def build_recording(*args, **kwargs):  # what the model is called with in training
+        model, splits = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: model_inputs.update(mixed=inputs) if m.training else None)
+        return model, splits
+
+    def total_loss_recording(out, y_a, y_b, lam, *args, **kwargs):
+        steps.append((last_batch["clips"], model_inputs["mixed"], y_a.clone(), y_b.clone(), lam))
+        return real_total_loss(out, y_a, y_b, lam, *args, **kwargs)
+
+    monkeypatch.setattr(caer_train, "make_loader", recording_loader)
+    monkeypatch.setattr(caer_train, "build_model_and_data", build_recording)
+    monkeypatch.setattr(caer_train, "total_loss", total_loss_recording)
+    monkeypatch.setattr(caer_train, "save_confusion", lambda *args: None)  # not under test; spares matplotlib
+    caer_train.main(["--synthetic-train", "8", "--synthetic-val", "2", "--synthetic-test", "2", "--batch-size", "4",
+                     "--epochs", "1", "--num-frames", "2", "--moco-queue", "0", "--mixup-alpha", "0.4",
+                     "--out", str(tmp_path / "run")])
+    assert len(steps) == 2
+    for (face, context, labels, _), (mixed_face, mixed_context), y_a, y_b, lam in steps:
+        assert 0.0 < lam < 1.0 and torch.equal(y_a, labels)
+        candidates = lam * face[:, None] + (1 - lam) * face[None, :]  # (B, B, T, C, H, W): clip i mixed with clip j
+        error = (candidates - mixed_face[:, None]).flatten(2).abs().amax(dim=-1)  # (B, B)
+        partner = error.argmin(dim=1)
+        assert error.min(dim=1).values.max() < 1e-5, "a model input is no mix of two clips of its batch"
+        torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[partner])  # same partner, same lam
+        assert torch.equal(y_b, labels[partner]), f"y_b {y_b.tolist()}, labels of the mixed-in clips {labels[partner].tolist()}"
 
 
 def test_caer_ldl_warmup_uses_hard_labels_first():
@@ -157,10 +181,10 @@ def test_caer_loss_weights_dc_does_not_swamp_classification():
 
 
 def test_caer_train_mode_trainable_parts_train_frozen_parts_stay_eval():
+    """CAER-TRAIN-MODE: the baseline called model.eval() after construction and never train() in the
+    loop, so dropout was never on. build_model returns a training-mode model; CAERModel.train keeps
+    the frozen CLIP parts and the momentum head in eval."""
     model = tiny_model()
-    # Baseline: model.eval() after construction and no train() in the loop -> dropout never on.
-    old = tiny_model().eval()
-    assert not old.head.training
     assert model.head.training and model.prompt_learner.training
     assert not model.clip.transformer.training and not model.key_head.training
     model.eval()
@@ -171,10 +195,14 @@ def test_caer_train_mode_trainable_parts_train_frozen_parts_stay_eval():
 
 
 def test_caer_lr_rule_is_explicit():
+    """CAER-LR-RULE: the baseline multiplied every lr by batch / 20 without saying so. The same
+    scaling through param_groups with the rule spelled out (linear, reference batch 20) turns the
+    0.01 given for batch 8 into 0.004; the default rule leaves the lrs as given."""
     model = tiny_model()
-    cfg = caer_train.TrainConfig(batch_size=16, lr=0.01)
-    # Baseline: every lr silently multiplied by batch / 20.
-    assert cfg.lr * cfg.batch_size / 20 != cfg.lr
+    baseline = caer_train.param_groups(model, caer_train.TrainConfig(batch_size=8, lr=0.01, lr_rule="linear",
+                                                                     lr_ref_batch=20), world_size=1)
+    assert {round(g["base_lr"], 12) for g in baseline if g["name"] == "temporal"} == {0.004}
+    cfg = caer_train.configs_from(caer_train.build_parser().parse_args(["--batch-size", "8", "--lr", "0.01"])).train
     groups = caer_train.param_groups(model, cfg, world_size=1)
     assert {g["base_lr"] for g in groups if g["name"] == "temporal"} == {0.01}
     linear = caer_train.param_groups(model, caer_train.TrainConfig(batch_size=16, lr=0.01, lr_rule="linear",
@@ -187,25 +215,21 @@ def test_caer_nonfinite_raises_naming_component():
     out = model(*clip_batch(batch=2))
     out["logits"] = out["logits"] * float("nan")
     y = torch.tensor([0, 1])
-    # Baseline: nan_to_num turned the NaN loss into 0 with zero gradients.
-    assert torch.nan_to_num(out["logits"].sum(), nan=0.0) == 0
+    # CAER-NONFINITE: the baseline turned the NaN loss into 0 (zero gradients); now the run stops naming it.
     with pytest.raises(NonFiniteLossError, match="loss_cls"):
         caer_losses.total_loss(out, y, y, 1.0, 0, 1.0, caer_losses.LossConfig(use_ldl=False))
 
 
 def test_caer_balanced_sampler_counts_sum_and_no_empty_class():
+    """CAER-BALANCED-SAMPLER: the baseline's floor(100 * w) gave the rare class 0 samples at power 2
+    (its share is 1/8182) and 33 + 33 + 33 = 99 at power 0. One sample per class with data, the
+    other 97 by largest remainder: power 2 gives 96.03 / 0.96 / 0.01 -> 97 / 2 / 1; power 0 gives
+    32.33 each -> 34 / 33 / 33 (the tie goes to the first class)."""
     labels = [0] * 90 + [1] * 9 + [2] * 1
     sampler = caer_data.ClassBalancedSampler(labels, batch_size=4, power=2.0)
-    # Baseline: floor(n * w) -> the rare class gets zero samples.
-    counts, n = np.bincount(labels), len(labels)
-    w = counts.astype(float) ** 2 / (counts.astype(float) ** 2).sum()
-    assert [int(n * x) for x in w] [2] == 0
-    alloc = sampler.class_counts()
-    assert sum(alloc.values()) == n and min(alloc.values()) >= 1
+    assert sampler.class_counts() == {0: 97, 1: 2, 2: 1}
     balanced = caer_data.ClassBalancedSampler(labels, batch_size=4, power=0.0)
-    assert sum(int(n * x) for x in [1 / 3] * 3) == 99  # baseline epoch came out short
-    alloc = balanced.class_counts()
-    assert sum(alloc.values()) == n and max(alloc.values()) - min(alloc.values()) <= 1
+    assert balanced.class_counts() == {0: 34, 1: 33, 2: 33}
     # Deterministic per (seed, epoch); ranks take disjoint shards.
     balanced.set_epoch(1)
     first = list(balanced)
@@ -219,11 +243,13 @@ def test_caer_balanced_sampler_counts_sum_and_no_empty_class():
 
 
 def test_caer_shapes_wrong_logit_shape_raises():
+    """CAER-SHAPES: the baseline's reshape(-1, C) turned a (B, T, C) or (B*P, C) product into a batch
+    of the wrong size; class_logits accepts video (B, D) and text (C, D) only."""
     video, text = torch.randn(2, 4, 8), torch.randn(5, 8)  # a stray time axis
-    # Baseline: reshape(-1, C) turned (B, T, C) into a "batch" of B*T rows.
-    assert (video @ text.T).reshape(-1, 5).shape == (8, 5)
     with pytest.raises(ValueError, match="expected video"):
         caer_model.class_logits(video, text, 20.0)
+    with pytest.raises(ValueError, match="expected video"):  # per-prompt text features (C, P, D)
+        caer_model.class_logits(video[:, 0], torch.randn(5, 2, 8), 20.0)
     assert caer_model.class_logits(video[:, 0], text, 20.0).shape == (2, 5)
 
 
@@ -251,14 +277,12 @@ def test_caer_frame_sort_is_natural(tmp_path):
     folder.mkdir()
     for i in range(1, 13):
         (folder / f"{i}.jpg").write_bytes(b"")
-    # Baseline: lexicographic order.
-    assert sorted(p.name for p in folder.iterdir())[:3] == ["1.jpg", "10.jpg", "11.jpg"]
+    # CAER-FRAME-SORT: the baseline's text sort gave 1, 10, 11, 12, 2, ...
     assert caer_data.list_frames(folder, "test") == [f"{i}.jpg" for i in range(1, 13)]
 
 
 def test_caer_sampling_spans_the_whole_clip_in_training():
-    # Baseline: training always took frames 0..15 of a 30-frame clip.
-    assert [min(i, 29) for i in range(16)] == list(range(16))
+    # CAER-SAMPLING: the baseline always trained on frames 0..15 of a 30-frame clip.
     seen = set()
     for seed in range(20):
         picks = caer_data.sample_indices(30, 16, True, torch.Generator().manual_seed(seed))
@@ -272,19 +296,17 @@ def test_caer_sampling_spans_the_whole_clip_in_training():
 
 
 def test_caer_same_augmentation_for_face_and_context():
-    data = caer_data.SyntheticClips(1, caer_data.DataConfig(), 2, 16, True, 0, 1)
+    """CAER-SAME-AUG: the baseline drew the context's flip apart from the face's, so the face was
+    mirrored relative to its context half the time. Flip only (no rotation), the same frames in both
+    streams: whatever augment does, the two outputs must be equal, and some seeds must flip."""
+    data = caer_data.SyntheticClips(1, caer_data.DataConfig(rotate_degrees=0.0), 2, 16, True, 0, 1)
     frames = torch.rand(2, 3, 16, 16)
-    differs = 0
+    flipped = 0
     for seed in range(12):
-        # Baseline: a second draw for the context flip.
-        g = torch.Generator().manual_seed(seed)
-        torch.rand((), generator=g)
-        flip_face = torch.rand((), generator=g).item() < 0.5
-        flip_context = torch.rand((), generator=g).item() < 0.5
-        differs += flip_face != flip_context
         face, context = data.augment(frames, frames.clone(), torch.Generator().manual_seed(seed))
         torch.testing.assert_close(face, context)
-    assert differs > 0
+        flipped += torch.equal(face, frames.flip(-1))
+    assert 0 < flipped < 12
 
 
 def test_caer_clip_norm_inputs_are_standardised():
@@ -311,17 +333,32 @@ def test_caer_val_split_is_not_the_test_list(tmp_path):
     assert sorted(val.labels) == [0, 1, 2, 3, 4]  # stratified
 
 
+class _FixedPredictions(torch.nn.Module):
+    """Stands in for the CLIP-CAER model in evaluate(): the predicted class is written in the face
+    tensor's first value, so the confusion matrix is known by construction."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, face, context):
+        return {"logits": F.one_hot(face[:, 0, 0, 0, 0].long(), self.num_classes).float()}
+
+
 def test_caer_uar_all_classes_counts_classes_absent_from_the_split():
-    labels = np.array([0, 0, 1, 1, 2, 2])  # classes 3 and 4 absent from this split
-    preds = np.array([0, 0, 1, 1, 2, 3])
-    old = np.mean([(preds[labels == c] == c).mean() for c in np.unique(labels)])
-    assert old == pytest.approx(5 / 6)
-    assert caer_train.uar(labels, preds, 5) == pytest.approx((1 + 1 + 0.5) / 5)
-    model = tiny_model()
-    batches = [(torch.randn(2, 4, 3, 32, 32), torch.randn(2, 4, 3, 32, 32), torch.tensor([0, 1]),
-                torch.zeros(2, dtype=torch.long))]
-    metrics = caer_train.evaluate(model, batches, torch.device("cpu"), None, 5)
-    assert metrics["confusion"].shape == (5, 5) and metrics["uar"] <= 0.4
+    """CAER-UAR-ALL-CLASSES through evaluate(): classes 3 and 4 have no clip in this split. Recall
+    over all 5 classes is (1 + 1 + 0.5 + 0 + 0) / 5 = 0.5; the baseline's mean over the classes
+    present gave (1 + 1 + 0.5) / 3 = 0.833."""
+    labels, preds = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 1, 1, 2, 3])
+    face = preds.float().view(6, 1, 1, 1, 1).expand(6, 2, 3, 4, 4).contiguous()
+    batches = [(face[:4], face[:4], labels[:4], torch.zeros(4, dtype=torch.long)),
+               (face[4:], face[4:], labels[4:], torch.tensor([1, 0]))]
+    metrics = caer_train.evaluate(_FixedPredictions(5), batches, torch.device("cpu"), None, 5)
+    assert metrics["uar"] == pytest.approx(0.5)
+    assert metrics["war"] == pytest.approx(5 / 6) and metrics["fallbacks"] == 1
+    expected = np.zeros((5, 5), dtype=int)
+    expected[0, 0], expected[1, 1], expected[2, 2], expected[2, 3] = 2, 2, 1, 1
+    np.testing.assert_array_equal(metrics["confusion"], expected)
 
 
 def test_caer_moco_queue_masks_same_label_negatives():
