@@ -3,7 +3,8 @@ clip-level augmentation, CLIP normalisation, a class-balanced sampler and the sy
 
 Every sample is (face (T, 3, S, S), context (T, 3, S, S), label, fallbacks): T frames sampled
 over the whole clip, the face crop (face box + margin) and the context image (body box, or the
-whole frame) of each, and the number of box look-ups that fell back to a centre crop.
+whole frame) of each, and the number of box look-ups that fell back (a missing or degenerate face box
+to a centre crop, a missing or degenerate body box to the whole frame).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import io
 import json
 import math
 import os
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,7 @@ CLASS_DESCRIPTORS = {
         "checks in blue": ["a checkered face in a blue room", "a person with checks in blue light"],
     },
 }
+MAX_LISTED = 10  # bad entries or missing clips named in one error message
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -120,13 +124,164 @@ def frame_key(name: str) -> str:
     return Path(name).stem
 
 
-def normalise_face_boxes(raw: dict, source: str) -> dict[str, dict[str, list[float]]]:
-    out = {}
-    for clip, frames in raw.items():
-        if not isinstance(frames, dict):
-            raise DataError(f"{source}: clip {clip!r} must map frame names to boxes")
-        out[clip_key(clip)] = {frame_key(name): box for name, box in frames.items()}
-    return out
+def record_key(path: str, root: Path) -> str:
+    """Clip key of a list entry: an absolute path under the data root (CLIP-CAER's lists) becomes the
+    clip folder relative to it, so it matches box files written either way."""
+    text = str(path).replace("\\", "/").strip()
+    return (posixpath.isabs(text) and key_under_root(text, root)) or clip_key(text)
+
+
+def root_prefixes(root: Path) -> set[str]:
+    """The data root as a box file may have written it: absolute, with links resolved, as given and
+    relative to the working directory (RAPT-CLIP's `--root-dir ./RAER`)."""
+    forms = {Path(os.path.abspath(root)).as_posix(), Path(os.path.realpath(root)).as_posix(),
+             posixpath.normpath(Path(root).as_posix())}
+    try:
+        forms.add(Path(os.path.relpath(os.path.abspath(root))).as_posix())
+    except ValueError:  # Windows: the root on another drive than the working directory
+        pass
+    return {f.rstrip("/") for f in forms} - {"", "."}
+
+
+def key_under_root(text: str, root: Path) -> str | None:
+    path = posixpath.normpath(text)
+    for base in sorted(root_prefixes(root), key=len, reverse=True):
+        if path.startswith(base + "/"):
+            return clip_key(path[len(base) + 1:])
+    return None
+
+
+def key_candidates(key: str, root: Path | None) -> list[str]:
+    """The clip folders (relative to the data root) a box file's key may name, most literal first:
+    the key as written (this repository's lists, CAER's 'train/x.avi'); the part under the data root
+    (CLIP-CAER's absolute paths, RAPT-CLIP's os.path.join(root_dir, rel)); the part after a folder
+    named like the data root (RAPT-CLIP keys written from another working directory or machine)."""
+    text = str(key).replace("\\", "/").strip()
+    found = [clip_key(text)]
+    if root is not None:
+        found.append(key_under_root(text, root))
+        parts, name = posixpath.normpath(text).split("/"), Path(os.path.abspath(root)).name
+        found += [clip_key("/".join(parts[i + 1:])) for i in range(len(parts) - 1) if parts[i] == name]
+    return [k for k in found if k]
+
+
+def outside_root(key: str) -> bool:
+    """An absolute key (posix or Windows) or one above the root: written for another data root."""
+    text = str(key).replace("\\", "/").strip()
+    return text.startswith(("/", "../")) or re.match(r"[A-Za-z]:/", text) is not None
+
+
+def listing(items: list[str], limit: int = MAX_LISTED) -> str:
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def is_box(value) -> bool:
+    """Four finite numbers [x1, y1, x2, y2] (JSON's NaN and Infinity are not, nor are true / false)."""
+    def finite(v):
+        try:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            return False
+    return isinstance(value, (list, tuple)) and len(value) == 4 and all(finite(v) for v in value)
+
+
+def shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_boxes(raw, source, per_frame: bool) -> None:
+    """The whole box file at load, so a bad entry fails here naming it and not later inside a DataLoader
+    worker: face files {clip: {frame: box}}, body files {clip: box}; a box is 4 finite numbers, or null
+    for "no box" (then handled as a missing one). Every bad entry is listed in one DataError."""
+    layout = "{clip: {frame: [x1, y1, x2, y2]}}" if per_frame else "{clip: [x1, y1, x2, y2]}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{source}: the top level must be an object {layout}, got {type(raw).__name__} "
+                        f"{shown(raw)}")
+    bad = []
+    for clip, value in raw.items():
+        if not per_frame:
+            if value is not None and not is_box(value):
+                bad.append(f"clip {clip!r}: {shown(value)}")
+        elif not isinstance(value, dict):
+            bad.append(f"clip {clip!r}: {shown(value)} is not an object {{frame: box}}")
+        else:
+            bad += [f"clip {clip!r} frame {name!r}: {shown(box)}" for name, box in value.items()
+                    if box is not None and not is_box(box)]
+    if bad:
+        raise DataError(f"{source}: {len(bad)} malformed {'face' if per_frame else 'body'} box entries (layout "
+                        f"{layout}, a box is 4 finite numbers): {listing(bad)}")
+
+
+def match_keys(raw: dict, source, root: Path | None, clip_keys: set[str] | None) -> dict[str, str]:
+    """Box file key -> clip key: the first candidate that is a listed clip, else the key as written.
+    Without the listed clips (predict.py) a key under the data root is read relative to it."""
+    keys, owner = {}, {}
+    for key in raw:
+        candidates = key_candidates(key, root)
+        if clip_keys is None:
+            under = root is not None and key_under_root(str(key).replace("\\", "/").strip(), root)
+            keys[key] = under or candidates[0]
+        else:
+            keys[key] = next((k for k in candidates if k in clip_keys), candidates[0])
+        if keys[key] in owner:
+            raise DataError(f"{source}: keys {owner[keys[key]]!r} and {key!r} both name clip {keys[key]!r}")
+        owner[keys[key]] = key
+    return keys
+
+
+def normalise_face_boxes(raw: dict, source: str, root: Path | None = None,
+                         clip_keys: set[str] | None = None) -> dict[str, dict[str, list[float]]]:
+    """{clip key: {frame stem: box}} of a face box file; null boxes are left out (missing)."""
+    check_boxes(raw, source, per_frame=True)
+    keys = match_keys(raw, source, root, clip_keys)
+    return {keys[clip]: {frame_key(name): box for name, box in frames.items() if box is not None}
+            for clip, frames in raw.items()}
+
+
+def normalise_body_boxes(raw: dict, source: str, root: Path | None = None,
+                         clip_keys: set[str] | None = None) -> dict[str, list[float]]:
+    check_boxes(raw, source, per_frame=False)
+    keys = match_keys(raw, source, root, clip_keys)
+    return {keys[clip]: box for clip, box in raw.items() if box is not None}
+
+
+def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], allow_missing: bool):
+    """Boxes of a face or body file keyed by clip, checked against every listed clip: a clip without
+    boxes is a DataError naming it unless `allow_missing` (then its look-ups are counted fallbacks).
+    Returns (boxes, summary line "face boxes: 15 of 15 clips")."""
+    raw, clip_keys = load_json(path), {r.key for r in records}
+    normalise = normalise_face_boxes if kind == "face" else normalise_body_boxes
+    boxes = normalise(raw, str(path), root, clip_keys)
+    unmatched = [k for k in raw if not clip_keys.intersection(key_candidates(k, root))]
+    missing = list({r.key: r for r in records if r.key not in boxes}.values())
+    summary = f"{kind} boxes: {len(clip_keys) - len(missing)} of {len(clip_keys)} clips"
+    outside = [repr(k) for k in unmatched if outside_root(k)]
+    if outside:
+        summary += (f" ({len(outside)} keys of {path.name} lie outside --data-root {root} and match no clip: "
+                    f"{listing(outside, 3)})")
+    if missing and not allow_missing:
+        hint = "" if outside or not unmatched else ("; a key names the clip folder relative to --data-root, keys "
+                                                    f"matching no clip: {listing([repr(k) for k in unmatched], 3)}")
+        raise DataError(f"{path}: no {kind} box for clip "
+                        f"{listing([f'{r.key!r} ({r.source})' for r in missing])} [{summary}]{hint} "
+                        f"(pass --allow-missing-boxes to fall back to the "
+                        f"{'centre crop' if kind == 'face' else 'whole frame'} instead)")
+    return boxes, summary
+
+
+def box_problem(box, height: int, width: int) -> str | None:
+    """Why a well-formed box cannot be cropped from a height x width frame, or None. Boxes reaching
+    past the frame are fine (clamped); nothing of the frame left inside is not."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 == x1 or y2 == y1:
+        return "of zero area"
+    if x2 < x1 or y2 < y1:
+        return "inverted (x2 < x1 or y2 < y1)"
+    if min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
+        return f"outside the {width}x{height} frame"
+    return None
 
 
 def load_json(path: Path) -> dict:
@@ -158,7 +313,7 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
             raise DataError(f"{where}: label {fields[2]} outside [{label_base}, {num_classes - 1 + label_base}]")
         if num_frames < 1:
             raise DataError(f"{where}: num_frames must be >= 1")
-        records.append(ClipRecord(root / fields[0], clip_key(fields[0]), num_frames, label, where))
+        records.append(ClipRecord(root / fields[0], record_key(fields[0], root), num_frames, label, where))
     if not records:
         raise DataError(f"annotation list {path} is empty")
     return records
@@ -169,6 +324,15 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
     check_one_file_per_frame(names, frames_dir, source)
+    numbered = {}
+    for name in sorted(names, key=natural_key):  # '1.jpg' and '01.jpg' are two files of frame 1 too
+        stem = Path(name).stem
+        if not stem.isdecimal():
+            continue
+        if int(stem) in numbered:
+            raise DataError(f"{source}: {frames_dir} holds frame {int(stem)} twice ({numbered[int(stem)]} and "
+                            f"{name}); keep one file per frame")
+        numbered[int(stem)] = name
     # FIX(CAER-FRAME-SORT): a plain sort puts 10.jpg before 2.jpg, so the "temporal" order
     # fed to the temporal model was scrambled; compare the digits as numbers.
     # was: return sorted(names)
@@ -270,6 +434,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.train, self.seed, self.centre_crop_fallback = train, seed, centre_crop_fallback
         self.epoch = 0
         self._frame_names: dict[int, list[str]] = {}
+        self.box_summary = ""  # "face boxes: N of M clips, ...", set by build_datasets, printed at start
 
     def __len__(self) -> int:
         return len(self.records)
@@ -315,24 +480,47 @@ class ClipDataset(torch.utils.data.Dataset):
                             f"(pass --allow-missing-boxes to centre-crop instead)")
         return box
 
+    def body_box(self, index: int):
+        """The clip's body box, None for the whole frame (no --body-boxes, or a counted fallback)."""
+        rec = self.records[index]
+        box = None if self.body_boxes is None else self.body_boxes.get(rec.key)
+        if box is None and self.body_boxes is not None and not self.centre_crop_fallback:
+            raise DataError(f"{rec.source}: no body box for clip {rec.key!r} "
+                            f"(pass --allow-missing-boxes to use the whole frame instead)")
+        return box
+
+    def usable_box(self, box, kind: str, index: int, name: str, height: int, width: int):
+        """`box`, or None when it is degenerate (zero area, inverted, outside the frame): a missing box,
+        so an error naming clip and frame unless fallbacks are allowed."""
+        problem = None if box is None else box_problem(box, height, width)
+        if problem is None:
+            return box
+        rec = self.records[index]
+        if not self.centre_crop_fallback:
+            raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
+                            f"(pass --allow-missing-boxes to treat it as missing)")
+        return None
+
     def __getitem__(self, index: int):
         rec = self.records[index]
         names = self.frame_names(index)
         g = sample_generator(self.seed, self.epoch, index)
         picks = sample_indices(rec.num_frames, self.num_frames, self.train, g)
-        body = (self.body_boxes or {}).get(rec.key)
+        body = self.body_box(index)
         faces, contexts, fallbacks = [], [], 0
         for i in picks:
             frame = self.load_frame(index, names[i])
             _, height, width = frame.shape
-            box = self.face_box(index, names[i])
+            box = self.usable_box(self.face_box(index, names[i]), "face", index, names[i], height, width)
             face_box = None if box is None else expand_box(box, self.cfg.face_margin, height, width)
             if face_box is None:
                 # FIX(CAER-BOX-KEYS): a missing box is counted and centre-cropped, never a silent full frame.
                 # was: face_box = (0, 0, width, height)
                 fallbacks += 1
                 face_box = centre_square(height, width)
-            context_box = None if body is None else expand_box(body, 0.0, height, width)
+            frame_body = self.usable_box(body, "body", index, names[i], height, width)
+            context_box = None if frame_body is None else expand_box(frame_body, 0.0, height, width)
+            fallbacks += int(self.body_boxes is not None and context_box is None)  # the whole frame instead
             faces.append(crop_resize(frame, face_box, self.image_size, keep_aspect=False))
             contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, keep_aspect=True))
         face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
@@ -468,17 +656,24 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
     val_records = read_split(cfg, cfg.val_list) if cfg.val_list else None
     if val_records is None:
         train_records, val_records = stratified_split(train_records, cfg.val_fraction, seed)
-    if cfg.dataset == "daisee":
-        face = normalise_face_boxes(load_json(root / cfg.face_boxes), cfg.face_boxes) \
-            if cfg.face_boxes and (root / cfg.face_boxes).is_file() else None
-    else:
-        face = normalise_face_boxes(load_json(root / cfg.face_boxes), cfg.face_boxes)
-    body = {clip_key(k): v for k, v in load_json(root / cfg.body_boxes).items()} if cfg.body_boxes else None
     # DAiSEE frames are webcam close-ups: a centre crop is a documented fallback, always allowed.
     fallback = cfg.allow_missing_boxes or cfg.dataset == "daisee"
+    # Box files are read and checked whole here, against every listed clip, so a bad entry or a clip
+    # without boxes fails now, naming it, and not later inside a DataLoader worker.
+    records = train_records + val_records + test_records
+    face = body = None
+    summary = []
+    if cfg.dataset != "daisee" or (cfg.face_boxes and (root / cfg.face_boxes).is_file()):
+        face, line = read_boxes(root / cfg.face_boxes, "face", root, records, fallback)
+        summary.append(line)
+    if cfg.body_boxes:
+        body, line = read_boxes(root / cfg.body_boxes, "body", root, records, fallback)
+        summary.append(line)
 
     def make(records, train):
-        return ClipDataset(records, face, body, cfg, num_frames, image_size, train, seed, fallback)
+        dataset = ClipDataset(records, face, body, cfg, num_frames, image_size, train, seed, fallback)
+        dataset.box_summary = ", ".join(summary)
+        return dataset
     return make(train_records, True), make(val_records, False), make(test_records, False)
 
 

@@ -39,6 +39,7 @@ from caer_clip.data import (
     expand_box,
     list_frames,
     load_json,
+    normalise_body_boxes,
     normalise_face_boxes,
     sample_indices,
 )
@@ -205,8 +206,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     names = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)])
     records = read_clips(existing(args.input, "input"), args.root, 1 if data_cfg.dataset == "raer" else 0,
                                len(names))
-    face_boxes = normalise_face_boxes(load_json(Path(args.face_boxes)), args.face_boxes) if args.face_boxes else None
-    body_boxes = {clip_key(k): v for k, v in load_json(Path(args.body_boxes)).items()} if args.body_boxes else None
+    root = Path(args.root) if args.root else None
+    face_boxes = normalise_face_boxes(load_json(Path(args.face_boxes)), args.face_boxes, root) if args.face_boxes \
+        else None
+    body_boxes = normalise_body_boxes(load_json(Path(args.body_boxes)), args.body_boxes, root) if args.body_boxes \
+        else None
     model = load_model(checkpoint, args.checkpoint, device)
     # As in training: a frame missing from a given box file is an error (DAiSEE: always a centre crop).
     fallback = face_boxes is None or args.allow_missing_boxes or data_cfg.dataset == "daisee"

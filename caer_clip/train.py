@@ -443,7 +443,8 @@ def describe(cfg: RunConfig, recipe: dict, splits: dict, model, optimizer, steps
         f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {world_size}, device {device}",
         f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
         + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})),
-        f"parameters: {sum(p.numel() for p in model.parameters()):,} total, {trainable:,} trainable"])
+        f"parameters: {sum(p.numel() for p in model.parameters()):,} total, {trainable:,} trainable"]
+        + [line for line in [splits["train"].box_summary] if line])  # "face boxes: N of M clips" on real data
 
 
 def main(argv: list[str] | None = None) -> dict:
