@@ -88,7 +88,10 @@ class PlateauController:
             if self.lr <= self.min_lr:
                 self.stopped = True
             else:
-                self.lr = max(self.lr * self.factor, self.min_lr)
+                # Snap to the floor within rounding: 1e-8 * 0.1 is 1.0000000000000005e-09 in floats,
+                # which would cost one more plateau round before lr == min_lr could hold.
+                cut = self.lr * self.factor
+                self.lr = self.min_lr if cut <= self.min_lr * (1 + 1e-9) else cut
                 self.cooldown_left = self.cooldown
             self.bad_evals = 0
         return self.lr

@@ -68,6 +68,10 @@ def test_plateau_controller_stops_at_min_lr_where_torch_never_reports_it():
     assert ctl.lr == min_lr and ctl.should_stop()
     assert len(seen) < 50
     assert seen[:3] == [lr, lr, lr] and seen[3] == pytest.approx(1e-5)  # reduce after patience+1 bad evals
+    # The cut that reaches the floor lands on it exactly (1e-8 * 0.1 is 1.0000000000000005e-09 in
+    # floats), so the stop comes one plateau round after it, not two.
+    assert next(v for v in seen if v < 1.5e-9) == min_lr
+    assert len(seen) - seen.index(min_lr) == 4  # the step that lands on it, then patience + 1 evaluations
 
 
 def test_plateau_controller_cooldown_improvement_and_state_roundtrip():
