@@ -56,8 +56,8 @@ def test_visfd_reader_unknown_aspect_polarity_and_others(tmp_path):
     f = write(tmp_path / "Train.csv", 'index,comment,n_star,label\n0,"Pin tốt, màn đẹp",5,{BATTERY#Positive};{SCREEN#Positive};\n'
                                       "1,Máy lỗi,1,{GENERAL#Negative};{OTHERS};\n")
     split, no_polarity = read_visfd(f)
-    assert split.aspects == ("BATTERY", "GENERAL", "SCREEN", "OTHERS")  # dataset order
-    assert split.labels.tolist() == [[POSITIVE, ABSENT, POSITIVE, ABSENT], [ABSENT, NEGATIVE, ABSENT, NEUTRAL]]
+    assert split.aspects == ("BATTERY", "GENERAL", "SCREEN")  # dataset order; {OTHERS} without polarity is no label
+    assert split.labels.tolist() == [[POSITIVE, ABSENT, POSITIVE], [ABSENT, NEGATIVE, ABSENT]]
     assert no_polarity == 1
     with pytest.raises(DataError, match=r"Train.csv:3: unknown aspect 'GENERAL'"):
         read_visfd(f, aspects=("BATTERY", "SCREEN", "OTHERS"))

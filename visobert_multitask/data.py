@@ -4,12 +4,19 @@ Label encoding used everywhere in this project: `labels` is an (N, A) int64 tens
 aspect: 0 = absent (the review does not mention the aspect), 1 = positive, 2 = negative,
 3 = neutral. What the model is trained to predict from it is decided in `losses.training_targets`.
 
-Formats read:
+Formats read, each file as its source publishes it (UTF-8 with or without BOM, LF or CRLF, line
+breaks inside quoted fields):
   (a) columns: a CSV with a text column and one column per aspect holding Positive / Negative /
-      Neutral or an empty cell (the format of the seed's own project);
+      Neutral or an empty cell (the format of the seed's own project, hjsad1994/BERT
+      `multi_label/data/*_multilabel.csv`, text column `data`);
   (b) UIT-ViSFD: a CSV with a text column (`comment`) and a `label` column of
       `{ASPECT#Polarity};{ASPECT#Polarity};...` strings; aspects not listed are absent. The
-      dataset writes `{OTHERS}` without a polarity; that one case is accepted and counted.
+      dataset writes `{OTHERS}` without a polarity; see `read_visfd` for what that means here.
+
+A bad record never stops the reader at the first one: every bad record of a file is listed in one
+DataError (file, physical line where the record starts, column, value). A label cell that is not a
+polarity (the seed's data has 'Postive' and 'Posititve') is an error by default; with
+on_bad_label="skip" it is read as unlabelled (absent), as the seed's own loader does, and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import io
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +40,16 @@ POLARITY_TO_STATE = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": NEUT
 # UIT-ViSFD (Luc Phan et al. 2021): 10 aspects + OTHERS.
 VISFD_ASPECTS = ("BATTERY", "CAMERA", "DESIGN", "FEATURES", "GENERAL", "PERFORMANCE", "PRICE", "SCREEN",
                  "SER&ACC", "STORAGE", "OTHERS")
-TEXT_COLUMNS = ("text", "comment", "review", "sentence", "content")
+# `data` is the text column of hjsad1994/BERT's files, `comment` UIT-ViSFD's.
+TEXT_COLUMNS = ("text", "comment", "review", "sentence", "content", "data")
+# File names (without .csv, any letter case) per split: this project's, UIT-ViSFD's Train/Dev/Test,
+# hjsad1994/BERT's {train,validation,test}_multilabel.
+SPLIT_FILE_STEMS = {"train": ("train", "train_multilabel"),
+                    "val": ("val", "dev", "valid", "validation", "validation_multilabel"),
+                    "test": ("test", "test_multilabel")}
 LABEL_STRING = re.compile(r"\{([^{}#]+)(?:#([^{}#]+))?\}")
+BAD_LABEL_CHOICES = ("error", "skip")
+MAX_LISTED = 20  # bad records quoted in one DataError; the rest are counted
 
 
 @dataclass
@@ -43,37 +58,74 @@ class ReviewSplit:
     labels: torch.Tensor  # (N, A) int64 states, see the module docstring
     aspects: tuple[str, ...]  # aspect names, column order of `labels`
     source: str  # file the split was read from (or "synthetic")
+    skipped: dict[str, int] = field(default_factory=dict)  # column -> bad label cells read as unlabelled
 
 
 # ----------------------------------------------------------------------------- reading files
 
 
-def read_utf8_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """CSV header and rows. Bytes that are not UTF-8 raise a DataError naming the file and line
-    (common.runtime.read_text), instead of the bare UnicodeDecodeError that `open()` gives."""
+def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """CSV header and (line, cells) per record, `line` being the physical line of the file where the
+    record starts (the header is line 1). A quoted field may hold line breaks, so record k is not
+    line k + 1: the seed's data has ~2,200 such reviews. Bytes that are not UTF-8 raise a DataError
+    naming the file and line (common.runtime.read_text); a BOM is dropped there."""
     path = Path(path)
-    text = read_text(path)
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
+    reader = csv.reader(io.StringIO(read_text(path)))  # splits lines on \n only; a \r before it is csv's
+    records, start = [], 1
+    try:
+        for cells in reader:
+            records.append((start, cells))
+            start = reader.line_num + 1  # lines consumed so far, so the next record starts after them
+    except csv.Error as e:
+        raise DataError(f"{path}:{start}: unreadable CSV record ({e})") from e
+    if not records:
         raise DataError(f"{path}: the file is empty (no header)")
-    return [h.strip() for h in rows[0]], rows[1:]
+    return [h.strip() for h in records[0][1]], records[1:]
 
 
-def _normalise_text(text: str, path: Path, line: int) -> str:
+class BadRecords:
+    """Collects every bad record of one file, then raises them together (`raise_if_any`).
+
+    Bad label cells go to `skipped` instead when on_bad_label is "skip"; structural faults (field
+    count, empty text, malformed label string, unknown aspect) are always errors."""
+
+    def __init__(self, path: Path, on_bad_label: str = "error"):
+        if on_bad_label not in BAD_LABEL_CHOICES:
+            raise ValueError(f"on_bad_label must be one of {BAD_LABEL_CHOICES}, not {on_bad_label!r}")
+        self.path, self.on_bad_label = path, on_bad_label
+        self.errors: list[str] = []
+        self.label_errors = 0
+        self.skipped: Counter = Counter()
+
+    def record(self, line: int, message: str) -> None:
+        self.errors.append(f"{self.path}:{line}: {message}")
+
+    def bad_label(self, line: int, column: str, value: str, message: str) -> None:
+        """A label cell that is not a polarity: an error, or (skip) one more unlabelled cell of `column`."""
+        if self.on_bad_label == "skip":
+            self.skipped[column] += 1
+        else:
+            self.label_errors += 1
+            self.record(line, message)
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        listed = self.errors[:MAX_LISTED]
+        more = f"\n  and {len(self.errors) - len(listed)} more" if len(self.errors) > len(listed) else ""
+        hint = (f"; --on-bad-label skip reads the {self.label_errors} bad label cell(s) as unlabelled"
+                if self.label_errors else "")
+        raise DataError(f"{self.path}: {len(self.errors)} bad record(s){hint}:\n  " + "\n  ".join(listed) + more)
+
+
+def _normalise_text(text: str) -> str:
     # Vietnamese text arrives both precomposed and decomposed (tone mark as a combining
     # character); NFC makes the two spell the same token.
-    text = unicodedata.normalize("NFC", text).strip()
-    if not text:
-        raise DataError(f"{path}:{line}: empty review text")
-    return text
+    return unicodedata.normalize("NFC", text).strip()
 
 
-def _polarity_state(value: str, path: Path, line: int, aspect: str) -> int:
-    state = POLARITY_TO_STATE.get(value.strip().lower())
-    if state is None:
-        raise DataError(f"{path}:{line}: unknown polarity {value!r} for aspect {aspect!r}; "
-                        f"expected one of Positive, Negative, Neutral")
-    return state
+def _polarity_state(value: str) -> int | None:
+    return POLARITY_TO_STATE.get(value.strip().lower())
 
 
 def _text_column(header: list[str], path: Path, text_column: str | None) -> int:
@@ -82,14 +134,27 @@ def _text_column(header: list[str], path: Path, text_column: str | None) -> int:
     for name in candidates:
         if name in lowered:
             return lowered.index(name)
-    raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}")
+    raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}; "
+                    f"name the text column with --text-column")
+
+
+def _read_review(cells: list[str], header: list[str], text_idx: int, line: int, bad: BadRecords) -> str | None:
+    """The review text of a record, or None (fault recorded) when the record is malformed."""
+    if len(cells) != len(header):
+        bad.record(line, f"{len(cells)} fields, header has {len(header)}")
+        return None
+    text = _normalise_text(cells[text_idx])
+    if not text:
+        bad.record(line, f"empty review text in column {header[text_idx]!r}")
+        return None
+    return text
 
 
 def read_aspect_columns(path: str | Path, aspects: tuple[str, ...] | None = None,
-                        text_column: str | None = None) -> ReviewSplit:
+                        text_column: str | None = None, on_bad_label: str = "error") -> ReviewSplit:
     """Format (a): one column per aspect. Without `aspects`, every non-text column is an aspect."""
     path = Path(path)
-    header, rows = read_utf8_rows(path)
+    header, records = read_records(path)
     text_idx = _text_column(header, path, text_column)
     columns = {h: i for i, h in enumerate(header) if i != text_idx}
     if aspects is None:
@@ -99,16 +164,28 @@ def read_aspect_columns(path: str | Path, aspects: tuple[str, ...] | None = None
     missing = [a for a in aspects if a not in columns]
     if missing:
         raise DataError(f"{path}:1: aspect column(s) {missing} not in header {header}")
+    bad = BadRecords(path, on_bad_label)
     texts, labels = [], []
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
+    for line, cells in records:
+        if not any(cell.strip() for cell in cells):
             continue  # blank line
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
-        texts.append(_normalise_text(row[text_idx], path, line))
-        labels.append([ABSENT if not row[columns[a]].strip() else _polarity_state(row[columns[a]], path, line, a)
-                       for a in aspects])
-    return ReviewSplit(texts, torch.tensor(labels, dtype=torch.long).view(-1, len(aspects)), tuple(aspects), str(path))
+        text = _read_review(cells, header, text_idx, line, bad)
+        if text is None:
+            continue
+        states = []
+        for aspect in aspects:
+            value = cells[columns[aspect]]
+            state = ABSENT if not value.strip() else _polarity_state(value)
+            if state is None:
+                bad.bad_label(line, aspect, value, f"unknown polarity {value!r} in column {aspect!r}; "
+                                                   f"expected Positive, Negative, Neutral or empty")
+                state = ABSENT  # unlabelled (only kept under skip: otherwise the file raises below)
+            states.append(state)
+        texts.append(text)
+        labels.append(states)
+    bad.raise_if_any()
+    return ReviewSplit(texts, torch.tensor(labels, dtype=torch.long).view(-1, len(aspects)), tuple(aspects),
+                       str(path), dict(bad.skipped))
 
 
 def parse_label_string(label: str, where: str) -> dict[str, str | None]:
@@ -131,75 +208,116 @@ def parse_label_string(label: str, where: str) -> dict[str, str | None]:
 
 
 def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
-               text_column: str | None = None) -> tuple[ReviewSplit, int]:
+               text_column: str | None = None, on_bad_label: str = "error") -> tuple[ReviewSplit, int]:
     """Format (b): UIT-ViSFD label strings. Returns the split and how many `{OTHERS}` items had no
-    polarity (those count as present and neutral: the dataset gives OTHERS no sentiment)."""
+    polarity.
+
+    Rule for `{OTHERS}` without a polarity: it is not a label here, and is dropped. UIT-ViSFD marks
+    with it that a review talks about something outside its 10 aspects, without a sentiment, while
+    every state this project trains and scores past "absent" is a sentiment: reading it as Neutral
+    (as this reader once did) invented ~1,700 Neutral labels in Train alone and put them into the
+    sentiment F1. So OTHERS becomes an aspect column only if some item gives it a polarity, and
+    without `aspects` the columns are the aspects seen with a polarity: UIT-ViSFD's 10, as its paper
+    scores them. A review whose only item is `{OTHERS}` stays in, with every aspect absent."""
     path = Path(path)
-    header, rows = read_utf8_rows(path)
+    header, records = read_records(path)
     text_idx = _text_column(header, path, text_column)
     lowered = [h.lower() for h in header]
     if "label" not in lowered:
         raise DataError(f"{path}:1: no 'label' column in header {header}")
     label_idx = lowered.index("label")
-    parsed, texts = [], []
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
+    bad = BadRecords(path, on_bad_label)
+    parsed, texts, others_without_polarity = [], [], 0
+    for line, cells in records:
+        if not any(cell.strip() for cell in cells):
             continue
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
-        texts.append(_normalise_text(row[text_idx], path, line))
-        parsed.append((line, parse_label_string(row[label_idx], f"{path}:{line}")))
-    if aspects is None:  # the aspects seen in this file, in the dataset's own order first
+        text = _read_review(cells, header, text_idx, line, bad)
+        if text is None:
+            continue
+        try:
+            items = parse_label_string(cells[label_idx], f"{path}:{line}")
+        except DataError as e:
+            bad.errors.append(str(e))
+            continue
+        labelled = {}  # aspect -> polarity string, the items that are labels
+        for aspect, polarity in items.items():
+            if polarity is not None:
+                labelled[aspect] = polarity
+            elif aspect == "OTHERS":
+                others_without_polarity += 1  # see the rule in the docstring
+            else:
+                bad.bad_label(line, aspect, "{" + aspect + "}",
+                              f"aspect {aspect} has no polarity in column 'label' "
+                              f"('{{{aspect}#Positive}}', '#Negative' or '#Neutral')")
+        texts.append(text)
+        parsed.append((line, labelled))
+    if aspects is None:  # the aspects labelled in this file, in the dataset's own order first
         seen = {a for _, items in parsed for a in items}
         aspects = tuple([a for a in VISFD_ASPECTS if a in seen] + sorted(seen - set(VISFD_ASPECTS)))
     index = {a: i for i, a in enumerate(aspects)}
     labels = torch.zeros(len(parsed), len(aspects), dtype=torch.long)
-    no_polarity = 0
-    for row_i, (line, items) in enumerate(parsed):
+    for row, (line, items) in enumerate(parsed):
         for aspect, polarity in items.items():
             if aspect not in index:
-                raise DataError(f"{path}:{line}: unknown aspect {aspect!r}; known aspects: {list(aspects)}")
-            if polarity is None:
-                if aspect != "OTHERS":
-                    raise DataError(f"{path}:{line}: aspect {aspect} has no polarity ('{{{aspect}#Positive}}')")
-                no_polarity += 1
-                labels[row_i, index[aspect]] = NEUTRAL
-            else:
-                labels[row_i, index[aspect]] = _polarity_state(polarity, path, line, aspect)
-    return ReviewSplit(texts, labels, tuple(aspects), str(path)), no_polarity
+                bad.record(line, f"unknown aspect {aspect!r} in column 'label'; known aspects: {list(aspects)}")
+                continue
+            state = _polarity_state(polarity)
+            if state is None:
+                bad.bad_label(line, aspect, polarity, f"unknown polarity {polarity!r} for aspect {aspect} in "
+                                                      f"column 'label'; expected Positive, Negative, Neutral")
+                continue  # unlabelled: stays absent
+            labels[row, index[aspect]] = state
+    bad.raise_if_any()
+    return ReviewSplit(texts, labels, tuple(aspects), str(path), dict(bad.skipped)), others_without_polarity
 
 
 def detect_format(path: str | Path) -> str:
-    header, _ = read_utf8_rows(path)
-    return "visfd" if "label" in [h.lower() for h in header] else "columns"
+    try:
+        header = next(csv.reader(io.StringIO(read_text(path))), [])
+    except csv.Error as e:
+        raise DataError(f"{path}:1: unreadable CSV header ({e})") from e
+    return "visfd" if "label" in [h.strip().lower() for h in header] else "columns"
 
 
 def find_split_file(root: Path, split: str) -> Path:
-    names = {"train": ("train",), "val": ("val", "dev", "valid", "validation"), "test": ("test",)}[split]
-    for name in names:
-        for candidate in (root / f"{name}.csv", root / f"{name.capitalize()}.csv"):
-            if candidate.is_file():
-                return candidate
-    raise DataError(f"{root}: no {split} split; expected one of {[n + '.csv' for n in names]}")
+    """The split's file in `root`, under any of the names of SPLIT_FILE_STEMS (any letter case)."""
+    stems = SPLIT_FILE_STEMS[split]
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (--data-root)")
+    found = sorted(p for p in root.iterdir() if p.suffix.lower() == ".csv" and p.stem.lower() in stems and p.is_file())
+    if len(found) > 1:
+        raise DataError(f"{root}: {len(found)} files for the {split} split, {[p.name for p in found]}; keep one")
+    if not found:
+        raise DataError(f"{root}: no {split} split; expected one of {[s + '.csv' for s in stems]} (any letter case)")
+    return found[0]
 
 
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
-                text_column: str | None = None) -> dict[str, ReviewSplit]:
+                text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
     """train/val/test from `root`. The aspect list comes from the training file (or `aspects`), and
-    the other splits must use the same aspects."""
+    the other splits must use the same aspects. Prints what was read other than as written: bad
+    label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}` items without polarity."""
     root = Path(root)
-    splits, no_polarity = {}, 0
+    splits, others_without_polarity = {}, 0
     for split in ("train", "val", "test"):
         path = find_split_file(root, split)
         fmt = detect_format(path) if data_format == "auto" else data_format
         if fmt == "visfd":
-            splits[split], count = read_visfd(path, aspects, text_column)
-            no_polarity += count
+            splits[split], count = read_visfd(path, aspects, text_column, on_bad_label)
+            others_without_polarity += count
         else:
-            splits[split] = read_aspect_columns(path, aspects, text_column)
+            splits[split] = read_aspect_columns(path, aspects, text_column, on_bad_label)
         aspects = splits[split].aspects  # fixed by the training split from here on
-    if no_polarity:
-        print(f"[data] {no_polarity} '{{OTHERS}}' labels without polarity counted as present, neutral")
+    if others_without_polarity:
+        print(f"[data] {others_without_polarity} '{{OTHERS}}' items without polarity dropped (not a sentiment "
+              f"label; OTHERS is not an aspect column unless some item gives it a polarity)")
+    skipped = {name: s.skipped for name, s in splits.items() if s.skipped}
+    if skipped:
+        total = sum(n for counts in skipped.values() for n in counts.values())
+        per_split = "; ".join(f"{name} ({Path(splits[name].source).name}): "
+                              + ", ".join(f"{col} {n}" for col, n in sorted(counts.items()))
+                              for name, counts in skipped.items())
+        print(f"[data] --on-bad-label skip: {total} bad label cell(s) read as unlabelled: {per_split}")
     return splits
 
 

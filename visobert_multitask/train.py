@@ -88,7 +88,10 @@ class DataConfig:
     data_format: str = arg("auto", "columns: one column per aspect; visfd: a `label` column of "
                            "{ASPECT#Polarity};... strings", choices=["auto", "columns", "visfd"])
     aspects: str | None = arg(None, "comma-separated aspect list (default: read from the training file)")
-    text_column: str | None = arg(None, "name of the text column (default: text/comment/review/...)")
+    text_column: str | None = arg(None, "name of the text column (default: text/comment/review/sentence/content/data)")
+    on_bad_label: str = arg("error", "a label cell that is not a polarity (e.g. 'Postive'): error = list every "
+                            "bad record of the file and stop; skip = read it as unlabelled (absent), as the "
+                            "original does, and print the count per column", choices=["error", "skip"])
     synthetic_train: int = arg(3000, "synthetic training reviews", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation reviews", check=at_least(1))
     synthetic_test: int = arg(600, "synthetic test reviews", check=at_least(1))
@@ -267,7 +270,9 @@ def scores(metrics: dict) -> dict[str, float]:
 def build_data(args) -> dict:
     if args.data_root:
         aspects = tuple(a.strip() for a in args.aspects.split(",")) if args.aspects else None
-        return load_splits(args.data_root, args.data_format, aspects, args.text_column)
+        # getattr: checkpoints written before --on-bad-label existed hold no such setting.
+        return load_splits(args.data_root, args.data_format, aspects, args.text_column,
+                           getattr(args, "on_bad_label", "error"))
     return synthetic_splits(args.synthetic_train, args.synthetic_val, args.synthetic_test, args.seed)
 
 
@@ -498,7 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
         run.print(f"final validation: {_summary(state.val)}")
         run.print(f"elapsed {time.time() - start_time:.1f} s, run folder {run.dir}")
         results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.val,
-                   "test": scores(test), "test_per_aspect": test["per_aspect"]}
+                   "test": scores(test), "test_per_aspect": test["per_aspect"],
+                   "bad_labels_skipped": {name: split.skipped for name, split in splits.items() if split.skipped}}
         run.finish(results)
     cleanup_distributed()
     return results
