@@ -5,11 +5,14 @@ Real format (e.g. FaceForensics++ / DFDC after face extraction):
 
     <root>/index.csv          video,label[,split][,original]
     <root>/<video>/*.png|jpg  the face crops of that video, in frame order by file name
+                              (icpr2020dfdc's `frNNN_subjS.jpg`: one sequence per subject S)
     <mask-root>/<video>/...   optional masks with the same file names (white = face / manipulated)
 
 `label` is real/fake (or 0/1). `split` is train/val/test; without it videos are split here, by
 `original` when given (a fake and the real video it was made from always share a split, so an
 identity never leaks from training into validation, as in icpr2020dfdc's FF++ 720/140/140 split).
+Every `original` must name a video of the index (or the identity name a real video gives itself in
+its own `original`). `import_icpr2020dfdc.py` writes this index from icpr2020dfdc's DataFrames.
 
 A sample is T evenly spaced frames of ONE video with that video's label (random offset in
 training, fixed offsets for evaluation, which may take several clips per video).
@@ -21,6 +24,7 @@ import csv
 import io
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,9 @@ LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
 CLASS_NAMES = ("real", "fake")
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# icpr2020dfdc's extract_faces.py names a crop fr{frame:03d}_subj{subject}.jpg: a video with two people
+# holds two interleaved runs of frames, which must make two sequences, never one that jumps between faces.
+SUBJECT = re.compile(r"_subj(\d+)$")
 # ImageNet statistics: the torchvision backbone (and its pretrained weights) expect them.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -53,19 +60,43 @@ class VideoRecord:
     mask_paths: list[Path] | None = None  # parallel masks, or None
     seed: int | None = None  # synthetic videos are drawn from this seed
     where: str = ""  # 'index.csv:12' for error messages
+    subject: int | None = None  # the person S of a folder of frNNN_subjS crops holding several; None: one person
 
     @property
     def group(self) -> str:
-        """Videos of one group always fall in the same split: a fake with its original."""
+        """Videos of one group always fall in the same split: a fake with its original (and all the
+        subjects of one video, which share its name)."""
         return self.original or self.video
 
 
 # ----------------------------------------------------------------------------- reading the index
 
 
-def list_frames(folder: Path, where: str) -> list[Path]:
-    """The frame files of one video in frame order, one file per frame."""
+def subject_of(name: str) -> int | None:
+    match = SUBJECT.search(Path(name).stem)
+    return int(match.group(1)) if match else None
+
+
+def list_subjects(folder: Path, where: str) -> list[int | None]:
+    """The people S of a folder holding the frNNN_subjS crops of several, else [None]: one sequence."""
+    subjects = {subject_of(p.name) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    if None in subjects and len(subjects) > 1:
+        raise DataError(f"{where}: {folder} mixes frNNN_subjS crops with other frame names; keep one naming")
+    return sorted(subjects) if len(subjects) > 1 else [None]
+
+
+def list_frames(folder: Path, where: str, subject: int | None = None) -> list[Path]:
+    """The frame files of one video in frame order, one file per frame; with `subject`, the crops of
+    that person only. A folder holding several people's crops needs `subject`."""
     names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if subject is not None:
+        names = [name for name in names if subject_of(name) == subject]
+    else:
+        subjects = sorted({s for s in map(subject_of, names) if s is not None})
+        if len(subjects) > 1:
+            raise DataError(f"{where}: {folder} holds the face crops of {len(subjects)} people "
+                            f"(subj{', subj'.join(map(str, subjects))}); a sequence must show one: list the video "
+                            f"in an index.csv, which reads one sequence per subject")
     check_one_file_per_frame(names, folder, where)
     # FIX(DFD-FRAME-SORT): a text sort puts 10.png before 2.png, so unpadded frames reached the LSTM shuffled.
     # was: return sorted(folder / name for name in names)
@@ -90,7 +121,10 @@ def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frame
             video = (row["video"] or "").strip()
             label_text = (row["label"] or "").strip().lower()
             if label_text not in LABELS:
-                raise DataError(f"{where}: unknown label {row['label']!r} for video {video!r}; use real/fake or 0/1")
+                # True/False is icpr2020dfdc's `label` (True = fake); import_icpr2020dfdc.py converts its index
+                icpr = label_text in ("true", "false")
+                hint = "; for icpr2020dfdc's DataFrames run import_icpr2020dfdc.py" if icpr else ""
+                raise DataError(f"{where}: unknown label {row['label']!r} for video {video!r}; use real/fake or 0/1{hint}")
             split = (row.get("split") or "").strip().lower()
             if split and split not in SPLITS:
                 raise DataError(f"{where}: unknown split {split!r}; use train/val/test")
@@ -100,23 +134,42 @@ def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frame
             folder = frames_root / video
             if not folder.is_dir():
                 raise DataError(f"{where}: frame folder {folder} does not exist")
-            frame_paths = list_frames(folder, where)
-            if len(frame_paths) < frames:
-                if not pad_short or not frame_paths:
-                    raise DataError(f"{where}: {folder} has {len(frame_paths)} frames, fewer than --frames {frames} "
-                                    f"(pass --pad-short to repeat the last frame)")
-                padded += 1
-            mask_paths = None
-            if mask_root is not None:
-                mask_paths = [mask_root / video / p.name for p in frame_paths]
-                missing = [p for p in mask_paths if not p.is_file()]
-                if missing:
-                    raise DataError(f"{where}: mask {missing[0]} missing ({len(missing)} of {video}'s masks)")
-            records.append(VideoRecord(video, LABELS[label_text], len(frame_paths), split,
-                                       (row.get("original") or "").strip(), frame_paths, mask_paths, where=where))
+            for subject in list_subjects(folder, where):  # one sequence per person, sharing label, split, group
+                frame_paths = list_frames(folder, where, subject)
+                of_whom = "" if subject is None else f" (subject {subject})"
+                if len(frame_paths) < frames:
+                    if not pad_short or not frame_paths:
+                        raise DataError(f"{where}: {folder} has {len(frame_paths)} frames{of_whom}, fewer than "
+                                        f"--frames {frames} (pass --pad-short to repeat the last frame)")
+                    padded += 1
+                mask_paths = None
+                if mask_root is not None:
+                    mask_paths = [mask_root / video / p.name for p in frame_paths]
+                    missing = [p for p in mask_paths if not p.is_file()]
+                    if missing:
+                        raise DataError(f"{where}: mask {missing[0]} missing ({len(missing)} of {video}'s masks"
+                                        f"{of_whom})")
+                records.append(VideoRecord(video, LABELS[label_text], len(frame_paths), split,
+                                           (row.get("original") or "").strip(), frame_paths, mask_paths, where=where,
+                                           subject=subject))
     if not records:
         raise DataError(f"{index_csv}: no videos listed")
+    check_originals(records, index_csv)
     return records, padded
+
+
+def check_originals(records: list[VideoRecord], index_csv: Path) -> None:
+    """An `original` that names no video made its fakes a group of their own, so a fake and its source
+    could fall in different splits without a word. Known names: the videos, and the identity names real
+    videos give themselves in their own `original` column."""
+    known = {r.video for r in records} | {r.original for r in records if r.label == 0 and r.original}
+    unknown = dict.fromkeys((r.where, r.original) for r in records if r.original and r.original not in known)
+    if unknown:
+        shown = [f"  {where}: original {original!r}" for where, original in list(unknown)[:50]]
+        more = [f"  ... and {len(unknown) - 50} more"] if len(unknown) > 50 else []
+        raise DataError(f"{index_csv}: {len(unknown)} `original` value(s) name no video of the index (a fake "
+                        f"must name the `video` of its source, so both stay in one split):\n"
+                        + "\n".join(shown + more))
 
 
 def split_records(records: list[VideoRecord], val_fraction: float, test_fraction: float,
@@ -295,14 +348,18 @@ def augment_sequence(frames: torch.Tensor, masks: torch.Tensor | None, cfg: Augm
 
 
 class VideoSequenceDataset(torch.utils.data.Dataset):
-    """Item i: clip (i % clips) of video (i // clips) -> {'frames' [T, 3, S, S] normalised,
-    'label', 'video' (index of the video in this split), 'mask' [T, 1, S, S] when masks exist}."""
+    """Item i: clip (i % clips) of record (i // clips) -> {'frames' [T, 3, S, S] normalised,
+    'label', 'video' (index of the video in this split; the subjects of one video share it),
+    'mask' [T, 1, S, S] when masks exist}."""
 
     def __init__(self, records: list[VideoRecord], frames: int, size: int, train: bool,
                  augment: AugmentConfig | None, clips: int = 1, seed: int = 0):
         self.records, self.frames, self.size, self.train = records, frames, size, train
         self.augment, self.clips, self.seed, self.epoch = augment, 1 if train else clips, seed, 0
         self.has_masks = all(r.seed is not None or r.mask_paths is not None for r in records)
+        # per-video metrics pool the sequences of all the subjects of one video
+        first_of: dict[str, int] = {}
+        self.video_ids = [first_of.setdefault(r.video, len(first_of)) for r in records]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -337,7 +394,7 @@ class VideoSequenceDataset(torch.utils.data.Dataset):
         frames, masks = self.load_frames(record, ids)
         if self.augment is not None:
             frames, masks = augment_sequence(frames, masks, self.augment, g)
-        item = {"frames": (frames - MEAN) / STD, "label": record.label, "video": video_index}
+        item = {"frames": (frames - MEAN) / STD, "label": record.label, "video": self.video_ids[video_index]}
         if self.has_masks:
             item["mask"] = masks
         return item
