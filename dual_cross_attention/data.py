@@ -8,6 +8,7 @@ the crops and flips of an uninterrupted one whatever the number of workers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,14 @@ class DataConfig:
     synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
     synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
-    synthetic_classes: int = arg(10, "synthetic classes", check=between(2, 128, int))
-    synthetic_decoys: int = arg(3, "decoy parts per synthetic image (same palette and size as the class part, "
-                                "random patterns)", check=at_least(0))
+    synthetic_task: str = arg("fine", "built-in synthetic set: 'fine' (a small textured part on an object decides "
+                              "the class, among look-alike parts on cluttered backgrounds, off the patch grid) or "
+                              "'parts' (a 2x2 pattern among decoys, on the patch grid; a far easier task)",
+                              choices=["fine", "parts"])
+    synthetic_classes: int = arg(10, "synthetic classes (at most 41 for 'fine', 128 for 'parts')",
+                                 check=between(2, 128, int))
+    synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class ('fine': textures off the "
+                                "object; 'parts': 2x2 patterns)", check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -185,8 +191,9 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
         train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed)
         return {"train": train, "val": val, "test": test}, len(train.classes)
     sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
-    splits = {split: SyntheticParts(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
-                                    split=split) for split, n in sizes.items()}
+    synthetic = SyntheticFineGrained if cfg.synthetic_task == "fine" else SyntheticParts
+    splits = {split: synthetic(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
+                               split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
 
 
@@ -255,4 +262,149 @@ class SyntheticParts(torch.utils.data.Dataset):
             shift = torch.randint(0, self.image_size // self.part, (2,), generator=sample_generator(
                 self.seed, self.epoch, index)) * self.part
             image = image.roll(shifts=tuple(shift.tolist()), dims=(-2, -1))
+        return image, int(self.labels[index]), index
+
+
+class SyntheticFineGrained(torch.utils.data.Dataset):
+    """Fine-grained toy data, closer to birds than `SyntheticParts`: every image shows one object
+    (an ellipse of a random colour, size and angle) on a cluttered background (smooth colour
+    field, stripes of a random frequency and angle, bars of random colours, noise), and the class
+    is decided only by the small part on the object, `part` pixels square at any pixel position
+    (not on the patch grid, so it straddles patches): a two-colour texture (stripes, checks,
+    diagonals of 1-2 px) like a patch of plumage. Textures are periodic, so a part reads the same
+    wherever it falls on the grid; classes share colours and textures with each other and differ
+    in their combination.
+
+    Distractors are parts of the same family placed off the object, drawn independently of the
+    label, so every class shows the same distractors: with `decoys_from_classes` they are the
+    patterns of the classes themselves (a bag of part detectors cannot beat ~1 / (1 + decoys); the
+    part that counts is the one on the object), else the family's patterns that belong to no
+    class. Either way the model has to find one small region, the setting GLCA's rollout-selected
+    local queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
+    place carry no class information.
+
+    Images are drawn once from (seed, split) on a canvas `margin` pixels wider on each side;
+    evaluation shows the centre, training a crop shifted by up to +-margin pixels per
+    (seed, epoch, index) (no flip: a mirrored diagonal is another texture). The part is inside
+    every crop. `part_boxes` (top, left) and `decoy_boxes` (-1 where a distractor found no room)
+    are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns.
+    `clutter=False` leaves the smooth colour field alone as the background."""
+
+    PALETTE = SyntheticParts.PALETTE
+    SPLITS = SyntheticParts.SPLITS
+    TEXTURES = (  # colour (0 or 1 of the pair) at row u, column v of a part; periodic in u and v
+        lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
+        lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
+
+    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 8,
+                 decoys: int = 3, decoys_from_classes: bool = False, seed: int = 0, split: str = "train",
+                 margin: int = 2, clutter: bool = True):
+        canvas = image_size + 2 * margin
+        if image_size - part < 2 * margin:
+            raise ValueError(f"image_size {image_size} leaves no room for a {part} px part within +-{margin} px shifts")
+        if split not in self.SPLITS:
+            raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
+        pairs = [(a, b) for a in range(len(self.PALETTE)) for b in range(a + 1, len(self.PALETTE))]
+        family = len(self.TEXTURES) * len(pairs)  # unordered pairs: swapping the colours only shifts a texture
+        if num_classes > family - (0 if decoys_from_classes else 1):
+            raise ValueError(f"at most {family - 1} synthetic classes ({family} textured parts, one left for decoys)")
+        self.num_classes, self.image_size, self.part, self.margin, self.seed = num_classes, image_size, part, margin, seed
+        self.train = split == "train"
+        self.epoch = 0
+        u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
+        order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in every split
+        tiles = []
+        for index in order:  # the first num_classes are the classes' parts
+            texture, (a, b) = self.TEXTURES[index // len(pairs)], pairs[index % len(pairs)]
+            tiles.append(self.PALETTE[torch.tensor([a, b])[texture(u, v)]].permute(2, 0, 1))  # (3, part, part)
+        self.patterns = torch.stack(tiles)  # (family, 3, part, part) in [0, 1]
+        g = torch.Generator().manual_seed(seed * 7919 + 101 + self.SPLITS.index(split))
+        # balanced classes: num_samples / num_classes images each, in a random order
+        self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
+        pool = torch.arange(num_classes) if decoys_from_classes else torch.arange(num_classes, family)
+        self.decoy_patterns = pool[torch.randint(0, len(pool), (num_samples, decoys), generator=g)]  # into patterns
+        # the part lies inside the crop whatever the shift: top/left in [2 * margin, image_size - part]
+        self.part_boxes = torch.randint(2 * margin, image_size - part + 1, (num_samples, 2), generator=g)
+        centre = self.part_boxes.float() + part / 2 + (torch.rand(num_samples, 2, generator=g) * 2 - 1)  # object's
+        minor = ((torch.rand(num_samples, generator=g) * 0.06 + 0.16) * image_size).clamp_min(part / 2 + 1.5)
+        radius = torch.stack([minor * (1 + 0.4 * torch.rand(num_samples, generator=g)), minor], dim=1)  # semi-axes
+        self.decoy_boxes = self._place_decoys(centre, radius[:, 0], decoys, canvas, g)
+        images = self._backgrounds(num_samples, canvas, g, clutter)
+        for i, d in (self.decoy_boxes[..., 0] >= 0).nonzero().tolist():
+            top, left = self.decoy_boxes[i, d].tolist()
+            images[i, :, top:top + part, left:left + part] = self.patterns[self.decoy_patterns[i, d]]
+        angle = torch.rand(num_samples, 1, 1, generator=g) * math.pi
+        grid = torch.arange(canvas).float()
+        dy = grid[None, :, None] - centre[:, 0, None, None]  # (n, canvas, 1) offsets from the object's centre
+        dx = grid[None, None, :] - centre[:, 1, None, None]  # (n, 1, canvas)
+        along, across = dy * angle.cos() + dx * angle.sin(), dx * angle.cos() - dy * angle.sin()
+        inside = (along / radius[:, 0, None, None]) ** 2 + (across / radius[:, 1, None, None]) ** 2 <= 1  # (n, c, c)
+        body_colour = torch.rand(num_samples, 3, 1, 1, generator=g) * 0.8 + 0.1
+        images = torch.where(inside[:, None], body_colour, images)
+        for i, (top, left) in enumerate(self.part_boxes.tolist()):
+            images[i, :, top:top + part, left:left + part] = self.patterns[self.labels[i]]
+        images = images + 0.05 * torch.randn(images.shape, generator=g)
+        self.images = ((images - 0.5) / 0.25).float()
+
+    def _place_decoys(self, centre: torch.Tensor, reach: torch.Tensor, decoys: int, canvas: int,
+                      g: torch.Generator, tries: int = 64) -> torch.Tensor:
+        """(n, decoys, 2) top-left corners off the object (centre farther than its long semi-axis
+        `reach` + 3/4 part) and apart from each other; (-1, -1) where none of the tries fits."""
+        n, part = len(centre), self.part
+        candidates = torch.randint(0, canvas - part + 1, (n, tries, 2), generator=g)
+        spots = candidates.float() + part / 2  # (n, tries, 2) centres
+        free = (spots - centre[:, None]).norm(dim=-1) > reach[:, None] + 0.75 * part  # (n, tries)
+        boxes = torch.full((n, decoys, 2), -1, dtype=torch.long)
+        for d in range(decoys):
+            pick = free.float().argmax(dim=1)  # the first free candidate of each image
+            found = free[torch.arange(n), pick]
+            boxes[found, d] = candidates[found, pick[found]]
+            chosen = spots[torch.arange(n), pick]
+            free &= ~found[:, None] | ((spots - chosen[:, None]).norm(dim=-1) >= part)  # keep the next one apart
+        return boxes
+
+    @staticmethod
+    def _backgrounds(n: int, size: int, g: torch.Generator, clutter: bool = True, max_bars: int = 6) -> torch.Tensor:
+        """(n, 3, size, size) in ~[0, 1]: a smooth colour field, and with `clutter` stripes and 3-6 bars,
+        all random per image."""
+        field = TF.resize(torch.rand(n, 3, 3, 3, generator=g) * 0.6 + 0.2, [size, size], antialias=True)
+        y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+        theta = torch.rand(n, 1, 1, generator=g) * math.pi
+        freq = torch.rand(n, 1, 1, generator=g) * 0.3 + 0.15  # cycles per pixel
+        phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+        stripes = torch.sin(2 * math.pi * freq * (x * theta.cos() + y * theta.sin()) + phase)  # (n, size, size)
+        tint = (torch.rand(n, 3, generator=g) * 2 - 1) * (torch.rand(n, 1, generator=g) * 0.2 + 0.05)
+        images = field + tint[:, :, None, None] * stripes[:, None] * clutter
+        # bars 1-2 px wide and 3-10 px long, lying or standing, of random colours: clutter the size of a part
+        thick, length = torch.randint(1, 3, (n, max_bars), generator=g), torch.randint(3, 11, (n, max_bars), generator=g)
+        lying = torch.rand(n, max_bars, generator=g) < 0.5
+        height, width = torch.where(lying, thick, length), torch.where(lying, length, thick)
+        top = (torch.rand(n, max_bars, generator=g) * (size - height + 1)).long()
+        left = (torch.rand(n, max_bars, generator=g) * (size - width + 1)).long()
+        shown = torch.arange(max_bars) < torch.randint(3, max_bars + 1, (n, 1), generator=g) * clutter  # (n, bars)
+        colour = torch.rand(n, max_bars, 3, generator=g)
+        for b in range(max_bars):  # later bars over earlier ones
+            rows = (y[None] >= top[:, b, None, None]) & (y[None] < (top + height)[:, b, None, None])
+            cols = (x[None] >= left[:, b, None, None]) & (x[None] < (left + width)[:, b, None, None])
+            mask = rows & cols & shown[:, b, None, None]  # (n, size, size)
+            images = torch.where(mask[:, None], colour[:, b, :, None, None], images)
+        return images
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def crop_offset(self, index: int) -> tuple[int, int]:
+        """(top, left) of the shown crop in canvas pixels: the centre in evaluation, a shift of up to
+        +-margin drawn per (seed, epoch, index) in training."""
+        if not self.train:
+            return self.margin, self.margin
+        top, left = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
+        return int(top), int(left)
+
+    def __getitem__(self, index: int):
+        top, left = self.crop_offset(index)
+        image = self.images[index, :, top:top + self.image_size, left:left + self.image_size]
         return image, int(self.labels[index]), index
