@@ -21,7 +21,7 @@ VARIANTS = {
     "t8": [],  # the demo: 8 frames, sigmoid-gate attention
     "t4": ["--frames", "4"],
     "t1": ["--frames", "1"],  # no temporal context: a single frame cannot show the flicker
-    "t8-no-attention": ["--no-attention"],
+    "t8-no-attention": ["--attention", "none"],
 }
 METRICS = {"best val loss": "best.value", "val ROC-AUC": "val.roc_auc", "val video ROC-AUC": "val.video_roc_auc",
            "test ROC-AUC": "test.roc_auc", "test video ROC-AUC": "test.video_roc_auc"}

@@ -27,7 +27,8 @@ STAGE_CHANNELS = (32, 16, 24, 40, 80, 112, 192, 320, 1280)
 @dataclass
 class DetectorConfig:
     attention: str = arg("gate", "attention inside the backbone: 'gate', a sigmoid(conv1x1) map (EfficientNetAutoAtt), "
-                         "or 'cbam', channel + spatial gates", choices=("gate", "cbam"))
+                         "'cbam', channel + spatial gates, or 'none' (an ablation: features pass unchanged, the "
+                         "reported map is all ones)", choices=("gate", "cbam", "none"))
     attention_stage: int = arg(3, "index into efficientnet_b0.features after which attention acts (3: stride 8, "
                                "40 channels)", check=between(0, len(STAGE_CHANNELS) - 2, int))
     lstm_hidden: int = arg(128, "per-direction hidden size of the temporal LSTM", check=at_least(1))
@@ -37,6 +38,13 @@ class DetectorConfig:
                           choices=(1, 2))
     dropout: float = arg(0.2, "dropout on the pooled frame features and before the head", check=between(0.0, 1.0))
     pretrained: bool = arg(False, "torchvision ImageNet weights for the backbone (needs a download)")
+
+
+class PassThrough(nn.Module):
+    """--attention none: the features pass unchanged; the map is all ones (nothing re-weighted)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, torch.ones_like(x[:, :1])  # [N, 1, h, w]
 
 
 class SigmoidGate(nn.Module):
@@ -107,17 +115,19 @@ class DeepfakeDetector(nn.Module):
         if cfg.pretrained:
             load_imagenet_backbone(self.features)
         channels = STAGE_CHANNELS[cfg.attention_stage]
-        if cfg.attention == "gate":
+        if cfg.attention in ("gate", "none"):
             self.attention = SigmoidGate(channels)
         elif cfg.attention == "cbam":
             self.attention = CBAM(channels)
         else:
-            raise ValueError(f"unknown attention {cfg.attention!r}: use 'gate' or 'cbam'")
+            raise ValueError(f"unknown attention {cfg.attention!r}: use 'gate', 'cbam' or 'none'")
         self.dropout = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(STAGE_CHANNELS[-1], cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
                             bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
         directions = 2 if cfg.bidirectional else 1
         self.head = nn.Linear(cfg.lstm_hidden * directions, cfg.num_logits)
+        if cfg.attention == "none":  # built as 'gate' above, so every other weight starts as in that run
+            self.attention = PassThrough()
 
     def frame_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [N, 3, H, W] -> pooled features [N, 1280] and the attention map [N, 1, h, w]."""

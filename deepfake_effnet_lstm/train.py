@@ -106,29 +106,14 @@ class EvalConfig:
 
 
 @dataclass
-class AblationConfig:
-    use_attention: bool = arg(True, "the attention module inside the backbone (--no-attention: none, an ablation; "
-                              "the features pass unchanged and the reported map is all ones)", short_off="--no-attention")
-
-
-class NoAttention(torch.nn.Module):
-    """--no-attention: stands in for the attention module, passing the features through unchanged."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, torch.ones_like(x[:, :1])  # map [N, 1, h, w] of ones: nothing re-weighted
-
-
-@dataclass
 class Config:
     data: DataConfig
     model: DetectorConfig
     train: TrainConfig
     eval: EvalConfig
-    ablation: AblationConfig
 
 
 GROUPS = {"data": DataConfig, "model": DetectorConfig, "optimisation": TrainConfig, "evaluation": EvalConfig}
-GROUPS["ablation"] = AblationConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +131,8 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                      f"training videos")
     if args.attention_loss_weight > 0 and args.data_root and not args.mask_root:
         parser.error("--attention-loss-weight needs masks: pass --mask-root (the synthetic data has them)")
-    if args.attention_loss_weight > 0 and not args.use_attention:
-        parser.error("--attention-loss-weight needs the attention module: drop --no-attention")
+    if args.attention_loss_weight > 0 and args.attention == "none":
+        parser.error("--attention-loss-weight needs an attention module: --attention gate or cbam")
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -268,8 +253,6 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
     cfg = configs_from(args)
     datasets, class_weights, _ = make_datasets(cfg.data, args.seed)
     model = DeepfakeDetector(dataclasses.replace(cfg.model, pretrained=False)).to(device)  # weights: the checkpoint's
-    if not args.use_attention:
-        model.attention = NoAttention()
     load_model_state(model, checkpoint["model"], path)
     dist_info = DistInfo(device=torch.device(device))
     return evaluate(model, datasets[split], args, dist_info, class_weights.to(device))[0]
@@ -482,8 +465,6 @@ def main(argv: list[str] | None = None) -> dict:
         max_iters = args.max_iters if args.epochs is None else min(args.max_iters, args.epochs * batches_per_epoch)
 
         model = DeepfakeDetector(cfg.model).to(device)
-        if not args.use_attention:
-            model.attention = NoAttention()  # after the whole init: every other weight starts as with attention
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         scaler = make_grad_scaler(device, autocast_dtype(device, args.amp))
         min_lr = args.lr * args.min_lr_factor

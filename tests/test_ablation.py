@@ -79,8 +79,8 @@ def test_ablation_command_runs_variants_and_writes_the_table(project, ablations,
 
 
 def test_deepfake_no_attention_removes_the_module(ablations, capsys):
-    """--no-attention (added to train.py for the ablation): no attention weights are trained or saved,
-    and the attention-mask loss, which needs them, is refused."""
+    """--attention none (the ablation's variant): no attention weights are trained or saved, the
+    other weights start as with the gate, and the attention-mask loss, which needs a map, is refused."""
     from deepfake_effnet_lstm.train import main
 
     out, _, _ = ablations("deepfake_effnet_lstm", capsys)
@@ -89,8 +89,8 @@ def test_deepfake_no_attention_removes_the_module(ablations, capsys):
     assert any(key.startswith("attention.") for key in with_attention)
     assert set(without) == {key for key in with_attention if not key.startswith("attention.")}
     with pytest.raises(SystemExit):
-        main(["--no-attention", "--attention-loss-weight", "1"])
-    assert "--attention-loss-weight needs the attention module" in capsys.readouterr().err
+        main(["--attention", "none", "--attention-loss-weight", "1"])
+    assert "--attention-loss-weight needs an attention module" in capsys.readouterr().err
 
 
 def _fake_train(results_by_seed):
@@ -193,3 +193,20 @@ def test_build_datasets_default_is_fine_grained_and_old_task_stays_available():
     splits, classes = build_datasets(DataConfig(synthetic_train=32, synthetic_val=8, synthetic_test=8,
                                                 synthetic_task="parts"), 32, seed=0)
     assert type(splits["train"]).__name__ == "SyntheticParts" and classes == 10
+
+
+def test_deepfake_attention_none_starts_every_other_weight_as_the_gate_run():
+    """The ablation compares like with like: at one seed the model without attention starts with
+    the same backbone, LSTM and head weights as the model with the gate, and passes features through."""
+    from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig
+
+    torch.manual_seed(0)
+    gate = DeepfakeDetector(DetectorConfig(attention="gate"))
+    torch.manual_seed(0)
+    none = DeepfakeDetector(DetectorConfig(attention="none"))
+    gate_state, none_state = gate.state_dict(), none.state_dict()
+    assert set(none_state) == {k for k in gate_state if not k.startswith("attention.")}
+    assert all(torch.equal(none_state[k], gate_state[k]) for k in none_state)
+    features = torch.randn(2, 40, 4, 4)
+    passed, attention_map = none.attention(features)
+    assert torch.equal(passed, features) and torch.equal(attention_map, torch.ones(2, 1, 4, 4))
