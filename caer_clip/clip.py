@@ -11,7 +11,6 @@ the tests.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
+from common.text import WordTokenizer
 
 
 @dataclass
@@ -331,35 +332,16 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") ->
 # ----------------------------------------------------------------------------- tokenizers
 
 
-class WordTokenizer:
-    """Word-level tokenizer over a fixed vocabulary, for the tiny random CLIP.
-
-    Same output contract as CLIP's BPE tokenizer: (N, context_length) ids, SOT first, EOT after
-    the last word, zeros after; EOT is the largest id so `argmax` finds it."""
-
-    def __init__(self, texts: list[str], context_length: int = 32, vocab_size: int = 256):
-        words = sorted({w for t in texts for w in self.split(t)})
-        if len(words) + 3 > vocab_size:
-            raise ValueError(f"WordTokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
-        self.context_length, self.vocab_size = context_length, vocab_size
-        self.sot, self.eot = 1, vocab_size - 1
-        self.ids = {w: i + 2 for i, w in enumerate(words)}
-
-    @staticmethod
-    def split(text: str) -> list[str]:
-        return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        for row, text in enumerate(texts):
-            unknown = [w for w in self.split(text) if w not in self.ids]
-            if unknown:
-                raise KeyError(f"WordTokenizer: words {unknown} of {text!r} are not in the vocabulary")
-            ids = [self.sot] + [self.ids[w] for w in self.split(text)] + [self.eot]
-            if len(ids) > self.context_length:
-                raise ValueError(f"text of {len(ids)} tokens exceeds the context length {self.context_length}: {text!r}")
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+def word_tokenizer(texts: list[str], context_length: int = 32, vocab_size: int = 256) -> WordTokenizer:
+    """common's word tokenizer over the words of `texts`, for the tiny random CLIP, with ids laid out
+    as CLIP's: <pad> 0, SOT (<s>) 1, the words in alphabetical order from 2, then <unk>, and EOT (</s>)
+    as the largest id so `argmax` finds it. Built from every text the model encodes, so <unk> stays unused."""
+    words = sorted({w for t in texts for w in WordTokenizer.split(t)})
+    spare = vocab_size - len(words) - 4  # ids left between the words and <unk>
+    if spare < 0:
+        raise ValueError(f"word_tokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
+    vocab = ["<pad>", "<s>", *words, *(f"<unused{i}>" for i in range(spare)), "<unk>", "</s>"]
+    return WordTokenizer(vocab, context_length)
 
 
 def bpe_tokenizer(name: str = "ViT-B-16"):
@@ -376,7 +358,7 @@ def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
     'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
     if spec == "tiny":
         cfg = tiny_config()
-        return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
+        return CLIP(cfg), word_tokenizer(texts, cfg.context_length, cfg.vocab_size)
     if spec.startswith("openai:"):
         name = spec.split(":", 1)[1]
         return load_open_clip(name, "openai"), bpe_tokenizer(name)

@@ -534,15 +534,9 @@ class ClipDataset(torch.utils.data.Dataset):
     def augment(self, face: torch.Tensor, context: torch.Tensor, g: torch.Generator):
         """One flip and one rotation per clip, applied to every frame of both streams."""
         angle = (torch.rand((), generator=g).item() * 2 - 1) * self.cfg.rotate_degrees
-        flip = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
-        # FIX(CAER-SAME-AUG): face and context drew separate flips, so half the time the face
-        # was mirrored relative to its own context (the body pose no longer matched the face).
-        # was: flip_context = self.cfg.flip and torch.rand((), generator=g).item() < 0.5
-        flip_context = flip
-        if flip:
-            face = TF.horizontal_flip(face)
-        if flip_context:
-            context = TF.horizontal_flip(context)
+        # FIX(CAER-SAME-AUG): one flip for both streams; separate draws mirrored the face against its context.
+        if self.cfg.flip and torch.rand((), generator=g).item() < 0.5:
+            face, context = TF.horizontal_flip(face), TF.horizontal_flip(context)
         if self.cfg.rotate_degrees > 0:
             face, context = TF.rotate(face, angle), TF.rotate(context, angle)
         return face, context
@@ -610,10 +604,6 @@ class SyntheticClips(ClipDataset):
 
 
 # ----------------------------------------------------------------------------- building the splits
-
-
-def class_names(dataset: str) -> list[str]:
-    return list(CLASS_DESCRIPTORS[dataset])
 
 
 def stratified_split(records: list[ClipRecord], fraction: float, seed: int):

@@ -10,6 +10,8 @@
 3. peak memory of one training step at T = 8, 16, 32 frames: on CUDA `max_memory_allocated`; on
    CPU the peak resident set size (ru_maxrss) of a fresh child process per T, so one T's peak does
    not hide the next (it includes the ~0.3-0.5 GB of the Python + torch runtime itself).
+
+Every time is measured as common/bench.py measures it (median wall time, CUDA synchronised).
 """
 
 import sys
@@ -21,55 +23,43 @@ import argparse
 import json
 import resource
 import subprocess
-import time
 
 import torch
 
+from common.bench import StageTimer, method, time_it
 from common.runtime import EpochSampler, pick_device, seed_worker
 from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def loader_throughput(dataset, batch_size: int, workers: int, batches: int) -> float:
-    """Sequences/s over `batches` batches, the first (worker start-up) excluded."""
+    """Sequences/s from the median time per batch over `batches` batches, the first (worker start-up) excluded."""
     sampler = EpochSampler(len(dataset), batch_size, shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
-    next(iterator)
-    start = time.perf_counter()
-    n = 0
-    for _ in range(batches):
-        n += len(next(iterator)["label"])
-    return n / (time.perf_counter() - start)
+    return batch_size / time_it(lambda: next(iterator), repeats=batches)
 
 
 def train_step_breakdown(model, optimizer, batch: dict, device: torch.device, steps: int) -> dict:
-    """Mean seconds per part of a training step (fp32), after one warm-up step."""
+    """Median seconds per part of a training step (fp32) over `steps` steps, and of the whole step."""
     weights = torch.ones(2, device=device)
-    parts = {"to_device": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0, "optimizer": 0.0}
+    timer = StageTimer()
     for i in range(steps + 1):
-        marks = [time.perf_counter()]
+        timer.start(record=i > 0)  # the first step allocates and picks kernels
         frames, labels = batch["frames"].to(device), batch["label"].to(device)
-        sync(device), marks.append(time.perf_counter())
+        timer.lap("to_device")
         logits = model(frames)
-        sync(device), marks.append(time.perf_counter())
+        timer.lap("forward")
         loss = classification_loss(logits, labels, weights)
-        sync(device), marks.append(time.perf_counter())
+        timer.lap("loss")
         loss.backward()
-        sync(device), marks.append(time.perf_counter())
+        timer.lap("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device), marks.append(time.perf_counter())
-        if i > 0:  # the first step allocates and picks kernels
-            for name, a, b in zip(parts, marks, marks[1:]):
-                parts[name] += (b - a) / steps
-    return parts
+        timer.lap("optimizer")
+        timer.stop()
+    return {**timer.medians(), "step": timer.total()}
 
 
 def peak_memory_mb(frames: int, args, device: torch.device) -> float:
@@ -116,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     datasets, _, _ = make_datasets(data_cfg, seed=0)
     print(f"device {device}, batch {args.batch_size}, T {args.frames}, {args.image_size}px, "
           f"{'real data' if args.data_root else 'synthetic data'}, {torch.get_num_threads()} torch threads")
+    print(f"times: per batch {method(args.batches)}; per training step {method(args.steps)}")
     results = {}
     for workers in (0, 2):
         results[f"loader_seq_per_s_{workers}w"] = loader_throughput(datasets["train"], args.batch_size, workers, args.batches)
@@ -126,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=args.batch_size)))
     parts = train_step_breakdown(model, optimizer, batch, device, args.steps)
-    step_s = sum(parts.values())
+    step_s = parts.pop("step")
     results["train_seq_per_s"] = args.batch_size / step_s
     print(f"training step consumes:      {results['train_seq_per_s']:8.1f} sequences/s ({step_s * 1000:.0f} ms/step)")
     for name, seconds in parts.items():

@@ -429,28 +429,15 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
     splits = {s: subsample(r, cfg.subset_fraction, seed) for s, r in splits.items()}
     for name in ("train", "val"):
         check_two_classes(name, splits[name], source)
-    all_records = [r for s in SPLITS for r in splits[s]]
     augment = AugmentConfig(blur=cfg.aug_blur, noise=cfg.aug_noise) if cfg.augment else None
-    # FIX(DFD-SPLIT-BY-VIDEO): split VIDEOS (grouped by original) before building samples; the seed
-    # split shuffled samples with random_split, so frames of one video / identity sat on both sides.
-    # was: full = VideoSequenceDataset(all_records, cfg.frames, cfg.image_size, train=True, augment=augment, seed=seed)
-    #      full.clips = 1
-    #      cut = [len(splits["train"]), len(splits["val"]), len(splits["test"])]
-    #      subsets = torch.utils.data.random_split(full, cut, generator=torch.Generator().manual_seed(seed))
-    #      datasets = dict(zip(SPLITS, subsets))
-    #      for subset in subsets:
-    #          subset.records, subset.clips, subset.has_masks, subset.set_epoch = full.records, 1, full.has_masks, full.set_epoch
-    make = lambda split, aug: VideoSequenceDataset(splits[split], cfg.frames, cfg.image_size, train=split == "train",
-                                                   augment=aug, clips=cfg.eval_clips, seed=seed)
-    datasets = {s: make(s, augment) for s in SPLITS}
-    # FIX(DFD-AUG-AFTER-SPLIT): augmentation belongs to the training split only; the seed augmented the
-    # whole set before splitting, so validation scores moved with the random augmentation draw.
-    # was: pass
-    datasets["val"], datasets["test"] = make("val", None), make("test", None)
+    # FIX(DFD-SPLIT-BY-VIDEO): one dataset per split of video groups; random_split of samples leaked identities.
+    # FIX(DFD-AUG-AFTER-SPLIT): augment the training split only; the seed augmented before splitting.
+    datasets = {s: VideoSequenceDataset(splits[s], cfg.frames, cfg.image_size, train=s == "train",
+                                        augment=augment if s == "train" else None, clips=cfg.eval_clips, seed=seed)
+                for s in SPLITS}
     # FIX(DFD-CLASS-WEIGHTS): weights from the training split only; counting validation/test labels
     # leaks their class balance into the loss.
-    # was: weights = class_weights([r.label for r in all_records])
+    # was: weights = class_weights([r.label for s in SPLITS for r in splits[s]])
     weights = class_weights([r.label for r in splits["train"]])
-    info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()},
-            "all_videos": len(all_records)}
+    info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()}}
     return datasets, weights, info

@@ -9,7 +9,8 @@
    autograd graph holds at the end of the forward; CUDA: torch.cuda.max_memory_allocated).
 4. Memory over 30 consecutive training steps (it must stay flat).
 CPU sizes are cut down (batch, image size) so the run stays within a few minutes; each line says
-what it ran.
+what it ran. Times are measured as common/bench.py measures them (median wall time, CUDA synchronised,
+the compared models timed in turn).
 """
 
 import sys
@@ -19,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 
 import argparse
 import gc
-import time
 import warnings
 
 import torch
 
+from common.bench import method, time_in_turn
 from dual_cross_attention.model import DCAL, DCALConfig, derangement
 from dual_cross_attention.train import build_optimizer, compute_losses
 
@@ -48,35 +49,24 @@ def train_flops(cfg: DCALConfig, batch: int) -> float:
     return batch * total
 
 
-def clock() -> float:
-    """Wall time on CUDA (after a sync); on CPU this process's CPU time, which other programs on
-    a shared machine disturb far less than wall time."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        return time.perf_counter()
-    return time.process_time()
-
-
-def train_step(model, optimizer, images, labels, use_pwca) -> float:
-    start = clock()
-    total, _, _ = compute_losses(model, images, labels, use_pwca)
+def train_step(model, optimizer, images, labels) -> None:
+    total, _, _ = compute_losses(model, images, labels, model.cfg.pwca)
     total.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return clock() - start
 
 
 def compare_steps(models: dict, images, labels, repeats: int) -> dict[str, float]:
-    """Fastest of `repeats` training steps per model, the models taking turns so that a slow
-    spell of the machine hits all of them alike; one untimed warm-up step each."""
+    """Median seconds of a training step per model, the models timed in turn."""
     optimizers = {name: build_optimizer(m, 1e-4, 0.05) for name, m in models.items()}
-    for name, m in models.items():
-        train_step(m, optimizers[name], images, labels, m.cfg.pwca)
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(repeats):
-        for name, m in models.items():
-            best[name] = min(best[name], train_step(m, optimizers[name], images, labels, m.cfg.pwca))
-    return best
+    steps = {name: lambda m=m, o=optimizers[name]: train_step(m, o, images, labels) for name, m in models.items()}
+    return time_in_turn(steps, repeats)
+
+
+def forward_backward(model, images) -> None:
+    logits = model(images)["sa"] if isinstance(model, DCAL) else model(images)
+    logits.float().logsumexp(-1).sum().backward()
+    model.zero_grad(set_to_none=True)
 
 
 def saved_activation_bytes(model, images, partner) -> int:
@@ -106,13 +96,14 @@ def live_tensor_bytes() -> int:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (the fastest counts)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (the median counts)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"times: {method(args.repeats)}, compared models in turn")
 
     # 1. DCAL / plain ViT step time
     size, batch = (448, 8) if cuda else (224, 2)
@@ -124,9 +115,8 @@ def main(argv=None):
     timings = compare_steps({name: DCAL(cfg).to(device) for name, cfg in configs.items()}, images, labels, args.repeats)
     flops = {name: train_flops(cfg, batch) for name, cfg in configs.items()}
     arch = "ViT-B/16" if cuda else "ViT-S/16"
-    unit = "s" if cuda else "CPU-s"
-    print(f"[1] {arch} {size}px batch {batch}: plain step {timings['plain']:.3f} {unit}, DCAL step "
-          f"{timings['dcal']:.3f} {unit}, "
+    print(f"[1] {arch} {size}px batch {batch}: plain step {timings['plain']:.3f} s, DCAL step "
+          f"{timings['dcal']:.3f} s, "
           f"ratio {timings['dcal'] / timings['plain']:.2f} (target <= 2.5; FLOP ratio "
           f"{flops['dcal'] / flops['plain']:.2f}, {flops['dcal'] / 1e9:.0f} vs {flops['plain'] / 1e9:.0f} GFLOP)")
 
@@ -137,20 +127,11 @@ def main(argv=None):
     images = torch.randn(batch, 3, size, size, device=device)
     ours = DCAL(DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)).to(device)
     theirs = torchvision.models.vit_b_16(weights=None).to(device)
-    result = dict.fromkeys(("ours", "torchvision"), float("inf"))
-    for timed in [False] + [True] * args.repeats:  # the first round warms up
-        for name, model in (("ours", ours), ("torchvision", theirs)):
-            start = clock()
-            logits = model(images)["sa"] if isinstance(model, DCAL) else model(images)
-            logits.float().logsumexp(-1).sum().backward()
-            elapsed = clock() - start
-            del logits  # its graph would keep the model's parameters alive after this section
-            model.zero_grad(set_to_none=True)
-            if timed:
-                result[name] = min(result[name], elapsed)
-    print(f"[2] ViT-B/16 {size}px batch {batch} fwd+bwd: ours {result['ours']:.3f} {unit}, torchvision "
-          f"{result['torchvision']:.3f} {unit}, ratio {result['ours'] / result['torchvision']:.2f} (target <= 1.10)")
-    del ours, theirs, model
+    result = time_in_turn({name: lambda m=m: forward_backward(m, images)
+                           for name, m in (("ours", ours), ("torchvision", theirs))}, args.repeats)
+    print(f"[2] ViT-B/16 {size}px batch {batch} fwd+bwd: ours {result['ours']:.3f} s, torchvision "
+          f"{result['torchvision']:.3f} s, ratio {result['ours'] / result['torchvision']:.2f} (target <= 1.10)")
+    del ours, theirs
 
     # 3. memory with / without gradient checkpointing, batch 4 at 448 px
     images = torch.randn(4, 3, 448, 448, device=device)

@@ -75,7 +75,11 @@ class DCALConfig:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples."""
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples.
+
+    Not torchvision's `StochasticDepth(p, "row")`: it draws its mask with `bernoulli_` (other random
+    numbers from the same seed) and multiplies by a rounded 1 / (1 - p) instead of dividing, so
+    runs would no longer reproduce the numbers measured with this module."""
 
     def __init__(self, p: float):
         super().__init__()

@@ -17,7 +17,6 @@ from visobert_multitask.losses import (
     focal_alpha,
     positive_weights,
     supcon_multilabel,
-    training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
 from visobert_multitask.train import aspect_metrics, compute_losses, training_alpha
@@ -62,7 +61,7 @@ def test_vsb_supcon_no_positive_anchor_is_skipped_not_nan():
     losses = compute_losses(model, batch, alpha, args)
     assert torch.isfinite(losses["supcon"]) and torch.isfinite(losses["loss"])
     _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-    per_anchor = _supcon_per_anchor(embeddings, positive_weights(training_targets(labels)), args.temperature)
+    per_anchor = _supcon_per_anchor(embeddings, positive_weights(labels), args.temperature)
     torch.testing.assert_close(losses["supcon"], per_anchor[:3].mean())  # the anchors that have a positive
     losses["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -187,7 +186,7 @@ def test_vsb_alpha_train_split_only_training_labels_set_focal_alpha():
     splits["test"].labels[:, 0] = NEGATIVE  # a different test set ...
     splits["val"].labels[:, 1] = POSITIVE  # ... and validation set
     torch.testing.assert_close(training_alpha(splits), before)
-    torch.testing.assert_close(before, focal_alpha(training_targets(splits["train"].labels), NUM_STATES))
+    torch.testing.assert_close(before, focal_alpha(splits["train"].labels, NUM_STATES))
     # Inverse frequency, mean 1 per aspect: the rare states weigh more than "absent".
     assert before.shape == (10, NUM_STATES) and (before[:, ABSENT] < before[:, NEUTRAL]).all()
     torch.testing.assert_close(before.mean(dim=1), torch.ones(10))
@@ -202,14 +201,13 @@ def test_vsb_one_pass_both_losses_from_a_single_encoder_pass():
     labels = torch.tensor([[1, 0, 2], [1, 0, 0], [0, 3, 2], [1, 0, 2]])
     batch = {"input_ids": torch.randint(4, 40, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.bool),
              "labels": labels}
-    alpha = focal_alpha(training_targets(labels), NUM_STATES)
+    alpha = focal_alpha(labels, NUM_STATES)
     args = Namespace(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
-    targets = training_targets(labels)
     # Reference value: the baseline's two passes, written out (the same numbers without dropout).
     logits = model(batch["input_ids"], batch["attention_mask"])
-    focal = aspect_focal_loss(logits, targets, alpha)
+    focal = aspect_focal_loss(logits, labels, alpha)
     _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-    two_pass_total = 0.8 * focal + 0.2 * supcon_multilabel(embeddings, positive_weights(targets))
+    two_pass_total = 0.8 * focal + 0.2 * supcon_multilabel(embeddings, positive_weights(labels))
     passes.clear()
     losses = compute_losses(model, batch, alpha, args)
     assert len(passes) == 1

@@ -1,8 +1,8 @@
-"""Aspect x sentiment review data: two real label formats, a word-level tokenizer, synthetic reviews.
+"""Aspect x sentiment review data: two real label formats, a checkpoint's tokenizer, synthetic reviews.
 
 Label encoding used everywhere in this project: `labels` is an (N, A) int64 tensor, one state per
 aspect: 0 = absent (the review does not mention the aspect), 1 = positive, 2 = negative,
-3 = neutral. What the model is trained to predict from it is decided in `losses.training_targets`.
+3 = neutral. The model predicts these four states per aspect (`losses.NUM_STATES`).
 
 Formats read, each file as its source publishes it (UTF-8 with or without BOM, LF or CRLF, line
 breaks inside quoted fields):
@@ -322,39 +322,6 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
 
 
 # ----------------------------------------------------------------------------- tokenizer
-
-
-class WordTokenizer:
-    """Lower-cased word/punctuation tokens, vocabulary from the training texts.
-
-    Special ids follow XLM-R's order (<s>=0, <pad>=1, </s>=2, <unk>=3), so the encoder's
-    padding-aware position ids work the same way for this and the SentencePiece tokenizer."""
-
-    SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-    bos_id, pad_id, eos_id, unk_id = range(4)
-    WORD = re.compile(r"\w+|[^\w\s]")
-
-    def __init__(self, vocab: list[str]):
-        self.vocab = list(vocab)
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-
-    @classmethod
-    def from_texts(cls, texts: list[str], min_freq: int = 1, max_size: int = 30000) -> WordTokenizer:
-        counts = Counter(tok for text in texts for tok in cls.split(text))
-        # Sorted by (-count, word) so the vocabulary depends only on the texts, not on hash order.
-        words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq]
-        return cls(list(cls.SPECIALS) + words[: max_size - len(cls.SPECIALS)])
-
-    @classmethod
-    def split(cls, text: str) -> list[str]:
-        return cls.WORD.findall(unicodedata.normalize("NFC", text).lower())
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def encode(self, text: str, max_len: int) -> list[int]:
-        ids = [self.index.get(tok, self.unk_id) for tok in self.split(text)]
-        return [self.bos_id] + ids[: max_len - 2] + [self.eos_id]
 
 
 class HFTokenizer:

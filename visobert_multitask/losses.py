@@ -1,8 +1,8 @@
 """The aspect-level focal loss and the multi-label contrastive terms of this project.
 
 The generic pieces are in common/losses.py (`focal_loss`, `supcon_loss`); here is what is specific
-to aspect x sentiment labels: what the model is trained to predict per aspect, per-aspect alpha
-from label frequencies, and which reviews count as positives of each other.
+to aspect x sentiment labels: the states the model predicts per aspect, per-aspect alpha from
+label frequencies, and which reviews count as positives of each other.
 """
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ from common.losses import focal_loss, supcon_loss
 # sentiment logits (see predicted_states / train.aspect_metrics).
 # was: NUM_STATES = 3  # classes per aspect the model predicts
 NUM_STATES = 4  # classes per aspect the model predicts: the data states themselves
-
-
-def training_targets(labels: torch.Tensor) -> torch.Tensor:
-    """(N, A) data states -> (N, A) class indices the head is trained on."""
-    # FIX(VSB-ABSENT-STATE): the original labelled every aspect a review does not mention as
-    # Neutral, so "no opinion on the battery" and "battery is so-so" were the same target.
-    # was: return torch.where(labels == ABSENT, torch.full_like(labels, NEUTRAL), labels) - 1
-    return labels
 
 
 def predicted_states(logits: torch.Tensor) -> torch.Tensor:

@@ -51,10 +51,10 @@ from common.runtime import (
     wrap_ddp,
 )
 from common.schedulers import warmup_cosine_lr
+from common.text import WordTokenizer
 from visobert_multitask.data import (
     ABSENT,
     ReviewDataset,
-    WordTokenizer,
     load_splits,
     make_collate,
     synthetic_splits,
@@ -66,7 +66,6 @@ from visobert_multitask.losses import (
     positive_weights,
     predicted_states,
     supcon_multilabel,
-    training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
@@ -175,7 +174,8 @@ def recipe(args, batches_per_epoch: int) -> Recipe:
 
 def compute_losses(model, batch: dict, alpha: torch.Tensor, args) -> dict[str, torch.Tensor]:
     """Weighted focal + SupCon for one batch; the dict holds the total and each component."""
-    targets = training_targets(batch["labels"])
+    # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
+    targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
     ids, mask = batch["input_ids"], batch["attention_mask"]
     # FIX(VSB-ONE-PASS): one encoder pass feeds both heads. The seed's note promised this, but the
     # code ran the encoder once per loss: twice the forward cost, and the two losses saw
@@ -335,8 +335,8 @@ def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
     # FIX(VSB-ALPHA-TRAIN-SPLIT): the original counted labels over the whole dataset before
     # splitting, so validation and test labels shaped the training loss (leakage) and a different
     # test set changed training. Only the training split may set it.
-    # was: return focal_alpha(torch.cat([training_targets(s.labels) for s in splits.values()]), NUM_STATES)
-    return focal_alpha(training_targets(splits["train"].labels), NUM_STATES, power)
+    # was: return focal_alpha(torch.cat([s.labels for s in splits.values()]), NUM_STATES)
+    return focal_alpha(splits["train"].labels, NUM_STATES, power)
 
 
 # ----------------------------------------------------------------------------- training

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` an
 
 import argparse
 import re
-import time
 
 import torch
 import torch.nn as nn
 
+from common.bench import StageTimer
 from common.lifecycle import load_model_state, load_run_checkpoint
 from visobert_multitask.bench import LOSS_ARGS, compare, make_batch
 from visobert_multitask.losses import (
@@ -32,11 +32,8 @@ from visobert_multitask.losses import (
     focal_alpha,
     positive_weights,
     supcon_multilabel,
-    training_targets,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
-
-STAGES = ("encoder", "heads", "losses", "backward", "optimizer step")
 
 
 def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]:
@@ -55,31 +52,28 @@ def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]
 
 
 def stage_times(model, batch: dict, iters: int = 10) -> dict[str, float]:
-    """Mean milliseconds per stage of a one-pass training step, measured stage by stage."""
+    """Median milliseconds per stage of a one-pass training step (common/bench.py's StageTimer)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    targets = training_targets(batch["labels"])
+    targets = batch["labels"]
     alpha = focal_alpha(targets, NUM_STATES)
-    totals = dict.fromkeys(STAGES, 0.0)
-    sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
+    timer = StageTimer()
     for i in range(iters + 2):  # the first two steps warm up and are not counted
-        marks = [time.perf_counter()]
+        timer.start(record=i >= 2)
         sentence = model.sentence_vector(batch["input_ids"], batch["attention_mask"])
-        sync(), marks.append(time.perf_counter())
+        timer.lap("encoder")
         logits, embeddings = model.heads(sentence, return_embeddings=True)
-        sync(), marks.append(time.perf_counter())
+        timer.lap("heads")
         focal = aspect_focal_loss(logits, targets, alpha, LOSS_ARGS.gamma)
         supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS_ARGS.temperature)
         loss = LOSS_ARGS.w_focal * focal + LOSS_ARGS.w_con * supcon
-        sync(), marks.append(time.perf_counter())
+        timer.lap("losses")
         loss.backward()
-        sync(), marks.append(time.perf_counter())
+        timer.lap("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(), marks.append(time.perf_counter())
-        if i >= 2:
-            for stage, start, end in zip(STAGES, marks, marks[1:]):
-                totals[stage] += (end - start) * 1e3 / iters
-    return totals
+        timer.lap("optimizer step")
+        timer.stop()
+    return {stage: seconds * 1e3 for stage, seconds in timer.medians().items()}
 
 
 def draw_architecture(records, path: Path, plt) -> None:
@@ -123,7 +117,7 @@ def draw_timeline(times: dict[str, float], path: Path, plt) -> None:
         ax.barh(0, ms, left=start, color=f"C{i}", label=f"{stage}: {ms:.1f} ms")
         start += ms
     ax.set_yticks([])
-    ax.set_xlabel("milliseconds (measured, mean per step)")
+    ax.set_xlabel("milliseconds (measured, median per step)")
     ax.set_title(f"One training step: {start:.1f} ms; both heads and losses use one encoder output")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
