@@ -27,9 +27,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 @dataclass
 class DataConfig:
-    data_root: str | None = arg(None, "CUB_200_2011 folder or a train/val(/test) class-folder tree "
+    data_root: str | None = arg(None, "CUB_200_2011 folder or a class-folder tree: train/ and val/ and/or test/ "
                                 "(default: the built-in synthetic set)")
     resize: int = arg(550, "shorter side before cropping --image-size (real data)", check=at_least(1))
+    val_fraction: float = arg(0.1, "share of each class of the train split held out for validation (best.pt) where "
+                              "the data has no validation split of its own (CUB-200-2011, a train/test tree); "
+                              "0: validate on the test split", check=between(0.0, 1.0))
     synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
     synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
@@ -98,8 +101,21 @@ class _FileListDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- CUB-200-2011
 
+MAX_LISTED = 20  # problems shown in one DataError; the rest are counted
 
-def _read_table(path: Path, columns: int) -> list[list[str]]:
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """One DataError listing every problem found (the first MAX_LISTED), so a broken index is
+    fixed in one pass instead of one error per run."""
+    if problems:
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{what}: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
+
+
+def _read_table(path: Path, columns: int, problems: list[str] | None = None) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line; the last field keeps inner spaces. A line with
+    too few fields is added to `problems`, or raised at once when no list is given. CRLF and a
+    UTF-8 BOM are fine."""
     if not path.is_file():
         raise DataError(f"{path}: missing (CUB-200-2011 layout needs images.txt, image_class_labels.txt, "
                         "train_test_split.txt and images/)")
@@ -107,48 +123,101 @@ def _read_table(path: Path, columns: int) -> list[list[str]]:
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.split(maxsplit=columns - 1)
+        parts = line.strip().split(maxsplit=columns - 1)
         if len(parts) != columns:
-            raise DataError(f"{path}:{line_no}: expected {columns} fields, got {line!r}")
-        rows.append(parts)
+            problem = f"{path}:{line_no}: expected {columns} fields, got {line!r}"
+            if problems is None:
+                raise DataError(problem)
+            problems.append(problem)
+            continue
+        rows.append((line_no, parts))
     return rows
 
 
-def cub_samples(root: Path, train: bool) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Read the CUB-200-2011 index files. Class ids are 1-based in the files, 0-based here."""
-    images = {i: p for i, p in _read_table(root / "images.txt", 2)}
-    labels = {i: c for i, c in _read_table(root / "image_class_labels.txt", 2)}
-    split = _read_table(root / "train_test_split.txt", 2)
-    classes_file = root / "classes.txt"
-    if classes_file.is_file():
-        class_ids = [c for c, _ in _read_table(classes_file, 2)]
-        classes = [name for _, name in _read_table(classes_file, 2)]
-    else:
-        class_ids = sorted(set(labels.values()), key=int)
-        classes = class_ids
+def _unique_ids(path: Path, rows: list[tuple[int, list[str]]], problems: list[str]) -> dict[str, tuple[int, str]]:
+    """{id: (line, value)} of a two-column index file; a repeated id is a problem, not a silent overwrite."""
+    by_id: dict[str, tuple[int, str]] = {}
+    for line_no, (key, value) in rows:
+        if key in by_id:
+            problems.append(f"{path}:{line_no}: duplicate id {key} (first on line {by_id[key][0]})")
+        else:
+            by_id[key] = (line_no, value)
+    return by_id
+
+
+def _class_id(text: str) -> int | None:
+    """The integer a class id field holds, or None (ASCII digits only: str.isdigit() also passes '²',
+    which int() refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def read_cub(root: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """(train, test, class names) of a CUB-200-2011 folder, labels 0-based in classes.txt order.
+
+    images.txt, image_class_labels.txt, train_test_split.txt and the optional classes.txt are
+    checked against each other, and every inconsistency (a missing or duplicate image id, an
+    is_train other than 0/1, a class id that is no integer or not a class, a listed image file
+    that does not exist) is raised in one DataError naming file, line and value."""
+    problems: list[str] = []
+    files = {name: root / f"{name}.txt" for name in ("images", "image_class_labels", "train_test_split", "classes")}
+    images = _unique_ids(files["images"], _read_table(files["images"], 2, problems), problems)
+    labels = _unique_ids(files["image_class_labels"], _read_table(files["image_class_labels"], 2, problems), problems)
+    split = _unique_ids(files["train_test_split"], _read_table(files["train_test_split"], 2, problems), problems)
+    if not images:
+        problems.append(f"{files['images']}: lists no image")
+
+    class_ids: list[int] = []  # in file order: label i is class_ids[i]
+    if files["classes"].is_file():
+        classes = []
+        for line_no, (class_id, name) in _read_table(files["classes"], 2, problems):
+            if _class_id(class_id) is None:
+                problems.append(f"{files['classes']}:{line_no}: class id {class_id!r} is not an integer")
+            elif _class_id(class_id) in class_ids:
+                problems.append(f"{files['classes']}:{line_no}: duplicate class id {class_id}")
+            else:
+                class_ids.append(_class_id(class_id))
+                classes.append(name)
+    else:  # the class ids found, in increasing order, stand for the names
+        class_ids = sorted({_class_id(c) for _, c in labels.values() if (_class_id(c) or 0) >= 1})
+        classes = [str(c) for c in class_ids]
     index_of = {c: i for i, c in enumerate(class_ids)}
-    samples = []
-    for image_id, is_train in split:
-        if (is_train == "1") != train:
-            continue
-        if image_id not in images:
-            raise DataError(f"{root / 'train_test_split.txt'}: image id {image_id} is not in images.txt")
-        if image_id not in labels:
-            raise DataError(f"{root / 'image_class_labels.txt'}: no class for image id {image_id}")
-        if labels[image_id] not in index_of:
-            raise DataError(f"{root / 'image_class_labels.txt'}: image id {image_id} has unknown class id "
-                            f"{labels[image_id]} (not in {classes_file.name})")
-        samples.append((root / "images" / images[image_id], index_of[labels[image_id]]))
-    if not samples:
-        raise DataError(f"{root / 'train_test_split.txt'}: the {'train' if train else 'test'} split is empty")
-    return samples, classes
+
+    for image_id, (line_no, class_id) in labels.items():
+        if _class_id(class_id) is None:
+            problems.append(f"{files['image_class_labels']}:{line_no}: image id {image_id}: class id {class_id!r} "
+                            f"is not an integer")
+        elif _class_id(class_id) not in index_of:
+            problems.append(f"{files['image_class_labels']}:{line_no}: image id {image_id} has unknown class id "
+                            f"{class_id} (class ids: {files['classes'].name if files['classes'].is_file() else '>= 1'})")
+    for image_id, (line_no, is_train) in split.items():
+        if is_train not in ("0", "1"):
+            problems.append(f"{files['train_test_split']}:{line_no}: image id {image_id}: is_train {is_train!r} "
+                            f"is not 0 or 1")
+    for name in ("image_class_labels", "train_test_split"):
+        table = labels if name == "image_class_labels" else split
+        problems += [f"{files[name]}:{line_no}: image id {image_id} is not in images.txt"
+                     for image_id, (line_no, _) in table.items() if image_id not in images]
+        problems += [f"{files[name]}: no line for image id {image_id} (images.txt:{line_no})"
+                     for image_id, (line_no, _) in images.items() if image_id not in table]
+    problems += [f"{files['images']}:{line_no}: image id {image_id}: file images/{path} does not exist"
+                 for image_id, (line_no, path) in images.items() if not (root / "images" / path).is_file()]
+    raise_problems(problems, f"{root}: the CUB-200-2011 index files disagree")
+
+    splits: dict[str, list[tuple[Path, int]]] = {"1": [], "0": []}
+    for image_id, (_, path) in images.items():
+        splits[split[image_id][1]].append((root / "images" / path, index_of[_class_id(labels[image_id][1])]))
+    for is_train, name in (("1", "train"), ("0", "test")):
+        if not splits[is_train]:
+            raise DataError(f"{files['train_test_split']}: the {name} split is empty")
+    return splits["1"], splits["0"], classes
 
 
 def folder_samples(root: Path, split: str, classes: list[str] | None = None):
-    """root/<split>/<class>/<image>; classes from the train tree, the val tree may not add any."""
+    """root/<split>/<class>/<image>; classes from the train tree, the other trees may not add any."""
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and {root}/val/<class>/...)")
+        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and {root}/val/<class>/... "
+                        f"or {root}/test/<class>/...)")
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if classes is None:
         classes = found
@@ -162,22 +231,52 @@ def folder_samples(root: Path, split: str, classes: list[str] | None = None):
     return samples, classes
 
 
-def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int):
-    """(train, val, test) datasets; test is the val dataset itself where the data has no third split."""
+def stratified_holdout(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out) indices: round(fraction x n) of the n items of each class held out, at
+    least one of a class with two or more and never the last one of a class; the same split for
+    the same seed whatever the global RNG (the draw is seeded per class)."""
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    held_out: set[int] = set()
+    for label, indices in by_class.items():
+        take = min(len(indices) - 1, max(1, round(fraction * len(indices))))
+        order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed * 100_003 + label))
+        held_out.update(indices[i] for i in order[:take].tolist())
+    return [i for i in range(len(labels)) if i not in held_out], sorted(held_out)
+
+
+def carve_validation(train: list[tuple[Path, int]], fraction: float, seed: int, source: Path):
+    """(train, val): a stratified `fraction` of the train split held out to choose best.pt on."""
+    kept, held_out = stratified_holdout([label for _, label in train], fraction, seed)
+    if not held_out:
+        raise DataError(f"{source}: cannot hold out a validation split from the train split: no class has two "
+                        f"training images (--val-fraction 0 validates on the test split instead)")
+    return [train[i] for i in kept], [train[i] for i in held_out]
+
+
+def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val_fraction: float = 0.1):
+    """(train, val, test) datasets. Validation (best.pt) is the data's own val split; where there is
+    none (CUB-200-2011, a train/test tree) a stratified `val_fraction` of the train split, drawn
+    from `seed`; test is scored once at the end. With `val_fraction` 0, or a train/val tree
+    without test/, the test dataset is the validation dataset itself."""
     root = Path(root)
     if (root / "images.txt").is_file():
-        train, classes = cub_samples(root, train=True)
-        val, _ = cub_samples(root, train=False)
-        # NOTE(deviation): CUB-200-2011 has a train and a test split only. Until a validation split is
-        # carved from the train images, validation (best.pt) and the final test use the same test
-        # images, so the test score is optimistic; train.py says so.
-        test = val
+        train, test, classes = read_cub(root)
+        source, val = root / "train_test_split.txt", None
     elif (root / "train").is_dir():
         train, classes = folder_samples(root, "train")
-        val, _ = folder_samples(root, "val", classes)
-        test = folder_samples(root, "test", classes)[0] if (root / "test").is_dir() else val  # as CUB without test/
+        has_val, has_test = (root / "val").is_dir(), (root / "test").is_dir()
+        # with neither val/ nor test/, folder_samples names the missing folder
+        val = folder_samples(root, "val", classes)[0] if has_val or not has_test else None
+        test = folder_samples(root, "test", classes)[0] if has_test else val  # a train/val tree: val is the test too
+        source = root / "train"
     else:
         raise DataError(f"{root}: neither a CUB-200-2011 folder (images.txt) nor a train/val class-folder tree")
+    if val is None:
+        # best.pt is chosen on images held out of the train split, never on the test images it is
+        # then scored on (that would make the test score optimistic); --val-fraction 0 opts out.
+        train, val = carve_validation(train, val_fraction, seed, source) if val_fraction > 0 else (train, test)
     train_set = _FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed)
     val_set = _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed)
     test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False), seed)
@@ -188,7 +287,7 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
     """{"train", "val", "test"} datasets and the number of classes: real data under cfg.data_root,
     else the synthetic set."""
     if cfg.data_root is not None:
-        train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed)
+        train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed, cfg.val_fraction)
         return {"train": train, "val": val, "test": test}, len(train.classes)
     sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
     synthetic = SyntheticFineGrained if cfg.synthetic_task == "fine" else SyntheticParts

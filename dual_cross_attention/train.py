@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
+from torchvision.utils import make_grid
 
 from common.cli import above, add_args, arg, at_least, from_args
 from common.lifecycle import (
@@ -99,7 +100,8 @@ class TrainConfig:
     ref_batch: int | None = arg(None, "reference batch of --base-lr (default: 512 for linear, 16 for sqrt as in "
                                 "the seed)", check=at_least(1))
     warmup_steps: int | None = arg(None, "linear warm-up in optimizer steps (default: 1 epoch of steps on the "
-                                   "synthetic data, 5 epochs on real data)", check=at_least(0))
+                                   "synthetic data, 5 epochs on real data); never longer than the run",
+                                   check=at_least(0))
     weight_decay: float = arg(0.05, "AdamW weight decay of the weight matrices", check=at_least(0.0, float))
     grad_clip: float = arg(1.0, "max global grad norm (0: off)", check=at_least(0.0, float))
     val_interval: int | None = arg(None, "optimizer steps between validations (default: once per epoch; every "
@@ -151,9 +153,10 @@ class Schedule:
     peak_lr: float
     effective_batch: int  # batch x accumulation x world size
     steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
+    total_steps: int  # min(epochs x steps_per_epoch, --max-iters): the steps the run really takes
+    warmup_steps: int  # at most total_steps
     val_interval: int
+    warmup_asked: int  # the warm-up of the settings, before the cap at total_steps
 
     @property
     def epochs(self) -> int:
@@ -161,9 +164,10 @@ class Schedule:
 
     def describe(self, train: TrainConfig) -> str:  # printed, so a wrong lr scale is seen at once
         rule = train.lr_rule if train.lr is None else "fixed --lr"
+        capped = f" (cut from {self.warmup_asked} to the run's length)" if self.warmup_asked > self.warmup_steps else ""
         return (f"peak lr {self.peak_lr:.4g} (rule {rule}, base {train.base_lr:g} at batch {train.ref_batch}, "
-                f"effective batch {self.effective_batch}), warm-up {self.warmup_steps} steps, "
-                f"{self.total_steps} steps in all")
+                f"effective batch {self.effective_batch}), warm-up {self.warmup_steps} steps{capped}, "
+                f"{self.total_steps} steps in all ({self.steps_per_epoch} per epoch)")
 
 
 def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampler, world_size: int) -> Schedule:
@@ -184,9 +188,12 @@ def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampl
     # FIX(DCAL-LR): a warm-up before the cosine, so the new heads do not wreck the pretrained
     # features in the first steps; the lr is printed so a wrong scale is seen at once.
     # was: warmup_steps = 0
-    warmup_steps = train.warmup_steps if train.warmup_steps is not None else (1 if synthetic else 5) * steps_per_epoch
+    warmup_asked = train.warmup_steps if train.warmup_steps is not None else (1 if synthetic else 5) * steps_per_epoch
+    # a warm-up past the last step would leave the lr below its peak all run long and the cosine
+    # unused (5 real-data epochs of warm-up against `--max-iters 2`): the run's steps bound it
+    warmup_steps = min(warmup_asked, total_steps)
     val_interval = train.val_interval if train.val_interval is not None else steps_per_epoch
-    return Schedule(lr, effective_batch, steps_per_epoch, total_steps, warmup_steps, val_interval)
+    return Schedule(lr, effective_batch, steps_per_epoch, total_steps, warmup_steps, val_interval, warmup_asked)
 
 
 def build_samplers(splits: dict, batch_size: int, seed: int, dist_info) -> dict[str, EpochSampler]:
@@ -386,7 +393,7 @@ def first_images(dataset, count: int, device) -> torch.Tensor | None:
 @torch.no_grad()
 def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
     """Top row: the images; bottom row: the same images lit by the CLS row of the attention
-    rollout (the ranking GLCA picks its local queries from): dark patches are ranked low. PIL only."""
+    rollout (the ranking GLCA picks its local queries from): dark patches are ranked low. No matplotlib."""
     was_training = model.training
     model.eval()
     rollout = model(images, need_rollout=True)["rollout"].float()
@@ -404,8 +411,8 @@ def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
 
     pictures, heat = unit(pictures), unit(heat)
     overlay = pictures * (0.15 + 0.85 * heat)  # patches the rollout ranks low fade to dark
-    sheet = rearrange(torch.stack([pictures, overlay]), "row k c h w -> (row h) (k w) c")  # 2 x K image grid
-    Image.fromarray((sheet.clamp(0, 1) * 255).byte().cpu().numpy()).save(path)
+    sheet = make_grid(torch.cat([pictures, overlay]), nrow=len(pictures), padding=0)  # (3, 2H, K W): 2 x K images
+    Image.fromarray((sheet.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
@@ -437,9 +444,9 @@ def main(argv: list[str] | None = None) -> dict:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)  # before anything is written
     run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_top1", best_mode="max")
     with run:
-        if splits["test"] is splits["val"]:
-            run.print(f"warning: {data_cfg.data_root} has no separate validation split: validation (best.pt) and "
-                      f"the final test use the same test images, so the test score is optimistic")
+        if splits["test"] is splits["val"]:  # a train/val tree without test/, or --val-fraction 0
+            run.print(f"warning: {data_cfg.data_root}: validation (best.pt) and the final test use the same images, "
+                      f"so the test score is optimistic")
         seed_everything(args.seed)
         samplers = build_samplers(splits, train_cfg.batch_size, args.seed, dist_info)
         val_loader, test_loader = (make_loader(splits[s], samplers[s], args.workers, args.seed) for s in ("val", "test"))

@@ -27,8 +27,9 @@ def write_image(path, size=(40, 30), colour=(200, 30, 30)):
     Image.new("RGB", size, colour).save(path)
 
 
-def write_cub(root, labels=(1, 1, 2, 2, 3, 3), split=(1, 0, 1, 0, 1, 0), classes=3):
-    """CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt."""
+def write_cub(root, labels=(1, 1, 2, 2, 3, 3), split=(1, 0, 1, 1, 1, 0), classes=3):
+    """CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt.
+    By default class 2 has two training images, so a validation image can be held out of them."""
     root.mkdir(parents=True, exist_ok=True)
     names = [f"{c:03d}.bird_{c}/img_{i}.jpg" for i, c in enumerate(labels, start=1)]
     for name in names:

@@ -12,9 +12,10 @@ from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_
 
 def test_cub_layout_reads_splits_and_zero_based_labels(tmp_path):
     train, val, test = build_real_datasets(write_cub(tmp_path / "CUB"), resize=24, crop=16, seed=0)
-    assert len(train) == 3 and len(val) == 3 and len(train.classes) == 3
-    assert test is val  # CUB has no third split: validation and test share the test images (for now)
-    assert [label for _, label in train.samples] == [0, 1, 2]
+    assert len(train) == 3 and len(val) == 1 and len(test) == 2 and len(train.classes) == 3
+    # validation is held out of the train split (class 2's second training image), test is CUB's test split
+    assert [label for _, label in train.samples] == [0, 1, 2] and [label for _, label in val.samples] == [1]
+    assert [label for _, label in test.samples] == [0, 2]
     image, label, index = train[1]
     assert image.shape == (3, 16, 16) and label == 1 and index == 1
 
