@@ -38,6 +38,7 @@ from common.lifecycle import (
 )
 from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
+from common.predict import pyplot_or_none
 from common.runtime import (
     DataError,
     EpochSampler,
@@ -269,28 +270,39 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
     return scores(evaluate(model, loader, device, autocast_dtype(device, args.amp), cfg.model.num_classes))
 
 
-def save_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
-    """CSV always; PNG when matplotlib is installed."""
+def save_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """CSV always; PNG when matplotlib is installed: counts per cell in a colour that reads on the
+    cell (white on dark, black on light), each row's recall beside it, a colour bar, `title` on top."""
     with open(path.with_suffix(".csv"), "w") as f:
         f.write("true\\pred," + ",".join(names) + "\n")
         for name, row in zip(names, cm):
             f.write(name + "," + ",".join(str(int(v)) for v in row) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot_or_none()
+    if plt is None:
         print("confusion matrix PNG skipped: pip install matplotlib")
         return
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    n = len(names)
+    cell = 1.1  # inches per cell: 110 px at dpi 100
+    fig, ax = plt.subplots(figsize=(cell * n + 4.2, cell * n + 2.6), dpi=100)
+    shown = ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
+    totals = cm.sum(axis=1)
+    ax.set_xticks(range(n), names, rotation=30, ha="right", fontsize=11)
+    ax.set_yticks(range(n), [f"{name} ({int(t)})" for name, t in zip(names, totals)], fontsize=11)
+    for i in range(n):
+        for j in range(n):
+            red, green, blue, _ = shown.cmap(shown.norm(cm[i, j]))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # perceived brightness of the cell
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=14,
+                    fontweight="bold" if i == j else "normal", color="white" if dark else "black")
+        recall = f"{cm[i, i] / totals[i]:.0%}" if totals[i] else "-"
+        ax.text(n - 0.5 + 0.15, i, recall, ha="left", va="center", fontsize=11, color="dimgray")
+    ax.text(n - 0.5 + 0.15, -0.75, "recall", ha="left", va="center", fontsize=11, color="dimgray")
+    ax.set_xlabel("predicted class", fontsize=12)
+    ax.set_ylabel("true class (clips)", fontsize=12)
+    ax.set_title(textwrap.fill(title, 72), fontsize=12, pad=22)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.12)
+    bar.set_label("clips")
+    bar.ax.yaxis.get_major_locator().set_params(integer=True)  # counts: whole numbers only
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=100)
     plt.close(fig)
@@ -347,6 +359,12 @@ def log_row(run: Run, state: TrainState, kind: str, lr: float, batch_size: int, 
     state.counts[kind] = 0
     run.log(row)
     return row
+
+
+def loss_summary(row: dict) -> str:
+    """A log row's training loss, its weighted components and accuracy, for the printed lines."""
+    parts = " ".join(f"{c} {row[f'loss_{c}']:.4f}" for c in COMPONENTS)
+    return f"train loss {row['loss']:.4f} ({parts}) acc {row['train_acc']:.3f}"
 
 
 def keep_if_best(metrics: dict, epoch: int, state: TrainState, run: Run, model, optimizer, scaler) -> bool:
@@ -413,6 +431,8 @@ def train_one_epoch(ddp_model, optimizer, scaler, train_set, sampler, val_loader
             lr = optimizer.param_groups[0]["lr"]
             if state.step % args.log_interval == 0:
                 row = log_row(run, state, "window", lr, tc.batch_size, {})
+                if is_main():  # above the progress bar, not through it
+                    bar.write(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
                 bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{state.val.get('uar', float('nan')):.3f}",
                                 lr=f"{lr:.1e}")
             if tc.val_interval and state.step % tc.val_interval == 0 and state.batch_in_epoch < steps_per_epoch:
@@ -492,10 +512,9 @@ def main(argv: list[str] | None = None) -> dict:
                           {"val_uar": metrics["uar"], "val_war": metrics["war"], "box_fallbacks": fallbacks})
             state.epoch, state.batch_in_epoch, state.counts["fallbacks"] = epoch + 1, 0, 0
             improved = keep_if_best(metrics, epoch, state, run, ddp_model, optimizer, scaler)
-            run.print(f"epoch {epoch:3d} step {state.step:6d} | loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} "
-                      f"mi {row['loss_mi']:.4f} dc {row['loss_dc']:.4f} moco {row['loss_moco']:.4f}) train acc "
-                      f"{row['train_acc']:.3f} | val UAR {metrics['uar']:.4f} WAR {metrics['war']:.4f}"
-                      f"{' *' if improved else ''} | box fallbacks {fallbacks} | lr {row['lr']:.2e}")
+            run.print(f"epoch {epoch} (mean): {loss_summary(row)} | lr {row['lr']:.2e}\n"
+                      f"epoch {epoch} step {state.step}: val UAR {metrics['uar']:.4f} WAR {metrics['war']:.4f}"
+                      f"{' (best)' if improved else ''} | box fallbacks {fallbacks}")
             run.save("last.pt", ddp_model, optimizer, scaler, state.progress(), state.extra())
             run.save_periodic(state.step, ddp_model, optimizer, scaler, state.progress(), state.extra())
             if ended == "max_iters":
@@ -506,8 +525,11 @@ def main(argv: list[str] | None = None) -> dict:
         test = evaluate(model, test_loader, device, dtype, cfg.model.num_classes)
         names = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
         if is_main():
-            save_confusion(test["confusion"], names, run.dir / "confusion_test")
-        run.print(f"confusion matrix (rows true, columns predicted; {', '.join(names)}):\n{test['confusion']}")
+            save_confusion(test["confusion"], names, run.dir / "confusion_test",
+                           f"caer_clip, test split: best.pt (epoch {run.best['epoch']}, step {run.best['step']}), "
+                           f"UAR {test['uar']:.3f}, WAR {test['war']:.3f}")
+        run.print(textwrap.fill(f"test confusion matrix (rows true, columns predicted; {', '.join(names)}):", 100)
+                  + f"\n{test['confusion']}")
         best = "none" if run.best["value"] is None else f"{run.best['value']:.4f}"
         run.print(f"best val UAR {best} (epoch {run.best['epoch']}) | test UAR {test['uar']:.4f} "
                   f"WAR {test['war']:.4f} | {time.time() - start_time:.1f} s")

@@ -101,6 +101,18 @@ def require_matplotlib(flag: str):
     return plt
 
 
+def pyplot_or_none():
+    """pyplot (Agg backend), or None when matplotlib is not installed: a training run skips its
+    pictures then, and says so once (`pip install matplotlib`), rather than stopping."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def enlarge(images: torch.Tensor, side: int = TILE) -> tuple[torch.Tensor, float]:
     """(N, C, H, W) scaled so the shorter side is at least `side` (nearest: small inputs stay crisp,
     patches stay squares). Returns the images and the scale factor."""

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torchvision.utils import make_grid
 
 from common.cli import above, add_args, arg, at_least, between, from_args
@@ -42,6 +41,7 @@ from common.lifecycle import (
     run_cli,
 )
 from common.metrics import accuracy, average_precision, precision_recall_f1, roc_auc
+from common.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
 from common.runtime import (
     DataError,
     DistInfo,
@@ -288,6 +288,7 @@ class Setup:
     batches_per_epoch: int
     max_iters: int  # --max-iters, or fewer under --epochs
     tb: object = None  # a SummaryWriter on rank 0 with --tensorboard, else None
+    plt: object = None  # pyplot on rank 0 with --overlays when matplotlib is installed, else None
 
 
 def save(setup: Setup, name: str, model, optimizer, scaler, controller, state: LoopState) -> None:
@@ -402,27 +403,54 @@ def validate(model, optimizer, scaler, controller, setup: Setup, state: LoopStat
                 setup.tb.add_scalar(f"val/{k}", v, state.step)
             setup.tb.add_pr_curve("val/pr_curve", val_labels, val_probs, state.step)
         if args.overlays:
-            save_overlays(model, data["val"], run.dir, state.step, setup.tb)
+            save_overlays(setup.plt, model, data["val"], run.dir, state.step, state.epoch, setup.tb)
     if controller.should_stop():
         run.print(f"lr reached its floor {controller.min_lr:.3g} without improvement: stopping at step {state.step}")
 
 
-def save_overlays(model, dataset, run_dir: Path, step: int, tb) -> None:
-    """One real and one fake validation sequence: frames on top, attention (red) blended below."""
+@torch.no_grad()
+def save_overlays(plt, model, dataset, run_dir: Path, step: int, epoch: int, tb) -> None:
+    """The first real and the first fake validation video (its first sequence): the T frames on top,
+    the backbone's attention map over the same frames below with a colour bar; true and predicted class
+    in the caption. PNG with matplotlib (`plt`), the plain frame/heat grid to TensorBoard."""
     model.eval()
     (run_dir / "overlays").mkdir(exist_ok=True)
     for label, name in enumerate(CLASS_NAMES):
-        index = next(i for i, r in enumerate(dataset.records) if r.label == label) * dataset.clips
-        frames = dataset[index]["frames"]  # [T, 3, S, S]
-        attention_map = model.get_attention(frames.unsqueeze(0).to(next(model.parameters()).device))[0]
-        heat = upsample_map(attention_map, frames.shape[-1])  # [T, 1, S, S]
-        rgb = denormalize(frames)
-        red = torch.cat([heat, torch.zeros_like(heat), torch.zeros_like(heat)], dim=1)
-        grid = make_grid(torch.cat([rgb, 0.4 * rgb + 0.6 * red]), nrow=len(rgb), padding=1)
-        Image.fromarray((grid.permute(1, 2, 0) * 255).byte().numpy()).save(run_dir / "overlays" / f"step{step:06d}_{name}.png")
+        video = next(i for i, r in enumerate(dataset.records) if r.label == label)
+        frames = dataset[video * dataset.clips]["frames"]  # [T, 3, S, S]
+        logits, attention_map = model(frames.unsqueeze(0).to(next(model.parameters()).device), return_attention=True)
+        p_fake = float(fake_probability(logits)[0])
         if tb is not None:
-            tb.add_image(f"attention/{name}", grid, step)
+            heat, rgb = upsample_map(attention_map[0], frames.shape[-1]), denormalize(frames)  # [T, 1, S, S], [T, 3, S, S]
+            red = torch.cat([heat, torch.zeros_like(heat), torch.zeros_like(heat)], dim=1)
+            tb.add_image(f"attention/{name}", make_grid(torch.cat([rgb, 0.4 * rgb + 0.6 * red]), nrow=len(rgb), padding=1),
+                         step)
+        if plt is None:
+            continue
+        rgb, _ = enlarge(denormalize(frames))  # each frame at least TILE px
+        heat = upsample_map(attention_map[0], rgb.shape[-1])  # [T, 1, S', S']
+        grid = make_grid(rgb, nrow=len(rgb), padding=8, pad_value=1.0)
+        heat_grid = make_grid(heat, nrow=len(rgb), padding=8, pad_value=float("nan"))[0]  # NaN: gaps not drawn
+        predicted = CLASS_NAMES[int(p_fake >= 0.5)]
+        caption = (f"video {dataset.records[video].video}: true {name}, predicted {predicted} (P(fake) {p_fake:.2f}, "
+                   f"{'right' if predicted == name else 'wrong'}); frames 1-{len(rgb)} of its first sequence")
+        title = (f"deepfake_effnet_lstm attention, validation split, step {step} (epoch {epoch}): "
+                 f"the first {name} video")
+        fig, (_, bottom) = sheet(plt, [(grid, caption), (grid, "attention map of the backbone on each frame")], title)
+        shown = bottom.imshow(heat_grid.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0, interpolation="nearest")
+        colorbar(fig, bottom, shown, "attention (0-1)")
+        save_figure(plt, fig, run_dir / "overlays" / f"step{step:06d}_{name}.png")
     model.train()
+
+
+def overlay_pyplot(args, run: Run):
+    """pyplot on rank 0 with --overlays, else None; says once when matplotlib is missing."""
+    if not args.overlays or not is_main():
+        return None
+    plt = pyplot_or_none()
+    if plt is None:
+        run.print("attention overlay PNGs skipped: pip install matplotlib")
+    return plt
 
 
 def open_tensorboard(args, run_dir: Path):
@@ -484,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.restore_rng()
         ddp_model = wrap_ddp(model, dist_info)
         setup = Setup(run, args, dist_info, datasets, class_weights.to(device), sampler, batches_per_epoch,
-                      max_iters, open_tensorboard(args, run.dir))
+                      max_iters, open_tensorboard(args, run.dir), overlay_pyplot(args, run))
 
         while state.step < max_iters and not controller.should_stop():
             stopped = train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup, state)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from PIL import Image
 from torchvision.utils import make_grid
 
 from common.cli import above, add_args, arg, at_least, from_args
@@ -41,6 +40,7 @@ from common.lifecycle import (
     run_cli,
 )
 from common.metrics import accuracy
+from common.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
 from common.runtime import (
     DataError,
     EpochSampler,
@@ -348,9 +348,10 @@ def log_training(run: Run, model: DCAL, meter: RunningMeans, step: int, epoch: i
     row = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm.item(), **losses,
            **{f"w_{branch}": w for branch, w in zip(model.branches(), weights)}}
     run.log(row)
-    branches = ", ".join(f"{b} {losses[f'loss_{b}']:.3f} (w {row[f'w_{b}']:.3f})" for b in model.branches())
-    run.print(f"step {step}/{total_steps} epoch {epoch}: loss {losses['loss']:.4f} [{branches}] lr {lr:.3g} "
-              f"grad norm {row['grad_norm']:.3f}")
+    branches = " ".join(f"{b} {losses[f'loss_{b}']:.3f}" for b in model.branches())
+    weights = " ".join(f"{row[f'w_{b}']:.3f}" for b in model.branches())
+    run.print(f"step {step}/{total_steps} epoch {epoch}: loss {losses['loss']:.4f} | {branches} | w {weights} | "
+              f"lr {lr:.2e} grad {row['grad_norm']:.2f}")
 
 
 @torch.no_grad()
@@ -383,36 +384,68 @@ def evaluate(model, loader, device, dtype) -> dict[str, float]:
     return {name: accuracy(y, gather_cat(torch.cat(p)).cpu()) for name, p in preds.items() if p}
 
 
-def first_images(dataset, count: int, device) -> torch.Tensor | None:
-    """The first `count` images of a split (evaluation transform), for the rollout overlays."""
+def overlay_examples(dataset, count: int, device) -> dict | None:
+    """The first `count` images of a split (evaluation transform) for the rollout pictures, with their
+    labels, class names and, on the synthetic 'fine' set, where the class part is: (top, left, side)
+    in image pixels, from the generator's own record of where it drew it."""
     if count == 0:
         return None
-    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
+    indices = range(min(count, len(dataset)))
+    items = [dataset[i] for i in indices]
+    names = getattr(dataset, "classes", None) or [f"class {k}" for k in range(dataset.num_classes)]
+    parts = None
+    if hasattr(dataset, "part_boxes"):  # SyntheticFineGrained: boxes in canvas pixels, shown through a crop
+        parts = [(int(dataset.part_boxes[i, 0]) - dataset.crop_offset(i)[0],
+                  int(dataset.part_boxes[i, 1]) - dataset.crop_offset(i)[1], dataset.part) for i in indices]
+    return {"images": torch.stack([image for image, _, _ in items]).to(device),
+            "labels": [label for _, label, _ in items], "names": list(names), "parts": parts}
 
 
 @torch.no_grad()
-def save_rollout_overlays(model, images: torch.Tensor, path: Path) -> None:
-    """Top row: the images; bottom row: the same images lit by the CLS row of the attention
-    rollout (the ranking GLCA picks its local queries from): dark patches are ranked low. No matplotlib."""
+def save_rollout_overlays(plt, model, examples: dict, path: Path, title: str) -> None:
+    """One row per image, true and predicted class above it. Left: the image (class part outlined in
+    green where the data knows it). Right: the CLS row of the attention rollout over the image (the
+    ranking GLCA picks its local queries from), with a colour bar, and GLCA's picks outlined in cyan."""
     was_training = model.training
     model.eval()
-    rollout = model(images, need_rollout=True)["rollout"].float()
+    out = model(examples["images"], need_rollout=True)
     model.train(was_training)
-    grid = model.cfg.grid
-    heat = rearrange(rollout[:, 0, 1:], "k (gh gw) -> k 1 gh gw", gh=grid)  # CLS row back onto the patch grid
-    scale = max(1, 128 // images.shape[-1])  # small synthetic images are enlarged to be seen
-    size = (images.shape[-2] * scale, images.shape[-1] * scale)
-    heat = F.interpolate(heat, size=size, mode="nearest")  # one flat square per patch
-    pictures = F.interpolate(images.float(), size=size, mode="nearest")
+    probs = out["sa"].float().softmax(-1) + (out["glca"].float().softmax(-1) if "glca" in out else 0)
+    predicted = probs.argmax(-1).tolist()  # the prediction evaluate() scores: SA + GLCA probabilities
+    cfg, names = model.cfg, examples["names"]
+    rollout = out["rollout"][:, 0, 1:].float().cpu()  # (K, patches): the CLS row
+    picks = rollout.topk(cfg.num_local if cfg.glca else 0, dim=-1).indices  # (K, R) as DCAL.glca_forward
+    images = examples["images"].float().cpu()
+    lo, hi = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
+    pictures, scale = enlarge((images - lo) / (hi - lo).clamp_min(1e-8))  # per-image min-max to [0, 1]
+    gap, (height, width) = 8, pictures.shape[-2:]
+    panels = [(make_grid([picture, picture], nrow=2, padding=gap, pad_value=1.0),
+               f"val image {k + 1}: true {names[y]}, predicted {names[p]} ({'right' if y == p else 'wrong'})")
+              for k, (picture, y, p) in enumerate(zip(pictures, examples["labels"], predicted))]
+    fig, axes = sheet(plt, panels, title)
+    x0, side = 2 * gap + width, cfg.patch_size * scale  # left edge of the right tile; a patch in pixels
+    for k, ax in enumerate(axes):
+        heat = rearrange(rollout[k], "(gh gw) -> gh gw", gh=cfg.grid).numpy()  # CLS row back onto the patch grid
+        shown = ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="nearest",
+                          extent=(x0 - 0.5, x0 + width - 0.5, gap + height - 0.5, gap - 0.5))
+        for patch in picks[k].tolist():
+            ax.add_patch(plt.Rectangle((x0 + (patch % cfg.grid) * side - 0.5, gap + (patch // cfg.grid) * side - 0.5),
+                                       side, side, fill=False, edgecolor="cyan", linewidth=2))
+        if examples["parts"] is not None:
+            top, left, part = examples["parts"][k]
+            ax.add_patch(plt.Rectangle((gap + left * scale - 0.5, gap + top * scale - 0.5), part * scale,
+                                       part * scale, fill=False, edgecolor="lime", linewidth=2.5))
+        ax.set_xlim(-0.5, panels[k][0].shape[-1] - 0.5)
+        ax.set_ylim(panels[k][0].shape[-2] - 0.5, -0.5)
+        colorbar(fig, ax, shown, "rollout weight")
+    save_figure(plt, fig, path)
 
-    def unit(t):  # per-image min-max to [0, 1]
-        lo, hi = t.amin(dim=(1, 2, 3), keepdim=True), t.amax(dim=(1, 2, 3), keepdim=True)
-        return (t - lo) / (hi - lo).clamp_min(1e-8)
 
-    pictures, heat = unit(pictures), unit(heat)
-    overlay = pictures * (0.15 + 0.85 * heat)  # patches the rollout ranks low fade to dark
-    sheet = make_grid(torch.cat([pictures, overlay]), nrow=len(pictures), padding=0)  # (3, 2H, K W): 2 x K images
-    Image.fromarray((sheet.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()).save(path)
+def rollout_title(step: int, epoch: int, val: dict, cfg, parts_known: bool) -> str:
+    glca = f"cyan: GLCA's {cfg.num_local} local quer{'y' if cfg.num_local == 1 else 'ies'}" if cfg.glca else "no GLCA"
+    part = "; green: the class part" if parts_known else ""
+    return (f"DCAL attention rollout, validation images, step {step} (epoch {epoch}), val top1 {val['top1']:.3f}. "
+            f"Left: image{part}. Right: rollout CLS row over the image; {glca}")
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
@@ -471,7 +504,10 @@ def main(argv: list[str] | None = None) -> dict:
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()  # after everything that draws random numbers (the model's init)
         train_model = wrap_ddp(model, dist_info)
-        overlay_images = first_images(splits["val"], train_cfg.num_overlays, device) if is_main() else None
+        plt = pyplot_or_none() if is_main() and train_cfg.num_overlays else None
+        if is_main() and train_cfg.num_overlays and plt is None:
+            run.print("rollout PNGs skipped: pip install matplotlib")
+        overlays = overlay_examples(splits["val"], train_cfg.num_overlays, device) if plt is not None else None
         run.print(plan.describe(train_cfg))
 
         def checkpoint() -> dict:  # what every checkpoint holds, at the current position
@@ -483,8 +519,9 @@ def main(argv: list[str] | None = None) -> dict:
             step, epoch = progress["step"], progress["epoch"]
             run.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in last_val.items()}})
             run.print(f"step {step} epoch {epoch}: val " + " ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
-            if overlay_images is not None:
-                save_rollout_overlays(model, overlay_images, run.dir / f"rollout_step{step:06d}.png")
+            if overlays is not None:
+                save_rollout_overlays(plt, model, overlays, run.dir / f"rollout_step{step:06d}.png",
+                                      rollout_title(step, epoch, last_val, model.cfg, overlays["parts"] is not None))
             if run.improved(last_val["top1"], step, epoch):
                 run.save("best.pt", **checkpoint())
 

@@ -1,5 +1,6 @@
 """caer_clip: shapes of the CLIP towers, the model and the data, and a few-step run of train.py."""
 
+import importlib.util
 import json
 
 import pytest
@@ -57,6 +58,8 @@ def test_train_smoke_writes_run_folder(tmp_path):
     run = tmp_path / "run"
     for name in ("config.json", "log.csv", "last.pt", "best.pt", "confusion_test.csv"):
         assert (run / name).is_file(), name
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (run / "confusion_test.png").is_file()
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 4
     assert 0.0 <= summary["test"]["uar"] <= 1.0 and summary["step"] == 5
     assert set(summary) >= {"run_dir", "step", "best", "val", "test"}

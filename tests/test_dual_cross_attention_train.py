@@ -2,6 +2,7 @@
 parse-time checks, the final test of best.pt, rollout overlays."""
 
 import csv
+import importlib.util
 import json
 import signal
 
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from common.lifecycle import Run
+from common.predict import TILE
 from common.runtime import ConfigMismatchError
 from dual_cross_attention.data import SyntheticParts
 from dual_cross_attention.train import evaluate_checkpoint, main
@@ -126,9 +128,11 @@ def test_final_test_scores_best_pt_on_its_own_split(tmp_path):
 def test_rollout_overlays_saved_each_validation(tmp_path):
     run = tmp_path / "run"
     summary = main(TINY + ["--out", str(run), "--max-iters", "6", "--num-overlays", "3"])
-    pngs = sorted(p.name for p in run.glob("rollout_step*.png"))
-    assert pngs == ["rollout_step000003.png", "rollout_step000004.png", "rollout_step000006.png"]
-    assert Image.open(run / pngs[0]).size == (3 * 128, 2 * 128)  # 3 images, image row + overlay row
+    if importlib.util.find_spec("matplotlib") is not None:  # without it the pictures are skipped, with a note
+        pngs = sorted(p.name for p in run.glob("rollout_step*.png"))
+        assert pngs == ["rollout_step000003.png", "rollout_step000004.png", "rollout_step000006.png"]
+        width, height = Image.open(run / pngs[0]).size
+        assert width >= 2 * TILE and height >= 3 * TILE  # 3 rows of (image, rollout), 16 px images drawn at 256
     rows = [r for r in _rows(run) if r["w_sa"]]
     assert all(r["w_glca"] and r["w_pwca"] for r in rows)  # the three effective weights are logged
     assert summary["val"]["top1_sa"] >= 0 and summary["val"]["top1_glca"] >= 0

@@ -411,8 +411,9 @@ def train_one_epoch(train_model, state: TrainState, loader, alpha, hp: Recipe, r
             # Averaged over the window and over ranks (one all-reduce per logged value).
             row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
             run.log({"step": state.step, "epoch": epoch, "split": "train", "lr": lr, **row})
-            run.print(f"step {state.step} epoch {epoch}: loss {row['loss']:.4f} lr {lr:.3g} "
-                      f"grad norm {row['grad_norm']:.3f}")
+            parts = "".join(f" {name} {row[name]:.4f}" for name in ("focal", "supcon", "probe") if name in row)
+            run.print(f"step {state.step} epoch {epoch}: train loss {row['loss']:.4f} ({parts.strip()}) "
+                      f"lr {lr:.2e} grad norm {row['grad_norm']:.3f}")
             state.window = {"n": 0}
         # Before the checkpoint of this step, so a checkpoint never precedes a validation it owes.
         # The epoch's (or the schedule's) last step is validated by the caller.
@@ -433,7 +434,7 @@ def validate(run: Run, state: TrainState, loader, aspects, device, dtype, epoch:
     state.val = scores(metrics)
     run.log({"step": state.step, "epoch": epoch, "split": "val", **_log_metrics(metrics)})
     improved = run.improved(metrics["score"], state.step, epoch)
-    run.print(f"epoch {epoch} step {state.step}: val {_summary(metrics)}" + ("  (best)" if improved else ""))
+    run.print(f"epoch {epoch} step {state.step}: val {_summary(metrics)}" + (" (best)" if improved else ""))
     if improved:
         state.save(run, "best.pt")
     state.save(run, "last.pt")
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.print(f"[{PROJECT}] {len(aspects)} aspects, train/val/test = {len(datasets['train'])}/"
                   f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {model_cfg.vocab_size}, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {hp.total_steps} steps on {device}")
+        run.print(SCORE_LEGEND)
         run.restore_rng()  # last: dropout continues where the run stopped
         train_model = wrap_ddp(model, dist_info, find_unused_parameters=args.loss == "focal")
         validate_now = partial(validate, run, state, eval_loaders["val"], aspects, device, dtype)
@@ -531,9 +533,14 @@ def _log_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in LOG_COLUMNS}
 
 
+SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
+                "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
+
+
 def _summary(metrics: dict) -> str:
-    return (f"aspect-detection macro F1 {metrics['det_f1']:.4f} | sentiment macro F1 (present aspects) "
-            f"{metrics['sent_f1']:.4f} | [inflated, original's absent=neutral weighted F1: {metrics['f1_inflated']:.4f}]")
+    """The scores in one short line; SCORE_LEGEND, printed once, says what each one is."""
+    return (f"detect {metrics['det_f1']:.4f} | sentiment {metrics['sent_f1']:.4f} | "
+            f"inflated {metrics['f1_inflated']:.4f}")
 
 
 def per_aspect_table(metrics: dict) -> str:

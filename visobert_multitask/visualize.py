@@ -1,7 +1,7 @@
 """The three pictures seed 004 promised, drawn from the real model and from measurements.
 
     python visobert_multitask/visualize.py                                  # tiny model, synthetic batch
-    python visobert_multitask/visualize.py --checkpoint runs/visobert_multitask/best.pt
+    python visobert_multitask/visualize.py --checkpoint runs/visobert_multitask/best.pt   # figures beside it
 
 model_architecture.png      the module tree with the output shape of every module, recorded by
                             forward hooks during a real forward pass
@@ -9,6 +9,8 @@ forward_pass_timeline.png   measured per-stage times of a training step: encoder
                             backward, optimizer step
 sequential_vs_parallel.png  measured step time, one encoder pass (train.py) vs one pass per loss
 
+The loss weights and the model come from the checkpoint (train.py's defaults without one). The
+figures go to --out, by default the checkpoint's folder (runs/visobert_multitask/figures without one).
 Without matplotlib the same numbers are printed as tables.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 import argparse
+import dataclasses
 import re
 
 import torch
@@ -25,7 +28,8 @@ import torch.nn as nn
 
 from common.bench import StageTimer
 from common.lifecycle import load_model_state, load_run_checkpoint
-from visobert_multitask.bench import LOSS_ARGS, compare, make_batch
+from common.predict import pyplot_or_none
+from visobert_multitask.bench import compare, make_batch
 from visobert_multitask.losses import (
     NUM_STATES,
     aspect_focal_loss,
@@ -34,6 +38,9 @@ from visobert_multitask.losses import (
     supcon_multilabel,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
+from visobert_multitask.train import LossConfig
+
+DEFAULT_OUT = "runs/visobert_multitask/figures"  # without --checkpoint
 
 
 def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]:
@@ -51,8 +58,26 @@ def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]
     return records + [("logits", "per aspect", tuple(logits.shape)), ("embeddings", "L2-normed", tuple(embeddings.shape))]
 
 
-def stage_times(model, batch: dict, iters: int = 10) -> dict[str, float]:
-    """Median milliseconds per stage of a one-pass training step (common/bench.py's StageTimer)."""
+def loss_config(checkpoint: dict | None) -> LossConfig:
+    """The loss settings a run trained with (train.py's defaults without a checkpoint)."""
+    if checkpoint is None:
+        return LossConfig()
+    names = {f.name for f in dataclasses.fields(LossConfig)}
+    return LossConfig(**{k: v for k, v in checkpoint["config"].items() if k in names})
+
+
+def loss_formula(loss: LossConfig) -> str:
+    """The training loss as train.compute_losses forms it for `loss.loss`."""
+    if loss.loss == "focal":
+        return "focal loss only (SupCon off)"
+    if loss.loss == "contrastive":
+        return f"{loss.w_con:g} x SupCon + focal probe on detached vectors"
+    return f"{loss.w_focal:g} x focal + {loss.w_con:g} x SupCon"
+
+
+def stage_times(model, batch: dict, loss: LossConfig, iters: int = 10) -> dict[str, float]:
+    """Median milliseconds per stage of a one-pass training step (common/bench.py's StageTimer),
+    with the run's loss settings."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     targets = batch["labels"]
     alpha = focal_alpha(targets, NUM_STATES)
@@ -63,11 +88,12 @@ def stage_times(model, batch: dict, iters: int = 10) -> dict[str, float]:
         timer.lap("encoder")
         logits, embeddings = model.heads(sentence, return_embeddings=True)
         timer.lap("heads")
-        focal = aspect_focal_loss(logits, targets, alpha, LOSS_ARGS.gamma)
-        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS_ARGS.temperature)
-        loss = LOSS_ARGS.w_focal * focal + LOSS_ARGS.w_con * supcon
+        focal = aspect_focal_loss(logits, targets, alpha, loss.gamma)
+        supcon = supcon_multilabel(embeddings, positive_weights(targets), loss.temperature)
+        total = {"both": loss.w_focal * focal + loss.w_con * supcon, "focal": focal,
+                 "contrastive": loss.w_con * supcon + focal}[loss.loss]
         timer.lap("losses")
-        loss.backward()
+        total.backward()
         timer.lap("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -76,15 +102,15 @@ def stage_times(model, batch: dict, iters: int = 10) -> dict[str, float]:
     return {stage: seconds * 1e3 for stage, seconds in timer.medians().items()}
 
 
-def draw_architecture(records, path: Path, plt) -> None:
+def draw_architecture(records, loss: LossConfig, source: str, path: Path, plt) -> None:
     encoder = [r for r in records if r[0].startswith("encoder.")]
     heads = {r[0]: r for r in records if not r[0].startswith("encoder")}
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * (len(encoder) + 4)))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.9 * (len(encoder) + 4)))
     ax.axis("off")
     y = len(encoder) + 4
 
     def box(x, y, text, color):
-        ax.text(x, y, text, ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc=color, ec="gray"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=10, bbox=dict(boxstyle="round", fc=color, ec="gray"))
 
     box(0.5, y, "input_ids, attention_mask  " + str(tuple(encoder[0][2][:2])), "#eeeeee")
     for name, cls, shape in encoder:
@@ -94,90 +120,101 @@ def draw_architecture(records, path: Path, plt) -> None:
     y -= 1
     box(0.5, y, "sentence vector = first token hidden state", "#d9ead3")
     ax.annotate("", (0.5, y + 0.3), (0.5, y + 0.7), arrowprops=dict(arrowstyle="->"))
-    for x, key, out, loss in ((0.25, "classifier", "logits", "focal loss (per aspect)"),
-                              (0.75, "projection", "embeddings", "SupCon loss")):
+    for x, key, out, name_of_loss in ((0.25, "classifier", "logits", f"focal loss per aspect (gamma {loss.gamma:g})"),
+                                      (0.75, "projection", "embeddings", f"SupCon loss (temperature {loss.temperature:g})")):
         name, cls, shape = heads[key]
         box(x, y - 1, f"{name} ({cls})  ->  {shape}\n{out} {heads[out][2]}", "#fce5cd")
-        box(x, y - 2, loss, "#f4cccc")
+        box(x, y - 2, name_of_loss, "#f4cccc")
         ax.annotate("", (x, y - 0.7), (0.5, y - 0.3), arrowprops=dict(arrowstyle="->"))
         ax.annotate("", (x, y - 1.7), (x, y - 1.3), arrowprops=dict(arrowstyle="->"))
         ax.annotate("", (0.5, y - 2.7), (x, y - 2.3), arrowprops=dict(arrowstyle="->"))
-    box(0.5, y - 3, f"{LOSS_ARGS.w_focal} x focal + {LOSS_ARGS.w_con} x SupCon -> one backward", "#d0e0e3")
+    box(0.5, y - 3, f"training loss = {loss_formula(loss)}  ->  one backward", "#d0e0e3")
     ax.set_xlim(0, 1)
     ax.set_ylim(y - 3.6, len(encoder) + 4.6)
-    ax.set_title("Module tree and output shapes (recorded by forward hooks)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    ax.set_title(f"Module tree and output shapes (forward hooks), {source}", fontsize=11)
+    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
 
 
-def draw_timeline(times: dict[str, float], path: Path, plt) -> None:
-    fig, ax = plt.subplots(figsize=(9, 2.8))
+def draw_timeline(times: dict[str, float], loss: LossConfig, source: str, path: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.2))
     start = 0.0
     for i, (stage, ms) in enumerate(times.items()):
         ax.barh(0, ms, left=start, color=f"C{i}", label=f"{stage}: {ms:.1f} ms")
         start += ms
     ax.set_yticks([])
-    ax.set_xlabel("milliseconds (measured, median per step)")
-    ax.set_title(f"One training step: {start:.1f} ms; both heads and losses use one encoder output")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    ax.set_xlim(0, start * 1.02)
+    ax.set_xlabel("milliseconds into the step (median per stage, measured)")
+    ax.set_title(f"One training step, {start:.1f} ms: one encoder pass feeds both heads\n"
+                 f"loss {loss_formula(loss)}; {source}", fontsize=11)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
 
 
-def draw_comparison(result: dict, path: Path, plt) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def draw_comparison(result: dict, source: str, path: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(7.2, 4))
     bars = ax.bar(["one encoder pass\n(train.py)", "one pass per loss\n(seed's code)"],
-                  [result["one_ms"], result["two_ms"]], color=["C2", "C3"])
-    ax.bar_label(bars, fmt="%.1f ms")
+                  [result["one_ms"], result["two_ms"]], color=["C2", "C3"], width=0.55)
+    ax.bar_label(bars, fmt="%.1f ms", padding=4, fontsize=10)
+    ax.set_ylim(0, 1.2 * max(result["one_ms"], result["two_ms"]))  # room for the labels above the bars
     ax.set_ylabel("step time, ms (median, measured)")
-    ax.set_title(f"Training step: ratio {result['ratio']:.2f}")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    ax.set_title(f"Training step time ratio, one encoder pass / one pass per loss:\n"
+                 f"{result['ratio']:.2f} (lower: the single pass saves more); {source}", fontsize=11)
+    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="a train.py checkpoint (its model config and weights)")
-    p.add_argument("--out", default="runs/visobert_multitask/figures", help="folder for the PNG files")
+    p.add_argument("--checkpoint", default=None, help="a train.py checkpoint (its model config, weights and "
+                   "loss weights)")
+    p.add_argument("--out", default=None, help="folder for the PNG files (default: the checkpoint's folder, "
+                   "else runs/visobert_multitask/figures)")
     p.add_argument("--batch-size", type=int, default=32, help="batch of the measured steps")
     p.add_argument("--seq-len", type=int, default=32, help="tokens per review in the measured steps")
     p.add_argument("--iters", type=int, default=10, help="measured steps per number")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    checkpoint = None
     if args.checkpoint:
         checkpoint = load_run_checkpoint(args.checkpoint, "visobert_multitask")  # a train.py run checkpoint
         cfg = ModelConfig(**checkpoint["config"]["model"])
         model = AspectSentimentModel(cfg)
         load_model_state(model, checkpoint["model"], args.checkpoint)
+        source = f"{Path(args.checkpoint).name} at step {checkpoint['progress']['step']}"
     else:
         cfg = ModelConfig()
         model = AspectSentimentModel(cfg)
+        source = "untrained tiny model, train.py's default loss"
+    loss = loss_config(checkpoint)
+    source += f", batch {args.batch_size} x {args.seq_len} tokens, CPU"
     batch = make_batch(cfg, args.batch_size, args.seq_len, torch.device("cpu"))
     records = module_shapes(model.eval(), batch)
-    times = stage_times(model.train(), batch, args.iters)
+    times = stage_times(model.train(), batch, loss, args.iters)
     comparison = compare(cfg, args.batch_size, args.seq_len, torch.device("cpu"), None, 2, args.iters)
 
     print(f"{'module':<22}{'class':<12}output shape")
     print("\n".join(f"{n:<22}{c:<12}{s}" for n, c, s in records))
+    print(f"\ntraining loss: {loss_formula(loss)}")
     print(f"\n{'stage':<16}ms per step")
     print("\n".join(f"{s:<16}{ms:.2f}" for s, ms in times.items()))
     print(f"\none-pass step {comparison['one_ms']:.1f} ms, two-pass step {comparison['two_ms']:.1f} ms, "
-          f"ratio {comparison['ratio']:.2f}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+          f"ratio one / two {comparison['ratio']:.2f}")
+    result = {"records": records, "times": times, "comparison": comparison, "loss": dataclasses.asdict(loss),
+              "files": []}
+    plt = pyplot_or_none()
+    if plt is None:
         print("matplotlib is not installed (pip install matplotlib): printed the numbers instead of the pictures")
-        return {"records": records, "times": times, "comparison": comparison, "files": []}
-    out = Path(args.out)
+        return result
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent if args.checkpoint else Path(DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "model_architecture.png", out / "forward_pass_timeline.png", out / "sequential_vs_parallel.png"]
-    draw_architecture(records, files[0], plt)
-    draw_timeline(times, files[1], plt)
-    draw_comparison(comparison, files[2], plt)
+    draw_architecture(records, loss, source, files[0], plt)
+    draw_timeline(times, loss, source, files[1], plt)
+    draw_comparison(comparison, source, files[2], plt)
     print("wrote " + ", ".join(str(f) for f in files))
-    return {"records": records, "times": times, "comparison": comparison, "files": files}
+    return {**result, "files": files}
 
 
 if __name__ == "__main__":
