@@ -185,12 +185,12 @@ def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampl
     # a pretrained ViT. The sqrt rule stays available as --lr-rule sqrt.
     # was: lr = train.lr if train.lr is not None else train.base_lr * math.sqrt(train.batch_size / 16)
     lr = train.lr if train.lr is not None else scaled_lr(train.base_lr, effective_batch, train.ref_batch, train.lr_rule)
+    warmup_asked = train.warmup_steps if train.warmup_steps is not None else (1 if synthetic else 5) * steps_per_epoch
+    # A warm-up past the last step would leave the lr below its peak all run long and the cosine
+    # unused (5 real-data epochs of warm-up against `--max-iters 2`): the run's steps bound it.
     # FIX(DCAL-LR): a warm-up before the cosine, so the new heads do not wreck the pretrained
     # features in the first steps; the lr is printed so a wrong scale is seen at once.
     # was: warmup_steps = 0
-    warmup_asked = train.warmup_steps if train.warmup_steps is not None else (1 if synthetic else 5) * steps_per_epoch
-    # a warm-up past the last step would leave the lr below its peak all run long and the cosine
-    # unused (5 real-data epochs of warm-up against `--max-iters 2`): the run's steps bound it
     warmup_steps = min(warmup_asked, total_steps)
     val_interval = train.val_interval if train.val_interval is not None else steps_per_epoch
     return Schedule(lr, effective_batch, steps_per_epoch, total_steps, warmup_steps, val_interval, warmup_asked)
