@@ -45,14 +45,13 @@ from caer_clip.data import (
 )
 from caer_clip.model import ModelConfig, build_model
 from caer_clip.train import dataset_name
-from common.lifecycle import load_run_checkpoint, run_cli
+from common.lifecycle import run_cli
 from common.predict import (
-    device_from,
     enlarge,
     eval_model,
     existing,
+    open_run,
     predict_parser,
-    require_matplotlib,
     save_figure,
     sheet,
     write_rows,
@@ -198,9 +197,7 @@ def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    plt = require_matplotlib("--picture") if args.picture else None
-    device = device_from(args.device)
-    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    plt, device, checkpoint = open_run(args, PROJECT, "--picture")
     config = checkpoint["config"]
     data_cfg = DataConfig(**config["data"])
     names = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)])

@@ -2,7 +2,7 @@
 rows written as CSV or JSON lines, and the optional matplotlib pictures (tiles of at least 256 px).
 
     parser = predict_parser(__doc__, formats=("csv", "jsonl"))   # --checkpoint, --device, --batch-size, ...
-    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)   # CheckpointError naming the file
+    plt, device, checkpoint = open_run(args, PROJECT, "--picture")  # CheckpointError naming the file
     model = eval_model(Model(Config(**checkpoint["config"]["model"])), checkpoint, args.checkpoint, device)
     write_rows(rows, columns, args.format, args.output)
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import at_least
-from common.lifecycle import load_model_state
+from common.lifecycle import load_model_state, load_run_checkpoint
 from common.runtime import DataError, pick_device
 
 TILE = 256  # smallest side, in pixels, of one frame or image in a picture
@@ -44,6 +44,14 @@ def device_from(name: str) -> torch.device:
         return pick_device(name)
     except RuntimeError as e:  # --device cuda on a machine without one: one line, not a traceback
         raise DataError(str(e)) from None
+
+
+def open_run(args: argparse.Namespace, project: str, picture_flag: str | None = None):
+    """(pyplot or None, device, checkpoint) for a predict main(): the checkpoint checked as `project`'s
+    (CheckpointError naming the file), pyplot only when the picture flag was given."""
+    wants_picture = picture_flag is not None and getattr(args, picture_flag.lstrip("-").replace("-", "_"))
+    plt = require_matplotlib(picture_flag) if wants_picture else None
+    return plt, device_from(args.device), load_run_checkpoint(args.checkpoint, project)
 
 
 def eval_model(model: torch.nn.Module, checkpoint: dict, path, device: torch.device) -> torch.nn.Module:

@@ -26,15 +26,14 @@ from einops import rearrange
 from torchvision.utils import make_grid
 
 from common.images import natural_key
-from common.lifecycle import load_run_checkpoint, run_cli
+from common.lifecycle import run_cli
 from common.predict import (
     colorbar,
-    device_from,
     enlarge,
     eval_model,
     existing,
+    open_run,
     predict_parser,
-    require_matplotlib,
     save_figure,
     sheet,
     write_rows,
@@ -112,9 +111,7 @@ def draw_overlay(plt, model, frames: torch.Tensor, caption: str, title: str, pat
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    plt = require_matplotlib("--overlay") if args.overlay else None
-    device = device_from(args.device)
-    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    plt, device, checkpoint = open_run(args, PROJECT, "--overlay")
     config = checkpoint["config"]
     data = DataConfig(**config["data"])
     records = read_videos(existing(args.input, "input"), data)

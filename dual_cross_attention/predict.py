@@ -23,16 +23,15 @@ import torchvision.transforms.functional as TF
 from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
 
-from common.lifecycle import load_run_checkpoint, run_cli
+from common.lifecycle import run_cli
 from common.predict import (
     batches,
     colorbar,
-    device_from,
     enlarge,
     eval_model,
     existing,
+    open_run,
     predict_parser,
-    require_matplotlib,
     save_figure,
     sheet,
     write_rows,
@@ -137,9 +136,7 @@ def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, cfg: D
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    plt = require_matplotlib("--explain") if args.explain else None
-    device = device_from(args.device)
-    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    plt, device, checkpoint = open_run(args, PROJECT, "--explain")
     config = checkpoint["config"]
     cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
     paths = image_paths(args.inputs)

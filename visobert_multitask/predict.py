@@ -20,8 +20,8 @@ import unicodedata
 
 import torch
 
-from common.lifecycle import CheckpointError, load_run_checkpoint, run_cli
-from common.predict import device_from, eval_model, existing, predict_parser, write_rows
+from common.lifecycle import CheckpointError, run_cli
+from common.predict import eval_model, existing, open_run, predict_parser, write_rows
 from common.runtime import DataError, autocast_dtype, read_text
 from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
@@ -73,8 +73,7 @@ def print_table(rows: list[dict], texts: list[str], output: str | None) -> None:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    device = device_from(args.device)
-    checkpoint = load_run_checkpoint(args.checkpoint, PROJECT)
+    _, device, checkpoint = open_run(args, PROJECT)
     config, vocab = checkpoint["config"], checkpoint["extra"].get("vocab")
     if not config["encoder"] and vocab is None:
         raise CheckpointError(f"{args.checkpoint}: holds no word vocabulary, so its token ids cannot be rebuilt")
