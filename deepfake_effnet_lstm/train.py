@@ -413,8 +413,11 @@ def save_overlays(plt, model, dataset, run_dir: Path, step: int, epoch: int, tb)
     """The first real and the first fake validation video (its first sequence): the T frames on top,
     the backbone's attention map over the same frames below with a colour bar; true and predicted class
     in the caption. PNG with matplotlib (`plt`), the plain frame/heat grid to TensorBoard."""
+    if plt is None and tb is None:
+        return
     model.eval()
-    (run_dir / "overlays").mkdir(exist_ok=True)
+    if plt is not None:
+        (run_dir / "overlays").mkdir(exist_ok=True)
     for label, name in enumerate(CLASS_NAMES):
         video = next(i for i, r in enumerate(dataset.records) if r.label == label)
         frames = dataset[video * dataset.clips]["frames"]  # [T, 3, S, S]
