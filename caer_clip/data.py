@@ -333,8 +333,7 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
             raise DataError(f"{source}: {frames_dir} holds frame {int(stem)} twice ({numbered[int(stem)]} and "
                             f"{name}); keep one file per frame")
         numbered[int(stem)] = name
-    # FIX(CAER-FRAME-SORT): a plain sort puts 10.jpg before 2.jpg, so the "temporal" order
-    # fed to the temporal model was scrambled; compare the digits as numbers.
+    # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
     # was: return sorted(names)
     return sorted(names, key=natural_key)
 
@@ -377,12 +376,7 @@ def sample_indices(num_frames: int, num_segments: int, train: bool, generator: t
     """TSN sampling (Wang et al. 2016): the clip is cut into `num_segments` equal segments and one
     frame is taken from each, at a random offset in training and at the centre in evaluation."""
     edges = torch.linspace(0, num_frames, num_segments + 1)
-    # FIX(CAER-SAMPLING): training took frames 0..T-1 of every clip, so with 30-frame clips and
-    # T=16 the second half was never seen; training now spans the whole clip with a random frame
-    # per segment, like evaluation does at segment centres.
-    # was: if train:
-    #          return [min(i, num_frames - 1) for i in range(num_segments)]
-    #      offset = torch.full((num_segments,), 0.5)
+    # FIX(CAER-SAMPLING): training saw frames 0..T-1 only; now a random frame in each of T segments.
     offset = torch.rand(num_segments, generator=generator) if train else torch.full((num_segments,), 0.5)
     index = (edges[:-1] + offset * (edges[1:] - edges[:-1])).floor().long()
     return index.clamp(0, num_frames - 1).tolist()
@@ -469,9 +463,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def face_box(self, index: int, name: str):
         rec = self.records[index]
         boxes = self.face_boxes or {}
-        # FIX(CAER-BOX-KEYS): the lookup used the frame's full path while the JSON is keyed by
-        # clip folder and frame name, so it never matched and every "face" was the full frame,
-        # silently. Both sides are normalised now, and a miss is an error or a counted fallback.
+        # FIX(CAER-BOX-KEYS): boxes are keyed by clip and frame name; the full-path lookup never matched.
         # was: return boxes.get(str(rec.frames_dir / name))
         clip_boxes = boxes.get(rec.key)
         box = None if clip_boxes is None else clip_boxes.get(frame_key(name))
@@ -526,8 +518,7 @@ class ClipDataset(torch.utils.data.Dataset):
         face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
         if self.train:
             face, context = self.augment(face, context, g)
-        # FIX(CAER-CLIP-NORM): CLIP was trained on inputs standardised with its mean/std; raw
-        # [0, 1] pixels shift every activation of the pretrained encoder.
+        # FIX(CAER-CLIP-NORM): CLIP expects its own mean/std standardisation, not raw [0, 1] pixels.
         # was: return face, context, rec.label, fallbacks
         return clip_normalise(face), clip_normalise(context), rec.label, fallbacks
 
@@ -634,8 +625,7 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
         def make(size, train, split_seed):
             return SyntheticClips(size, cfg, num_frames, image_size, train, seed, split_seed)
         train, test = make(cfg.synthetic_train, True, 1000 + seed), make(cfg.synthetic_test, False, 3000 + seed)
-        # FIX(CAER-VAL-SPLIT): the best epoch was picked on the test list and that same number was
-        # reported, an optimistic test score; a separate validation split now picks the epoch.
+        # FIX(CAER-VAL-SPLIT): the best epoch is picked on a validation split, not on the test list.
         # was: val = test
         val = make(cfg.synthetic_val, False, 2000 + seed)
         return train, val, test
@@ -685,10 +675,7 @@ class ClassBalancedSampler(EpochSampler):
         classes, counts = np.unique(self.labels, return_counts=True)
         weights = counts.astype(float) ** self.power
         weights /= weights.sum()
-        # FIX(CAER-BALANCED-SAMPLER): flooring n * w lost the remainders (the epoch came out
-        # short) and gave a class whose share is below one sample zero samples (seed 000's
-        # routing). Every class with data gets one, the rest go by largest remainder.
-        # was: return {int(c): int(self.num_samples * w) for c, w in zip(classes, weights)}
+        # FIX(CAER-BALANCED-SAMPLER): every class with data gets a sample, the rest by largest remainder.
         spare = self.num_samples - len(classes)
         if spare < 0:
             raise DataError(f"an epoch of {self.num_samples} samples cannot hold {len(classes)} classes")

@@ -32,9 +32,7 @@ class LossConfig:
     mixup_alpha: float = arg(0.0, "Beta(alpha, alpha) mixup of face and context clips (0: off)",
                              check=at_least(0.0, float))
     w_mi: float = arg(0.1, "weight of the MI loss (learned vs hand-crafted class texts)", check=at_least(0.0, float))
-    # FIX(CAER-LOSS-WEIGHTS): weight 5 made DC the largest gradient from the first step and the
-    # prompts learned to be orthogonal instead of to classify (seed 000, section 1).
-    # was: w_dc: float = arg(5.0, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
+    # FIX(CAER-LOSS-WEIGHTS): at weight 5 the DC term dominated and prompts learned orthogonality.
     w_dc: float = arg(0.1, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
     w_moco: float = arg(0.1, "weight of the MoCo loss", check=at_least(0.0, float))
     aux_warmup: float = arg(1.0, "epochs over which the auxiliary weights ramp linearly from 0 to full",
@@ -47,12 +45,7 @@ def semantic_ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: to
                       temperature: float) -> torch.Tensor:
     """KL(q || p) with q = softmax(cos(t_y, t_c) / temperature) over the class description
     features t: classes described like the true one share its probability mass."""
-    # FIX(CAER-LDL-NORM): the class features were a mean of unit vectors (norm < 1) used raw at
-    # temperature 1, so q was nearly uniform (p_gt ~0.23 for cosines ~0.8) and KL(q || p) ~0.01
-    # at chance accuracy; learnable features would also back-propagate through the targets. Unit
-    # features, a small temperature and detached targets make q peak on the true class.
-    # was: sim = class_text @ class_text.T
-    #      soft_targets = F.softmax(sim[target], dim=-1)
+    # FIX(CAER-LDL-NORM): unit, detached class features at a low temperature, or q is ~uniform and KL ~0.
     text = F.normalize(class_text.detach().float(), dim=-1)
     soft_targets = F.softmax((text @ text.T)[target] / temperature, dim=-1)  # (B, C)
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets, reduction="batchmean")
@@ -65,10 +58,7 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: 
     if cfg.use_ldl and epoch >= cfg.ldl_warmup:
         return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
     if cfg.cls_loss == "lsr":
-        # FIX(CAER-LSR): the one-hot was built with width max(target)+1, so a batch without the
-        # last class raised a shape error (and its smoothing mass was wrong); the closed form
-        # (1-e)*CE + e*mean(-log p) needs no one-hot at all.
-        # was: return _lsr2(logits, target, cfg.smoothing)
+        # FIX(CAER-LSR): closed form; a one-hot of width max(target)+1 broke batches without the last class.
         return label_smoothing_ce(logits, target, cfg.smoothing)
     return F.cross_entropy(logits.float(), target)
 
@@ -90,8 +80,7 @@ def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, queue
               labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE of each video query against its momentum key (positive) and the queue of past
     video keys (negatives)."""
-    # FIX(CAER-MOCO-QUEUE): queue entries of the query's own class were pushed away as negatives,
-    # contradicting the classification loss (false negatives); they are masked out now.
+    # FIX(CAER-MOCO-QUEUE): queue entries of the query's own class are not negatives.
     # was: negative_mask = None
     negative_mask = labels.view(-1, 1) == queue_labels.view(1, -1)  # (B, K)
     return info_nce(query, key.detach(), queue.detach(), temperature, negative_mask)
@@ -119,15 +108,13 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
         parts["moco"] = moco_loss(out["video"], out["key"], queue[0], queue[1], labels, cfg.moco_temperature)
     else:
         parts["moco"] = out["logits"].new_zeros(())
-    # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up instead of acting at full
-    # weight on random prompts from step 0.
+    # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up, not at full weight from step 0.
     # was: ramp = 1.0
     ramp = aux_ramp(epoch_progress, cfg.aux_warmup)
     weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
                 "moco": ramp * cfg.w_moco * parts["moco"]}
     total = sum(weighted.values())
-    # FIX(CAER-NONFINITE): NaN/Inf were replaced by 0, which zeroed the gradients and hid the
-    # broken component; the run now stops naming it.
+    # FIX(CAER-NONFINITE): stop, naming the component; nan_to_num zeroed the gradients and hid it.
     # was: total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
     check_finite({f"loss_{k}": v for k, v in parts.items()}, step)
     return total, parts, weighted

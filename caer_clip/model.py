@@ -89,9 +89,7 @@ class Adapter(nn.Module):
                                  nn.Linear(dim // reduction, dim, bias=False), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # FIX(CAER-ADAPTER-RESIDUAL): the adapter output replaced the CLIP features, so a randomly
-        # initialised bottleneck threw away the pretrained face representation at step 0;
-        # residual blending keeps it (x + ratio * adapter(x), CLIP-Adapter eq. 3 in spirit).
+        # FIX(CAER-ADAPTER-RESIDUAL): blend residually; the random adapter replaced the CLIP features.
         # was: return self.net(x)
         return x + self.ratio * self.net(x)
 
@@ -141,10 +139,7 @@ class VisualHead(nn.Module):
 
 def class_logits(video: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
     """scale * cos(video, text): (B, D) x (C, D) -> (B, C)."""
-    # FIX(CAER-SHAPES): a reshape to (-1, C) turned a wrong (B, T, C) or (B*P, C) product into
-    # a "valid" batch of the wrong size, which then met the labels of other samples; the
-    # shapes are now checked and anything else raises.
-    # was: return (scale * video @ text.T).reshape(-1, text.shape[0])
+    # FIX(CAER-SHAPES): raise on wrong shapes; reshape(-1, C) made a wrong product a wrong-size batch.
     if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
         raise ValueError(f"class_logits: expected video (B, D) and text (C, D), got {tuple(video.shape)} "
                          f"and {tuple(text.shape)}")
@@ -238,9 +233,7 @@ class CAERModel(nn.Module):
 
 def build_model(cfg: ModelConfig, clip: CLIP, tokenizer, descriptors: list[list[str]]) -> CAERModel:
     model = CAERModel(cfg, clip, tokenizer, descriptors)
-    # FIX(CAER-TRAIN-MODE): the model was put in eval mode here and the loop never switched it
-    # back, so dropout never ran in training; train() now runs each epoch and keeps only the
-    # frozen parts in eval.
+    # FIX(CAER-TRAIN-MODE): train mode every epoch (frozen parts stay in eval); dropout never ran.
     # was: model.eval()
     model.train()
     return model

@@ -132,10 +132,7 @@ def dataset_name(data: DataConfig) -> str:
 
 
 def configs_from(args: argparse.Namespace) -> RunConfig:
-    # FIX(CAER-MIXUP-PLUMB): the loss settings were passed field by field and mixup_alpha,
-    # use_ldl and ldl_warmup were forgotten, so --mixup-alpha etc. were parsed and silently
-    # dropped. Every config section is now filled from all of its flags by name.
-    # was: loss = LossConfig(**{k: getattr(args, k) for k in ("cls_loss", "smoothing", "ldl_temperature", "w_mi", "w_dc", "w_moco", "aux_warmup", "mi_temperature", "moco_temperature")})
+    # FIX(CAER-MIXUP-PLUMB): each section from all its flags by name; --mixup-alpha etc. were dropped.
     loss = from_args(LossConfig, args)
     data = from_args(DataConfig, args)
     model = from_args(ModelConfig, args)
@@ -202,9 +199,7 @@ def param_groups(model, cfg: TrainConfig, world_size: int) -> list[dict]:
              "adapter": [head.adapter], "prompt": [model.prompt_learner], "image": [model.clip.visual]}
     lrs = {"temporal": cfg.lr, "projection": cfg.lr_proj, "adapter": cfg.lr_adapter, "prompt": cfg.lr_prompt,
            "image": cfg.lr_image}
-    # FIX(CAER-LR-RULE): every lr was silently multiplied by batch/20 (seed 000, section 3), so a
-    # batch of 8 trained at 0.4x the lr on the command line; the scaling rule is now explicit
-    # (--lr-rule, default none) and the resulting lrs are printed at start.
+    # FIX(CAER-LR-RULE): no hidden batch/20 factor on every lr; the rule is explicit (--lr-rule).
     # was: scale = cfg.batch_size / 20
     scale = scaled_lr(1.0, cfg.batch_size * world_size, cfg.lr_ref_batch, cfg.lr_rule)
     groups, seen = [], set()
@@ -245,9 +240,7 @@ def evaluate(model, loader, device, dtype, num_classes: int) -> dict:
         fallbacks += fb.to(device).sum()
     preds, labels = gather_cat(torch.cat(preds)).cpu().numpy(), gather_cat(torch.cat(labels)).cpu().numpy()
     fallbacks = int(gather_cat(fallbacks.view(1)).sum())
-    # FIX(CAER-UAR-ALL-CLASSES): the mean recall ran over the classes present in the split, so a
-    # class missing from it dropped out and UAR was inflated; it now runs over all classes.
-    # was: uar_value = _uar_present_classes(labels, preds)
+    # FIX(CAER-UAR-ALL-CLASSES): mean recall over all classes, not only those present in the split.
     uar_value = uar(labels, preds, num_classes)
     return {"uar": uar_value, "war": war(labels, preds), "fallbacks": fallbacks,
             "confusion": confusion_matrix(labels, preds, num_classes)}
@@ -398,10 +391,7 @@ def train_one_epoch(ddp_model, optimizer, scaler, train_set, sampler, val_loader
             labels = labels.to(device, non_blocking=True)
             # Mixup randomness from (seed, epoch, batch): identical after a resume.
             mix_gen = sample_generator(args.seed, epoch, 10**9 + state.batch_in_epoch)
-            # FIX(CAER-MIXUP-TARGET): the local mixup returned the permutation index as y_b, so the
-            # second loss term trained towards class "index" (a random class id); common.mixup
-            # returns y[perm] and mixes face and context with the same permutation and lambda.
-            # was: (face, context), y_a, y_b, lam = _mixup_data(face, context, labels, cfg.loss.mixup_alpha, mix_gen)
+            # FIX(CAER-MIXUP-TARGET): y_b = y[perm], not the permutation index; one perm for both streams.
             (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
             with autocast(device, dtype):
                 out = ddp_model(face, context)

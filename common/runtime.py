@@ -322,8 +322,8 @@ def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -
 
 class LossBalanceMonitor:
     """Share of each weighted loss component in the total, with a warning when an auxiliary term
-    stays larger than the main term for `patience` consecutive updates (seed 000: a loss weighted
-    5 swamped cross-entropy and nobody saw it, because only the total was logged)."""
+    stays larger than the main term for `patience` consecutive updates (CAER-LOSS-WEIGHTS in
+    FIXES.md: a loss weighted 5 swamped cross-entropy unseen, because only the total was logged)."""
 
     def __init__(self, main: str, patience: int = 20):
         self.main, self.patience = main, patience

@@ -382,13 +382,7 @@ class VideoSequenceDataset(torch.utils.data.Dataset):
         record = self.records[video_index]
         # per-sample randomness from (seed, epoch, index): the same whatever the worker count or a resume
         g = sample_generator(self.seed, self.epoch, index)
-        # FIX(DFD-SEQUENCES): T evenly spaced frames of THIS video, labelled with it; the seed drew T
-        # random frames from the whole index, mixing videos (and labels) in one "sequence".
-        # was: picks = [(j, int(torch.randint(self.records[j].num_frames, (1,), generator=g)))
-        #               for j in torch.randint(len(self.records), (self.frames,), generator=g).tolist()]
-        #      loaded = [self.load_frames(self.records[j], [i]) for j, i in picks]
-        #      frames = torch.cat([f for f, _ in loaded])
-        #      masks = torch.cat([m for _, m in loaded]) if self.has_masks else None
+        # FIX(DFD-SEQUENCES): T evenly spaced frames of this one video, not frames of random videos.
         offset = float(torch.rand((), generator=g)) if self.train else (clip + 0.5) / self.clips
         ids = sequence_frame_ids(record.num_frames, self.frames, offset)
         frames, masks = self.load_frames(record, ids)
@@ -430,13 +424,12 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
     for name in ("train", "val"):
         check_two_classes(name, splits[name], source)
     augment = AugmentConfig(blur=cfg.aug_blur, noise=cfg.aug_noise) if cfg.augment else None
-    # FIX(DFD-SPLIT-BY-VIDEO): one dataset per split of video groups; random_split of samples leaked identities.
+    # FIX(DFD-SPLIT-BY-VIDEO): one dataset per split of video groups; a split of samples leaked faces.
     # FIX(DFD-AUG-AFTER-SPLIT): augment the training split only; the seed augmented before splitting.
     datasets = {s: VideoSequenceDataset(splits[s], cfg.frames, cfg.image_size, train=s == "train",
                                         augment=augment if s == "train" else None, clips=cfg.eval_clips, seed=seed)
                 for s in SPLITS}
-    # FIX(DFD-CLASS-WEIGHTS): weights from the training split only; counting validation/test labels
-    # leaks their class balance into the loss.
+    # FIX(DFD-CLASS-WEIGHTS): class weights from the training split only; val/test labels leaked.
     # was: weights = class_weights([r.label for s in SPLITS for r in splits[s]])
     weights = class_weights([r.label for r in splits["train"]])
     info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()}}

@@ -136,8 +136,7 @@ class DeepfakeDetector(nn.Module):
         for i, stage in enumerate(self.features):
             x = stage(x)
             if i == self.cfg.attention_stage:
-                # FIX(DFD-ATTENTION): the gated features must flow on through the backbone; the seed
-                # computed the map only to draw it, so the attention never touched the prediction.
+                # FIX(DFD-ATTENTION): the gated features flow on; the map was computed only to be drawn.
                 # was: attention_map = self.attention(x)[1]
                 x, attention_map = self.attention(x)
         return x.mean((2, 3)), attention_map

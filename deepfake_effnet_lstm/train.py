@@ -172,11 +172,7 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
         out[prefix + "precision"], _, out[prefix + "f1"] = precision_recall_f1(y, preds, 2, average="weighted")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one-class windows: NaN is the honest value
-            # FIX(DFD-AUC-SCORES): rank the probabilities; hard labels collapse the ROC curve to one point
-            # (AUC = balanced accuracy), and sklearn-style code raised on a one-class window.
-            # was: if len(set(y.tolist())) < 2:
-            #          raise ValueError("Only one class present in y_true. ROC AUC score is not defined in that case.")
-            #      out[prefix + "roc_auc"], out[prefix + "ap"] = roc_auc(y, preds), average_precision(y, preds)
+            # FIX(DFD-AUC-SCORES): rank probabilities; hard labels collapse the ROC curve to one point.
             out[prefix + "roc_auc"], out[prefix + "ap"] = roc_auc(y, p), average_precision(y, p)
     return out
 
@@ -321,8 +317,7 @@ def train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup: Setu
     ddp_model.train()
     for batch in make_loader(train_set, setup.sampler, args, state.epoch):
         frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
-        # FIX(DFD-MINLR-STOP): the lr is a pure function of the controller's state, written every step.
-        # was: (nothing)
+        # FIX(DFD-MINLR-STOP): the lr is written from the controller's state at every step.
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.step, controller.lr, args.warmup_steps)
         with autocast(device, amp_dtype):
@@ -349,9 +344,7 @@ def train_one_epoch(model, ddp_model, optimizer, scaler, controller, setup: Setu
         if state.step % args.log_interval == 0:
             log_train_window(setup, state, optimizer.param_groups[0]["lr"])
         do_validate = state.step % args.val_interval == 0
-        # FIX(DFD-VAL-CADENCE): validate at every epoch end and at the last step too; with
-        # --val-interval 749 alone a small subset (a few dozen steps per epoch) never validated.
-        # was: do_validate = do_validate
+        # FIX(DFD-VAL-CADENCE): validate at every epoch end and the last step too, not only every N steps.
         do_validate = do_validate or state.batch_in_epoch == setup.batches_per_epoch or state.step == setup.max_iters
         if do_validate:
             validate(model, optimizer, scaler, controller, setup, state)
@@ -382,13 +375,9 @@ def validate(model, optimizer, scaler, controller, setup: Setup, state: LoopStat
     """Validation metrics, the plateau controller, the log row, a periodic checkpoint and best.pt
     on the validation loss (every rank); TensorBoard and overlays on rank 0."""
     run, args, data = setup.run, setup.args, setup.datasets
-    # FIX(DFD-VAL-DATA): validate on the validation split; the seed built its validation
-    # loader on the training set, so "validation" measured memorisation.
-    # was: metrics, val_labels, val_probs = evaluate(model, data["train"], args, setup.dist_info, setup.class_weights)
+    # FIX(DFD-VAL-DATA): validate on the validation split; the seed validated on the training set.
     metrics, val_labels, val_probs = evaluate(model, data["val"], args, setup.dist_info, setup.class_weights)
-    # FIX(DFD-MINLR-STOP): step the controller on the validation loss; the loop stops when it says so.
-    # was: scheduler.step(metrics["loss"])
-    #      stop = optimizer.param_groups[0]["lr"] == min_lr
+    # FIX(DFD-MINLR-STOP): the controller steps on the validation loss and decides when to stop.
     controller.step(metrics["loss"])
     state.last_val = metrics
     run.log({"step": state.step, "epoch": state.epoch, "split": "val", "lr": optimizer.param_groups[0]["lr"], **metrics})
@@ -499,17 +488,13 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         scaler = make_grad_scaler(device, autocast_dtype(device, args.amp))
         min_lr = args.lr * args.min_lr_factor
-        # FIX(DFD-MINLR-STOP): torch's ReduceLROnPlateau skips reductions smaller than eps=1e-8, so its
-        # lr sticks at 1e-8 > min_lr = 1e-9 and `lr == min_lr` never held; the controller lands on the floor.
-        # was: scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=args.plateau_patience, cooldown=args.plateau_cooldown, min_lr=min_lr)
+        # FIX(DFD-MINLR-STOP): lands on min_lr; torch's scheduler skips steps below eps and never got there.
         controller = PlateauController(args.lr, 0.1, args.plateau_patience, args.plateau_cooldown, min_lr)
         state = LoopState()
         progress = run.restore(model, optimizer, scaler)
         if progress is not None:
             state = resumed_state(progress, dist_info)
-            # FIX(DFD-RESUME-LR): restore the plateau controller (lr, best, bad/cooldown counters); a fresh
-            # one restarted at --lr, undoing every reduction, and forgot how long the plateau had lasted.
-            # was: pass
+            # FIX(DFD-RESUME-LR): restore the plateau controller; a fresh one restarted at --lr.
             controller.load_state_dict(progress["extra"]["controller"])
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()

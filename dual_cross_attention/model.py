@@ -138,16 +138,10 @@ class Block(nn.Module):
         which the caller recomputes the attention map for the rollout under no_grad."""
         q, k, v = self.attn.split_qkv(self.norm1(x))
         b = x.shape[0] if partner is None else partner.shape[0]
-        # FIX(DCAL-ROLLOUT): fused attention; the (B, H, N, N) map is neither materialised for
-        # backward nor kept on the module (the seed's OOM); the rollout recomputes it from q, k.
-        # was: attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1); self.attn_weights = attn
+        # FIX(DCAL-ROLLOUT): fused attention; no (B, H, N, N) map kept on the module or for backward.
         out = F.scaled_dot_product_attention(q[:b], k[:b], v[:b])  # (B, H, N, d)
         if partner is not None:
-            # FIX(DCAL-PWCA): PWCA is its own token stream through all T = L blocks (SA weights):
-            # its queries attend to its own keys/values and to the partner's SA keys/values of the
-            # same layer, one softmax over 2N keys. The baseline computed it from the SA stream
-            # inside each block and dropped it, so only the last block's PWCA reached the head.
-            # was: k_pair = torch.cat([k, k[partner]], dim=2)  (q, k, v of the SA stream)
+            # FIX(DCAL-PWCA): PWCA is its own stream through every block: one softmax over own + partner keys.
             k_pair = torch.cat([k[b:], k[:b][partner]], dim=2)  # (B, H, 2N, d): own, then partner's
             v_pair = torch.cat([v[b:], v[:b][partner]], dim=2)
             out = torch.cat([out, F.scaled_dot_product_attention(q[b:], k_pair, v_pair)])  # (2B, H, N, d)
@@ -209,10 +203,7 @@ class DCAL(nn.Module):
             self.glca_head = nn.Linear(dim, cfg.num_classes)
         num_tasks = 1 + cfg.glca + cfg.pwca
         # learned log-variances of the branch losses (Kendall et al. 2018), only with > 1 branch.
-        # FIX(DCAL-UNCERTAINTY): unbounded log-variances. clamp() has zero gradient outside its
-        # range, so a weight pushed to a bound (CE of 200 classes: log 5.3 = 1.67, near the seed's
-        # bound) stopped learning for good and all three sat at the same value.
-        # was: self.loss_weighting = ClampedUncertainty(num_tasks)  (s.clamp(-2, 2))
+        # FIX(DCAL-UNCERTAINTY): unbounded log-variances; clamp() has no gradient past its bounds.
         self.loss_weighting = UncertaintyWeighting(num_tasks) if num_tasks > 1 else None
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -259,10 +250,7 @@ class DCAL(nn.Module):
             else:
                 x, q, k = blk(x, partner if pair else None)
             if self.cfg.glca or need_rollout:
-                # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under
-                # no_grad into one running (B, N, N) buffer. The baseline multiplied in the reverse
-                # order (S_bar_1 ... S_bar_L) from attention maps kept with their graph.
-                # was: rollout = attention_rollout([blk.attn_weights for blk in self.blocks])
+                # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under no_grad.
                 rollout = rollout_step(rollout, q.detach(), k.detach())
         out = {"sa": self.head(self.norm(x[:b, 0]))}
         if self.cfg.glca:
@@ -419,10 +407,7 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
         raise RuntimeError(f"loading left unexpected missing keys {sorted(set(result.missing_keys) ^ expected_missing)}"
                            f" / unexpected {result.unexpected_keys}")
     if model.cfg.glca:
-        # FIX(DCAL-GLCA-INIT): the GLCA block must start from the PRETRAINED last block; the
-        # baseline left it randomly initialised beside a pretrained backbone, so its branch loss
-        # started at chance and its gradients disturbed the shared features early on.
-        # was: (nothing: GLCA kept its random initialisation)
+        # FIX(DCAL-GLCA-INIT): GLCA starts from the pretrained last block, not from a random init.
         model.init_glca_from_last_block()
     return {"source": source, "loaded": len(new_state), "head_loaded": head_loaded,
             "pos_embed": f"{state_dict[key_map['pos_embed']].shape[1]} -> {own['pos_embed'].shape[1]} tokens"}

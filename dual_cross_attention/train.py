@@ -180,16 +180,12 @@ def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampl
     if train.max_iters is not None:
         total_steps = min(total_steps, train.max_iters)
     effective_batch = train.batch_size * train.accum_steps * world_size
-    # FIX(DCAL-LR): the paper's rule is 5e-4/512 x the EFFECTIVE batch (batch x accumulation x
-    # world size); the seed's sqrt rule on the per-device batch gave ~30x that lr for fine-tuning
-    # a pretrained ViT. The sqrt rule stays available as --lr-rule sqrt.
-    # was: lr = train.lr if train.lr is not None else train.base_lr * math.sqrt(train.batch_size / 16)
+    # FIX(DCAL-LR): the paper's linear rule on the effective batch; sqrt on the device batch gave ~30x.
     lr = train.lr if train.lr is not None else scaled_lr(train.base_lr, effective_batch, train.ref_batch, train.lr_rule)
     warmup_asked = train.warmup_steps if train.warmup_steps is not None else (1 if synthetic else 5) * steps_per_epoch
     # A warm-up past the last step would leave the lr below its peak all run long and the cosine
     # unused (5 real-data epochs of warm-up against `--max-iters 2`): the run's steps bound it.
-    # FIX(DCAL-LR): a warm-up before the cosine, so the new heads do not wreck the pretrained
-    # features in the first steps; the lr is printed so a wrong scale is seen at once.
+    # FIX(DCAL-LR): warm up before the cosine so the new heads do not wreck the pretrained features.
     # was: warmup_steps = 0
     warmup_steps = min(warmup_asked, total_steps)
     val_interval = train.val_interval if train.val_interval is not None else steps_per_epoch
@@ -278,17 +274,12 @@ def backward_micro_batch(model, images, labels, scaler, accum_steps: int, sync: 
     """Forward and backward of one micro-batch; its gradients add up in .grad until the step.
 
     `sync`: this is the last micro-batch before the optimizer step (DDP all-reduces only then)."""
-    # FIX(DCAL-ACCUM): the loss is divided by accum_steps so the summed gradient is the mean over
-    # the effective batch (un-normalised, it was accum_steps x too large, which also changed what
-    # clip_grad_norm_ clipped), and DDP skips the all-reduce on non-stepping micro-batches.
-    # was: scaler.scale(total).backward()   (and no no_sync)
+    # FIX(DCAL-ACCUM): loss / accum_steps, and no DDP all-reduce on the non-stepping micro-batches.
     sync_context = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
     with sync_context:
         with autocast_ctx(device, dtype):
             total, parts, _ = compute_losses(model, images, labels, use_pwca)
-        # FIX(DCAL-NONFINITE): stop, naming the component that went bad; a printed warning let
-        # the run go on training NaN weights. One host sync per micro-batch.
-        # was: if not torch.isfinite(total): print(f"Warning: NaN/Inf in total loss at step {step}")
+        # FIX(DCAL-NONFINITE): stop, naming the component; a printed warning went on training NaN weights.
         check_finite({**parts, "total": total}, step)
         scaler.scale(total / accum_steps).backward()
     return total, parts
@@ -315,10 +306,7 @@ def train_one_epoch(model, optimizer, scaler, loader, meter: RunningMeans, run: 
         stepping = micro % cfg.accum_steps == 0
         total, parts = backward_micro_batch(model, images, labels, scaler, cfg.accum_steps, stepping, use_pwca,
                                             device, dtype, step)
-        # FIX(DCAL-MEMORY): keep detached sums, not the output tensors: each kept tensor held
-        # its step's outputs and autograd graph alive, so memory grew every step (the seed's
-        # OOM at epoch 16, which empty_cache() every 100 batches could not cure).
-        # was: history.append({"loss": total, **out})
+        # FIX(DCAL-MEMORY): detached sums; kept outputs held each step's autograd graph alive (the OOM).
         meter.update({"loss": total, **{f"loss_{name}": value for name, value in parts.items()}})
         if not stepping:
             continue
@@ -365,10 +353,7 @@ def evaluate(model, loader, device, dtype) -> dict[str, float]:
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast_ctx(device, dtype):
-            # FIX(DCAL-EVAL): PWCA is a training-only regulariser: no partner at evaluation (a
-            # prediction must not depend on the other images of the batch), and the paper's FGVC
-            # inference adds the SA and GLCA class PROBABILITIES (logit scales differ per head).
-            # was: out = model(images, partner=derangement(...)); combined = sa + glca + pwca logits
+            # FIX(DCAL-EVAL): no PWCA partner at evaluation; predict from SA + GLCA probabilities.
             out = model(images)
         prob_sa = out["sa"].float().softmax(-1)
         preds["top1_sa"].append(prob_sa.argmax(-1))
@@ -488,11 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
             run.print(f"pretrained: {load_pretrained(model, read_pretrained(train_cfg.pretrained))}")
         model.to(device)
         plan = plan_schedule(train_cfg, data_cfg.data_root is None, samplers["train"], dist_info.world_size)
-        # FIX(DCAL-WD): Adam's weight_decay is an L2 term added to the gradient, then divided by
-        # Adam's running RMS, so every parameter (LayerNorm gains, biases, pos-embed, CLS, the loss
-        # log-variances) is pulled to 0 by ~lr per step whatever its gradient: the collapse of
-        # accuracy. Decoupled decay (AdamW) on matrices only, none on norms/biases/tokens/loss weights.
-        # was: optimizer = torch.optim.Adam(model.parameters(), lr=plan.peak_lr, weight_decay=train_cfg.weight_decay)
+        # FIX(DCAL-WD): decoupled decay on matrices only; Adam's L2 pulled every norm and bias to 0.
         optimizer = build_optimizer(model, plan.peak_lr, train_cfg.weight_decay)
         dtype = pick_autocast_dtype(device, args.amp)
         scaler = make_grad_scaler(device, dtype)

@@ -1,4 +1,4 @@
-"""FIXES.md stays true to the tree: every row names tests that exist, every undo patch still applies."""
+"""FIXES.md stays true to the tree: every row names tests that exist and has an undo patch that still applies."""
 
 import re
 import shutil
@@ -36,7 +36,7 @@ def test_every_undo_patch_names_a_fix_and_applies_to_the_tree():
     fix's tests on it); a patch that no longer applies must be rewritten with the code it undoes."""
     rows = fix_rows()
     patches = sorted((ROOT / "tests" / "undo").glob("*.patch"))
-    assert patches
+    assert sorted(rows) == [p.stem for p in patches], "every FIXES.md row has exactly one tests/undo/<ID>.patch"
     for patch in patches:
         assert patch.stem in rows, f"{patch.name}: no FIXES.md row {patch.stem}"
         check = subprocess.run(["git", "apply", "--check", str(patch)], cwd=ROOT, capture_output=True, text=True)

@@ -12,13 +12,10 @@ import torch.nn.functional as F
 
 from common.losses import focal_loss, supcon_loss
 
-# FIX(VSB-ABSENT-STATE): "not mentioned" is its own state. Design choice: one 4-way softmax per
-# aspect {absent, positive, negative, neutral} rather than a presence head plus a 3-way sentiment
-# head masked to present aspects. It keeps one focal loss per aspect as in the original (its
-# alpha simply gains an "absent" entry), needs no presence threshold, and cannot predict a
-# sentiment for an aspect it calls absent; sentiment given presence is still read from the three
-# sentiment logits (see predicted_states / train.aspect_metrics).
-# was: NUM_STATES = 3  # classes per aspect the model predicts
+# NOTE(design): one 4-way softmax per aspect rather than a presence head + a masked 3-way sentiment
+# head: one focal loss per aspect as in the original, no threshold, no sentiment for an absent aspect.
+# FIX(VSB-ABSENT-STATE): "not mentioned" is its own state; it was trained as Neutral.
+# was: NUM_STATES = 3
 NUM_STATES = 4  # classes per aspect the model predicts: the data states themselves
 
 
@@ -57,8 +54,7 @@ def positive_weights(targets: torch.Tensor) -> torch.Tensor:
     Rule: Jaccard overlap of the sets of PRESENT (aspect, polarity) pairs,
     |L_i & L_j| / |L_i | L_j|; 1 for identical label sets, 0 when they share nothing (and for two
     reviews that mention no aspect at all: nothing says they are alike)."""
-    # FIX(VSB-ABSENT-STATE): agreeing on aspects neither review mentions is not similarity; with
-    # ~80% absent slots it made nearly every pair a strong positive.
+    # FIX(VSB-ABSENT-STATE): shared silence is not similarity; positives share present (aspect, polarity).
     # was: return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
     present = F.one_hot(targets, NUM_STATES)[..., 1:].flatten(1).float()  # (N, A*3) present (aspect, polarity) pairs
     shared = present @ present.T  # (N, N) |L_i & L_j|
@@ -68,9 +64,5 @@ def positive_weights(targets: torch.Tensor) -> torch.Tensor:
 
 def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """SupCon (Khosla et al. 2020, L_out) with weighted positives, over L2-normalised embeddings."""
-    # FIX(VSB-SUPCON-NO-POSITIVE): an anchor with no positive in the batch divided 0 by 0, and one
-    # such anchor turned the batch loss into NaN. common's supcon_loss leaves those anchors out
-    # (mean over the anchors that have a positive; 0 with a gradient path if none has).
-    # was: pos = weights.masked_fill(self_mask, 0.0)
-    # was: return (-(pos * log_prob).sum(dim=1) / pos.sum(dim=1)).mean()
+    # FIX(VSB-SUPCON-NO-POSITIVE): anchors without a positive are left out; 0 / 0 made the loss NaN.
     return supcon_loss(embeddings, positive_weights=weights, temperature=temperature)

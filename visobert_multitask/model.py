@@ -126,11 +126,8 @@ class AspectSentimentModel(nn.Module):
 
     def sentence_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, H)
-        # FIX(VSB-CLS-TOKEN): XLM-R is pretrained by masked-LM only; its pooler never trains (MLM
-        # checkpoints carry none, transformers initialises it at random), so pooler_output fed the
-        # heads a random tanh projection that differs with the seed. The first token's (<s>)
-        # hidden state is what pretraining shaped.
-        # was: return self.encoder.pooler(hidden)  # (B, H)
+        # FIX(VSB-CLS-TOKEN): the <s> hidden state; XLM-R's pooler never trained (a random projection).
+        # was: return self.encoder.pooler(hidden)
         return hidden[:, 0]  # (B, H)
 
     def heads(self, sentence: torch.Tensor, return_embeddings: bool = False, detach_classifier_input: bool = False):

@@ -177,14 +177,9 @@ def compute_losses(model, batch: dict, alpha: torch.Tensor, args) -> dict[str, t
     # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
     targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    # FIX(VSB-ONE-PASS): one encoder pass feeds both heads. The seed's note promised this, but the
-    # code ran the encoder once per loss: twice the forward cost, and the two losses saw
-    # different dropout masks, i.e. were not computed on the same representation.
-    # was: logits = model(ids, mask)                                       # pass 1, focal
-    # was: logits, embeddings = model(ids, mask, return_embeddings=True)   # pass 2, SupCon
-    # NOTE(deviation): with --loss contrastive the classifier still needs training to be
-    # evaluated; it learns on detached sentence vectors (an online linear probe), so the encoder
-    # receives the contrastive gradient only.
+    # NOTE(deviation): with --loss contrastive the classifier learns on detached sentence vectors
+    # (an online linear probe), so the encoder receives the contrastive gradient only.
+    # FIX(VSB-ONE-PASS): one encoder pass feeds both losses; two passes saw different dropout masks.
     logits, embeddings = model(ids, mask, return_embeddings=True, detach_classifier_input=args.loss == "contrastive")
     out = {}
     if args.loss in ("both", "focal"):
@@ -251,10 +246,7 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
                            "support": int(slots.sum())})
     sent_f1 = precision_recall_f1(labels[present] - 1, sentiment_pred[present] - 1, 3, "macro")[2]
     det_f1 = float(np.mean([row["det_f1"] for row in per_aspect]))
-    # FIX(VSB-HONEST-F1): the original selected and reported the absent=neutral weighted F1, where
-    # the trivially right absent slots (~80% of all) dominate: ~96% while detection and sentiment
-    # score far lower. Select on detection + sentiment; keep the old number, labelled inflated.
-    # was: return {"f1_inflated": inflated_f1(labels, pred), "score": inflated_f1(labels, pred)}
+    # FIX(VSB-HONEST-F1): select on detection + sentiment F1; the absent=neutral F1 stays, labelled inflated.
     return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated_f1(labels, pred),
             "score": 0.5 * (det_f1 + sent_f1), "per_aspect": per_aspect}
 
@@ -332,10 +324,7 @@ def eval_loader(dataset, pad_id: int, workers: int = 0, rank: int = 0, world_siz
 
 def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
     """Per-aspect focal alpha (A, S) from label frequencies."""
-    # FIX(VSB-ALPHA-TRAIN-SPLIT): the original counted labels over the whole dataset before
-    # splitting, so validation and test labels shaped the training loss (leakage) and a different
-    # test set changed training. Only the training split may set it.
-    # was: return focal_alpha(torch.cat([s.labels for s in splits.values()]), NUM_STATES)
+    # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
     return focal_alpha(splits["train"].labels, NUM_STATES, power)
 
 

@@ -1,4 +1,4 @@
-"""The three pictures seed 004 promised, drawn from the real model and from measurements.
+"""The three pictures the original write-up promised, drawn from the real model and from measurements.
 
     python visobert_multitask/visualize.py                                  # tiny model, synthetic batch
     python visobert_multitask/visualize.py --checkpoint runs/visobert_multitask/best.pt   # figures beside it
