@@ -100,6 +100,19 @@ def markdown_table(rows: list[dict], metrics: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine() -> str:
+    """What the wall times were measured on: the table is only comparable with this line."""
+    import os
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = f", load average {os.getloadavg()[0]:.2f} at start" if hasattr(os, "getloadavg") else ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch "
+            f"{torch.__version__}, torch threads {torch.get_num_threads()}{load}")
+
+
 def _finished_run(previous: list[dict], run_dir: Path, argv: list[str]) -> dict | None:
     """The stored record of a run that finished with exactly these train.py flags, else None."""
     if not (run_dir / "results.json").is_file():
@@ -114,7 +127,7 @@ def run_ablation(project: str, train_main: Callable[[list[str]], dict], variants
     tabulate. `base_flags` go to every run before the variant's own flags (settings that change
     what is written, never what is trained); the flags after `--` come last and win.
 
-    Returns {"command", "rows", "markdown", "out", "wall_s"}; rows[i]["runs"] hold each run's metrics."""
+    Returns {"command", "machine", "rows", "markdown", "out", "wall_s"}; rows[i]["runs"] hold each run's metrics."""
     args, extra = parse_args(project, variants, argv, description)
     out = Path(args.out)
     record_path = out / "ablation.json"
@@ -130,7 +143,8 @@ def run_ablation(project: str, train_main: Callable[[list[str]], dict], variants
     rows = [{"variant": name, "flags": variants[name], "runs": []} for name in args.variants]
     record = {"project": project, "command": command, "metrics": metrics, "runs": []}
     others = [run for run in previous if (run["variant"], run["seed"]) not in plan]  # kept for a later --reuse
-    started = time.time()
+    started, where = time.time(), machine()
+    print(f"machine: {where}", flush=True)
     for count, (name, seed) in enumerate(plan, start=1):
         run_dir = out / name / f"seed{seed}"
         train_argv = [*(base_flags or []), *variants[name], *extra, "--seed", str(seed), "--out", str(run_dir)]
@@ -161,6 +175,7 @@ def run_ablation(project: str, train_main: Callable[[list[str]], dict], variants
               f"{', reused' if reused else ''})", flush=True)
     markdown = markdown_table(rows, metrics)
     total = time.time() - started
-    (out / "ablation.md").write_text(f"`{command}`\n\n{markdown}\n{len(plan)} runs in sequence, {total:.0f} s in all.\n")
+    (out / "ablation.md").write_text(f"`{command}`\n\n{markdown}\n{len(plan)} runs in sequence, {total:.0f} s in all; "
+                                     f"machine: {where}.\n")
     print(f"\n{markdown}\n{len(plan)} runs in sequence, {total:.0f} s in all; table in {out / 'ablation.md'}")
-    return {"command": command, "rows": rows, "markdown": markdown, "out": str(out), "wall_s": total}
+    return {"command": command, "machine": where, "rows": rows, "markdown": markdown, "out": str(out), "wall_s": total}
