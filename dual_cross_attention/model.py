@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
+from torchvision.ops import StochasticDepth
 
 from common.cli import arg, at_least, between
 from common.losses import UncertaintyWeighting
@@ -74,24 +75,6 @@ class DCALConfig:
         return max(1, int(self.top_ratio * self.grid**2))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples.
-
-    Not torchvision's `StochasticDepth(p, "row")`: it draws its mask with `bernoulli_` (other random
-    numbers from the same seed) and multiplies by a rounded 1 / (1 - p) instead of dividing, so
-    runs would no longer reproduce the numbers measured with this module."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
-
-
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -128,7 +111,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.ln_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, "row")  # stochastic depth (Huang et al. 2016), per sample
 
     def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
         """x: (B, N, D) SA tokens, or (2B, N, D) = SA tokens then PWCA tokens when partner (B,), the
