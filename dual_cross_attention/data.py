@@ -291,6 +291,9 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
         return {"train": train, "val": val, "test": test}, len(train.classes)
     sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
     synthetic = SyntheticFineGrained if cfg.synthetic_task == "fine" else SyntheticParts
+    if cfg.synthetic_task == "fine" and cfg.synthetic_classes > SyntheticFineGrained.max_classes():
+        raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the 'fine' task has parts for at most "
+                        f"{SyntheticFineGrained.max_classes()} classes (--synthetic-task parts takes up to 128)")
     splits = {split: synthetic(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
                                split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
@@ -395,6 +398,15 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
         lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
 
+    @classmethod
+    def colour_pairs(cls) -> list[tuple[int, int]]:
+        return [(a, b) for a in range(len(cls.PALETTE)) for b in range(a + 1, len(cls.PALETTE))]
+
+    @classmethod
+    def max_classes(cls, decoys_from_classes: bool = False) -> int:
+        """Distinct textured parts, less one kept for the decoys unless the decoys are class parts."""
+        return len(cls.TEXTURES) * len(cls.colour_pairs()) - (0 if decoys_from_classes else 1)
+
     def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 8,
                  decoys: int = 3, decoys_from_classes: bool = False, seed: int = 0, split: str = "train",
                  margin: int = 2, clutter: bool = True):
@@ -403,9 +415,9 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
             raise ValueError(f"image_size {image_size} leaves no room for a {part} px part within +-{margin} px shifts")
         if split not in self.SPLITS:
             raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
-        pairs = [(a, b) for a in range(len(self.PALETTE)) for b in range(a + 1, len(self.PALETTE))]
+        pairs = self.colour_pairs()
         family = len(self.TEXTURES) * len(pairs)  # unordered pairs: swapping the colours only shifts a texture
-        if num_classes > family - (0 if decoys_from_classes else 1):
+        if num_classes > self.max_classes(decoys_from_classes):
             raise ValueError(f"at most {family - 1} synthetic classes ({family} textured parts, one left for decoys)")
         self.num_classes, self.image_size, self.part, self.margin, self.seed = num_classes, image_size, part, margin, seed
         self.train = split == "train"

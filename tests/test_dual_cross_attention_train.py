@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.lifecycle import Run
 from common.predict import TILE
-from common.runtime import ConfigMismatchError
+from common.runtime import ConfigMismatchError, DataError
 from dual_cross_attention.data import SyntheticParts
 from dual_cross_attention.train import evaluate_checkpoint, main
 from tests.fixtures_dual_cross_attention import single_thread, write_cub  # noqa: F401
@@ -68,6 +68,8 @@ def test_resume_refuses_another_architecture_without_touching_the_run(tmp_path):
     with pytest.raises(ConfigMismatchError, match="depth"):
         main(TINY + ["--out", str(run), "--depth", "3", "--resume", str(run / "last.pt")])
     assert (run / "config.json").read_bytes() == config  # refused before anything was written
+    with pytest.raises(ConfigMismatchError, match="synthetic_task"):  # another synthetic task is other data
+        main(TINY + ["--out", str(run), "--synthetic-task", "parts", "--resume", str(run / "last.pt")])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(TINY + ["--out", str(run), "--resume", str(run / "nope.pt")])
 
@@ -104,6 +106,12 @@ def test_bad_flags_are_refused_at_parse_time(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["--out", str(tmp_path / "run"), *flags])
     assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_many_classes_for_the_fine_task_is_a_data_error_naming_the_flag(tmp_path):
+    with pytest.raises(DataError, match="--synthetic-classes 42: .* at most 41 classes"):
+        main(TINY + ["--synthetic-classes", "42", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
 
 
