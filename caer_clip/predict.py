@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from caer_clip.clip import load_clip
 from caer_clip.data import (
     CLASS_DESCRIPTORS,
     FRAME_EXTENSIONS,
@@ -43,8 +42,8 @@ from caer_clip.data import (
     normalise_face_boxes,
     sample_indices,
 )
-from caer_clip.model import ModelConfig, build_model
-from caer_clip.train import dataset_name
+from caer_clip.model import ModelConfig
+from caer_clip.train import build_seeded_model, dataset_name
 from common.lifecycle import run_cli
 from common.predict import (
     enlarge,
@@ -56,7 +55,7 @@ from common.predict import (
     sheet,
     write_rows,
 )
-from common.runtime import DataError, autocast, autocast_dtype, read_text, sample_generator, seed_everything
+from common.runtime import DataError, autocast, autocast_dtype, read_text, sample_generator
 
 PROJECT = "caer_clip"
 PICTURE_CLIPS = 8  # clips drawn by --picture (the first ones)
@@ -83,14 +82,11 @@ def build_parser():
 
 
 def load_model(checkpoint: dict, path, device: torch.device):
-    """The trained model, built as train.build_model_and_data builds it: seeded first, because the
-    tiny CLIP's word tokenizer and the prompt learner's token buffers are not in the checkpoint."""
+    """The trained model, rebuilt as training built it (train.build_seeded_model), then its weights."""
     config = checkpoint["config"]
-    model_cfg, data_cfg = ModelConfig(**config["model"]), DataConfig(**config["data"])
-    seed_everything(config["run"]["seed"])
-    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
-    clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
-    return eval_model(build_model(model_cfg, clip, tokenizer, descriptors), checkpoint, path, device)
+    model, _ = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"],
+                                  device)
+    return eval_model(model, checkpoint, path, device)
 
 
 def clip_record(frames_dir: Path, root: Path, where: str, label: int = -1, num_frames: int | None = None) -> ClipRecord:

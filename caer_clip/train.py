@@ -144,18 +144,22 @@ def configs_from(args: argparse.Namespace) -> RunConfig:
 
 
 def build_model_and_data(cfg: RunConfig, seed: int, device: torch.device):
-    """The model and the {train, val, test} datasets of a configuration. Seeded first: the tiny
-    CLIP is random, and the prompt learner copies its token embeddings into buffers that no
-    checkpoint holds, so main() and evaluate_checkpoint() must build the very same model."""
+    """The model (build_seeded_model) and the {train, val, test} datasets of a configuration."""
     if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
         # A wrong path must fail now, not after CLIP's weights have been read or fetched.
         raise DataError(f"--data-root {cfg.data.data_root} is not a folder")
-    seed_everything(seed)
-    descriptors = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)].values())
-    clip, tokenizer = load_clip(cfg.model.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
-    model = build_model(cfg.model, clip, tokenizer, descriptors).to(device)
+    model, clip = build_seeded_model(cfg.model, cfg.data, seed, device)
     splits = build_datasets(cfg.data, cfg.model.num_frames, clip.cfg.image_resolution, seed)
     return model, dict(zip(("train", "val", "test"), splits))
+
+
+def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int, device: torch.device):
+    """(model, CLIP) seeded first: the tiny CLIP is random and its word tokenizer and the prompt
+    learner's token buffers are not in a checkpoint, so training and predict.py rebuild them alike."""
+    seed_everything(seed)
+    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
+    clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    return build_model(model_cfg, clip, tokenizer, descriptors).to(device), clip
 
 
 def check_split_sizes(splits: dict, batch_size: int, world_size: int) -> None:
