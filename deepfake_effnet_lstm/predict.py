@@ -7,7 +7,9 @@ INPUT is the face crops of one video (a folder of frames, in frame order by file
 such video folders, or a dataset folder in the training format (index.csv + <video>/ folders: its
 videos and their true labels). Each video gives --eval-clips sequences of T evenly spaced frames, as
 validation and test take them (data.VideoSequenceDataset); the video's P(fake) is the mean over its
-sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake.
+sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake. A folder of
+icpr2020dfdc crops (frNNN_subjS.jpg) holding several people gives one row set per person (column
+subject), as training reads them.
 A video file is refused: `python -m common.video` turns videos into frame folders, whose faces must
 then be cropped (the model was trained on face crops).
 --overlay DIR writes one PNG per video: the frames of its first sequence and the attention map the
@@ -47,6 +49,7 @@ from deepfake_effnet_lstm.data import (
     VideoSequenceDataset,
     denormalize,
     list_frames,
+    list_subjects,
     read_index,
     upsample_map,
 )
@@ -55,7 +58,7 @@ from deepfake_effnet_lstm.train import per_video
 
 PROJECT = "deepfake_effnet_lstm"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-COLUMNS = ["video", "level", "sequence", "p_fake", "prediction", "true"]
+COLUMNS = ["video", "subject", "level", "sequence", "p_fake", "prediction", "true"]
 
 
 def build_parser():
@@ -78,17 +81,21 @@ def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
                         f"folder that holds index.csv")
     if (path / "index.csv").is_file():
         return read_index(path / "index.csv", path, None, data.frames, data.pad_short)[0]
-    folders = [path] if list_frames(path, str(path)) else sorted((d for d in path.iterdir() if d.is_dir()),
-                                                                  key=lambda d: natural_key(d.name))
+    holds_frames = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+    folders = [path] if holds_frames else sorted((d for d in path.iterdir() if d.is_dir()),
+                                                 key=lambda d: natural_key(d.name))
     records = []
     for folder in folders:
-        frames = list_frames(folder, str(folder))
-        if not frames:
-            continue
-        if len(frames) < data.frames and not data.pad_short:
-            raise DataError(f"{folder}: {len(frames)} frames, fewer than the T = {data.frames} the model was "
-                            f"trained on (a run with --pad-short repeats the last frame)")
-        records.append(VideoRecord(folder.name, -1, len(frames), frame_paths=frames, where=str(folder)))
+        for subject in list_subjects(folder, str(folder)):  # frNNN_subjS crops of several people: one each
+            frames = list_frames(folder, str(folder), subject)
+            if not frames:
+                continue
+            who = folder if subject is None else f"{folder} (subject {subject})"
+            if len(frames) < data.frames and not data.pad_short:
+                raise DataError(f"{who}: {len(frames)} frames, fewer than the T = {data.frames} the model was "
+                                f"trained on (a run with --pad-short repeats the last frame)")
+            records.append(VideoRecord(folder.name, -1, len(frames), frame_paths=frames, where=str(who),
+                                       subject=subject))
     if not records:
         raise DataError(f"{path} holds no frames ({', '.join(IMAGE_EXTENSIONS)}) and no folders of frames")
     return records
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, video_probs = per_video(labels, probs.flatten(), videos)  # (V,) the mean over each video's sequences
 
     def row(record: VideoRecord, level: str, sequence, p: float) -> dict:
-        return {"video": record.video, "level": level, "sequence": sequence, "p_fake": p,
+        return {"video": record.video, "subject": "" if record.subject is None else record.subject, "level": level, "sequence": sequence, "p_fake": p,
                 "prediction": CLASS_NAMES[int(p >= 0.5)], "true": CLASS_NAMES[record.label] if record.label >= 0 else ""}
 
     rows = []
@@ -142,11 +149,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if plt is not None:
         for v, record in enumerate(records):
             true = f", true {CLASS_NAMES[record.label]}" if record.label >= 0 else ""
-            caption = (f"{record.video}: P(fake) {float(video_probs[v]):.2f} over {dataset.clips} sequence(s), "
+            who = record.video if record.subject is None else f"{record.video} subject {record.subject}"
+            caption = (f"{who}: P(fake) {float(video_probs[v]):.2f} over {dataset.clips} sequence(s), "
                        f"predicted {CLASS_NAMES[int(video_probs[v] >= 0.5)]}{true}; frames of sequence 0")
             draw_overlay(plt, model, dataset[v * dataset.clips]["frames"], caption,
                          f"deepfake_effnet_lstm {args.checkpoint}: attention overlay", Path(args.overlay) /
-                         f"{v:03d}_{record.video}.png")
+                         f"{v:03d}_{record.video}{'' if record.subject is None else f'_subj{record.subject}'}.png")
         print(f"overlays: {len(records)} PNG files in {args.overlay}", file=sys.stderr)
     return rows
 

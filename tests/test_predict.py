@@ -259,7 +259,7 @@ def test_deepfake_effnet_lstm_sequence_and_video_probabilities(deepfake, tmp_pat
     predict_main("deepfake_effnet_lstm")(["--checkpoint", str(deepfake["checkpoint"]), str(deepfake["data"]),
                                           "--batch-size", "24", "--output", str(out)])
     columns, rows = read_csv(out)
-    assert columns == ["video", "level", "sequence", "p_fake", "prediction", "true"]
+    assert columns == ["video", "subject", "level", "sequence", "p_fake", "prediction", "true"]
     # the reference: train.py's evaluation of the test split (per sequence, then the mean per video)
     checkpoint = load_run_checkpoint(deepfake["checkpoint"], "deepfake_effnet_lstm")
     args = train.build_parser().parse_args([])
@@ -293,6 +293,41 @@ def test_deepfake_effnet_lstm_one_video_jsonl_and_overlay(deepfake, tmp_path):
     (picture,) = (tmp_path / "overlays").glob("*.png")
     width, height = picture_size(picture)
     assert width >= 2 * 256 and height >= 2 * 256  # T = 2 frames, frames and attention rows of >= 256 px
+
+
+def test_deepfake_effnet_lstm_a_folder_of_two_peoples_crops_gives_one_row_set_per_person(deepfake, tmp_path):
+    """icpr2020dfdc names crops frNNN_subjS.jpg; each person is scored on their own frames, exactly as
+    a folder holding only that person's frames is."""
+    from PIL import Image
+
+    both, alone = tmp_path / "clip7", {s: tmp_path / f"alone{s}" / "clip7" for s in (0, 1)}
+    for folder in (both, *alone.values()):
+        folder.mkdir(parents=True)
+    for frame in range(4):
+        for subject in (0, 1):
+            image = Image.new("RGB", (8, 8), (200 * subject, 30 * frame, 90))
+            image.save(both / f"fr{frame:03d}_subj{subject}.png")
+            image.save(alone[subject] / f"{frame}.png")
+    main = predict_main("deepfake_effnet_lstm")
+    main(["--checkpoint", str(deepfake["checkpoint"]), str(both), "--output", str(tmp_path / "both.jsonl"),
+          "--format", "jsonl"])
+    rows = read_jsonl(tmp_path / "both.jsonl")
+    assert {(r["video"], r["subject"]) for r in rows} == {("clip7", 0), ("clip7", 1)}
+    for subject in (0, 1):
+        mine = [r for r in rows if r["subject"] == subject]
+        main(["--checkpoint", str(deepfake["checkpoint"]), str(alone[subject]), "--format", "jsonl",
+              "--output", str(tmp_path / f"alone{subject}.jsonl")])
+        reference = read_jsonl(tmp_path / f"alone{subject}.jsonl")
+        assert {r["subject"] for r in reference} == {""}
+        assert [(r["level"], r["sequence"]) for r in mine] == [(r["level"], r["sequence"]) for r in reference]
+        assert [r["p_fake"] for r in mine] == pytest.approx([r["p_fake"] for r in reference], abs=1e-6)
+    # and each person's sequence is made of that person's crops only, in frame order
+    from deepfake_effnet_lstm.data import DataConfig
+    from deepfake_effnet_lstm.predict import read_videos
+
+    records = read_videos(both, DataConfig(frames=2))
+    assert [(r.video, r.subject, [p.name for p in r.frame_paths]) for r in records] == [
+        ("clip7", s, [f"fr{f:03d}_subj{s}.png" for f in range(4)]) for s in (0, 1)]
 
 
 def test_deepfake_effnet_lstm_errors(deepfake, tmp_path):
