@@ -73,10 +73,12 @@ def image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def class_names(data: DataConfig, num_classes: int) -> list[str]:
-    """The run's class names, read as data.py reads them (CUB classes.txt, or the train/ class folders);
-    'class <i>' on the synthetic data, or when the data folder is no longer there."""
-    root = Path(data.data_root) if data.data_root else None
+def class_names(config: dict, num_classes: int) -> list[str]:
+    """The run's class names: stored in the checkpoint by train.py; for older checkpoints read as data.py
+    reads them (CUB classes.txt, or the train/ class folders), else 'class <i>'."""
+    if len(config.get("classes") or []) == num_classes:
+        return list(config["classes"])
+    root = Path(config["data"]["data_root"]) if config["data"].get("data_root") else None
     names = []
     if root is not None and (root / "classes.txt").is_file():
         names = [line.split(maxsplit=1)[1] for line in read_text(root / "classes.txt").splitlines() if line.strip()]
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
     paths = image_paths(args.inputs)
     model = eval_model(DCAL(cfg), checkpoint, args.checkpoint, device)
-    names, transform = class_names(data, cfg.num_classes), make_transform(data, cfg.image_size)
+    names, transform = class_names(checkpoint["config"], cfg.num_classes), make_transform(data, cfg.image_size)
     dtype = autocast_dtype(device, checkpoint["args"]["amp"])
 
     rows, drawn = [], 0

@@ -456,8 +456,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = dist_info.device
     splits, num_classes = build_datasets(data_cfg, model_cfg.image_size, args.seed)
     model_cfg = dataclasses.replace(model_cfg, num_classes=num_classes)
+    # the class names travel with the run, so predict.py names classes without the data folder
+    classes = list(getattr(splits["train"], "classes", None) or (f"class {i}" for i in range(num_classes)))
     config = {"data": dataclasses.asdict(data_cfg), "model": dataclasses.asdict(model_cfg),
-              "train": dataclasses.asdict(train_cfg), "world_size": dist_info.world_size}
+              "train": dataclasses.asdict(train_cfg), "world_size": dist_info.world_size, "classes": classes}
     if resumed:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)  # before anything is written
     run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_top1", best_mode="max")

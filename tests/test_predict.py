@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -206,6 +207,20 @@ def test_dual_cross_attention_top5_are_the_models_probabilities(dcal, tmp_path):
             top = expected[row["branch"]].topk(5)
             assert [row[f"class_{i}"] for i in range(1, 6)] == [DCAL_CLASSES[c] for c in top.indices]
             assert [float(row[f"prob_{i}"]) for i in range(1, 6)] == pytest.approx(top.values.tolist(), abs=2e-6)
+
+
+def test_dual_cross_attention_names_classes_from_the_checkpoint_without_the_data_folder(dcal, tmp_path):
+    """best.pt copied to another machine: the class names come with it, not from the data folder."""
+    checkpoint = torch.load(dcal["checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["config"]["classes"] == DCAL_CLASSES
+    checkpoint["config"]["data"]["data_root"] = str(tmp_path / "gone")  # the data is not there any more
+    torch.save(checkpoint, tmp_path / "best.pt")
+    (tmp_path / "kind_3").mkdir()
+    shutil.copy(dcal["data"] / "val" / "kind_3" / "img0.png", tmp_path / "kind_3" / "bird.png")
+    rows = predict_main("dual_cross_attention")(["--checkpoint", str(tmp_path / "best.pt"), str(tmp_path / "kind_3"),
+                                                 "--format", "jsonl", "--output", str(tmp_path / "pred.jsonl")])
+    assert rows[0]["true"] == "kind_3"
+    assert {entry["class"] for entry in rows[0]["combined"]} <= set(DCAL_CLASSES)
 
 
 @needs_matplotlib
