@@ -213,3 +213,29 @@ def test_deepfake_attention_none_starts_every_other_weight_as_the_gate_run():
     features = torch.randn(2, 40, 4, 4)
     passed, attention_map = none.attention(features)
     assert torch.equal(passed, features) and torch.equal(attention_map, torch.ones(2, 1, 4, 4))
+
+
+def test_rollout_hits_known_answers():
+    from dual_cross_attention.rollout_hits import hit_stats, part_patches
+
+    # an 8 px part at (5, 6) on a 4 px grid of 8 x 8 patches covers rows 1-3 and columns 1-3
+    assert part_patches(5, 6, 8, 4, 8) == [9, 10, 11, 17, 18, 19, 25, 26, 27]
+    assert part_patches(4, 4, 8, 4, 8) == [9, 10, 17, 18]  # on the grid: 2 x 2 patches
+    scores = torch.zeros(2, 64)
+    scores[0, [9, 10, 40]] = 1.0  # image 0: two of its three picks on the part
+    scores[1, [60, 61, 62]] = 1.0  # image 1: none
+    stats = hit_stats(scores, torch.tensor([[4, 4], [4, 4]]), part=8, patch=4, top_r=3)
+    assert stats["image_hit"] == 0.5 and stats["on_part"] == pytest.approx((2 / 3 + 0) / 2)
+    assert stats["on_part_chance"] == pytest.approx(4 / 64)
+    assert stats["image_hit_chance"] == pytest.approx(1 - (60 * 59 * 58) / (64 * 63 * 62))
+
+
+def test_rollout_hits_scores_the_runs_of_the_ablation(ablations, capsys):
+    from dual_cross_attention import rollout_hits
+
+    out, _, _ = ablations("dual_cross_attention", capsys)
+    rows = rollout_hits.main([str(out / "vit" / "seed0"), str(out / "dcal" / "seed0")])
+    results = json.loads((out / "dcal" / "seed0" / "results.json").read_text())
+    assert [r["test_top1"] for r in rows][1] == results["test"]["top1"]
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("image_hit", "on_part", "image_hit_chance", "on_part_chance"))
+    assert "Pearson r" in capsys.readouterr().out
