@@ -2,6 +2,8 @@
 fine-grained task, the share of images where the rollout's top-R patches (GLCA's local queries,
 Zhu et al. 2022 sec. 3.2) touch the class part, and the share of those patches that lie on it, each
 beside what R random patches would give; then how test top-1 follows the hit rate over the runs.
+For GLCA runs, the largest change of the GLCA logits when R random patches replace the rollout's
+picks (column "GLCA random picks"): how much the picks matter to what GLCA predicts.
 
     python dual_cross_attention/rollout_hits.py runs/ablation/dual_cross_attention/*/seed*
 
@@ -68,14 +70,26 @@ def run_hits(run_dir: Path, batch_size: int = 100) -> dict:
     model = DCAL(cfg).eval()
     load_model_state(model, checkpoint["model"], path)
     val: SyntheticFineGrained = build_datasets(data, cfg.image_size, checkpoint["args"]["seed"])[0]["val"]
-    scores = []
+    scores, random_picks_change = [], 0.0
+    glca_inputs, rollout_picks = {}, model.glca_forward
+
+    def keep_glca_inputs(x: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+        glca_inputs.update(x=x, rollout=rollout)  # to run the GLCA block again on random picks
+        return rollout_picks(x, rollout)
+
+    model.glca_forward = keep_glca_inputs
     for start in range(0, len(val), batch_size):
         images = torch.stack([val[i][0] for i in range(start, min(start + batch_size, len(val)))])
-        scores.append(model(images, need_rollout=True)["rollout"][:, 0, 1:])  # (B, P): CLS row over the patches
+        out = model(images, need_rollout=True)
+        scores.append(out["rollout"][:, 0, 1:])  # (B, P): CLS row over the patches
+        if cfg.glca:  # the GLCA logits when R random patches replace the rollout's top R
+            random_picks = rollout_picks(glca_inputs["x"], torch.rand_like(glca_inputs["rollout"]))
+            random_picks_change = max(random_picks_change, float((random_picks - out["glca"]).abs().max()))
     boxes = val.part_boxes - torch.tensor(val.crop_offset(0))  # evaluation shows the same centre crop of each
     stats = hit_stats(torch.cat(scores), boxes, val.part, cfg.patch_size, cfg.num_local)
     results = json.loads((Path(run_dir) / "results.json").read_text())
-    return {"run": str(run_dir), "test_top1": results["test"]["top1"], **stats}
+    return {"run": str(run_dir), "test_top1": results["test"]["top1"], **stats,
+            "glca_random_picks_change": random_picks_change if cfg.glca else None}
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -87,10 +101,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("runs", nargs="+", help="run folders (best.pt and results.json) of the synthetic fine task")
     args = parser.parse_args(argv)
     rows = [run_hits(Path(run)) for run in args.runs]
-    print(f"{'run':58s} {'test top-1':>10s} {'image hit':>10s} {'chance':>7s} {'on part':>8s} {'chance':>7s}")
+    print(f"{'run':58s} {'test top-1':>10s} {'image hit':>10s} {'chance':>7s} {'on part':>8s} {'chance':>7s} "
+          f"{'GLCA random picks':>17s}")
     for row in rows:
+        change = "-" if row["glca_random_picks_change"] is None else f"{row['glca_random_picks_change']:.1e}"
         print(f"{row['run']:58s} {row['test_top1']:10.3f} {row['image_hit']:10.3f} {row['image_hit_chance']:7.3f} "
-              f"{row['on_part']:8.3f} {row['on_part_chance']:7.3f}")
+              f"{row['on_part']:8.3f} {row['on_part_chance']:7.3f} {change:>17s}")
     mean = {k: statistics.fmean(r[k] for r in rows) for k in ("image_hit", "image_hit_chance", "on_part",
                                                                "on_part_chance")}
     print(f"mean over {len(rows)} runs: image hit {mean['image_hit']:.3f} (chance {mean['image_hit_chance']:.3f}), "

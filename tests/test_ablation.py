@@ -239,3 +239,4 @@ def test_rollout_hits_scores_the_runs_of_the_ablation(ablations, capsys):
     assert [r["test_top1"] for r in rows][1] == results["test"]["top1"]
     assert all(0 <= r[k] <= 1 for r in rows for k in ("image_hit", "on_part", "image_hit_chance", "on_part_chance"))
     assert "Pearson r" in capsys.readouterr().out
+    assert rows[0]["glca_random_picks_change"] is None and rows[1]["glca_random_picks_change"] >= 0.0
