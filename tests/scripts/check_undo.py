@@ -63,7 +63,9 @@ def check(fix_id: str, names: list[str] | None = None) -> tuple[str, str]:
             return "SURVIVED", last
         if run.returncode != 1 or "NameError" in run.stdout:
             return "BROKEN", f"pytest exit {run.returncode}: {last}"
-        return "KILLED", last
+        # the first error line, so a reader sees that the fix's own assertion failed
+        why = next((line[1:].strip() for line in run.stdout.splitlines() if line.startswith("E ")), "")
+        return "KILLED", f"{last} | {why[:150]}"
 
 
 def main(argv: list[str]) -> int:
