@@ -86,12 +86,8 @@ def test_the_two_libraries_resample_differently():
         resample_pos_embed(pos, 28, "jax")
 
 
-def test_torchvision_224_weights_at_448_give_torchvisions_own_448_model():
-    """Our model at 448 px equals torchvision's VisionTransformer(image_size=448) loaded from the same
-    224 px weights through torchvision's interpolate_embeddings."""
-    state = torchvision_224_state()
-    reference = torchvision_vit(448)
-    reference.load_state_dict(interpolate_embeddings(448, PATCH, OrderedDict(state)))
+def assert_same_model_at_448(reference: torch.nn.Module, state: dict) -> None:
+    """Our model at 448 px, loaded from the 224 px `state` by load_pretrained, gives the reference's logits."""
     model = dcal(448)
     load_pretrained(model, state)
     images = torch.randn(2, 3, 448, 448)
@@ -99,6 +95,15 @@ def test_torchvision_224_weights_at_448_give_torchvisions_own_448_model():
         expected, ours = reference(images), model(images)["sa"]
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torchvision_224_weights_at_448_give_torchvisions_own_448_model():
+    """Our model at 448 px equals torchvision's VisionTransformer(image_size=448) loaded from the same
+    224 px weights through torchvision's interpolate_embeddings."""
+    state = torchvision_224_state()
+    reference = torchvision_vit(448)
+    reference.load_state_dict(interpolate_embeddings(448, PATCH, OrderedDict(state)))
+    assert_same_model_at_448(reference, state)
 
 
 def test_timm_224_weights_at_448_give_timms_own_448_model(tmp_path):
@@ -110,10 +115,4 @@ def test_timm_224_weights_at_448_give_timms_own_448_model(tmp_path):
     reference = timm_vit(timm, 448, pretrained=True,
                          pretrained_cfg_overlay=dict(file=str(tmp_path / "vit_224.pth"), num_classes=CLASSES))
     torch.testing.assert_close(reference.head.weight.detach(), state["head.weight"])  # the file was loaded
-    model = dcal(448)
-    load_pretrained(model, state)
-    images = torch.randn(2, 3, 448, 448)
-    with torch.no_grad():
-        expected, ours = reference(images), model(images)["sa"]
-    assert expected.abs().max() > 0.1
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert_same_model_at_448(reference, state)
