@@ -18,12 +18,16 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import platform
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from common.cli import at_least
 
@@ -102,11 +106,6 @@ def markdown_table(rows: list[dict], metrics: dict[str, str]) -> str:
 
 def machine() -> str:
     """What the wall times were measured on: the table is only comparable with this line."""
-    import os
-    import platform
-
-    import torch
-
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = f", load average {os.getloadavg()[0]:.2f} at start" if hasattr(os, "getloadavg") else ""
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch "
