@@ -418,7 +418,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         pairs = self.colour_pairs()
         family = len(self.TEXTURES) * len(pairs)  # unordered pairs: swapping the colours only shifts a texture
         if num_classes > self.max_classes(decoys_from_classes):
-            raise ValueError(f"at most {family - 1} synthetic classes ({family} textured parts, one left for decoys)")
+            raise ValueError(f"at most {self.max_classes(decoys_from_classes)} synthetic classes ({family} textured "
+                             f"parts{'' if decoys_from_classes else ', one left for decoys'})")
         self.num_classes, self.image_size, self.part, self.margin, self.seed = num_classes, image_size, part, margin, seed
         self.train = split == "train"
         self.epoch = 0
