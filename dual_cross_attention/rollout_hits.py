@@ -23,12 +23,10 @@ import statistics
 
 import torch
 
-from common.lifecycle import load_model_state, load_run_checkpoint, run_cli
+from common.lifecycle import run_cli
 from common.runtime import DataError
-from dual_cross_attention.data import DataConfig, SyntheticFineGrained, build_datasets
-from dual_cross_attention.model import DCAL, DCALConfig
-
-PROJECT = "dual_cross_attention"
+from dual_cross_attention.data import SyntheticFineGrained
+from dual_cross_attention.train import rebuild_run
 
 
 def part_patches(top: int, left: int, part: int, patch: int, grid: int) -> list[int]:
@@ -61,15 +59,11 @@ def hit_stats(scores: torch.Tensor, boxes: torch.Tensor, part: int, patch: int, 
 @torch.no_grad()
 def run_hits(run_dir: Path, batch_size: int = 100) -> dict:
     path = Path(run_dir) / "best.pt"
-    checkpoint = load_run_checkpoint(path, PROJECT)
-    config = checkpoint["config"]
-    cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
-    if data.data_root is not None or data.synthetic_task != "fine":
-        raise DataError(f"{path}: a run on {'real data' if data.data_root else 'the parts task'}; the part is known "
-                        f"only on the synthetic fine-grained task")
-    model = DCAL(cfg).eval()
-    load_model_state(model, checkpoint["model"], path)
-    val: SyntheticFineGrained = build_datasets(data, cfg.image_size, checkpoint["args"]["seed"])[0]["val"]
+    _, model, splits = rebuild_run(path)
+    model, cfg, val = model.eval(), model.cfg, splits["val"]
+    if not isinstance(val, SyntheticFineGrained):
+        raise DataError(f"{path}: a run on {type(val).__name__} data; the part is known only on the synthetic "
+                        f"fine-grained task")
     scores, random_picks_change = [], 0.0
     glca_inputs, rollout_picks = {}, model.glca_forward
 

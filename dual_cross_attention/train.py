@@ -433,15 +433,23 @@ def rollout_title(step: int, epoch: int, val: dict, cfg, parts_known: bool) -> s
             f"Left: image{part}. Right: rollout CLS row over the image; {glca}")
 
 
-def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
-    """Score a checkpoint on one split in this one process, with the data and model rebuilt from the
-    settings saved in it: for best.pt and "test", the numbers main() reports in results["test"]."""
+def rebuild_run(path) -> tuple[dict, DCAL, dict]:
+    """(checkpoint, model with its weights, {train, val, test} datasets) of a saved run, the data and
+    model rebuilt from the settings saved in it."""
     checkpoint = load_run_checkpoint(path, PROJECT)
-    config, device = checkpoint["config"], torch.device(device)
-    model_cfg = DCALConfig(**config["model"])
-    splits, _ = build_datasets(DataConfig(**config["data"]), model_cfg.image_size, checkpoint["args"]["seed"])
+    model_cfg = DCALConfig(**checkpoint["config"]["model"])
+    splits, _ = build_datasets(DataConfig(**checkpoint["config"]["data"]), model_cfg.image_size,
+                               checkpoint["args"]["seed"])
     model = DCAL(model_cfg)
     load_model_state(model, checkpoint["model"], path)
+    return checkpoint, model, splits
+
+
+def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
+    """Score a checkpoint on one split in this one process (rebuild_run): for best.pt and "test", the
+    numbers main() reports in results["test"]."""
+    checkpoint, model, splits = rebuild_run(path)
+    config, device = checkpoint["config"], torch.device(device)
     sampler = EpochSampler(len(splits[split]), config["train"]["batch_size"], shuffle=False, drop_last=False)
     loader = make_loader(splits[split], sampler, workers=0, seed=checkpoint["args"]["seed"])
     return evaluate(model.to(device), loader, device, pick_autocast_dtype(device, checkpoint["args"]["amp"]))
