@@ -5,7 +5,7 @@ MoCo branch, and semantic LDL after its warm-up (off in the demo, so its variant
     python caer_clip/ablate.py --variants full,no-context --seeds 1 -- --epochs 1
 
 One run folder per variant and seed under --out (default runs/ablation/caer_clip); the table of
-mean ± std is printed and written to <out>/ablation.md (common/ablation.py).
+mean ± std is printed and written to <out>/ablation.md (common/tools/ablation.py).
 """
 
 import sys
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 from caer_clip.train import main as train_main
-from common.ablation import run_ablation
+from common.tools.ablation import run_ablation
 
 VARIANTS = {
     "full": [],  # the demo: face + context streams, MoCo queue 4096, hard labels (LDL off)

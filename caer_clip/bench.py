@@ -6,7 +6,7 @@
    and at ViT-B/16 size;
 3. frames per second of the data pipeline with 0 and 2 DataLoader workers.
 
-Every figure is timed as common/bench.py times it (median wall time, CUDA synchronised).
+Every figure is timed as common/tools/bench.py times it (median wall time, CUDA synchronised).
 
     python caer_clip/bench.py [--device cpu] [--b16-batch 1 --b16-frames 2]
 """
@@ -25,7 +25,7 @@ from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, SyntheticClips
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model
 from caer_clip.train import TrainConfig, param_groups
-from common.bench import StageTimer, method, time_in_turn, time_it
+from common.tools.bench import StageTimer, method, time_in_turn, time_it
 from common.runtime import pick_device
 
 

@@ -45,7 +45,7 @@ from caer_clip.data import (
 from caer_clip.model import ModelConfig
 from caer_clip.train import build_seeded_model, dataset_name
 from common.lifecycle import run_cli
-from common.predict import (
+from common.tools.predict import (
     enlarge,
     eval_model,
     existing,

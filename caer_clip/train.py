@@ -38,7 +38,7 @@ from common.lifecycle import (
 )
 from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
-from common.predict import pyplot_or_none
+from common.tools.predict import pyplot_or_none
 from common.runtime import (
     DataError,
     EpochSampler,

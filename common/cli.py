@@ -11,13 +11,29 @@ A field declares its flag once, in its dataclass:
 default (shown by --help), `from_args(OptimConfig, namespace)` builds the dataclass back. A bad
 value is refused by argparse itself, before anything runs:
 `error: argument --batch-size: must be >= 1`.
+
+A model file that must copy alone (imports only torch, numpy, einops and the standard library)
+declares plain fields with a comment each, and train.py attaches the checks:
+
+    @dataclass
+    class ModelConfig:
+        depth: int = 12  # transformer blocks
+
+    add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})
+
+Given `checks` (even `{}`), a plain field's comment becomes its help; without `checks`, and for a
+field with neither `arg()` nor a comment, the field is no flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
 import sys
+import tokenize
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -70,14 +86,42 @@ def _base_type(hint) -> tuple[type, bool]:
     return hint, False
 
 
-def add_args(parser: argparse.ArgumentParser, cls: type, title: str) -> argparse._ArgumentGroup:
-    """One argument group with a flag per field of the dataclass `cls`."""
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: its trailing comment} from the source of the dataclass `cls` (and its bases)."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        names = {}  # line -> field name declared on it
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.NAME and tok.line.startswith("    ") and not tok.line.startswith("     ") \
+                    and tok.line.lstrip().startswith(tok.string + ":"):
+                names[tok.start[0]] = tok.string
+            elif tok.type == tokenize.COMMENT and tok.start[0] in names:
+                comments[names[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return comments
+
+
+def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dict | None = None,
+             exclude: Sequence[str] = ()) -> argparse._ArgumentGroup:
+    """One argument group with a flag per field of the dataclass `cls`: help from `arg()` or the
+    field's comment; `checks` maps a field to a converter (`at_least(1)`) or a list of choices."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if "help" not in meta:
+        meta = dict(f.metadata) or {"help": comments.get(f.name) if checks is not None else None, "check": None,
+                                    "choices": None, "flag": None, "short_off": None}
+        if not meta.get("help") or f.name in exclude:
             continue  # not a flag (derived later)
+        extra = (checks or {}).get(f.name)
+        if isinstance(extra, (list, tuple)):
+            meta["choices"] = extra
+        elif extra is not None:
+            meta["check"] = extra
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kind, is_list = _base_type(hints[f.name])

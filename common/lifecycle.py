@@ -31,12 +31,14 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
 import sys
 import threading
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,7 +54,8 @@ from common.runtime import (
     unwrap,
 )
 
-CHECKPOINT_FORMAT = 1
+# Format 2: only tensors and plain values (loadable with weights_only=True); format 1 held numpy arrays.
+CHECKPOINT_FORMAT = 2
 CHECKPOINT_KEYS = ("format", "project", "args", "config", "model", "optimizer", "scaler", "progress", "best",
                    "rng", "extra")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -60,6 +63,37 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message names the file and what is wrong with it."""
+
+
+@dataclass
+class State:
+    """Everything the training loop mutates, and nothing else; every checkpoint holds all of it."""
+    model: torch.nn.Module  # what the loop calls: DDP-wrapped under torchrun (unwrap() to save or evaluate)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch in progress (= epochs finished)
+    batch_in_epoch: int = 0  # batches of `epoch` already trained: a mid-epoch resume starts after them
+    meters: dict = field(default_factory=dict)  # running sums, counters and controller states the loop carries
+
+    def progress(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+
+@dataclass
+class RunSettings:
+    """The run flags every train.py shares (added by run_args), as one object the loop reads."""
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    log_interval: int = 10
+    ckpt_interval: int = 0
+    keep_checkpoints: int = 2
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSettings:
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
 
 
 def _distributed() -> bool:
@@ -171,20 +205,27 @@ def load_run_checkpoint(path: str | os.PathLike, project: str, map_location="cpu
 
 
 def read_checkpoint_file(path: Path, map_location="cpu"):
-    """torch.load with the failures told apart: empty, truncated, or not a PyTorch file at all."""
+    """torch.load(weights_only=True) with the failures told apart: empty, truncated, not a PyTorch
+    file, or a pickle of objects other than tensors and plain values (refused unopened: unpickling
+    them could run code, so a checkpoint from elsewhere is as safe to open as one's own)."""
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint (a save that never finished?)")
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        # weights_only=False: the checkpoint holds RNG states and the config besides tensors. Load
-        # only checkpoints you wrote yourself: unpickling runs code.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if unsafe:  # the safe unpickler met a reference to a Python callable or class
+            raise CheckpointError(f"{path}: refers to the Python object {unsafe.group(1)}, not only tensors and plain "
+                                  f"values; refused without unpickling it (that could run code). Checkpoints of this "
+                                  f"repository before format {CHECKPOINT_FORMAT} held numpy arrays and are refused "
+                                  f"too") from None
         if head.startswith(b"PK"):
             raise CheckpointError(f"{path}: truncated or damaged ({size} bytes; the zip archive cannot be "
-                                  f"read: {str(e).splitlines()[0][:120]})") from e
+                                  f"read: {first[:120]})") from e
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (starts with {head!r})") from e
 
 
@@ -364,9 +405,26 @@ class Run:
 
     # -- resume and open
 
-    def restore(self, model, optimizer=None, scaler=None) -> dict | None:
-        """Load the resumed checkpoint's weights and optimiser; returns its progress and extras
-        (None for a fresh run). Call `restore_rng()` after everything that draws random numbers."""
+    def restore(self, state: State, *legacy) -> bool:
+        """Load the resumed checkpoint into `state` (weights, optimiser, scaler, position, meters).
+        False for a fresh run. Call `restore_rng()` after everything that draws random numbers."""
+        if not isinstance(state, State):  # TODO(grammar): old call restore(model, optimizer, scaler)
+            return self._restore_legacy(state, *legacy)
+        if self.resumed is None:
+            return False
+        path, saved = self.args.resume, self.resumed
+        load_model_state(state.model, saved["model"], path)
+        load_optimizer_state(state.optimizer, saved["optimizer"], path)
+        if state.scaler is not None and saved["scaler"]:
+            state.scaler.load_state_dict(saved["scaler"])
+        progress = saved["progress"]
+        state.step, state.epoch, state.batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
+        state.meters = saved["extra"]
+        self.best = dict(saved["best"])
+        self.log_rows = progress.get("log_rows", 0)
+        return True
+
+    def _restore_legacy(self, model, optimizer=None, scaler=None) -> dict | None:
         if self.resumed is None:
             return None
         path = self.args.resume
@@ -435,18 +493,24 @@ class Run:
 
     def _drop_abandoned_checkpoints(self) -> None:
         """Resumed from an older checkpoint (a step<N>.pt): the later periodic checkpoints, and a
-        best.pt, belong to the branch this run abandons."""
+        best.pt, belong to the branch this run abandons. best.pt is read first: a damaged one is
+        an error naming it before anything is deleted."""
         step = self.resumed["progress"]["step"]
+        best = self.dir / "best.pt"
+        best_step = -1
+        if Path(self.args.resume).name != "last.pt" and best.is_file() and best.resolve() != Path(self.args.resume).resolve():
+            try:
+                best_step = read_checkpoint_file(best)["best"]["step"]
+            except (CheckpointError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{best}: unreadable ({e}); resuming {self.args.resume} must know whether best.pt is from a later "
+                                      f"step: delete or replace {best}; nothing was changed") from None
         for later in self.dir.glob("step*.pt"):
             if later.stem[4:].isdigit() and int(later.stem[4:]) > step:
                 later.unlink()
-        best = self.dir / "best.pt"
-        if Path(self.args.resume).name != "last.pt" and best.is_file() and best.resolve() != Path(self.args.resume).resolve():
-            best_step = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["best"]["step"]
-            if best_step > step:
-                best.unlink()
-                self.best.update(value=None, step=-1, epoch=-1)
-                self.print(f"removed {best} (step {best_step}, after the resumed step {step})")
+        if best_step > step:
+            best.unlink()
+            self.best.update(value=None, step=-1, epoch=-1)
+            self.print(f"removed {best} (step {best_step}, after the resumed step {step})")
 
     # -- during the run
 
@@ -474,36 +538,45 @@ class Run:
             self.best.update(value=value, step=step, epoch=epoch)
         return better
 
-    def save(self, name: str, model, optimizer, scaler, progress: dict, extra: dict | None = None) -> None:
-        """Write a checkpoint (rank 0) and wait until it is complete on every rank, so no rank can
-        read a checkpoint that is still being written. Every rank must call it."""
+    def save(self, name: str, state: State = None, *legacy, **legacy_kw) -> None:
+        """Write a checkpoint of `state` (rank 0) and wait until it is complete on every rank, so no
+        rank can read a checkpoint that is still being written. Every rank must call it."""
+        if not isinstance(state, State):  # TODO(grammar): old call save(name, model, optimizer, scaler, progress, extra)
+            values = dict(zip(["model", "optimizer", "scaler", "progress", "extra"],
+                              ([state] if state is not None else []) + list(legacy)), **legacy_kw)
+            progress = values["progress"]
+            state = State(values["model"], values["optimizer"], values["scaler"], progress["step"], progress["epoch"],
+                          progress.get("batch_in_epoch", 0), values.get("extra") or {})
+            state.progress = lambda: progress
         rngs = [rng_state()]
         if _distributed():
             rngs = [None] * dist.get_world_size()
             dist.all_gather_object(rngs, rng_state())
         if is_main():
-            state = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": _plain(vars(self.args)),
-                     "config": self.config, "model": unwrap(model).state_dict(),
-                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "progress": {**progress, "log_rows": self.log_rows,
-                                  "world_size": dist.get_world_size() if _distributed() else 1},
-                     "best": dict(self.best),
-                     "rng": rngs, "extra": extra or {}}
+            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": _plain(vars(self.args)),
+                          "config": _plain(self.config), "model": unwrap(state.model).state_dict(),
+                          "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
+                          "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+                          "progress": {**state.progress(), "log_rows": self.log_rows,
+                                       "world_size": dist.get_world_size() if _distributed() else 1},
+                          "best": dict(self.best), "rng": rngs, "extra": _plain(state.meters)}
             path = self.dir / name
             free = shutil.disk_usage(self.dir).free
             if free < self.last_size:
                 raise RunDirError(f"not enough space to write {path}: the last checkpoint took "
                                   f"{self.last_size / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the previous "
                                   f"{name} is kept")
-            self.last_size = save_atomic(path, state)
+            self.last_size = save_atomic(path, checkpoint)
         barrier()
 
-    def save_periodic(self, step: int, *args, **kwargs) -> None:
+    def save_periodic(self, state: State, *legacy, **legacy_kw) -> None:
         """`step<N>.pt` beside last.pt, keeping the newest --keep-checkpoints of them."""
         if self.args.keep_checkpoints == 0:
             return
-        self.save(f"step{step:07d}.pt", *args, **kwargs)
+        if not isinstance(state, State):  # TODO(grammar): old call save_periodic(step, model, ...)
+            self.save(f"step{state:07d}.pt", *legacy, **legacy_kw)
+        else:
+            self.save(f"step{state.step:07d}.pt", state)
         if is_main():
             for old in sorted(self.dir.glob("step*.pt"))[: -self.args.keep_checkpoints]:
                 old.unlink()
@@ -613,9 +686,18 @@ def _stale_lock(path: Path) -> bool:
     return False
 
 
-def _plain(values: dict) -> dict:
-    """JSON- and pickle-friendly copy (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+def _plain(value):
+    """A copy in the types torch.load(weights_only=True) and JSON accept: paths and other objects
+    as strings, sets as sorted lists; tensors and plain values as they are."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return str(value)
 
 
 def _fmt(value):

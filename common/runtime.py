@@ -268,6 +268,16 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, len(self._indices()) - self.start_batch * self.batch_size)
 
 
+def make_loader(dataset, sampler: EpochSampler, workers: int, seed: int, epoch: int = 0,
+                collate_fn=None) -> torch.utils.data.DataLoader:
+    """The one DataLoader rule of every project: batches from the sampler's order, and a generator
+    from (seed, epoch) that seeds only the workers (the global RNG stays untouched: exact resume)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+        pin_memory=torch.cuda.is_available())
+
+
 # ----------------------------------------------------------------------------- optimizer helpers
 
 
@@ -290,7 +300,10 @@ def decay_param_groups(model: torch.nn.Module, weight_decay: float,
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state in types a weights_only checkpoint accepts (numpy's keys as a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -298,7 +311,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -5,7 +5,7 @@
     python deepfake_effnet_lstm/ablate.py --variants t8,t1 --seeds 1 -- --max-iters 10
 
 One run folder per variant and seed under --out (default runs/ablation/deepfake_effnet_lstm); the
-table of mean ± std is printed and written to <out>/ablation.md (common/ablation.py). Every run
+table of mean ± std is printed and written to <out>/ablation.md (common/tools/ablation.py). Every run
 scores best.pt (lowest validation loss) on the test split (--test); "val" is the last validation.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
-from common.ablation import run_ablation
+from common.tools.ablation import run_ablation
 from deepfake_effnet_lstm.train import main as train_main
 
 VARIANTS = {

@@ -11,7 +11,7 @@
    CPU the peak resident set size (ru_maxrss) of a fresh child process per T, so one T's peak does
    not hide the next (it includes the ~0.3-0.5 GB of the Python + torch runtime itself).
 
-Every time is measured as common/bench.py measures it (median wall time, CUDA synchronised).
+Every time is measured as common/tools/bench.py measures it (median wall time, CUDA synchronised).
 """
 
 import sys
@@ -26,7 +26,7 @@ import subprocess
 
 import torch
 
-from common.bench import StageTimer, method, time_it
+from common.tools.bench import StageTimer, method, time_it
 from common.runtime import EpochSampler, pick_device, seed_worker
 from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss

@@ -10,7 +10,7 @@ validation and test take them (data.VideoSequenceDataset); the video's P(fake) i
 sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake. A folder of
 icpr2020dfdc crops (frNNN_subjS.jpg) holding several people gives one row set per person (column
 subject), as training reads them.
-A video file is refused: `python -m common.video` turns videos into frame folders, whose faces must
+A video file is refused: `python -m common.tools.video` turns videos into frame folders, whose faces must
 then be cropped (the model was trained on face crops).
 --overlay DIR writes one PNG per video: the frames of its first sequence and the attention map the
 backbone applies to them.
@@ -29,7 +29,7 @@ from torchvision.utils import make_grid
 
 from common.images import natural_key
 from common.lifecycle import run_cli
-from common.predict import (
+from common.tools.predict import (
     colorbar,
     enlarge,
     eval_model,
@@ -75,7 +75,7 @@ def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         raise DataError(f"{path}: a video file; this model reads the face crops of a video as image files "
                         f"({', '.join(IMAGE_EXTENSIONS)}) in one folder per video: write its frames with "
-                        f"`python -m common.video {path} frames/`, crop the faces, and pass the folder")
+                        f"`python -m common.tools.video {path} frames/`, crop the faces, and pass the folder")
     if path.is_file():
         raise DataError(f"{path}: not a folder; give a folder of frames, a folder of such folders, or the dataset "
                         f"folder that holds index.csv")

@@ -41,7 +41,7 @@ from common.lifecycle import (
     run_cli,
 )
 from common.metrics import accuracy, average_precision, precision_recall_f1, roc_auc
-from common.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
+from common.tools.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
 from common.runtime import (
     DataError,
     DistInfo,

@@ -6,7 +6,7 @@ synthetic fine-grained data and from scratch.
     python dual_cross_attention/ablate.py --variants vit,dcal --seeds 1 -- --epochs 1
 
 One run folder per variant and seed under --out (default runs/ablation/dual_cross_attention); the
-table of mean ± std is printed and written to <out>/ablation.md (common/ablation.py). Test top-1
+table of mean ± std is printed and written to <out>/ablation.md (common/tools/ablation.py). Test top-1
 is softmax(SA) + softmax(GLCA) where GLCA exists, SA alone otherwise.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
-from common.ablation import run_ablation
+from common.tools.ablation import run_ablation
 from dual_cross_attention.train import main as train_main
 
 VARIANTS = {

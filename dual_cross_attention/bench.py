@@ -9,7 +9,7 @@
    autograd graph holds at the end of the forward; CUDA: torch.cuda.max_memory_allocated).
 4. Memory over 30 consecutive training steps (it must stay flat).
 CPU sizes are cut down (batch, image size) so the run stays within a few minutes; each line says
-what it ran. Times are measured as common/bench.py measures them (median wall time, CUDA synchronised,
+what it ran. Times are measured as common/tools/bench.py measures them (median wall time, CUDA synchronised,
 the compared models timed in turn).
 """
 
@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from common.bench import method, time_in_turn
+from common.tools.bench import method, time_in_turn
 from dual_cross_attention.model import DCAL, DCALConfig, derangement
 from dual_cross_attention.train import build_optimizer, compute_losses
 

@@ -24,7 +24,7 @@ from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
 
 from common.lifecycle import run_cli
-from common.predict import (
+from common.tools.predict import (
     batches,
     colorbar,
     enlarge,

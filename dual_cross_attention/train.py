@@ -40,7 +40,7 @@ from common.lifecycle import (
     run_cli,
 )
 from common.metrics import accuracy
-from common.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
+from common.tools.predict import colorbar, enlarge, pyplot_or_none, save_figure, sheet
 from common.runtime import (
     DataError,
     EpochSampler,

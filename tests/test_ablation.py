@@ -1,4 +1,4 @@
-"""The ablation commands (<project>/ablate.py over common/ablation.py) at a tiny size, the table
+"""The ablation commands (<project>/ablate.py over common/tools/ablation.py) at a tiny size, the table
 they write, and the synthetic fine-grained data of DCAL."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from caer_clip import ablate as caer_ablate
-from common.ablation import mean_std, run_ablation
+from common.tools.ablation import mean_std, run_ablation
 from deepfake_effnet_lstm import ablate as deepfake_ablate
 from dual_cross_attention import ablate as dcal_ablate
 from dual_cross_attention.data import DataConfig, SyntheticFineGrained, build_datasets

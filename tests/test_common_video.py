@@ -1,4 +1,4 @@
-"""common/video.py: raw videos to frame folders. The videos are written here with PyAV, 2 s at 10 fps,
+"""common/tools/video.py: raw videos to frame folders. The videos are written here with PyAV, 2 s at 10 fps,
 32x32, frame i a solid grey of level 10 + 12 i, so every written frame tells which source frame it is."""
 
 import csv
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from caer_clip import data as caer_data
-from common import video
+from common.tools import video
 from common.images import open_image
 from common.runtime import DataError
-from common.video import VideoError, even_indices, main
+from common.tools.video import VideoError, even_indices, main
 from deepfake_effnet_lstm import data as deepfake_data
 
 try:

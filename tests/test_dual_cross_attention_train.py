@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from common.lifecycle import Run
-from common.predict import TILE
+from common.tools.predict import TILE
 from common.runtime import ConfigMismatchError, DataError
 from dual_cross_attention.data import SyntheticParts
 from dual_cross_attention.train import evaluate_checkpoint, main

@@ -1,5 +1,5 @@
 """The pictures the training runs draw: each file is written where the READMEs say, big enough to read
-(every frame or image tile at least common.predict.TILE px), and built from the run's own numbers."""
+(every frame or image tile at least common.tools.predict.TILE px), and built from the run's own numbers."""
 
 import importlib.util
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.predict import TILE
+from common.tools.predict import TILE
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS as DFD_TINY
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="pictures need matplotlib")

@@ -352,7 +352,7 @@ def test_deepfake_effnet_lstm_errors(deepfake, tmp_path):
     with pytest.raises(CheckpointError, match="visobert_multitask.pt"):
         main(["--checkpoint", str(foreign_checkpoint(tmp_path, "visobert_multitask")), str(deepfake["data"])])
     (tmp_path / "video.mp4").write_bytes(b"\0")
-    with pytest.raises(DataError, match="video.mp4: a video file.*common.video.*crop the faces"):
+    with pytest.raises(DataError, match="video.mp4: a video file.*common.tools.video.*crop the faces"):
         main(["--checkpoint", ckpt, str(tmp_path / "video.mp4")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty holds no frames"):

@@ -6,7 +6,7 @@ sentence vectors, see train.py).
     python visobert_multitask/ablate.py --variants both,focal --seeds 1 -- --epochs 1
 
 One run folder per variant and seed under --out (default runs/ablation/visobert_multitask); the
-table of mean ± std is printed and written to <out>/ablation.md (common/ablation.py). "val" is the
+table of mean ± std is printed and written to <out>/ablation.md (common/tools/ablation.py). "val" is the
 last epoch's validation, "test" the best epoch's weights on the test split.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
-from common.ablation import run_ablation
+from common.tools.ablation import run_ablation
 from visobert_multitask.train import main as train_main
 
 VARIANTS = {

@@ -6,7 +6,7 @@ two-pass step (one encoder pass per loss), at the tiny and at a ViSoBERT-sized c
 
 Reports median step time, the one-pass / two-pass ratio (the seed claims ~70 vs ~160 ms, i.e.
 <= ~0.45; below 0.6 is the target here: the optimizer step is paid once either way) and tokens/s.
-Times are measured as common/bench.py measures them (median wall time, CUDA synchronised, the two
+Times are measured as common/tools/bench.py measures them (median wall time, CUDA synchronised, the two
 steps timed in turn).
 """
 
@@ -19,7 +19,7 @@ import argparse
 
 import torch
 
-from common.bench import method, time_in_turn
+from common.tools.bench import method, time_in_turn
 from common.runtime import autocast, autocast_dtype, pick_device
 from visobert_multitask.losses import (
     NUM_STATES,

@@ -21,7 +21,7 @@ import unicodedata
 import torch
 
 from common.lifecycle import CheckpointError, run_cli
-from common.predict import eval_model, existing, open_run, predict_parser, write_rows
+from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
 from common.runtime import DataError, autocast_dtype, read_text
 from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit
 from visobert_multitask.model import AspectSentimentModel, ModelConfig

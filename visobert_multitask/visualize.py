@@ -26,9 +26,9 @@ import re
 import torch
 import torch.nn as nn
 
-from common.bench import StageTimer
+from common.tools.bench import StageTimer
 from common.lifecycle import load_model_state, load_run_checkpoint
-from common.predict import pyplot_or_none
+from common.tools.predict import pyplot_or_none
 from visobert_multitask.bench import compare, make_batch
 from visobert_multitask.losses import (
     NUM_STATES,
@@ -76,7 +76,7 @@ def loss_formula(loss: LossConfig) -> str:
 
 
 def stage_times(model, batch: dict, loss: LossConfig, iters: int = 10) -> dict[str, float]:
-    """Median milliseconds per stage of a one-pass training step (common/bench.py's StageTimer),
+    """Median milliseconds per stage of a one-pass training step (common/tools/bench.py's StageTimer),
     with the run's loss settings."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     targets = batch["labels"]

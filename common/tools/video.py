@@ -1,7 +1,7 @@
 """Raw videos to the frame folders the readers expect: DAiSEE `.avi` clips for caer_clip,
 FaceForensics++ / DFDC `.mp4` videos for deepfake_effnet_lstm.
 
-    python -m common.video SRC_DIR OUT_DIR [--fps F | --frames-per-video N] [--ext jpg|png]
+    python -m common.tools.video SRC_DIR OUT_DIR [--fps F | --frames-per-video N] [--ext jpg|png]
                            [--size S] [--layout caer_clip|deepfake_effnet_lstm] [--workers K]
 
 Every video under SRC_DIR (.avi .mp4 .mov .mkv .webm, recursively, in natural order) becomes one
@@ -79,7 +79,7 @@ def import_av():
     try:
         import av
     except ImportError:
-        raise SystemExit(f"common/video.py: error: {INSTALL_HINT}") from None
+        raise SystemExit(f"common/tools/video.py: error: {INSTALL_HINT}") from None
     return av
 
 
@@ -307,7 +307,7 @@ def write_index_stub(out: Path, folders: list[Path]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m common.video", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m common.tools.video", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, metavar="SRC_DIR", help="folder searched recursively for videos, or one video")
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="the --data-root the frame folders go to")
     sampling = parser.add_mutually_exclusive_group()
