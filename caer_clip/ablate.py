@@ -13,7 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
-from caer_clip.train import main as train_main
 from common.tools.ablation import run_ablation
 
 VARIANTS = {
@@ -28,7 +27,7 @@ BASE_FLAGS = ["--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("caer_clip", train_main, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation("caer_clip", VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
 
 
 if __name__ == "__main__":

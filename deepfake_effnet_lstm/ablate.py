@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 from common.tools.ablation import run_ablation
-from deepfake_effnet_lstm.train import main as train_main
 
 VARIANTS = {
     "t8": [],  # the demo: 8 frames, sigmoid-gate attention
@@ -30,7 +29,7 @@ BASE_FLAGS = ["--test", "--no-overlays", "--no-tensorboard", "--keep-checkpoints
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("deepfake_effnet_lstm", train_main, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation("deepfake_effnet_lstm", VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ they write, and the synthetic fine-grained data of DCAL."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,8 +88,8 @@ def test_deepfake_no_attention_removes_the_module(ablations, capsys):
     from deepfake_effnet_lstm.train import main
 
     out, _, _ = ablations("deepfake_effnet_lstm", capsys)
-    with_attention = torch.load(out / "t1" / "seed0" / "last.pt", weights_only=False)["model"]
-    without = torch.load(out / "t8-no-attention" / "seed0" / "last.pt", weights_only=False)["model"]
+    with_attention = torch.load(out / "t1" / "seed0" / "last.pt", weights_only=True)["model"]
+    without = torch.load(out / "t8-no-attention" / "seed0" / "last.pt", weights_only=True)["model"]
     assert any(key.startswith("attention.") for key in with_attention)
     assert set(without) == {key for key in with_attention if not key.startswith("attention.")}
     with pytest.raises(SystemExit):
@@ -97,41 +98,42 @@ def test_deepfake_no_attention_removes_the_module(ablations, capsys):
 
 
 def _fake_train(results_by_seed):
-    """A train.py main that writes results.json at once: the value depends on the seed."""
+    """In place of the train.py process: writes results.json at once, the value depends on the seed."""
     calls = []
 
-    def main(argv):
+    def main(project, argv, log):
         out = argv[argv.index("--out") + 1]
         seed = int(argv[argv.index("--seed") + 1])
         calls.append(argv)
-        from pathlib import Path
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps({"test": {"acc": results_by_seed[seed]}}))
-        return {}
     return main, calls
 
 
-def test_mean_std_over_seeds_reuse_and_refusals(tmp_path, capsys):
-    train, calls = _fake_train({0: 0.5, 1: 0.7, 2: 0.9})
+def test_mean_std_over_seeds_reuse_and_refusals(tmp_path, capsys, monkeypatch):
+    from common.tools import ablation
+
+    fake, calls = _fake_train({0: 0.5, 1: 0.7, 2: 0.9})
+    monkeypatch.setattr(ablation, "train", fake)
     variants = {"a": ["--flag-a"], "b": []}
     metrics = {"test acc": "test.acc", "absent": "test.other"}
     out = str(tmp_path / "abl")
-    summary = run_ablation("demo", train, variants, metrics, ["--out", out, "--", "--epochs", "1"], ["--base"])
+    summary = run_ablation("demo", variants, metrics, ["--out", out, "--", "--epochs", "1"], ["--base"])
     rows = _table(summary["markdown"])[2:]
     assert [r[:5] for r in rows] == [["a", "`--flag-a`", "3", "0.700 ± 0.200", "-"],
                                      ["b", "(defaults)", "3", "0.700 ± 0.200", "-"]]
     assert calls[0] == ["--base", "--flag-a", "--epochs", "1", "--seed", "0", "--out", f"{out}/a/seed0"]
     with pytest.raises(SystemExit, match="--reuse"):  # a used output root is refused
-        run_ablation("demo", train, variants, metrics, ["--out", out])
+        run_ablation("demo", variants, metrics, ["--out", out])
     calls.clear()
-    again = run_ablation("demo", train, variants, metrics, ["--out", out, "--reuse", "--", "--epochs", "1"], ["--base"])
+    again = run_ablation("demo", variants, metrics, ["--out", out, "--reuse", "--", "--epochs", "1"], ["--base"])
     assert calls == [] and again["markdown"] == summary["markdown"]  # same flags: read, not trained
-    run_ablation("demo", train, variants, metrics, ["--out", out, "--reuse", "--variants", "b", "--seeds", "1"],
+    run_ablation("demo", variants, metrics, ["--out", out, "--reuse", "--variants", "b", "--seeds", "1"],
                  ["--base"])
     assert calls == [["--base", "--seed", "0", "--out", f"{out}/b/seed0", "--overwrite"]]  # other flags: trained
     assert len(json.loads((tmp_path / "abl" / "ablation.json").read_text())["runs"]) == 6  # the others kept
     with pytest.raises(SystemExit):
-        run_ablation("demo", train, variants, metrics, ["--out", out, "--variants", "a,c"])
+        run_ablation("demo", variants, metrics, ["--out", out, "--variants", "a,c"])
     assert "unknown ['c']" in capsys.readouterr().err
     assert mean_std([0.25]) == "0.250 ± n/a" and mean_std([None, float("nan")]) == "-"
 

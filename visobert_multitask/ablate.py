@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 from common.tools.ablation import run_ablation
-from visobert_multitask.train import main as train_main
 
 VARIANTS = {
     "both": [],  # the demo: 0.8 focal + 0.2 SupCon
@@ -30,7 +29,7 @@ BASE_FLAGS = ["--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("visobert_multitask", train_main, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation("visobert_multitask", VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@ sequence, at the demo budget, and a table of mean +- std per metric.
 
     VARIANTS = {"full": [], "no-context": ["--no-context"]}          # variant -> train.py flags
     METRICS = {"test UAR": "test.uar", "best val UAR": "best.value"}  # column -> key in results.json
-    run_ablation("caer_clip", train.main, VARIANTS, METRICS, argv)
+    run_ablation("caer_clip", VARIANTS, METRICS, argv)
 
-Each run gets its own folder `<out>/<variant>/seed<N>` (the usual run folder of train.py) and
-its printed output in `<out>/<variant>/seed<N>.log`; the numbers come from the run's
+Each run is `python <project>/train.py ...` in its own process (with this process's torch thread
+count), in its own folder `<out>/<variant>/seed<N>` (the usual run folder of train.py), its
+printed output in `<out>/<variant>/seed<N>.log`; the numbers come from the run's
 results.json. The table is printed and written to `<out>/ablation.md`, the per-run numbers and
 commands to `<out>/ablation.json`. `--reuse` reads the runs that already finished with the same
 flags instead of training them again (an interrupted ablation continues where it stopped).
@@ -15,21 +16,22 @@ flags instead of training them again (an interrupted ablation continues where it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from common.cli import at_least
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_parser(project: str, variants: dict[str, list[str]], description: str | None) -> argparse.ArgumentParser:
@@ -119,11 +121,24 @@ def _finished_run(previous: list[dict], run_dir: Path, argv: list[str]) -> dict 
     return next((run for run in previous if run["run_dir"] == str(run_dir) and run["argv"] == argv), None)
 
 
-def run_ablation(project: str, train_main: Callable[[list[str]], dict], variants: dict[str, list[str]],
-                 metrics: dict[str, str], argv: list[str] | None = None, base_flags: list[str] | None = None,
+def train(project: str, argv: list[str], log: Path) -> None:
+    """`python <project>/train.py argv` in a child process, its output in `log`; a failed run stops
+    the ablation naming its log."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, str(ROOT / project / "train.py"), *argv]
+    with open(log, "w") as f:
+        print(f"python {project}/train.py " + shlex.join(argv), file=f, flush=True)
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        last = log.read_text().strip().splitlines()[-1:] or [""]
+        raise SystemExit(f"{project}/ablate.py: error: the run failed (exit {done.returncode}): {last[0][:200]}; "
+                         f"its output is in {log}")
+
+
+def run_ablation(project: str, variants: dict[str, list[str]], metrics: dict[str, str],
+                 argv: list[str] | None = None, base_flags: list[str] | None = None,
                  description: str | None = None) -> dict:
-    """Train every chosen variant for seeds 0..N-1, one run after another in this process, and
-    tabulate. `base_flags` go to every run before the variant's own flags (settings that change
+    """Train every chosen variant for seeds 0..N-1, one run after another, and tabulate. `base_flags` go to every run before the variant's own flags (settings that change
     what is written, never what is trained); the flags after `--` come last and win.
 
     Returns {"command", "machine", "rows", "markdown", "out", "wall_s"}; rows[i]["runs"] hold each run's metrics."""
@@ -158,9 +173,7 @@ def run_ablation(project: str, train_main: Callable[[list[str]], dict], variants
             log = out / name / f"seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
-            with open(log, "w") as f, contextlib.redirect_stdout(f):
-                print(f"python {project}/train.py " + shlex.join(train_argv_run), flush=True)
-                train_main(train_argv_run)
+            train(project, train_argv_run, log)
             wall = time.time() - t0
             results = json.loads((run_dir / "results.json").read_text())
             run = {"variant": name, "seed": seed, "run_dir": str(run_dir), "argv": train_argv, "wall_s": wall,

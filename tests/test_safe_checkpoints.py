@@ -1,0 +1,76 @@
+"""Opening a checkpoint from elsewhere runs no code: every program that reads one loads it with
+torch.load(weights_only=True), so a pickle that would create a file when unpickled is refused,
+unopened, with one line naming the checkpoint."""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.lifecycle import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Trap:
+    """Unpickling this calls os.system: the file `target` appears if anything unpickles it."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.target}",)
+
+
+def _evil_checkpoint(tmp_path: Path, project: str) -> tuple[Path, Path]:
+    target, path = tmp_path / "PWNED", tmp_path / "evil" / "best.pt"
+    path.parent.mkdir()
+    torch.save({"format": 2, "project": project, "model": {}, "extra": _Trap(target)}, path)
+    return path, target
+
+
+def _inputs(tmp_path: Path, project: str) -> list[str]:
+    """Arguments that make each predict.py reach its checkpoint (the inputs exist)."""
+    folder = tmp_path / "inputs"
+    folder.mkdir(exist_ok=True)
+    (folder / "1.png").write_bytes(b"")
+    return {"caer_clip": [str(folder)], "dual_cross_attention": [str(folder / "1.png")],
+            "deepfake_effnet_lstm": [str(folder)], "visobert_multitask": ["--text", "một câu"]}[project]
+
+
+PROGRAMS = [(project, program) for project in ("caer_clip", "dual_cross_attention", "deepfake_effnet_lstm",
+                                               "visobert_multitask") for program in ("train", "predict")]
+
+
+@pytest.mark.parametrize("project,program", PROGRAMS + [("dual_cross_attention", "rollout_hits")])
+def test_a_checkpoint_that_would_run_code_is_refused_unopened(project, program, tmp_path, monkeypatch):
+    evil, target = _evil_checkpoint(tmp_path, project)
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"{project}.{program}").main
+    argv = {"train": ["--resume", str(evil)], "predict": ["--checkpoint", str(evil), *_inputs(tmp_path, project)],
+            "rollout_hits": [str(evil.parent)]}[program]
+    with pytest.raises(CheckpointError, match=str(evil)) as caught:
+        main(argv)
+    assert "posix.system" in str(caught.value) or "system" in str(caught.value)
+    assert not target.exists(), f"{project}/{program}.py ran the checkpoint's code"
+
+
+def test_the_checkpoint_evaluation_refuses_it_too(tmp_path):
+    from common.lifecycle import load_run_checkpoint
+
+    evil, target = _evil_checkpoint(tmp_path, "caer_clip")
+    with pytest.raises(CheckpointError, match="refused without unpickling"):
+        load_run_checkpoint(evil, "caer_clip")
+    assert not target.exists()
+
+
+def test_the_refusal_is_one_line_naming_the_file(tmp_path):
+    evil, target = _evil_checkpoint(tmp_path, "caer_clip")
+    done = subprocess.run([sys.executable, str(ROOT / "caer_clip" / "predict.py"), "--checkpoint", str(evil),
+                           *_inputs(tmp_path, "caer_clip")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and not target.exists()
+    assert done.stderr.count("\n") == 1 and str(evil) in done.stderr and "Traceback" not in done.stderr, done.stderr
