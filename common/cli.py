@@ -32,11 +32,17 @@ import dataclasses
 import functools
 import inspect
 import io
+import os
 import sys
 import tokenize
 import types
 import typing
 from collections.abc import Callable, Sequence
+
+import torch
+
+from common.checkpoint import load_run_checkpoint
+from common.runtime import AMP_MODES, ConfigMismatchError
 
 
 def arg(default, help: str, *, check: Callable | None = None, choices: Sequence | None = None,
@@ -162,3 +168,85 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
             probe.add_argument(*action.option_strings, **kwargs)
     seen, _ = probe.parse_known_args(argv)
     return set(vars(seen))
+
+
+# ----------------------------------------------------------------------------- the flags every train.py shares
+
+
+def device_name(text: str) -> str:
+    """`--device`: auto, cpu, cuda or cuda:N, checked against this machine at parse time."""
+    if text in ("auto", "cpu"):
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        count = torch.cuda.device_count()
+        index = int(text[5:]) if ":" in text else 0
+        if index >= count:
+            raise argparse.ArgumentTypeError(f"must be a CUDA device of this machine, which has {count} (got {text})")
+        return text
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (got {text})")
+
+
+def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: int, log_interval: int) -> None:
+    """The flags every train.py shares, with the same names and checks in all four."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help=f"run folder (default: the next free {default_out}, "
+                   f"{default_out}-2, ...; an explicit folder that holds a run needs --resume or --overwrite)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, e.g. <out>/last.pt; "
+                   "settings not given on the command line come from the checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in an explicit --out folder")
+    g.add_argument("--seed", type=between(0, 2**32 - 1, int), default=0,
+                   help="seeds weights, data order and augmentation (default: %(default)s)")
+    g.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    g.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_MODES[:3],
+                   help="autocast on CUDA: auto = bf16 where the GPU supports it, else fp16 with loss "
+                        "scaling; bf16 / fp16 force one (default: %(default)s; no effect on CPU)")
+    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="plain fp32 on CUDA too")
+    g.add_argument("--workers", type=between(0, 4 * (os.cpu_count() or 1), int), default=0,
+                   help="DataLoader worker processes, at most 4 per CPU core (default: %(default)s)")
+    g.add_argument("--log-interval", type=at_least(1), default=log_interval,
+                   help="optimizer steps between training log lines (default: %(default)s)")
+    g.add_argument("--ckpt-interval", type=at_least(0), default=ckpt_interval,
+                   help="optimizer steps between last.pt writes, besides every epoch end and every stop "
+                        "(0: epoch ends only; default: %(default)s)")
+    g.add_argument("--keep-checkpoints", type=at_least(0), default=2,
+                   help="periodic checkpoints kept besides last.pt and best.pt (default: %(default)s)")
+
+
+# Settings that say where and how a run executes, not what it computes: never taken from a checkpoint.
+PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers")
+
+
+def parse_with_resume(parser: argparse.ArgumentParser, argv, project: str):
+    """Parse the command line; with --resume, every setting the command line leaves unset comes
+    from the checkpoint, so `train.py --resume <out>/last.pt` alone continues the same run.
+
+    Returns (namespace, checkpoint or None). The checkpoint is loaded and checked here, before
+    anything is written anywhere."""
+    args = parser.parse_args(argv)
+    if not args.resume:
+        return args, None
+    checkpoint = load_run_checkpoint(args.resume, project)
+    given = explicit_dests(parser, argv)
+    for key, value in checkpoint["args"].items():
+        if key not in given and key not in PLACE_ARGS and hasattr(args, key):
+            setattr(args, key, value)
+    return args, checkpoint
+
+
+def check_resume_config(checkpoint: dict, config: dict, keys, path) -> None:
+    """Raise ConfigMismatchError naming every key that must match on resume and does not."""
+    saved, now = _flatten(checkpoint["config"]), _flatten(config)
+    differing = [f"{k}: checkpoint={saved.get(k)!r} now={now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    if differing:
+        raise ConfigMismatchError(f"--resume {path}: the checkpoint was written with a different configuration: "
+                                  + "; ".join(differing) + " (drop these flags to continue it as it was)")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        flat[prefix + key] = value
+        flat.setdefault(key, value)  # also reachable by its bare name
+    return flat

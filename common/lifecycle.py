@@ -1,24 +1,42 @@
-"""The run lifecycle every train.py goes through, written once.
+"""The run lifecycle every train.py goes through, written once. A whole run, small enough to try
+(`tests/test_lifecycle.py` runs this example):
 
-    args, explicit = parse_args(...)                        # flags, checked at parse time
-    resumed = resume_from(args.resume, PROJECT, ...)        # a checked checkpoint, or None
-    run = Run(PROJECT, args.out, ...)                       # folder + lock; nothing written yet
-    ... build data, model, optimizer ...
-    progress = run.restore(model, optimizer, scaler)        # state dicts, with clear errors
-    run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))  # space, config.json, log.csv, signals
-    for epoch ...:
-        train_one_epoch(...)                                # calls run.log / run.should_stop
-        run.save("last.pt", ...)                            # rank 0 writes, every rank waits
-    run.load_best(model); evaluate(test)
-    run.finish(results)                                     # results.json, lock released
+    import argparse, torch
+    from common.cli import parse_with_resume, run_args
+    from common.lifecycle import Run, State, checkpoint_bytes
 
-The pieces, each a plain function or a small object that can be copied out:
-- run folders: a default `--out` takes the next free `runs/<project>[-N]`; an explicit used
-  folder is refused unless resumed or `--overwrite`n; one process at a time holds `.lock`;
-- one checkpoint schema for all projects, validated on load with errors that name the file;
-- the log resumes by its row count, stored in the checkpoint;
-- SIGTERM / SIGINT / SIGUSR1 finish the step, save last.pt and exit non-zero;
-- barriers around every checkpoint another rank reads.
+    parser = argparse.ArgumentParser()
+    run_args(parser, "runs/demo", ckpt_interval=0, log_interval=1)       # --out, --resume, --seed, ...
+    args, resumed = parse_with_resume(parser, ["--out", "runs/demo"], "demo")  # a checked checkpoint or None
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    with Run("demo", args, {"lr": 0.1}, "runs/demo", resumed, best_metric="loss", best_mode="min") as run:
+        state = State(model, optimizer, scaler=None)
+        run.restore(state)                          # weights, optimiser, step, epoch, meters of --resume
+        run.open(["step", "epoch", "loss"], checkpoint_bytes(model, optimizer))  # config.json, log.csv, signals
+        while state.epoch < 3:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            run.log({"step": state.step, "epoch": state.epoch, "loss": loss})
+            if run.should_stop():                   # SIGTERM / SIGINT / SIGUSR1: save, say how to resume
+                run.save("last.pt", state)
+                run.exit_stopped(state.step)
+            state.epoch += 1
+            if run.improved(loss.item(), state.step, state.epoch):
+                run.save("best.pt", state)           # rank 0 writes, every rank waits
+            run.save("last.pt", state)
+        run.load_best(model)                         # the test split is scored with best.pt's weights
+        run.finish({"best": run.best})               # results.json, lock released
+
+What it keeps (RUNS.md says it for users): a default `--out` takes the next free
+`runs/<project>[-N]`, an explicit used folder is refused unless resumed or `--overwrite`n, and
+one process at a time holds `.lock`; one checkpoint schema (common/checkpoint.py); log.csv resumes
+by the row count stored in each checkpoint; stop signals finish the step, save last.pt and exit
+non-zero; a barrier after every checkpoint another rank reads.
 """
 
 from __future__ import annotations
@@ -30,22 +48,30 @@ import io
 import json
 import math
 import os
-import pickle
-import re
 import shutil
 import signal
 import socket
 import sys
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from common.checkpoint import (  # noqa: F401 (the checkpoint API is part of the lifecycle's)
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEYS,
+    CheckpointError,
+    checkpoint_bytes,
+    load_model_state,
+    load_optimizer_state,
+    load_run_checkpoint,
+    read_checkpoint_file,
+    save_atomic,
+)
+from common.cli import check_resume_config, parse_with_resume, run_args  # noqa: F401 (see checkpoint above)
 from common.runtime import (
-    AMP_MODES,
     ConfigMismatchError,
     RunDirError,
     is_main,
@@ -54,15 +80,7 @@ from common.runtime import (
     unwrap,
 )
 
-# Format 2: only tensors and plain values (loadable with weights_only=True); format 1 held numpy arrays.
-CHECKPOINT_FORMAT = 2
-CHECKPOINT_KEYS = ("format", "project", "args", "config", "model", "optimizer", "scaler", "progress", "best",
-                   "rng", "extra")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: the message names the file and what is wrong with it."""
 
 
 @dataclass
@@ -103,198 +121,6 @@ def _distributed() -> bool:
 def barrier() -> None:
     if _distributed():
         dist.barrier()
-
-
-# ----------------------------------------------------------------------------- arguments
-
-
-def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: int, log_interval: int) -> None:
-    """The flags every train.py shares, with the same names and checks in all four."""
-    from common.cli import at_least
-
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", default=None, help=f"run folder (default: the next free {default_out}, "
-                   f"{default_out}-2, ...; an explicit folder that holds a run needs --resume or --overwrite)")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from, e.g. <out>/last.pt; "
-                   "settings not given on the command line come from the checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace the run in an explicit --out folder")
-    g.add_argument("--seed", type=at_least(0), default=0, help="seeds weights, data order and augmentation "
-                   "(default: %(default)s)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    g.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_MODES[:3],
-                   help="autocast on CUDA: auto = bf16 where the GPU supports it, else fp16 with loss "
-                        "scaling; bf16 / fp16 force one (default: %(default)s; no effect on CPU)")
-    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="plain fp32 on CUDA too")
-    g.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes (default: %(default)s)")
-    g.add_argument("--log-interval", type=at_least(1), default=log_interval,
-                   help="optimizer steps between training log lines (default: %(default)s)")
-    g.add_argument("--ckpt-interval", type=at_least(0), default=ckpt_interval,
-                   help="optimizer steps between last.pt writes, besides every epoch end and every stop "
-                        "(0: epoch ends only; default: %(default)s)")
-    g.add_argument("--keep-checkpoints", type=at_least(0), default=2,
-                   help="periodic checkpoints kept besides last.pt and best.pt (default: %(default)s)")
-
-
-# Settings that say where and how a run executes, not what it computes: never taken from a checkpoint.
-PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers")
-
-
-def parse_with_resume(parser: argparse.ArgumentParser, argv, project: str):
-    """Parse the command line; with --resume, every setting the command line leaves unset comes
-    from the checkpoint, so `train.py --resume <out>/last.pt` alone continues the same run.
-
-    Returns (namespace, checkpoint or None). The checkpoint is loaded and checked here, before
-    anything is written anywhere."""
-    from common.cli import explicit_dests
-
-    args = parser.parse_args(argv)
-    if not args.resume:
-        return args, None
-    checkpoint = load_run_checkpoint(args.resume, project)
-    given = explicit_dests(parser, argv)
-    for key, value in checkpoint["args"].items():
-        if key not in given and key not in PLACE_ARGS and hasattr(args, key):
-            setattr(args, key, value)
-    return args, checkpoint
-
-
-def check_resume_config(checkpoint: dict, config: dict, keys, path) -> None:
-    """Raise ConfigMismatchError naming every key that must match on resume and does not."""
-    saved, now = _flatten(checkpoint["config"]), _flatten(config)
-    differing = [f"{k}: checkpoint={saved.get(k)!r} now={now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
-    if differing:
-        raise ConfigMismatchError(f"--resume {path}: the checkpoint was written with a different configuration: "
-                                  + "; ".join(differing) + " (drop these flags to continue it as it was)")
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        flat[prefix + key] = value
-        flat.setdefault(key, value)  # also reachable by its bare name
-    return flat
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def load_run_checkpoint(path: str | os.PathLike, project: str, map_location="cpu") -> dict:
-    """A run checkpoint of `project`, or a CheckpointError that names the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = read_checkpoint_file(path, map_location)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training checkpoint")
-    if "format" not in state:
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: a bare state_dict (weights only), not a training checkpoint; "
-                                  "it can be loaded as pretrained weights, not resumed")
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
-        raise CheckpointError(f"{path}: not a checkpoint of this repository (missing keys {missing})")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this code reads {CHECKPOINT_FORMAT}")
-    if state.get("project") != project:
-        raise CheckpointError(f"{path}: written by {state.get('project')!r}, not {project!r}")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete checkpoint, missing keys {missing}")
-    return state
-
-
-def read_checkpoint_file(path: Path, map_location="cpu"):
-    """torch.load(weights_only=True) with the failures told apart: empty, truncated, not a PyTorch
-    file, or a pickle of objects other than tensors and plain values (refused unopened: unpickling
-    them could run code, so a checkpoint from elsewhere is as safe to open as one's own)."""
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint (a save that never finished?)")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if unsafe:  # the safe unpickler met a reference to a Python callable or class
-            raise CheckpointError(f"{path}: refers to the Python object {unsafe.group(1)}, not only tensors and plain "
-                                  f"values; refused without unpickling it (that could run code). Checkpoints of this "
-                                  f"repository before format {CHECKPOINT_FORMAT} held numpy arrays and are refused "
-                                  f"too") from None
-        if head.startswith(b"PK"):
-            raise CheckpointError(f"{path}: truncated or damaged ({size} bytes; the zip archive cannot be "
-                                  f"read: {first[:120]})") from e
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (starts with {head!r})") from e
-
-
-def load_model_state(model: torch.nn.Module, state: dict, path) -> None:
-    """load_state_dict(strict) with one error naming the file, missing/unexpected keys and shapes."""
-    own = unwrap(model).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(items):
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-        problems = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
-                    f"other shapes (checkpoint vs model) {few(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{path}: the weights do not fit this model: " + "; ".join(p for p in problems if p))
-    unwrap(model).load_state_dict(state)
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path) -> None:
-    """Refuse an optimiser state whose groups do not match this run's (other frozen parts, other
-    parameter grouping), instead of torch's error about 'parameter groups'."""
-    saved = [len(g["params"]) for g in state["param_groups"]]
-    now = [len(g["params"]) for g in optimizer.param_groups]
-    if saved != now:
-        raise CheckpointError(f"{path}: other optimiser layout: parameters per group {saved} in the checkpoint, "
-                              f"{now} in this run (a flag that freezes or regroups parameters differs)")
-    optimizer.load_state_dict(state)
-
-
-def checkpoint_bytes(*objects) -> int:
-    """Bytes of the tensors a checkpoint of these modules / optimisers will hold. An optimiser
-    that has not stepped yet has no state: Adam-like ones are counted as 2 buffers per parameter."""
-    total = 0
-    for obj in objects:
-        if isinstance(obj, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in unwrap(obj).state_dict().values())
-        elif isinstance(obj, torch.optim.Optimizer):
-            buffers = sum(t.numel() * t.element_size() for s in obj.state.values() for t in s.values()
-                          if isinstance(t, torch.Tensor))
-            params = sum(p.numel() * p.element_size() for g in obj.param_groups for p in g["params"])
-            total += buffers or 2 * params
-    return total
-
-
-def save_atomic(path: Path, state: dict) -> int:
-    """Write `<path>.tmp`, fsync, rename over `path`; returns the bytes written.
-
-    Any failure removes the `.tmp` and keeps the previous checkpoint; a full disk is said in words."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:  # KeyboardInterrupt and SystemExit too: never leave a .tmp behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):
-            free = shutil.disk_usage(path.parent).free / 2**20
-            raise RunDirError(f"writing {path} failed ({free:.1f} MB free on its disk; "
-                              f"{'the disk is full' if free < 1 or _no_space(e) else str(e).splitlines()[0]}); "
-                              f"the previous {path.name} is kept") from e
-        raise
-    return path.stat().st_size
-
-
-def _no_space(e: BaseException) -> bool:
-    return getattr(e, "errno", None) == 28 or "No space left" in str(e) or "unexpected pos" in str(e)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -628,11 +454,18 @@ class Run:
     # -- the end
 
     def finish(self, results: dict) -> None:
-        """results.json (rank 0), then release the folder."""
+        """results.json (rank 0), then release the folder. A stop signal that came during the final
+        test let it finish: results.json is complete, and the exit status (128 + signal) still tells
+        the scheduler that the job was stopped."""
         if is_main():
             with open(self.dir / "results.json", "w") as f:
                 json.dump(_plain(results), f, indent=2, sort_keys=True, default=str)
         self.close()
+        if self._stop_signal is not None:
+            name = signal.Signals(self._stop_signal).name
+            self.print(f"{name} received during the final test; it finished and {self.dir / 'results.json'} is "
+                       f"written. Nothing is left to resume.")
+            raise SystemExit(128 + self._stop_signal)
 
     def close(self) -> None:
         """Restore the signal handlers and release the lock (idempotent; also right on errors)."""

@@ -47,7 +47,9 @@ class Spec:
 COMMON_BAD = [(["--batch-size", "0"], "--batch-size"), (["--epochs", "0"], "--epochs"), (["--lr", "-0.01"], "--lr"),
               (["--log-interval", "0"], "--log-interval"), (["--ckpt-interval", "-1"], "--ckpt-interval"),
               (["--grad-clip", "-1"], "--grad-clip"), (["--val-interval", "0"], "--val-interval"),
-              (["--warmup-steps", "-1"], "--warmup-steps"), (["--max-iters", "0"], "--max-iters")]
+              (["--warmup-steps", "-1"], "--warmup-steps"), (["--max-iters", "0"], "--max-iters"),
+              (["--device", "tpu9"], "--device"), (["--device", "cuda:99"], "--device"),
+              (["--seed", str(2**64)], "--seed"), (["--workers", "100000"], "--workers")]
 
 SPECS: dict[str, Spec] = {
     "caer_clip": Spec(
@@ -516,3 +518,43 @@ def test_resuming_an_older_periodic_checkpoint_drops_the_abandoned_branch(tmp_pa
         run.open(["step"], 1)
         assert run.best["value"] is None  # its best.pt was from the abandoned branch
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["step0000100.pt", "step0000200.pt"]
+
+
+def test_the_lifecycle_docstring_example_runs(tmp_path, monkeypatch):
+    """common/lifecycle.py opens with a whole run; it must run as written."""
+    import common.lifecycle as lifecycle
+
+    doc = lifecycle.__doc__
+    block = doc[doc.index("    import argparse"):doc.index("\nWhat it keeps")]
+    monkeypatch.chdir(tmp_path)
+    exec("\n".join(line[4:] for line in block.splitlines()), {})
+    rows = (tmp_path / "runs" / "demo" / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss" and len(rows) == 4
+    assert {"best.pt", "last.pt", "results.json", "config.json"} <= {p.name for p in (tmp_path / "runs/demo").iterdir()}
+
+
+def test_a_damaged_best_pt_stops_a_step_resume_before_anything_is_deleted(tmp_path):
+    """Resuming step<N>.pt must know whether best.pt is from a later step; a damaged best.pt is an
+    error naming it, and the later step<M>.pt is still there (it was deleted before the read)."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    for step in (100, 200, 300):
+        torch.save({"step": step}, run_dir / f"step{step:07d}.pt")
+    (run_dir / "best.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match="best.pt"):
+        with Run("p", _run_namespace(out=str(run_dir), resume=str(run_dir / "step0000200.pt")), {}, "runs/p",
+                 _resumed(200)) as run:
+            run.open(["step"], 1)
+    assert (run_dir / "step0000300.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_stop_signal_during_the_final_test_is_not_swallowed(project, tmp_path):
+    """SIGTERM as the final test begins: the test finishes, results.json is written, a line says
+    so, and the exit status is 143 (before: exit 0, as if nothing had happened)."""
+    run = tmp_path / "r"
+    stopped = _train(project, [*SPECS[project].tiny, "--out", str(run)], wrapper=[HOOKS, "signal-at-test", "SIGTERM"])
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "SIGTERM received during the final test" in stopped.stdout
+    assert (run / "results.json").is_file() and not (run / ".lock").exists()

@@ -74,3 +74,23 @@ def test_the_refusal_is_one_line_naming_the_file(tmp_path):
                            *_inputs(tmp_path, "caer_clip")], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1 and not target.exists()
     assert done.stderr.count("\n") == 1 and str(evil) in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_class_from_a_module_that_is_not_installed_is_named_not_a_traceback(tmp_path):
+    """Before: ModuleNotFoundError from the unpickler, in --resume and in predict.py."""
+    module = tmp_path / "gone_module.py"
+    module.write_text("class Thing:\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gone_module
+
+        path = tmp_path / "last.pt"
+        torch.save({"format": 2, "project": "caer_clip", "extra": gone_module.Thing()}, path)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("gone_module", None)
+    module.unlink()
+    from common.lifecycle import load_run_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"gone_module\.Thing"):
+        load_run_checkpoint(path, "caer_clip")
