@@ -226,26 +226,6 @@ def lr_at(step: int, t: TrainConfig) -> float:
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, A, S) and labels (N, A) of a whole split in eval mode, gathered over ranks; the
-    model is handed back in training mode."""
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        with autocast(cfg.device, cfg.dtype):
-            logits.append(model(batch["input_ids"].to(cfg.device), batch["attention_mask"].to(cfg.device)).float())
-        labels.append(batch["labels"].to(cfg.device))
-    model.train()
-    return gather_cat(torch.cat(logits)).cpu(), gather_cat(torch.cat(labels)).cpu()
-
-
-@torch.no_grad()
-def evaluate(model, loader, cfg: Config) -> dict:
-    logits, labels = predict_split(model, loader, cfg)
-    return aspect_metrics(labels, logits, cfg.aspects)
-
-
 def inflated_f1(labels: torch.Tensor, pred: torch.Tensor) -> float:
     """The original's number: absent mapped to neutral on both sides, per-aspect WEIGHTED F1 over
     three classes, averaged over aspects. Absent slots are most of the data and trivially right."""
@@ -282,6 +262,27 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
 def scores(metrics: dict) -> dict[str, float]:
     """The flat scores of `aspect_metrics` (no per-aspect table): what results["val"/"test"] hold."""
     return {k: float(metrics[k]) for k in SCORES}
+
+
+@torch.no_grad()
+def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, A, S) and labels (N, A) of a whole split in eval mode, gathered over ranks; the
+    model is handed back in training mode."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        with autocast(cfg.device, cfg.dtype):
+            logits.append(model(batch["input_ids"].to(cfg.device), batch["attention_mask"].to(cfg.device)).float())
+        labels.append(batch["labels"].to(cfg.device))
+    model.train()
+    return gather_cat(torch.cat(logits)).cpu(), gather_cat(torch.cat(labels)).cpu()
+
+
+@torch.no_grad()
+def evaluate(model, loader, cfg: Config) -> dict:
+    """aspect_metrics of a whole split; every rank gets the same numbers."""
+    logits, labels = predict_split(model, loader, cfg)
+    return aspect_metrics(labels, logits, cfg.aspects)
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
