@@ -17,8 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the
 
 from common.tools.ablation import run_ablation
 
-PROJECT = "visobert_multitask"
-
 VARIANTS = {
     "both": [],  # the demo: 0.8 focal + 0.2 SupCon
     "focal": ["--loss", "focal"],
@@ -31,7 +29,7 @@ BASE_FLAGS = ["--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation(PROJECT, VARIANTS, argv, metrics=METRICS, base_flags=BASE_FLAGS, description=__doc__)
+    return run_ablation("visobert_multitask", VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
 
 
 if __name__ == "__main__":
