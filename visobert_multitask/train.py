@@ -416,8 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
             run.save("last.pt", state)
             run.save_periodic(state)
         assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
-        state.model = model
-        del ddp_model  # DDP must not outlive the process group
+        state.model = model  # the bare module from here on: DDP must not outlive the process group
+        del ddp_model
 
         # Test once, with the weights of the best validation (every rank loads the complete best.pt).
         run.load_best(model)
