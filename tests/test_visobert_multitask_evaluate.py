@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.runtime import DistInfo
+from common.runtime import EpochSampler, make_loader
 from visobert_multitask import train as T
-from visobert_multitask.data import ReviewDataset
+from visobert_multitask.data import ReviewDataset, build_tokenizer, eval_loader, make_collate
+from visobert_multitask.losses import compute_losses
 
 CPU = torch.device("cpu")
 NAMES = {1: "Positive", 2: "Negative", 3: "Neutral"}
@@ -74,32 +75,34 @@ class TableModel(nn.Module):
                             for ids, keep in zip(input_ids, attention_mask)])
 
 
-def _evaluate_stub(root, reviews, aspects, monkeypatch):
+def _evaluate_stub(root, reviews, aspects):
     """Data, tokenizer and evaluation loader as main() builds them; evaluate() as validate() calls it."""
     root.mkdir()
     for split in ("train", "val", "test"):  # the word vocabulary comes from train: the same texts
         _write_split(root / f"{split}.csv", reviews, aspects)
-    args = T.build_parser().parse_args(["--data-root", str(root), "--device", "cpu"])
-    splits = T.build_data(args)
+    cfg = T.config_from(T.build_parser().parse_args(["--data-root", str(root), "--device", "cpu"]))
+    splits = T.build_data(cfg)
     assert splits["train"].aspects == tuple(aspects)
-    tokenizer = T.build_tokenizer(args.encoder, splits)
-    monkeypatch.setattr(T, "EVAL_BATCH", 4)  # 6 reviews: two batches, so results are gathered across batches
-    loader = T.eval_loader(ReviewDataset(splits["val"], tokenizer, args.max_len), tokenizer.pad_id, args.workers)
-    table = {tuple(tokenizer.encode(f"review {word}", args.max_len)):
+    cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
+    tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
+    # batches of 4 for 6 reviews: two batches, so results are gathered across batches
+    loader = eval_loader(ReviewDataset(splits["val"], tokenizer, cfg.data.max_len), tokenizer.pad_id, 4,
+                         cfg.run.workers, cfg.run.seed)
+    table = {tuple(tokenizer.encode(f"review {word}", cfg.data.max_len)):
              torch.stack([_slot_logits(predicted, sentiment) for _, predicted, sentiment in slots])
              for word, slots in reviews.items()}
     model = TableModel(table)
-    metrics = T.evaluate(model, loader, CPU, T.autocast_dtype(CPU, args.amp), splits["train"].aspects)
+    metrics = T.evaluate(model, loader, cfg)
     return metrics, model
 
 
-def test_evaluate_reports_hand_computed_detection_and_sentiment_scores(tmp_path, monkeypatch):
+def test_evaluate_reports_hand_computed_detection_and_sentiment_scores(tmp_path):
     """Every score evaluate() returns (det_f1, sent_f1, f1_inflated go to log.csv, score picks
     best.pt) against values worked out by hand: detection F1 of "present" per aspect, macro over
     aspects; sentiment macro F1 over all present slots POOLED across aspects (not a mean of the
     per-aspect values), read from the sentiment logits even where the model said "absent"; the
     original's inflated number (absent = neutral, weighted F1 per aspect, mean over aspects)."""
-    metrics, model = _evaluate_stub(tmp_path / "reviews", VAL, ["BATTERY", "CAMERA"], monkeypatch)
+    metrics, model = _evaluate_stub(tmp_path / "reviews", VAL, ["BATTERY", "CAMERA"])
     # BATTERY detection: present {one, two, four, six}, predicted {one, three, four, six}: 2*3/(4+4)
     # CAMERA detection: present {two, three, five}, predicted {two, three}: 2*2/(3+2)
     det = (6 / 8 + 4 / 5) / 2
@@ -125,13 +128,13 @@ def test_evaluate_reports_hand_computed_detection_and_sentiment_scores(tmp_path,
     assert model.training  # and handed back ready to train
 
 
-def test_evaluate_aspect_never_present_in_the_split(tmp_path, monkeypatch):
+def test_evaluate_aspect_never_present_in_the_split(tmp_path):
     """An aspect no validation review mentions, correctly predicted absent everywhere: its row
     has support 0 and sentiment F1 NaN (nothing to score); it still counts in the detection macro
     average with F1 0 (no true and no predicted positive: zero_division 0, as scikit-learn), and
     it does not change the pooled sentiment F1."""
     reviews = {word: (*slots, (0, 0, 1)) for word, slots in VAL.items()}
-    metrics, _ = _evaluate_stub(tmp_path / "reviews", reviews, ["BATTERY", "CAMERA", "PRICE"], monkeypatch)
+    metrics, _ = _evaluate_stub(tmp_path / "reviews", reviews, ["BATTERY", "CAMERA", "PRICE"])
     price = metrics["per_aspect"][2]
     assert price["aspect"] == "PRICE" and price["support"] == 0 and price["det_f1"] == 0.0
     assert math.isnan(price["sent_f1"])
@@ -146,35 +149,35 @@ TINY = ["--synthetic-train", "64", "--synthetic-val", "40", "--synthetic-test", 
         "--layers", "2", "--heads", "2", "--intermediate", "64", "--batch-size", "16", "--device", "cpu"]
 
 
-def _real_setup(argv, dropout=None):
-    """Data, tokenizer, loaders and model as main() builds them (dropout from the recipe, or forced)."""
-    args = T.build_parser().parse_args(argv)
-    splits = T.build_data(args)
-    tokenizer = T.build_tokenizer(args.encoder, splits)
-    datasets = {k: ReviewDataset(s, tokenizer, args.max_len) for k, s in splits.items()}
-    loader, sampler = T.train_loader(datasets["train"], tokenizer.pad_id, args, DistInfo())
-    hp = T.recipe(args, sampler.batches_per_epoch())
-    cfg, _ = T.model_config(args, hp.dropout if dropout is None else dropout, len(tokenizer), len(splits["train"].aspects))
-    model = T.AspectSentimentModel(cfg)
-    return args, splits, datasets, tokenizer, loader, model
+def _real_setup(argv):
+    """Configuration, data, tokenizer, training loader and model as main() builds them."""
+    cfg = T.config_from(T.build_parser().parse_args(argv))
+    splits = T.build_data(cfg)
+    cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
+    tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
+    datasets = {k: ReviewDataset(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed)
+    loader = make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, 0, make_collate(tokenizer.pad_id))
+    T.fill_recipe(cfg, sampler.batches_per_epoch())
+    cfg.model, _ = T.model_config(cfg, len(tokenizer), len(cfg.aspects))
+    return cfg, splits, datasets, tokenizer, loader, T.AspectSentimentModel(cfg.model)
 
 
 def test_evaluate_runs_in_eval_mode_repeatably_and_returns_a_training_model():
     """evaluate() scores with every dropout off (encoder 0.3, attention 0.3, head 0.3): a second
-    call gives the same scores, predict() (its logits) gives the same logits twice and the logits
-    of the model in eval mode. The model comes back in training mode: train_one_epoch never calls
-    train() itself, so a model left in eval mode would train without dropout after the first
+    call gives the same scores, predict_split() (its logits) gives the same logits twice and the
+    logits of the model in eval mode. The model comes back in training mode: train_one_epoch never
+    calls train() itself, so a model left in eval mode would train without dropout after the first
     validation."""
-    args, splits, datasets, tokenizer, _, model = _real_setup(TINY, dropout=0.3)
+    cfg, splits, datasets, tokenizer, _, model = _real_setup([*TINY, "--dropout", "0.3"])
     assert model.cfg.dropout == model.cfg.attention_dropout == 0.3 and model.cfg.head_dropout > 0
-    loader = T.eval_loader(datasets["val"], tokenizer.pad_id)
-    aspects, dtype = splits["train"].aspects, T.autocast_dtype(CPU, args.amp)
-    first = T.evaluate(model, loader, CPU, dtype, aspects)
+    loader = eval_loader(datasets["val"], tokenizer.pad_id)
+    first = T.evaluate(model, loader, cfg)
     assert model.training and all(m.training for m in model.modules())
-    second = T.evaluate(model, loader, CPU, dtype, aspects)
+    second = T.evaluate(model, loader, cfg)
     assert repr(first) == repr(second)  # exact, NaN rows of aspects without support included
-    logits, labels = T.predict(model, loader, CPU, dtype)
-    logits_again, _ = T.predict(model, loader, CPU, dtype)
+    logits, labels = T.predict_split(model, loader, cfg)
+    logits_again, _ = T.predict_split(model, loader, cfg)
     assert torch.equal(logits, logits_again)
     assert model.training
     model.eval()
@@ -185,7 +188,7 @@ def test_evaluate_runs_in_eval_mode_repeatably_and_returns_a_training_model():
 
 
 # Which parameter groups each term of compute_losses must reach, per --loss mode (the design in
-# train.compute_losses and model.heads: one encoder pass feeds both heads; focal trains the
+# losses.compute_losses and model.heads: one encoder pass feeds both heads; focal trains the
 # classifier and the encoder, SupCon the projection and the encoder; with --loss contrastive the
 # classifier is an online probe on detached sentence vectors, so its loss never reaches the encoder).
 REACH = {
@@ -202,10 +205,10 @@ def test_each_loss_term_moves_exactly_its_parameters(mode):
     """Each term compute_losses() returns (one forward pass of a training batch, as
     train_one_epoch computes it) back-propagated alone: every parameter tensor of the groups it
     is meant to train gets a nonzero gradient, and no parameter of the other groups gets any."""
-    args, splits, _, _, loader, model = _real_setup([*TINY, "--loss", mode])
-    alpha = T.training_alpha(splits, args.alpha_power)
+    cfg, splits, _, _, loader, model = _real_setup([*TINY, "--loss", mode])
+    alpha = T.training_alpha(splits, cfg.loss.alpha_power)
     batch = next(iter(loader))
-    losses = T.compute_losses(model, batch, alpha, args)
+    losses = compute_losses(model, batch, alpha, cfg.loss)
     assert set(losses) == set(REACH[mode])
     if "supcon" in losses:
         assert losses["supcon"] > 0  # the batch has positive pairs: the term is not a zero placeholder

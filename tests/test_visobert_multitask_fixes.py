@@ -3,33 +3,37 @@
 The fixes are exercised where train.py uses them: the training step's `compute_losses`, the loss
 settings and model `main()` builds from the command line, and a run of `main()` itself."""
 
+import dataclasses
 from argparse import Namespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from visobert_multitask import losses as vsb_losses
 from visobert_multitask import train as vsb_train
 from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE, synthetic_splits
 from visobert_multitask.losses import (
     NUM_STATES,
+    LossConfig,
     aspect_focal_loss,
+    compute_losses,
     focal_alpha,
     positive_weights,
     supcon_multilabel,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
-from visobert_multitask.train import aspect_metrics, compute_losses, training_alpha
+from visobert_multitask.train import aspect_metrics, training_alpha
 
 TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64", "--max-len", "16", "--device", "cpu"]
 
 
 def _settings_and_model():
-    """The parsed settings of a tiny run and its model for 3 aspects, built by train.model_config as
+    """The configuration of a tiny run and its model for 3 aspects, built by train.model_config as
     main() builds it (eval mode: no dropout, so a second forward pass computes the same numbers)."""
-    args = vsb_train.build_parser().parse_args(TINY)
-    cfg, _ = vsb_train.model_config(args, 0.0, 40, 3)
-    return args, AspectSentimentModel(cfg).eval()
+    cfg = vsb_train.config_from(vsb_train.build_parser().parse_args([*TINY, "--dropout", "0"]))
+    model_cfg, _ = vsb_train.model_config(cfg, 40, 3)
+    return cfg, AspectSentimentModel(model_cfg).eval()
 
 
 def _batch(labels: torch.Tensor) -> dict:
@@ -53,22 +57,22 @@ def test_vsb_supcon_no_positive_anchor_is_skipped_not_nan():
     no (aspect, polarity) pair with any other review of its batch. The baseline divided its summed
     log-probability by its 0 positives, and the batch loss became NaN; the fix averages over the
     anchors that have a positive."""
-    args, model = _settings_and_model()
+    cfg, model = _settings_and_model()
     labels = torch.tensor([[POSITIVE, ABSENT, NEGATIVE], [POSITIVE, ABSENT, ABSENT], [ABSENT, NEUTRAL, NEGATIVE],
                            [ABSENT, NEGATIVE, ABSENT]])
     batch = _batch(labels)
-    alpha = training_alpha({"train": Namespace(labels=labels)}, args.alpha_power)
-    losses = compute_losses(model, batch, alpha, args)
+    alpha = training_alpha({"train": Namespace(labels=labels)}, cfg.loss.alpha_power)
+    losses = compute_losses(model, batch, alpha, cfg.loss)
     assert torch.isfinite(losses["supcon"]) and torch.isfinite(losses["loss"])
     _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-    per_anchor = _supcon_per_anchor(embeddings, positive_weights(labels), args.temperature)
+    per_anchor = _supcon_per_anchor(embeddings, positive_weights(labels), cfg.loss.temperature)
     torch.testing.assert_close(losses["supcon"], per_anchor[:3].mean())  # the anchors that have a positive
     losses["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     # A batch in which no review has a positive: SupCon is 0 and the step still has a gradient path.
     lonely = torch.tensor([[POSITIVE, ABSENT, ABSENT], [ABSENT, POSITIVE, ABSENT], [ABSENT, ABSENT, POSITIVE],
                            [NEGATIVE, ABSENT, ABSENT]])
-    losses = compute_losses(model, _batch(lonely), alpha, Namespace(**{**vars(args), "loss": "contrastive"}))
+    losses = compute_losses(model, _batch(lonely), alpha, dataclasses.replace(cfg.loss, loss="contrastive"))
     assert losses["supcon"].item() == 0.0 and losses["supcon"].requires_grad
 
 
@@ -87,12 +91,12 @@ def test_vsb_absent_state_not_mentioned_is_not_neutral(monkeypatch):
         received["weights"] = weights
         return real_supcon(embeddings, weights, *rest)
 
-    real_focal, real_supcon = vsb_train.aspect_focal_loss, vsb_train.supcon_multilabel
-    monkeypatch.setattr(vsb_train, "aspect_focal_loss", focal_recording)
-    monkeypatch.setattr(vsb_train, "supcon_multilabel", supcon_recording)
-    args, model = _settings_and_model()
+    real_focal, real_supcon = vsb_losses.aspect_focal_loss, vsb_losses.supcon_multilabel
+    monkeypatch.setattr(vsb_losses, "aspect_focal_loss", focal_recording)
+    monkeypatch.setattr(vsb_losses, "supcon_multilabel", supcon_recording)
+    cfg, model = _settings_and_model()
     labels = torch.tensor([[ABSENT, POSITIVE, ABSENT], [NEUTRAL, POSITIVE, ABSENT], [ABSENT, ABSENT, NEGATIVE]])
-    compute_losses(model, _batch(labels), training_alpha({"train": Namespace(labels=labels)}), args)
+    compute_losses(model, _batch(labels), training_alpha({"train": Namespace(labels=labels)}), cfg.loss)
     assert torch.equal(received["targets"], labels)  # the data states: "not mentioned" is a class of its own
     assert received["logits"].shape == (3, 3, 4)  # absent, positive, negative, neutral per aspect
     # Jaccard overlap of the mentioned (aspect, polarity) pairs: 0 and 1 share 1 of 2, 0 and 2 nothing.
@@ -202,17 +206,17 @@ def test_vsb_one_pass_both_losses_from_a_single_encoder_pass():
     batch = {"input_ids": torch.randint(4, 40, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.bool),
              "labels": labels}
     alpha = focal_alpha(labels, NUM_STATES)
-    args = Namespace(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
+    loss_cfg = LossConfig(loss="both", w_focal=0.8, w_con=0.2, gamma=2.0, temperature=0.07)
     # Reference value: the baseline's two passes, written out (the same numbers without dropout).
     logits = model(batch["input_ids"], batch["attention_mask"])
     focal = aspect_focal_loss(logits, labels, alpha)
     _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
     two_pass_total = 0.8 * focal + 0.2 * supcon_multilabel(embeddings, positive_weights(labels))
     passes.clear()
-    losses = compute_losses(model, batch, alpha, args)
+    losses = compute_losses(model, batch, alpha, loss_cfg)
     assert len(passes) == 1
     torch.testing.assert_close(losses["loss"], two_pass_total)
     for mode in ("focal", "contrastive"):
         passes.clear()
-        compute_losses(model, batch, alpha, Namespace(**{**vars(args), "loss": mode}))
+        compute_losses(model, batch, alpha, dataclasses.replace(loss_cfg, loss=mode))
         assert len(passes) == 1, mode

@@ -56,3 +56,21 @@ def test_visualize_reads_a_train_checkpoint(tmp_path, monkeypatch, capsys):
     (tmp_path / "bare.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="bare.pt"):
         visualize.main(["--checkpoint", str(tmp_path / "bare.pt"), *SMALL])
+
+
+def test_no_tool_imports_train_py():
+    """The tools stand beside the loop: predict, bench, visualize and ablate import model.py, data.py,
+    losses.py and common/, never train.py (whose helpers may then be renamed freely)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "visobert_multitask"
+    for tool in ("predict.py", "bench.py", "visualize.py", "ablate.py"):
+        tree = ast.parse((folder / tool).read_text(encoding="utf-8"))
+        imported = set()  # every dotted name the tool imports: `from a import b` counts as a and a.b
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        assert "visobert_multitask.train" not in imported, tool

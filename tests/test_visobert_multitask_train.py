@@ -56,12 +56,14 @@ def test_smoke_run_writes_run_folder_and_summary(tmp_path):
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     args = TINY + ["--epochs", "2", "--ckpt-interval", "4"]
     main(args + ["--out", str(tmp_path / "full")])
-    monkeypatch.setattr(Run, "should_stop", signal_during_step(9))  # 6 batches per epoch: mid epoch 1, between two interval checkpoints
+    # 6 batches per epoch: mid epoch 1, between two interval checkpoints
+    monkeypatch.setattr(Run, "should_stop", signal_during_step(9))
     with pytest.raises(SystemExit) as stopped:
         main(args + ["--out", str(tmp_path / "cut")])
     assert stopped.value.code == 128 + signal.SIGTERM
+    # train rows at steps 2, 4, 6, 8; val at 6
     assert load_run_checkpoint(tmp_path / "cut" / "last.pt", "visobert_multitask")["progress"] == {
-        "step": 9, "epoch": 1, "batch_in_epoch": 3, "log_rows": 5, "world_size": 1}  # train rows at steps 2, 4, 6, 8; val at 6
+        "step": 9, "epoch": 1, "batch_in_epoch": 3, "log_rows": 5, "world_size": 1}
     assert not (tmp_path / "cut" / "results.json").exists() and not (tmp_path / "cut" / ".lock").exists()
     monkeypatch.undo()
     main(["--resume", str(tmp_path / "cut" / "last.pt")])  # every other setting from the checkpoint

@@ -1,6 +1,6 @@
 """Ablation of the two losses at the demo budget, over seeds: focal + supervised contrastive
 (the demo), focal alone, contrastive alone (the classifier then learns as a probe on detached
-sentence vectors, see train.py).
+sentence vectors, see losses.compute_losses).
 
     python visobert_multitask/ablate.py                         # every variant, seeds 0-2, in sequence
     python visobert_multitask/ablate.py --variants both,focal --seeds 1 -- --epochs 1
@@ -13,7 +13,7 @@ last epoch's validation, "test" the best epoch's weights on the test split.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 from common.tools.ablation import run_ablation
 

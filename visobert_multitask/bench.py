@@ -13,23 +13,24 @@ steps timed in turn).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 
 import torch
 
-from common.tools.bench import method, time_in_turn
 from common.runtime import autocast, autocast_dtype, pick_device
+from common.tools.bench import method, time_in_turn
 from visobert_multitask.losses import (
     NUM_STATES,
+    LossConfig,
     aspect_focal_loss,
+    compute_losses,
     focal_alpha,
     positive_weights,
     supcon_multilabel,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
-from visobert_multitask.train import LossConfig, compute_losses
 
 CONFIGS = {
     "tiny": dict(cfg=ModelConfig(vocab_size=1000, max_positions=130), batch=32),
@@ -37,7 +38,7 @@ CONFIGS = {
     "base": dict(cfg=ModelConfig(vocab_size=15004, hidden=768, layers=12, heads=12, intermediate=3072,
                                  max_positions=514), batch=4),
 }
-LOSS_ARGS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal + 0.2 x SupCon
+LOSS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal + 0.2 x SupCon
 
 
 def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:
@@ -56,7 +57,7 @@ def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: in
 def one_pass_step(model, optimizer, batch, alpha, dtype) -> None:
     """The training step of train.py: one forward for both heads, one backward, one update."""
     with autocast(batch["input_ids"].device, dtype):
-        losses = compute_losses(model, batch, alpha, LOSS_ARGS)
+        losses = compute_losses(model, batch, alpha, LOSS)
     losses["loss"].backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -67,10 +68,10 @@ def two_pass_step(model, optimizer, batch, alpha, dtype) -> None:
     targets = batch["labels"]
     with autocast(batch["input_ids"].device, dtype):
         logits = model(batch["input_ids"], batch["attention_mask"])
-        focal = aspect_focal_loss(logits, targets, alpha, LOSS_ARGS.gamma)
+        focal = aspect_focal_loss(logits, targets, alpha, LOSS.gamma)
         _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS_ARGS.temperature)
-    (LOSS_ARGS.w_focal * focal + LOSS_ARGS.w_con * supcon).backward()
+        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS.temperature)
+    (LOSS.w_focal * focal + LOSS.w_con * supcon).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -82,8 +83,9 @@ def compare(cfg: ModelConfig, batch_size: int, seq_len: int, device, dtype, warm
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = make_batch(cfg, batch_size, seq_len, device)
     alpha = focal_alpha(batch["labels"], NUM_STATES).to(device)
-    one, two = time_in_turn({"one": lambda: one_pass_step(model, optimizer, batch, alpha, dtype),
-                             "two": lambda: two_pass_step(model, optimizer, batch, alpha, dtype)}, iters, warmup).values()
+    steps = {"one": lambda: one_pass_step(model, optimizer, batch, alpha, dtype),
+             "two": lambda: two_pass_step(model, optimizer, batch, alpha, dtype)}
+    one, two = time_in_turn(steps, iters, warmup).values()
     tokens = int(batch["attention_mask"].sum())
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch_size, "seq": seq_len,
             "one_ms": one * 1e3, "two_ms": two * 1e3, "ratio": one / two,

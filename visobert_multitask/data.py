@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.runtime import DataError, read_text
+from common.runtime import DataError, EpochSampler, make_loader, read_text
+from common.text import WordTokenizer
 
 STATES = ("absent", "positive", "negative", "neutral")
 ABSENT, POSITIVE, NEGATIVE, NEUTRAL = range(4)
@@ -50,6 +51,7 @@ SPLIT_FILE_STEMS = {"train": ("train", "train_multilabel"),
 LABEL_STRING = re.compile(r"\{([^{}#]+)(?:#([^{}#]+))?\}")
 BAD_LABEL_CHOICES = ("error", "skip")
 MAX_LISTED = 20  # bad records quoted in one DataError; the rest are counted
+EVAL_BATCH = 64  # reviews per evaluation batch (no gradients: larger than training's)
 
 
 @dataclass
@@ -343,6 +345,14 @@ class HFTokenizer:
         return self.tok(text, truncation=True, max_length=max_len)["input_ids"]
 
 
+def build_tokenizer(encoder: str | None, vocab: list[str] | None = None, texts: list[str] = ()):
+    """The pretrained encoder's own tokenizer, or the word tokenizer: its vocabulary `vocab` as a
+    checkpoint saved it (a list of str), else built from the training `texts`."""
+    if encoder:
+        return HFTokenizer(encoder)
+    return WordTokenizer(vocab) if vocab is not None else WordTokenizer.from_texts(texts)
+
+
 # ----------------------------------------------------------------------------- dataset
 
 
@@ -367,6 +377,14 @@ def make_collate(pad_id: int):
                 "attention_mask": ids.ne(pad_id),  # (B, T) True = real token
                 "labels": torch.stack([b[1] for b in batch])}  # (B, A)
     return collate
+
+
+def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATCH, workers: int = 0, seed: int = 0,
+                rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """In order, sharded over processes without dropping a review (the evaluation gathers the shards)."""
+    sampler = EpochSampler(len(dataset), batch_size, shuffle=False, rank=rank, world_size=world_size,
+                           drop_last=False)
+    return make_loader(dataset, sampler, workers, seed, collate_fn=make_collate(pad_id))
 
 
 # ----------------------------------------------------------------------------- synthetic reviews

@@ -1,4 +1,5 @@
-"""The aspect-level focal loss and the multi-label contrastive terms of this project.
+"""The aspect-level focal loss and the multi-label contrastive terms of this project, and the
+training loss of one batch built from them (`compute_losses`, what train.py and bench.py step on).
 
 The generic pieces are in common/losses.py (`focal_loss`, `supcon_loss`); here is what is specific
 to aspect x sentiment labels: the states the model predicts per aspect, per-aspect alpha from
@@ -7,10 +8,25 @@ label frequencies, and which reviews count as positives of each other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from common.cli import above, arg, at_least
 from common.losses import focal_loss, supcon_loss
+
+
+@dataclass
+class LossConfig:
+    loss: str = arg("both", "ablation: focal only, contrastive only (classifier trained as a probe), or both",
+                    choices=["both", "focal", "contrastive"])
+    w_focal: float = arg(0.8, "weight of the focal loss", check=at_least(0.0, float))
+    w_con: float = arg(0.2, "weight of the supervised contrastive loss", check=at_least(0.0, float))
+    gamma: float = arg(2.0, "focal loss gamma", check=at_least(0.0, float))
+    alpha_power: float = arg(0.5, "focal alpha = (1/train frequency)^power per aspect; 1 = the original's "
+                             "inverse frequency, 0 = none", check=at_least(0.0, float))
+    temperature: float = arg(0.07, "SupCon temperature", check=above(0.0))
 
 # NOTE(design): one 4-way softmax per aspect rather than a presence head + a masked 3-way sentiment
 # head: one focal loss per aspect as in the original, no threshold, no sentiment for an absent aspect.
@@ -66,3 +82,28 @@ def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperatu
     """SupCon (Khosla et al. 2020, L_out) with weighted positives, over L2-normalised embeddings."""
     # FIX(VSB-SUPCON-NO-POSITIVE): anchors without a positive are left out; 0 / 0 made the loss NaN.
     return supcon_loss(embeddings, positive_weights=weights, temperature=temperature)
+
+
+def compute_losses(model, batch: dict, alpha: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Weighted focal + SupCon for one batch; the dict holds the total and each component."""
+    # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
+    targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    # NOTE(deviation): with --loss contrastive the classifier learns on detached sentence vectors
+    # (an online linear probe), so the encoder receives the contrastive gradient only.
+    # FIX(VSB-ONE-PASS): one encoder pass feeds both losses; two passes saw different dropout masks.
+    logits, embeddings = model(ids, mask, return_embeddings=True, detach_classifier_input=cfg.loss == "contrastive")
+    out = {}
+    if cfg.loss in ("both", "focal"):
+        out["focal"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    if cfg.loss in ("both", "contrastive"):
+        out["supcon"] = supcon_multilabel(embeddings, positive_weights(targets), cfg.temperature)
+    if cfg.loss == "contrastive":
+        out["probe"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    if cfg.loss == "both":
+        out["loss"] = cfg.w_focal * out["focal"] + cfg.w_con * out["supcon"]
+    elif cfg.loss == "focal":
+        out["loss"] = out["focal"]
+    else:
+        out["loss"] = cfg.w_con * out["supcon"] + out["probe"]
+    return out

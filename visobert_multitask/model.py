@@ -18,18 +18,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from common.cli import arg, at_least
-
 
 @dataclass
 class ModelConfig:
-    # The four fields given with arg(...) are also train.py's flags for the tiny encoder (the help
-    # text is the comment); a pretrained --encoder fixes all of them from its own config.
+    # hidden, layers, heads and intermediate are also train.py's flags for the tiny encoder (the
+    # comment is their help); a pretrained --encoder fixes all of them from its own config.
     vocab_size: int = 1000  # token vocabulary (word-level default built from the training texts; ViSoBERT ~15k)
-    hidden: int = arg(128, "encoder width H (ViSoBERT: 768)", check=at_least(1))
-    layers: int = arg(2, "transformer blocks (ViSoBERT: 12)", check=at_least(1))
-    heads: int = arg(4, "attention heads per block (ViSoBERT: 12)", check=at_least(1))
-    intermediate: int = arg(512, "GELU MLP width (ViSoBERT: 3072)", check=at_least(1))
+    hidden: int = 128  # encoder width H (ViSoBERT: 768)
+    layers: int = 2  # transformer blocks (ViSoBERT: 12)
+    heads: int = 4  # attention heads per block (ViSoBERT: 12)
+    intermediate: int = 512  # GELU MLP width (ViSoBERT: 3072)
     max_positions: int = 130  # position table rows = longest input + padding_idx + 1 (XLM-R: 514)
     type_vocab_size: int = 1  # token-type rows (XLM-R has one, always id 0)
     pad_token_id: int = 1  # padding id; also the position-id offset (XLM-R: <pad> = 1)
@@ -73,7 +71,8 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden, cfg.hidden)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads) for proj in (self.query, self.key, self.value))
+        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads)
+                   for proj in (self.query, self.key, self.value))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.p_drop if self.training else 0.0)
         return rearrange(out, "b h t d -> b t (h d)")
 

@@ -14,19 +14,17 @@ rebuilds them; the state of an aspect is the argmax of its four probabilities (l
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import unicodedata
 
 import torch
 
 from common.lifecycle import CheckpointError, run_cli
+from common.runtime import DataError, autocast, autocast_dtype, read_text
 from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
-from common.runtime import DataError, autocast_dtype, read_text
-from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit
+from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit, build_tokenizer, eval_loader
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
-from visobert_multitask.train import build_tokenizer, eval_loader
-from visobert_multitask.train import predict as predict_logits
 
 PROJECT = "visobert_multitask"
 COLUMNS = ["review", "aspect", "state", *STATES]
@@ -79,13 +77,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise CheckpointError(f"{args.checkpoint}: holds no word vocabulary, so its token ids cannot be rebuilt")
     texts, source = read_reviews(args)
     aspects = config["aspects"]
-    tokenizer = build_tokenizer(config["encoder"], {}, vocab)
+    tokenizer = build_tokenizer(config["encoder"], vocab)
     model = eval_model(AspectSentimentModel(ModelConfig(**config["model"])), checkpoint, args.checkpoint, device)
     reviews = ReviewSplit(texts, torch.zeros(len(texts), len(aspects), dtype=torch.long), tuple(aspects), source)
-    # The evaluation loader of train.py: batches of EVAL_BATCH, padded to the longest review of each.
-    loader = eval_loader(ReviewDataset(reviews, tokenizer, config["max_len"]), tokenizer.pad_id)
-    logits, _ = predict_logits(model, loader, device, autocast_dtype(device, checkpoint["args"]["amp"]))
-    probs = logits.float().softmax(dim=-1)  # (N, A, 4), the states in data.STATES order
+    # The evaluation loader of train.py: batches of --batch-size, padded to the longest review of each.
+    loader = eval_loader(ReviewDataset(reviews, tokenizer, config["max_len"]), tokenizer.pad_id, args.batch_size)
+    with autocast(device, autocast_dtype(device, checkpoint["args"]["amp"])):
+        logits = torch.cat([model(b["input_ids"].to(device), b["attention_mask"].to(device)).float() for b in loader])
+    probs = logits.softmax(dim=-1)  # (N, A, 4), the states in data.STATES order
 
     rows = [{"review": n + 1, "aspect": aspect, "state": STATES[int(p.argmax())], **dict(zip(STATES, p.tolist()))}
             for n in range(len(texts)) for aspect, p in zip(aspects, probs[n])]

@@ -10,20 +10,22 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
+import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from common.cli import above, add_args, arg, at_least, between
+from common.cli import above, add_args, arg, at_least, between, from_args
 from common.lifecycle import (
     Run,
+    RunSettings,
+    State,
     check_resume_config,
     checkpoint_bytes,
     load_model_state,
@@ -45,37 +47,36 @@ from common.runtime import (
     decay_param_groups,
     gather_cat,
     make_grad_scaler,
+    make_loader,
     seed_everything,
-    seed_worker,
     setup_distributed,
+    unwrap,
     wrap_ddp,
 )
 from common.schedulers import warmup_cosine_lr
-from common.text import WordTokenizer
 from visobert_multitask.data import (
     ABSENT,
+    EVAL_BATCH,
     ReviewDataset,
+    ReviewSplit,
+    build_tokenizer,
+    eval_loader,
     load_splits,
     make_collate,
     synthetic_splits,
 )
-from visobert_multitask.losses import (
-    NUM_STATES,
-    aspect_focal_loss,
-    focal_alpha,
-    positive_weights,
-    predicted_states,
-    supcon_multilabel,
-)
+from visobert_multitask.losses import NUM_STATES, LossConfig, compute_losses, focal_alpha, predicted_states
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
 PROJECT = "visobert_multitask"
-LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1",
-               "f1_inflated"]
-SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
 # What a resumed run may not change: the architecture and what its outputs mean.
 RESUME_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
-EVAL_BATCH = 64  # reviews per evaluation batch (no gradients: larger than training's)
+LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1",
+               "f1_inflated"]
+LOSS_TERMS = ("loss", "focal", "supcon", "probe")  # what compute_losses may return, summed per log window
+SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
+# The tiny encoder's flags (the other ModelConfig fields come from the data or a pretrained --encoder).
+MODEL_CHECKS = {"hidden": at_least(1), "layers": at_least(1), "heads": at_least(1), "intermediate": at_least(1)}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -106,19 +107,7 @@ class EncoderConfig:
 
 
 @dataclass
-class LossConfig:
-    loss: str = arg("both", "ablation: focal only, contrastive only (classifier trained as a probe), or both",
-                    choices=["both", "focal", "contrastive"])
-    w_focal: float = arg(0.8, "weight of the focal loss", check=at_least(0.0, float))
-    w_con: float = arg(0.2, "weight of the supervised contrastive loss", check=at_least(0.0, float))
-    gamma: float = arg(2.0, "focal loss gamma", check=at_least(0.0, float))
-    alpha_power: float = arg(0.5, "focal alpha = (1/train frequency)^power per aspect; 1 = the original's "
-                             "inverse frequency, 0 = none", check=at_least(0.0, float))
-    temperature: float = arg(0.07, "SupCon temperature", check=above(0.0))
-
-
-@dataclass
-class OptimConfig:
+class TrainConfig:
     epochs: int = arg(30, "training epochs", check=at_least(1))
     max_iters: int | None = arg(None, "cap on optimizer steps (default: epochs x batches per epoch)",
                                 check=at_least(1))
@@ -131,86 +120,110 @@ class OptimConfig:
     grad_clip: float = arg(1.0, "max gradient norm (0: off)", check=at_least(0.0, float))
     val_interval: int | None = arg(None, "optimizer steps between validations (default: once per epoch; every "
                                    "epoch end validates too)", check=at_least(1))
+    # Set by fill_recipe once the data size is known, never flags:
+    total_steps: int = 0  # length of the schedule
+    batches_per_epoch: int = 0  # optimizer steps in one pass over the training split (all processes together)
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run, one object: the flags by section, then what main() adds."""
+    model: ModelConfig
+    data: DataConfig
+    encoder: EncoderConfig
+    loss: LossConfig
+    train: TrainConfig
+    run: RunSettings
+    # Known once the data and the device are (main() sets them), never flags:
+    aspects: tuple[str, ...] = ()  # aspect names, the column order of the labels
+    alpha: torch.Tensor | None = None  # per-aspect focal alpha (A, S) from the training labels
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype | None = None  # autocast dtype (None: fp32)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser, DataConfig, "data")
     add_args(parser, EncoderConfig, "encoder")
-    add_args(parser, ModelConfig, "tiny encoder (without --encoder)")
+    add_args(parser, ModelConfig, "tiny encoder (without --encoder)", checks=MODEL_CHECKS,
+             exclude=[f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_CHECKS])
     add_args(parser, LossConfig, "loss")
-    add_args(parser, OptimConfig, "optimisation")
+    add_args(parser, TrainConfig, "optimisation")
     run_args(parser, default_out=f"runs/{PROJECT}", ckpt_interval=200, log_interval=20)
     return parser
 
 
-@dataclass
-class Recipe:
-    """The numbers of this run whose defaults depend on the encoder or on the data size."""
-    lr: float  # peak learning rate
-    dropout: float  # encoder hidden and attention dropout
-    batches_per_epoch: int  # optimizer steps in one pass over the training split (all processes together)
-    total_steps: int  # length of the schedule
-    warmup_steps: int  # linear warm-up at its start
-    epochs: int  # epochs that hold total_steps (fewer than --epochs under --max-iters)
+def config_from(args: argparse.Namespace) -> Config:
+    return Config(model=from_args(ModelConfig, args), data=from_args(DataConfig, args),
+                  encoder=from_args(EncoderConfig, args), loss=from_args(LossConfig, args),
+                  train=from_args(TrainConfig, args), run=RunSettings.from_args(args))
 
 
-def recipe(args, batches_per_epoch: int) -> Recipe:
-    pretrained = args.encoder is not None
-    total = args.epochs * batches_per_epoch if args.max_iters is None else min(args.max_iters,
-                                                                                  args.epochs * batches_per_epoch)
-    return Recipe(
-        lr=args.lr if args.lr is not None else (2e-5 if pretrained else 1e-3),
-        # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
-        # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
-        dropout=args.dropout if args.dropout is not None else (0.1 if pretrained else 0.0),
-        batches_per_epoch=batches_per_epoch, total_steps=total,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else max(1, round(0.06 * total)),
-        epochs=math.ceil(total / batches_per_epoch))
+# ----------------------------------------------------------------------------- data, model, schedule
 
 
-# ----------------------------------------------------------------------------- losses
+def build_data(cfg: Config) -> dict[str, ReviewSplit]:
+    d = cfg.data
+    if d.data_root:
+        aspects = tuple(a.strip() for a in d.aspects.split(",")) if d.aspects else None
+        return load_splits(d.data_root, d.data_format, aspects, d.text_column, d.on_bad_label)
+    return synthetic_splits(d.synthetic_train, d.synthetic_val, d.synthetic_test, cfg.run.seed)
 
 
-def compute_losses(model, batch: dict, alpha: torch.Tensor, args) -> dict[str, torch.Tensor]:
-    """Weighted focal + SupCon for one batch; the dict holds the total and each component."""
-    # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
-    targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    # NOTE(deviation): with --loss contrastive the classifier learns on detached sentence vectors
-    # (an online linear probe), so the encoder receives the contrastive gradient only.
-    # FIX(VSB-ONE-PASS): one encoder pass feeds both losses; two passes saw different dropout masks.
-    logits, embeddings = model(ids, mask, return_embeddings=True, detach_classifier_input=args.loss == "contrastive")
-    out = {}
-    if args.loss in ("both", "focal"):
-        out["focal"] = aspect_focal_loss(logits, targets, alpha, args.gamma)
-    if args.loss in ("both", "contrastive"):
-        out["supcon"] = supcon_multilabel(embeddings, positive_weights(targets), args.temperature)
-    if args.loss == "contrastive":
-        out["probe"] = aspect_focal_loss(logits, targets, alpha, args.gamma)
-    if args.loss == "both":
-        out["loss"] = args.w_focal * out["focal"] + args.w_con * out["supcon"]
-    elif args.loss == "focal":
-        out["loss"] = out["focal"]
-    else:
-        out["loss"] = args.w_con * out["supcon"] + out["probe"]
-    return out
+def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
+    """Every process needs a full training batch and at least one review of each evaluated split."""
+    for name, split in splits.items():
+        if len(split.texts) < world_size:
+            raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
+                            f"process(es); every process needs at least one")
+    train = splits["train"]
+    if len(train.texts) // world_size < batch_size:
+        raise DataError(f"train split ({train.source}): {len(train.texts)} reviews make no full batch of "
+                        f"--batch-size {batch_size} on each of {world_size} process(es)")
+
+
+def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
+    """The settings whose defaults depend on the encoder or on the data size, filled in place."""
+    t, pretrained = cfg.train, cfg.encoder.encoder is not None
+    t.batches_per_epoch = batches_per_epoch
+    t.total_steps = t.epochs * batches_per_epoch if t.max_iters is None else min(t.max_iters,
+                                                                                t.epochs * batches_per_epoch)
+    t.epochs = math.ceil(t.total_steps / batches_per_epoch)  # the epochs that hold it (fewer under --max-iters)
+    t.lr = t.lr if t.lr is not None else (2e-5 if pretrained else 1e-3)
+    t.warmup_steps = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.06 * t.total_steps))
+    # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
+    # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
+    if cfg.encoder.dropout is None:
+        cfg.encoder.dropout = 0.1 if pretrained else 0.0
+
+
+def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelConfig, dict | None]:
+    """The tiny encoder's settings from the flags, or a pretrained encoder's (and its weights)."""
+    dropout = cfg.encoder.dropout
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size, dropout=dropout, attention_dropout=dropout,
+                                    max_positions=cfg.data.max_len + 2, num_aspects=num_aspects,
+                                    num_states=NUM_STATES)
+    if not cfg.encoder.encoder:
+        return model_cfg, None
+    fields, pretrained_state = fetch_pretrained(cfg.encoder.encoder)
+    model_cfg = dataclasses.replace(model_cfg, **fields)
+    if cfg.data.max_len + 2 > model_cfg.max_positions:
+        raise ValueError(f"--max-len {cfg.data.max_len} exceeds the checkpoint's {model_cfg.max_positions - 2} "
+                         f"positions")
+    return model_cfg, pretrained_state
+
+
+def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
+    """Per-aspect focal alpha (A, S) from label frequencies."""
+    # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
+    return focal_alpha(splits["train"].labels, NUM_STATES, power)
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    return warmup_cosine_lr(step, t.lr, t.warmup_steps, t.total_steps)
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model, loader, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, A, S) and labels (N, A) of a whole split, gathered over ranks."""
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        with autocast(device, dtype):
-            logits.append(model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
-        labels.append(batch["labels"].to(device))
-    model.train()
-    return gather_cat(torch.cat(logits)).cpu(), gather_cat(torch.cat(labels)).cpu()
 
 
 def inflated_f1(labels: torch.Tensor, pred: torch.Tensor) -> float:
@@ -220,11 +233,6 @@ def inflated_f1(labels: torch.Tensor, pred: torch.Tensor) -> float:
         return (torch.where(states == 0, torch.full_like(states, 3), states) - 1).numpy()
     y, p = squash(labels), squash(pred)
     return float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
-
-
-def evaluate(model, loader, device, dtype, aspects) -> dict:
-    logits, labels = predict(model, loader, device, dtype)
-    return aspect_metrics(labels, logits, aspects)
 
 
 def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
@@ -256,177 +264,92 @@ def scores(metrics: dict) -> dict[str, float]:
     return {k: float(metrics[k]) for k in SCORES}
 
 
-# ----------------------------------------------------------------------------- data and model
+@torch.no_grad()
+def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, A, S) and labels (N, A) of a whole split in eval mode, gathered over ranks; the
+    model is handed back in training mode."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        with autocast(cfg.device, cfg.dtype):
+            logits.append(model(batch["input_ids"].to(cfg.device), batch["attention_mask"].to(cfg.device)).float())
+        labels.append(batch["labels"].to(cfg.device))
+    model.train()
+    return gather_cat(torch.cat(logits)).cpu(), gather_cat(torch.cat(labels)).cpu()
 
 
-def build_data(args) -> dict:
-    if args.data_root:
-        aspects = tuple(a.strip() for a in args.aspects.split(",")) if args.aspects else None
-        # getattr: checkpoints written before --on-bad-label existed hold no such setting.
-        return load_splits(args.data_root, args.data_format, aspects, args.text_column,
-                           getattr(args, "on_bad_label", "error"))
-    return synthetic_splits(args.synthetic_train, args.synthetic_val, args.synthetic_test, args.seed)
+@torch.no_grad()
+def evaluate(model, loader, cfg: Config) -> dict:
+    """aspect_metrics of a whole split; every rank gets the same numbers."""
+    logits, labels = predict_split(model, loader, cfg)
+    return aspect_metrics(labels, logits, cfg.aspects)
 
 
-def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
-    """Every process needs a full training batch and at least one review of each evaluated split."""
-    for name, split in splits.items():
-        if len(split.texts) < world_size:
-            raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
-                            f"process(es); every process needs at least one")
-    train = splits["train"]
-    if len(train.texts) // world_size < batch_size:
-        raise DataError(f"train split ({train.source}): {len(train.texts)} reviews make no full batch of "
-                        f"--batch-size {batch_size} on each of {world_size} process(es)")
-
-
-def build_tokenizer(encoder: str | None, splits: dict, vocab: list[str] | None = None):
-    """The pretrained encoder's own tokenizer, or the word tokenizer: its vocabulary `vocab` as a
-    checkpoint saved it, else built from the training texts."""
-    if encoder:
-        from visobert_multitask.data import HFTokenizer
-        return HFTokenizer(encoder)
-    return WordTokenizer(vocab) if vocab is not None else WordTokenizer.from_texts(splits["train"].texts)
-
-
-def model_config(args, dropout: float, vocab_size: int, num_aspects: int) -> tuple[ModelConfig, dict | None]:
-    """The tiny encoder's settings from the flags, or a pretrained encoder's (and its weights)."""
-    cfg = ModelConfig(vocab_size=vocab_size, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                      intermediate=args.intermediate, dropout=dropout, attention_dropout=dropout,
-                      max_positions=args.max_len + 2, num_aspects=num_aspects, num_states=NUM_STATES)
-    if not args.encoder:
-        return cfg, None
-    fields, pretrained_state = fetch_pretrained(args.encoder)
-    cfg = ModelConfig(**{**asdict(cfg), **fields})
-    if args.max_len + 2 > cfg.max_positions:
-        raise ValueError(f"--max-len {args.max_len} exceeds the checkpoint's {cfg.max_positions - 2} positions")
-    return cfg, pretrained_state
-
-
-def train_loader(dataset, pad_id: int, args, dist_info):
-    """Shuffled, sharded over processes, resumable mid-epoch (EpochSampler.set_epoch)."""
-    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=True, seed=args.seed, rank=dist_info.rank,
-                           world_size=dist_info.world_size, drop_last=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         collate_fn=make_collate(pad_id), num_workers=args.workers,
-                                         worker_init_fn=seed_worker,
-                                         generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
-    return loader, sampler
-
-
-def eval_loader(dataset, pad_id: int, workers: int = 0, rank: int = 0, world_size: int = 1):
-    """In order, sharded over processes without dropping a review (predict gathers the shards)."""
-    sampler = EpochSampler(len(dataset), EVAL_BATCH, shuffle=False, rank=rank, world_size=world_size,
-                           drop_last=False)
-    return torch.utils.data.DataLoader(dataset, batch_size=EVAL_BATCH, sampler=sampler,
-                                       collate_fn=make_collate(pad_id), num_workers=workers)
-
-
-def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
-    """Per-aspect focal alpha (A, S) from label frequencies."""
-    # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
-    return focal_alpha(splits["train"].labels, NUM_STATES, power)
+def validate(state: State, loader, cfg: Config, run: Run) -> dict:
+    """Score the validation split, log it, keep best.pt when it improved. Every rank calls it: the
+    predictions are gathered over ranks, so all ranks agree on the best."""
+    epoch = state.epoch if state.batch_in_epoch else state.epoch - 1  # at an epoch's end state points at the next
+    metrics = evaluate(unwrap(state.model), loader, cfg)
+    state.meters["val"] = scores(metrics)
+    run.log({"step": state.step, "epoch": epoch, "split": "val", **_log_metrics(metrics)})
+    improved = run.improved(metrics["score"], state.step, epoch)
+    run.print(f"epoch {epoch} step {state.step}: val {_summary(metrics)}" + (" (best)" if improved else ""))
+    if improved:
+        run.save("best.pt", state)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint of this project holds: weights, optimiser and scaler, the position in the
-    data, the open window of the training log, the last validation scores, the word vocabulary."""
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    vocab: list[str] | None  # the word tokenizer's, so a checkpoint is scored with the ids it trained on
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # the epoch in progress; after its validation, the next one
-    batch_in_epoch: int = 0  # batches of `epoch` done
-    window: dict = field(default_factory=lambda: {"n": 0})  # loss sums since the last training log row
-    val: dict = field(default_factory=dict)  # scores of the last validation
-
-    def save(self, run: Run, name: str) -> None:
-        """Every rank calls it (Run.save: rank 0 writes, all wait)."""
-        run.save(name, *self._contents())
-
-    def save_periodic(self, run: Run) -> None:
-        """step<N>.pt beside last.pt; Run keeps the newest --keep-checkpoints of them."""
-        run.save_periodic(self.step, *self._contents())
-
-    def _contents(self) -> tuple:
-        """Run.save's arguments after the file name: model, optimizer, scaler, progress, extra."""
-        progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        extra = {"window": self.window, "val": self.val, "vocab": self.vocab}
-        return self.model, self.optimizer, self.scaler, progress, extra
-
-    def restore(self, run: Run) -> None:
-        restored = run.restore(self.model, self.optimizer, self.scaler)
-        if restored is not None:
-            self.step, self.epoch, self.batch_in_epoch = (restored[k] for k in ("step", "epoch", "batch_in_epoch"))
-            self.window, self.val = restored["extra"]["window"], restored["extra"]["val"]
-
-
-def train_one_epoch(train_model, state: TrainState, loader, alpha, hp: Recipe, run: Run, args, device, dtype,
-                    validate) -> bool:
-    """Train from the state's position to the end of its epoch (or of the schedule). Returns True
-    when a stop signal arrived: the step it arrived in is finished, nothing else is."""
-    model, optimizer, scaler, epoch = state.model, state.optimizer, state.scaler, state.epoch
+def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
+    """From state's position to the end of its epoch (or of the schedule); True when a stop signal
+    came: the step it arrived in is finished, nothing else is."""
+    t, optimizer, scaler = cfg.train, state.optimizer, state.scaler
     for batch in loader:
-        if state.step >= hp.total_steps:
-            break
-        lr = warmup_cosine_lr(state.step, hp.lr, hp.warmup_steps, hp.total_steps)
+        if state.step >= t.total_steps:  # --max-iters ends the schedule inside this epoch
+            return False
+        lr = lr_at(state.step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, dtype):
-            losses = compute_losses(train_model, batch, alpha, args)
+        batch = {k: v.to(cfg.device, non_blocking=True) for k, v in batch.items()}
+        with autocast(cfg.device, cfg.dtype):
+            losses = compute_losses(state.model, batch, cfg.alpha, cfg.loss)
         check_finite(losses, state.step)
         scaler.scale(losses["loss"]).backward()
         scaler.unscale_(optimizer)
         # --grad-clip 0: no clipping, the norm is still measured for the log.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.grad_clip or math.inf)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
 
-        window = state.window
-        for name in ("loss", "focal", "supcon", "probe"):
+        window = state.meters["window"]  # loss sums since the last training log row
+        for name in LOSS_TERMS:
             if name in losses:
                 window[name] = window.get(name, 0.0) + losses[name].detach().float()
         window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
         window["n"] += 1
-        if state.step % args.log_interval == 0:
+        if state.step % cfg.run.log_interval == 0:
             # Averaged over the window and over ranks (one all-reduce per logged value).
             row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
-            run.log({"step": state.step, "epoch": epoch, "split": "train", "lr": lr, **row})
-            parts = "".join(f" {name} {row[name]:.4f}" for name in ("focal", "supcon", "probe") if name in row)
-            run.print(f"step {state.step} epoch {epoch}: train loss {row['loss']:.4f} ({parts.strip()}) "
+            run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": lr, **row})
+            parts = " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS[1:] if name in row)
+            run.print(f"step {state.step} epoch {state.epoch}: train loss {row['loss']:.4f} ({parts}) "
                       f"lr {lr:.2e} grad norm {row['grad_norm']:.3f}")
-            state.window = {"n": 0}
+            state.meters["window"] = {"n": 0}
         # Before the checkpoint of this step, so a checkpoint never precedes a validation it owes.
-        # The epoch's (or the schedule's) last step is validated by the caller.
-        mid_epoch = state.batch_in_epoch < hp.batches_per_epoch and state.step < hp.total_steps
-        if args.val_interval and state.step % args.val_interval == 0 and mid_epoch:
-            validate(epoch)  # writes last.pt
-        elif args.ckpt_interval and state.step % args.ckpt_interval == 0:
-            state.save(run, "last.pt")
+        # The epoch's (or the schedule's) last step is validated by main().
+        mid_epoch = state.batch_in_epoch < t.batches_per_epoch and state.step < t.total_steps
+        val_due = bool(t.val_interval) and state.step % t.val_interval == 0 and mid_epoch
+        if val_due:
+            validate(state, val_loader, cfg, run)
+        if val_due or (cfg.run.ckpt_interval and state.step % cfg.run.ckpt_interval == 0):
+            run.save("last.pt", state)
         if run.should_stop():
             return True
     return False
-
-
-def validate(run: Run, state: TrainState, loader, aspects, device, dtype, epoch: int) -> None:
-    """Score the validation split, log it, keep best.pt, write last.pt. Every rank calls it: the
-    predictions are gathered over ranks, so all ranks agree on the best."""
-    metrics = evaluate(state.model, loader, device, dtype, aspects)
-    state.val = scores(metrics)
-    run.log({"step": state.step, "epoch": epoch, "split": "val", **_log_metrics(metrics)})
-    improved = run.improved(metrics["score"], state.step, epoch)
-    run.print(f"epoch {epoch} step {state.step}: val {_summary(metrics)}" + (" (best)" if improved else ""))
-    if improved:
-        state.save(run, "best.pt")
-    state.save(run, "last.pt")
 
 
 # ----------------------------------------------------------------------------- main
@@ -438,62 +361,73 @@ def main(argv: list[str] | None = None) -> dict:
     args, resumed = parse_with_resume(parser, argv, PROJECT)  # a given checkpoint is checked here
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}")
-    dist_info = setup_distributed(args.device)
-    device, dtype = dist_info.device, autocast_dtype(dist_info.device, args.amp)
-    seed_everything(args.seed)
+    cfg = config_from(args)
+    dist_info = setup_distributed(cfg.run.device)
+    cfg.device, cfg.dtype = dist_info.device, autocast_dtype(dist_info.device, cfg.run.amp)
+    seed_everything(cfg.run.seed)
 
-    splits = build_data(args)
-    check_sizes(splits, args.batch_size, dist_info.world_size)
-    aspects = splits["train"].aspects
-    tokenizer = build_tokenizer(args.encoder, splits, resumed["extra"]["vocab"] if resumed else None)
-    datasets = {k: ReviewDataset(s, tokenizer, args.max_len) for k, s in splits.items()}
-    loader, sampler = train_loader(datasets["train"], tokenizer.pad_id, args, dist_info)
-    eval_loaders = {k: eval_loader(datasets[k], tokenizer.pad_id, args.workers, dist_info.rank,
-                                   dist_info.world_size) for k in ("val", "test")}
-    hp = recipe(args, sampler.batches_per_epoch())
-    model_cfg, pretrained_state = model_config(args, hp.dropout, len(tokenizer), len(aspects))
-    config = {**vars(args), **asdict(hp), "aspects": list(aspects), "model": asdict(model_cfg),
-              "world_size": dist_info.world_size}
+    splits = build_data(cfg)
+    check_sizes(splits, cfg.train.batch_size, dist_info.world_size)
+    cfg.aspects = splits["train"].aspects
+    tokenizer = build_tokenizer(cfg.encoder.encoder, resumed["extra"]["vocab"] if resumed else None,
+                                splits["train"].texts)
+    datasets = {k: ReviewDataset(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    # Shuffled, sharded over processes, resumable mid-epoch (set_epoch); val/test in order, nothing dropped.
+    sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
+                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
+    val_loader, test_loader = (eval_loader(datasets[k], tokenizer.pad_id, EVAL_BATCH, cfg.run.workers, cfg.run.seed,
+                                           dist_info.rank, dist_info.world_size) for k in ("val", "test"))
+    fill_recipe(cfg, sampler.batches_per_epoch())
+    cfg.model, pretrained_state = model_config(cfg, len(tokenizer), len(cfg.aspects))
+    config = {**vars(args), **asdict(cfg.encoder), **asdict(cfg.train), "aspects": list(cfg.aspects),
+              "model": asdict(cfg.model), "world_size": dist_info.world_size}
     if resumed:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)
 
     with Run(PROJECT, args, config, f"runs/{PROJECT}", resumed, best_metric="score", best_mode="max") as run:
-        model = AspectSentimentModel(model_cfg).to(device)
+        model = AspectSentimentModel(cfg.model).to(cfg.device)
         if pretrained_state is not None:
             load_hf_encoder(model.encoder, pretrained_state)
-        optimizer = torch.optim.AdamW(decay_param_groups(model, args.weight_decay), lr=hp.lr)
-        state = TrainState(model, optimizer, make_grad_scaler(device, dtype), getattr(tokenizer, "vocab", None))
-        state.restore(run)
-        alpha = training_alpha(splits, args.alpha_power).to(device)
+        optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        ddp_model = wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal")
+        # meters: the open window of the training log, the last validation scores, and the word
+        # vocabulary (a list of str), so a checkpoint is scored with the token ids it trained on.
+        state = State(ddp_model, optimizer, make_grad_scaler(cfg.device, cfg.dtype),
+                      meters={"window": {"n": 0}, "val": {}, "vocab": getattr(tokenizer, "vocab", None)})
+        run.restore(state)  # fills step/epoch/batch_in_epoch/meters from --resume
+        cfg.alpha = training_alpha(splits, cfg.loss.alpha_power).to(cfg.device)
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
-        run.print(f"[{PROJECT}] {len(aspects)} aspects, train/val/test = {len(datasets['train'])}/"
-                  f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {model_cfg.vocab_size}, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {hp.total_steps} steps on {device}")
+        run.print(f"[{PROJECT}] {len(cfg.aspects)} aspects, train/val/test = {len(datasets['train'])}/"
+                  f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {cfg.model.vocab_size}, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {cfg.train.total_steps} steps "
+                  f"on {cfg.device}")
         run.print(SCORE_LEGEND)
         run.restore_rng()  # last: dropout continues where the run stopped
-        train_model = wrap_ddp(model, dist_info, find_unused_parameters=args.loss == "focal")
-        validate_now = partial(validate, run, state, eval_loaders["val"], aspects, device, dtype)
 
-        for epoch in range(state.epoch, hp.epochs):
+        for epoch in range(state.epoch, cfg.train.epochs):
             sampler.set_epoch(epoch, state.batch_in_epoch)
-            if train_one_epoch(train_model, state, loader, alpha, hp, run, args, device, dtype, validate_now):
-                state.save(run, "last.pt")
+            loader = make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, epoch,
+                                 make_collate(tokenizer.pad_id))
+            if train_one_epoch(state, loader, val_loader, cfg, run):
+                run.save("last.pt", state)
                 run.exit_stopped(state.step)
             state.epoch, state.batch_in_epoch = epoch + 1, 0  # what last.pt resumes from, once validated
-            validate_now(epoch)
-            state.save_periodic(run)
+            validate(state, val_loader, cfg, run)
+            run.save("last.pt", state)
+            run.save_periodic(state)
         assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
-        del train_model  # DDP must not outlive the process group
+        state.model = model  # the bare module from here on: DDP must not outlive the process group
+        del ddp_model
 
         # Test once, with the weights of the best validation (every rank loads the complete best.pt).
         run.load_best(model)
-        test = evaluate(model, eval_loaders["test"], device, dtype, aspects)
+        test = evaluate(model, test_loader, cfg)
         run.log({"step": state.step, "epoch": run.best["epoch"], "split": "test", **_log_metrics(test)})
         run.print(f"best epoch {run.best['epoch']}: test {_summary(test)}")
         run.print("per-aspect test scores (best epoch):\n" + per_aspect_table(test))
-        run.print(f"final validation: {_summary(state.val)}")
+        run.print(f"final validation: {_summary(state.meters['val'])}")
         run.print(f"elapsed {time.time() - start_time:.1f} s, run folder {run.dir}")
-        results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.val,
+        results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.meters["val"],
                    "test": scores(test), "test_per_aspect": test["per_aspect"],
                    "bad_labels_skipped": {name: split.skipped for name, split in splits.items() if split.skipped}}
         run.finish(results)
@@ -506,16 +440,14 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
     vocabulary from the checkpoint) and model from the checkpoint alone: the same flat scores
     main() reports in results["test"] for its best.pt."""
     checkpoint = load_run_checkpoint(path, PROJECT)
-    args = argparse.Namespace(**checkpoint["args"])
-    splits = build_data(args)
-    tokenizer = build_tokenizer(args.encoder, splits, checkpoint["extra"]["vocab"])
+    cfg = config_from(argparse.Namespace(**checkpoint["args"]))
+    cfg.device, cfg.aspects = torch.device(device), checkpoint["config"]["aspects"]
+    cfg.dtype = autocast_dtype(cfg.device, cfg.run.amp)
+    tokenizer = build_tokenizer(cfg.encoder.encoder, checkpoint["extra"]["vocab"])
     model = AspectSentimentModel(ModelConfig(**checkpoint["config"]["model"]))
     load_model_state(model, checkpoint["model"], path)
-    device = torch.device(device)
-    loader = eval_loader(ReviewDataset(splits[split], tokenizer, args.max_len), tokenizer.pad_id)
-    metrics = evaluate(model.to(device), loader, device, autocast_dtype(device, args.amp),
-                       checkpoint["config"]["aspects"])
-    return scores(metrics)
+    loader = eval_loader(ReviewDataset(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
+    return scores(evaluate(model.to(cfg.device), loader, cfg))
 
 
 def _log_metrics(metrics: dict) -> dict:
@@ -534,7 +466,8 @@ def _summary(metrics: dict) -> str:
 
 def per_aspect_table(metrics: dict) -> str:
     lines = [f"{'aspect':<14}{'detect F1':>10}{'sentiment F1':>14}{'present':>9}"]
-    lines += [f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}" for r in metrics["per_aspect"]]
+    lines += [f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}"
+              for r in metrics["per_aspect"]]
     return "\n".join(lines)
 
 

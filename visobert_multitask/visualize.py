@@ -17,7 +17,7 @@ Without matplotlib the same numbers are printed as tables.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import dataclasses
@@ -26,19 +26,19 @@ import re
 import torch
 import torch.nn as nn
 
-from common.tools.bench import StageTimer
 from common.lifecycle import load_model_state, load_run_checkpoint
+from common.tools.bench import StageTimer
 from common.tools.predict import pyplot_or_none
 from visobert_multitask.bench import compare, make_batch
 from visobert_multitask.losses import (
     NUM_STATES,
+    LossConfig,
     aspect_focal_loss,
     focal_alpha,
     positive_weights,
     supcon_multilabel,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
-from visobert_multitask.train import LossConfig
 
 DEFAULT_OUT = "runs/visobert_multitask/figures"  # without --checkpoint
 
@@ -55,7 +55,8 @@ def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]
         logits, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
     for h in hooks:
         h.remove()
-    return records + [("logits", "per aspect", tuple(logits.shape)), ("embeddings", "L2-normed", tuple(embeddings.shape))]
+    return records + [("logits", "per aspect", tuple(logits.shape)),
+                      ("embeddings", "L2-normed", tuple(embeddings.shape))]
 
 
 def loss_config(checkpoint: dict | None) -> LossConfig:
@@ -67,7 +68,7 @@ def loss_config(checkpoint: dict | None) -> LossConfig:
 
 
 def loss_formula(loss: LossConfig) -> str:
-    """The training loss as train.compute_losses forms it for `loss.loss`."""
+    """The training loss as losses.compute_losses forms it for `loss.loss`."""
     if loss.loss == "focal":
         return "focal loss only (SupCon off)"
     if loss.loss == "contrastive":
@@ -120,8 +121,9 @@ def draw_architecture(records, loss: LossConfig, source: str, path: Path, plt) -
     y -= 1
     box(0.5, y, "sentence vector = first token hidden state", "#d9ead3")
     ax.annotate("", (0.5, y + 0.3), (0.5, y + 0.7), arrowprops=dict(arrowstyle="->"))
-    for x, key, out, name_of_loss in ((0.25, "classifier", "logits", f"focal loss per aspect (gamma {loss.gamma:g})"),
-                                      (0.75, "projection", "embeddings", f"SupCon loss (temperature {loss.temperature:g})")):
+    head_boxes = ((0.25, "classifier", "logits", f"focal loss per aspect (gamma {loss.gamma:g})"),
+                  (0.75, "projection", "embeddings", f"SupCon loss (temperature {loss.temperature:g})"))
+    for x, key, out, name_of_loss in head_boxes:
         name, cls, shape = heads[key]
         box(x, y - 1, f"{name} ({cls})  ->  {shape}\n{out} {heads[out][2]}", "#fce5cd")
         box(x, y - 2, name_of_loss, "#f4cccc")
