@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
 from common.tools.ablation import run_ablation
-from dual_cross_attention.train import main as train_main
 
+PROJECT = "dual_cross_attention"
 VARIANTS = {
     "vit": ["--no-glca", "--no-pwca"],  # the same ViT without DCAL
     "sa+glca": ["--no-pwca"],
@@ -31,7 +31,7 @@ BASE_FLAGS = ["--num-overlays", "0", "--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("dual_cross_attention", train_main, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation(PROJECT, VARIANTS, argv, metrics=METRICS, base_flags=BASE_FLAGS, description=__doc__)
 
 
 if __name__ == "__main__":

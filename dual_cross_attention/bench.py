@@ -24,9 +24,9 @@ import warnings
 
 import torch
 
+from common.runtime import decay_param_groups
 from common.tools.bench import method, time_in_turn
-from dual_cross_attention.model import DCAL, DCALConfig, derangement
-from dual_cross_attention.train import build_optimizer, compute_losses
+from dual_cross_attention.model import DCAL, DCALConfig, compute_losses, derangement
 
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6, patch_size=16)
 VIT_B16 = dict(embed_dim=768, depth=12, num_heads=12, patch_size=16)
@@ -49,6 +49,11 @@ def train_flops(cfg: DCALConfig, batch: int) -> float:
     return batch * total
 
 
+def adamw(model) -> torch.optim.Optimizer:
+    """The optimiser train.py builds (AdamW, no decay on 1-d tensors and tokens), at a fixed lr."""
+    return torch.optim.AdamW(decay_param_groups(model, 0.05), lr=1e-4)
+
+
 def train_step(model, optimizer, images, labels) -> None:
     total, _, _ = compute_losses(model, images, labels, model.cfg.pwca)
     total.backward()
@@ -58,7 +63,7 @@ def train_step(model, optimizer, images, labels) -> None:
 
 def compare_steps(models: dict, images, labels, repeats: int) -> dict[str, float]:
     """Median seconds of a training step per model, the models timed in turn."""
-    optimizers = {name: build_optimizer(m, 1e-4, 0.05) for name, m in models.items()}
+    optimizers = {name: adamw(m) for name, m in models.items()}
     steps = {name: lambda m=m, o=optimizers[name]: train_step(m, o, images, labels) for name, m in models.items()}
     return time_in_turn(steps, repeats)
 
@@ -157,7 +162,7 @@ def main(argv=None):
     size, batch = (448, 4) if cuda else (64, 4)
     cfg = DCALConfig(image_size=size, num_classes=200, drop_path=0.1, **(VIT_B16 if cuda else VIT_S16))
     model = DCAL(cfg).to(device)
-    optimizer = build_optimizer(model, 1e-4, 0.05)
+    optimizer = adamw(model)
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 200, (batch,), device=device)
     readings = []

@@ -18,7 +18,9 @@ from PIL import Image
 
 from common.cli import arg, at_least, between
 from common.images import DECODE_ERRORS, open_image
+from common.lifecycle import load_model_state, load_run_checkpoint
 from common.runtime import DataError, read_text, sample_generator
+from dual_cross_attention.model import DCAL, DCALConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,14 +38,9 @@ class DataConfig:
     synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
     synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
-    synthetic_task: str = arg("fine", "built-in synthetic set: 'fine' (a small textured part on an object decides "
-                              "the class, among look-alike parts on cluttered backgrounds, off the patch grid) or "
-                              "'parts' (a 2x2 pattern among decoys, on the patch grid; a far easier task)",
-                              choices=["fine", "parts"])
-    synthetic_classes: int = arg(10, "synthetic classes (at most 41 for 'fine', 128 for 'parts')",
-                                 check=between(2, 128, int))
-    synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class ('fine': textures off the "
-                                "object; 'parts': 2x2 patterns)", check=at_least(0))
+    synthetic_classes: int = arg(10, "synthetic classes (at most 41)", check=at_least(2))
+    synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class: textures off the object",
+                                check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -290,85 +287,19 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
         train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed, cfg.val_fraction)
         return {"train": train, "val": val, "test": test}, len(train.classes)
     sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
-    synthetic = SyntheticFineGrained if cfg.synthetic_task == "fine" else SyntheticParts
-    if cfg.synthetic_task == "fine" and cfg.synthetic_classes > SyntheticFineGrained.max_classes():
-        raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the 'fine' task has parts for at most "
-                        f"{SyntheticFineGrained.max_classes()} classes (--synthetic-task parts takes up to 128)")
-    splits = {split: synthetic(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
-                               split=split) for split, n in sizes.items()}
+    if cfg.synthetic_classes > SyntheticFineGrained.max_classes():
+        raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the synthetic set has parts for at most "
+                        f"{SyntheticFineGrained.max_classes()} classes")
+    splits = {split: SyntheticFineGrained(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys,
+                                          seed=seed, split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
 
 
 # ----------------------------------------------------------------------------- synthetic
 
 
-class SyntheticParts(torch.utils.data.Dataset):
-    """Fine-grained toy data: every image shows the same kind of cluttered background (smooth
-    colour field, noise, and decoy parts drawn from the same palette), and the class is decided
-    only by one small part, a 2x2 colour pattern `part` pixels wide, at a random place on the
-    `part`-pixel grid (the ViT patch grid when patch_size == part).
-
-    A global colour histogram cannot tell the classes apart, and decoys look like parts: the
-    model must find the one part whose pattern is a class pattern and read it, which is what
-    GLCA's rollout-selected local queries are for. Class patterns are distinct and depend on the
-    seed only (shared by all splits); images are generated once from (seed, split), each split
-    from its own stream, and shifted by whole cells per (seed, epoch, index) in training."""
-
-    PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
-    SPLITS = ("train", "val", "test")
-
-    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
-                 decoys: int = 3, seed: int = 0, split: str = "train"):
-        if image_size % part or part % 2:
-            raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
-        colours = len(self.PALETTE)
-        if num_classes > colours**4 // 2:
-            raise ValueError(f"at most {colours**4 // 2} synthetic classes (2x2 patterns over {colours} colours)")
-        if split not in self.SPLITS:
-            raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
-        self.num_classes, self.image_size, self.part, self.seed = num_classes, image_size, part, seed
-        self.train = split == "train"
-        self.epoch = 0
-        g_cls = torch.Generator().manual_seed(seed)
-        codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
-        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1)  # (colours^4, 4)
-        digits = digits.view(-1, 2, 2)  # (patterns, 2, 2): colour index of each cell
-        patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
-        g = torch.Generator().manual_seed(seed * 7919 + 1 + self.SPLITS.index(split))
-        self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)
-        field = torch.rand(num_samples, 3, 4, 4, generator=g) * 0.6 + 0.2
-        images = TF.resize(field, [image_size, image_size], antialias=True)  # smooth background
-        images = images + 0.08 * torch.randn(num_samples, 3, image_size, image_size, generator=g)
-        cells = image_size // part
-        for i in range(num_samples):
-            places = torch.randperm(cells * cells, generator=g)[: decoys + 1].tolist()  # distinct grid cells
-            picks = torch.randint(0, len(decoy_patterns), (decoys,), generator=g)
-            for place, pattern in zip(places, [patterns[self.labels[i]], *decoy_patterns[picks]]):
-                tile = self.PALETTE[pattern].permute(2, 0, 1)  # (3, 2, 2) colour per cell
-                tile = tile.repeat_interleave(part // 2, 1).repeat_interleave(part // 2, 2)  # (3, part, part)
-                top, left = (place // cells) * part, (place % cells) * part
-                images[i, :, top:top + part, left:left + part] = tile
-        self.images = ((images - 0.5) / 0.25).float()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.train:
-            # translation by whole cells keeps every part on the grid and intact (a flip would
-            # mirror a pattern into another one)
-            shift = torch.randint(0, self.image_size // self.part, (2,), generator=sample_generator(
-                self.seed, self.epoch, index)) * self.part
-            image = image.roll(shifts=tuple(shift.tolist()), dims=(-2, -1))
-        return image, int(self.labels[index]), index
-
-
 class SyntheticFineGrained(torch.utils.data.Dataset):
-    """Fine-grained toy data, closer to birds than `SyntheticParts`: every image shows one object
+    """Fine-grained toy data: every image shows one object
     (an ellipse of a random colour, size and angle) on a cluttered background (smooth colour
     field, stripes of a random frequency and angle, bars of random colours, noise), and the class
     is decided only by the small part on the object, `part` pixels square at any pixel position
@@ -392,8 +323,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns.
     `clutter=False` leaves the smooth colour field alone as the background."""
 
-    PALETTE = SyntheticParts.PALETTE
-    SPLITS = SyntheticParts.SPLITS
+    PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
+    SPLITS = ("train", "val", "test")
     TEXTURES = (  # colour (0 or 1 of the pair) at row u, column v of a part; periodic in u and v
         lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
         lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
@@ -520,3 +451,18 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         top, left = self.crop_offset(index)
         image = self.images[index, :, top:top + self.image_size, left:left + self.image_size]
         return image, int(self.labels[index]), index
+
+
+# ----------------------------------------------------------------------------- a saved run
+
+
+def rebuild_run(path) -> tuple[dict, DCAL, dict]:
+    """(checkpoint, model with its weights, {train, val, test} datasets) of a saved run, the data and
+    model rebuilt from the settings saved in it (for the tools and a one-process re-evaluation)."""
+    checkpoint = load_run_checkpoint(path, "dual_cross_attention")
+    model_cfg = DCALConfig(**checkpoint["config"]["model"])
+    splits, _ = build_datasets(DataConfig(**checkpoint["config"]["data"]), model_cfg.image_size,
+                               checkpoint["args"]["seed"])
+    model = DCAL(model_cfg)
+    load_model_state(model, checkpoint["model"], path)
+    return checkpoint, model, splits

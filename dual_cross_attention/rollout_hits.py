@@ -25,8 +25,7 @@ import torch
 
 from common.lifecycle import run_cli
 from common.runtime import DataError
-from dual_cross_attention.data import SyntheticFineGrained
-from dual_cross_attention.train import rebuild_run
+from dual_cross_attention.data import SyntheticFineGrained, rebuild_run
 
 
 def part_patches(top: int, left: int, part: int, patch: int, grid: int) -> list[int]:

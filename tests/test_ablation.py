@@ -190,12 +190,9 @@ def test_fine_grained_is_deterministic_off_grid_and_keeps_the_part_in_every_crop
     assert val.crop_offset(5) == (val.margin, val.margin)  # evaluation: the centre
 
 
-def test_build_datasets_default_is_fine_grained_and_old_task_stays_available():
+def test_build_datasets_default_is_fine_grained():
     splits, classes = build_datasets(DataConfig(synthetic_train=32, synthetic_val=8, synthetic_test=8), 32, seed=0)
     assert isinstance(splits["train"], SyntheticFineGrained) and classes == 10
-    splits, classes = build_datasets(DataConfig(synthetic_train=32, synthetic_val=8, synthetic_test=8,
-                                                synthetic_task="parts"), 32, seed=0)
-    assert type(splits["train"]).__name__ == "SyntheticParts" and classes == 10
 
 
 def test_deepfake_attention_none_starts_every_other_weight_as_the_gate_run():
