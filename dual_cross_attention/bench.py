@@ -16,7 +16,7 @@ the compared models timed in turn).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import gc
@@ -130,7 +130,8 @@ def main(argv=None):
 
     size, batch = (224, 32) if cuda else (224, 1)
     images = torch.randn(batch, 3, size, size, device=device)
-    ours = DCAL(DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)).to(device)
+    plain_vit = DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)
+    ours = DCAL(plain_vit).to(device)
     theirs = torchvision.models.vit_b_16(weights=None).to(device)
     result = time_in_turn({name: lambda m=m: forward_backward(m, images)
                            for name, m in (("ours", ours), ("torchvision", theirs))}, args.repeats)
@@ -156,7 +157,8 @@ def main(argv=None):
     what = "peak allocated (fwd+bwd)" if cuda else "activations held for backward"
     print(f"[3] DCAL {arch} 448px batch 4, {what}: {memory[False] / 2**20:.0f} MiB without, "
           f"{memory[True] / 2**20:.0f} MiB with gradient checkpointing"
-          + ("" if cuda else f" (+ one block's activations, ~{memory[False] / cfg.depth / 2**20:.0f} MiB, while it is recomputed)"))
+          + ("" if cuda else f" (+ one block's activations, ~{memory[False] / cfg.depth / 2**20:.0f} MiB, while "
+                             f"it is recomputed)"))
 
     # 4. memory over 30 consecutive steps
     size, batch = (448, 4) if cuda else (64, 4)

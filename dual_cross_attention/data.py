@@ -185,7 +185,8 @@ def read_cub(root: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]
                             f"is not an integer")
         elif _class_id(class_id) not in index_of:
             problems.append(f"{files['image_class_labels']}:{line_no}: image id {image_id} has unknown class id "
-                            f"{class_id} (class ids: {files['classes'].name if files['classes'].is_file() else '>= 1'})")
+                            f"{class_id} (class ids: "
+                            f"{files['classes'].name if files['classes'].is_file() else '>= 1'})")
     for image_id, (line_no, is_train) in split.items():
         if is_train not in ("0", "1"):
             problems.append(f"{files['train_test_split']}:{line_no}: image id {image_id}: is_train {is_train!r} "
@@ -213,7 +214,8 @@ def folder_samples(root: Path, split: str, classes: list[str] | None = None):
     """root/<split>/<class>/<image>; classes from the train tree, the other trees may not add any."""
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and {root}/val/<class>/... "
+        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and "
+                        f"{root}/val/<class>/... "
                         f"or {root}/test/<class>/...)")
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if classes is None:
@@ -276,7 +278,8 @@ def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val
         train, val = carve_validation(train, val_fraction, seed, source) if val_fraction > 0 else (train, test)
     train_set = _FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed)
     val_set = _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed)
-    test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False), seed)
+    test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False),
+                                                            seed)
     return train_set, val_set, test_set
 
 
@@ -351,11 +354,12 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         if num_classes > self.max_classes(decoys_from_classes):
             raise ValueError(f"at most {self.max_classes(decoys_from_classes)} synthetic classes ({family} textured "
                              f"parts{'' if decoys_from_classes else ', one left for decoys'})")
-        self.num_classes, self.image_size, self.part, self.margin, self.seed = num_classes, image_size, part, margin, seed
+        self.num_classes, self.image_size, self.part = num_classes, image_size, part
+        self.margin, self.seed = margin, seed
         self.train = split == "train"
         self.epoch = 0
         u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
-        order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in every split
+        order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in all splits
         tiles = []
         for index in order:  # the first num_classes are the classes' parts
             texture, (a, b) = self.TEXTURES[index // len(pairs)], pairs[index % len(pairs)]
@@ -419,7 +423,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         tint = (torch.rand(n, 3, generator=g) * 2 - 1) * (torch.rand(n, 1, generator=g) * 0.2 + 0.05)
         images = field + tint[:, :, None, None] * stripes[:, None] * clutter
         # bars 1-2 px wide and 3-10 px long, lying or standing, of random colours: clutter the size of a part
-        thick, length = torch.randint(1, 3, (n, max_bars), generator=g), torch.randint(3, 11, (n, max_bars), generator=g)
+        thick = torch.randint(1, 3, (n, max_bars), generator=g)
+        length = torch.randint(3, 11, (n, max_bars), generator=g)
         lying = torch.rand(n, max_bars, generator=g) < 0.5
         height, width = torch.where(lying, thick, length), torch.where(lying, length, thick)
         top = (torch.rand(n, max_bars, generator=g) * (size - height + 1)).long()
@@ -444,8 +449,9 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         +-margin drawn per (seed, epoch, index) in training."""
         if not self.train:
             return self.margin, self.margin
-        top, left = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
-        return int(top), int(left)
+        shift = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
+        top, left = shift.tolist()
+        return top, left
 
     def __getitem__(self, index: int):
         top, left = self.crop_offset(index)

@@ -20,7 +20,6 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-
 PRESETS = {  # ViT sizes picked by --model; --embed-dim / --depth / --heads / --patch-size override one entry
     "tiny": dict(embed_dim=64, depth=4, num_heads=4, patch_size=4),
     "small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
@@ -323,7 +322,8 @@ TORCHVISION_KEYS = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedd
                     "head.weight": "heads.head.weight", "head.bias": "heads.head.bias"}
 TIMM_KEYS = {"cls_token": "cls_token", "pos_embed": "pos_embed",
              "patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias",
-             "norm.weight": "norm.weight", "norm.bias": "norm.bias", "head.weight": "head.weight", "head.bias": "head.bias"}
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias",
+             "head.weight": "head.weight", "head.bias": "head.bias"}
 
 
 def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
@@ -394,7 +394,8 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
     source = source or detect_source(state_dict)
     key_map = pretrained_key_map(model.cfg.depth, source)
     own = model.state_dict()
-    head_loaded = key_map["head.weight"] in state_dict and state_dict[key_map["head.weight"]].shape == own["head.weight"].shape
+    head_source = key_map["head.weight"]
+    head_loaded = head_source in state_dict and state_dict[head_source].shape == own["head.weight"].shape
     skipped = set()
     if not head_loaded:
         skipped = {key_map.pop("head.weight"), key_map.pop("head.bias")}

@@ -16,7 +16,7 @@ picked as its local queries outlined, and the attention rollout they were ranked
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import torch
 import torchvision.transforms.functional as TF
@@ -24,6 +24,7 @@ from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
 
 from common.lifecycle import run_cli
+from common.runtime import DataError, autocast, autocast_dtype
 from common.tools.predict import (
     batches,
     colorbar,
@@ -36,7 +37,6 @@ from common.tools.predict import (
     sheet,
     write_rows,
 )
-from common.runtime import DataError, autocast, autocast_dtype
 from dual_cross_attention.data import (
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          for branch, top in ranked.items()]
             if plt is not None:
                 best = ranked["combined"][0]
-                caption = f"{path.name}: predicted {best['class']} ({best['prob']:.2f})" + (f", true {true}" if true else "")
+                caption = (f"{path.name}: predicted {best['class']} ({best['prob']:.2f})"
+                           + (f", true {true}" if true else ""))
                 title = f"dual_cross_attention {args.checkpoint}: GLCA local queries and attention rollout"
                 drawn += 1  # numbered: images of the same name in two folders get two pictures
                 draw_explanation(plt, unnormalise(images[i], data), out["rollout"][i, 0, 1:].cpu(), cfg, caption, title,

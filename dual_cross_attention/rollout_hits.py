@@ -14,7 +14,7 @@ ViT run (--no-glca) has a rollout too: it tells whether the attention alone find
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import json
@@ -52,7 +52,8 @@ def hit_stats(scores: torch.Tensor, boxes: torch.Tensor, part: int, patch: int, 
         hits_chance.append(1 - math.comb(n - k, top_r) / math.comb(n, top_r))  # at least one of R on the part
         on_part_chance.append(k / n)
     return {name: statistics.fmean(values) for name, values in (
-        ("image_hit", hits), ("on_part", on_part), ("image_hit_chance", hits_chance), ("on_part_chance", on_part_chance))}
+        ("image_hit", hits), ("on_part", on_part), ("image_hit_chance", hits_chance),
+        ("on_part_chance", on_part_chance))}
 
 
 @torch.no_grad()

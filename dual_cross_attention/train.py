@@ -12,7 +12,7 @@ top-1 (SA + GLCA), and ends by scoring best.pt on the test split (<run>/results.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import contextlib
@@ -59,7 +59,14 @@ from common.schedulers import scaled_lr, warmup_cosine_lr
 from common.tools.predict import pyplot_or_none
 from dual_cross_attention import plots
 from dual_cross_attention.data import DataConfig, build_datasets, rebuild_run
-from dual_cross_attention.model import PRESETS, DCAL, DCALConfig, compute_losses, fetch_torchvision_vit_b_16, load_pretrained
+from dual_cross_attention.model import (
+    DCAL,
+    PRESETS,
+    DCALConfig,
+    compute_losses,
+    fetch_torchvision_vit_b_16,
+    load_pretrained,
+)
 
 PROJECT = "dual_cross_attention"
 DEFAULT_OUT = "runs/dual_cross_attention"
