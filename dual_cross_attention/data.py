@@ -302,8 +302,8 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
 
 
 class SyntheticFineGrained(torch.utils.data.Dataset):
-    """Fine-grained toy data: every image shows one object
-    (an ellipse of a random colour, size and angle) on a cluttered background (smooth colour
+    """Fine-grained toy data: every image shows one object (an ellipse of a random colour, size and
+    angle) on a cluttered background (smooth colour
     field, stripes of a random frequency and angle, bars of random colours, noise), and the class
     is decided only by the small part on the object, `part` pixels square at any pixel position
     (not on the patch grid, so it straddles patches): a two-colour texture (stripes, checks,
@@ -312,19 +312,16 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     in their combination.
 
     Distractors are parts of the same family placed off the object, drawn independently of the
-    label, so every class shows the same distractors: with `decoys_from_classes` they are the
-    patterns of the classes themselves (a bag of part detectors cannot beat ~1 / (1 + decoys); the
-    part that counts is the one on the object), else the family's patterns that belong to no
-    class. Either way the model has to find one small region, the setting GLCA's rollout-selected
-    local queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
+    label, so every class shows the same distractors: the family's patterns that belong to no
+    class. The model has to find one small region, the setting GLCA's rollout-selected local
+    queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
     place carry no class information.
 
     Images are drawn once from (seed, split) on a canvas `margin` pixels wider on each side;
     evaluation shows the centre, training a crop shifted by up to +-margin pixels per
     (seed, epoch, index) (no flip: a mirrored diagonal is another texture). The part is inside
     every crop. `part_boxes` (top, left) and `decoy_boxes` (-1 where a distractor found no room)
-    are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns.
-    `clutter=False` leaves the smooth colour field alone as the background."""
+    are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
     SPLITS = ("train", "val", "test")
@@ -337,13 +334,12 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         return [(a, b) for a in range(len(cls.PALETTE)) for b in range(a + 1, len(cls.PALETTE))]
 
     @classmethod
-    def max_classes(cls, decoys_from_classes: bool = False) -> int:
-        """Distinct textured parts, less one kept for the decoys unless the decoys are class parts."""
-        return len(cls.TEXTURES) * len(cls.colour_pairs()) - (0 if decoys_from_classes else 1)
+    def max_classes(cls) -> int:
+        """Distinct textured parts, less one kept for the decoys."""
+        return len(cls.TEXTURES) * len(cls.colour_pairs()) - 1
 
     def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 8,
-                 decoys: int = 3, decoys_from_classes: bool = False, seed: int = 0, split: str = "train",
-                 margin: int = 2, clutter: bool = True):
+                 decoys: int = 3, seed: int = 0, split: str = "train", margin: int = 2):
         canvas = image_size + 2 * margin
         if image_size - part < 2 * margin:
             raise ValueError(f"image_size {image_size} leaves no room for a {part} px part within +-{margin} px shifts")
@@ -351,9 +347,9 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
             raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
         pairs = self.colour_pairs()
         family = len(self.TEXTURES) * len(pairs)  # unordered pairs: swapping the colours only shifts a texture
-        if num_classes > self.max_classes(decoys_from_classes):
-            raise ValueError(f"at most {self.max_classes(decoys_from_classes)} synthetic classes ({family} textured "
-                             f"parts{'' if decoys_from_classes else ', one left for decoys'})")
+        if num_classes > self.max_classes():
+            raise ValueError(f"at most {self.max_classes()} synthetic classes ({family} textured parts, one left "
+                             f"for decoys)")
         self.num_classes, self.image_size, self.part = num_classes, image_size, part
         self.margin, self.seed = margin, seed
         self.train = split == "train"
@@ -368,7 +364,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(seed * 7919 + 101 + self.SPLITS.index(split))
         # balanced classes: num_samples / num_classes images each, in a random order
         self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
-        pool = torch.arange(num_classes) if decoys_from_classes else torch.arange(num_classes, family)
+        pool = torch.arange(num_classes, family)
         self.decoy_patterns = pool[torch.randint(0, len(pool), (num_samples, decoys), generator=g)]  # into patterns
         # the part lies inside the crop whatever the shift: top/left in [2 * margin, image_size - part]
         self.part_boxes = torch.randint(2 * margin, image_size - part + 1, (num_samples, 2), generator=g)
@@ -376,7 +372,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         minor = ((torch.rand(num_samples, generator=g) * 0.06 + 0.16) * image_size).clamp_min(part / 2 + 1.5)
         radius = torch.stack([minor * (1 + 0.4 * torch.rand(num_samples, generator=g)), minor], dim=1)  # semi-axes
         self.decoy_boxes = self._place_decoys(centre, radius[:, 0], decoys, canvas, g)
-        images = self._backgrounds(num_samples, canvas, g, clutter)
+        images = self._backgrounds(num_samples, canvas, g)
         for i, d in (self.decoy_boxes[..., 0] >= 0).nonzero().tolist():
             top, left = self.decoy_boxes[i, d].tolist()
             images[i, :, top:top + part, left:left + part] = self.patterns[self.decoy_patterns[i, d]]
@@ -411,9 +407,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         return boxes
 
     @staticmethod
-    def _backgrounds(n: int, size: int, g: torch.Generator, clutter: bool = True, max_bars: int = 6) -> torch.Tensor:
-        """(n, 3, size, size) in ~[0, 1]: a smooth colour field, and with `clutter` stripes and 3-6 bars,
-        all random per image."""
+    def _backgrounds(n: int, size: int, g: torch.Generator, max_bars: int = 6) -> torch.Tensor:
+        """(n, 3, size, size) in ~[0, 1]: a smooth colour field, stripes and 3-6 bars, all random per image."""
         field = TF.resize(torch.rand(n, 3, 3, 3, generator=g) * 0.6 + 0.2, [size, size], antialias=True)
         y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
         theta = torch.rand(n, 1, 1, generator=g) * math.pi
@@ -421,7 +416,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
         stripes = torch.sin(2 * math.pi * freq * (x * theta.cos() + y * theta.sin()) + phase)  # (n, size, size)
         tint = (torch.rand(n, 3, generator=g) * 2 - 1) * (torch.rand(n, 1, generator=g) * 0.2 + 0.05)
-        images = field + tint[:, :, None, None] * stripes[:, None] * clutter
+        images = field + tint[:, :, None, None] * stripes[:, None]
         # bars 1-2 px wide and 3-10 px long, lying or standing, of random colours: clutter the size of a part
         thick = torch.randint(1, 3, (n, max_bars), generator=g)
         length = torch.randint(3, 11, (n, max_bars), generator=g)
@@ -429,7 +424,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         height, width = torch.where(lying, thick, length), torch.where(lying, length, thick)
         top = (torch.rand(n, max_bars, generator=g) * (size - height + 1)).long()
         left = (torch.rand(n, max_bars, generator=g) * (size - width + 1)).long()
-        shown = torch.arange(max_bars) < torch.randint(3, max_bars + 1, (n, 1), generator=g) * clutter  # (n, bars)
+        shown = torch.arange(max_bars) < torch.randint(3, max_bars + 1, (n, 1), generator=g)  # (n, bars)
         colour = torch.rand(n, max_bars, 3, generator=g)
         for b in range(max_bars):  # later bars over earlier ones
             rows = (y[None] >= top[:, b, None, None]) & (y[None] < (top + height)[:, b, None, None])
