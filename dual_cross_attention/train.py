@@ -57,7 +57,6 @@ from common.runtime import (
 )
 from common.schedulers import scaled_lr, warmup_cosine_lr
 from common.tools.predict import pyplot_or_none
-from dual_cross_attention import plots
 from dual_cross_attention.data import DataConfig, build_datasets, rebuild_run
 from dual_cross_attention.model import (
     DCAL,
@@ -67,6 +66,7 @@ from dual_cross_attention.model import (
     fetch_torchvision_vit_b_16,
     load_pretrained,
 )
+from dual_cross_attention.plots import save_rollout_png
 
 PROJECT = "dual_cross_attention"
 DEFAULT_OUT = "runs/dual_cross_attention"
@@ -348,8 +348,8 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict[str, float]:
     run.log({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in val.items()}})
     run.print(f"step {state.step} epoch {state.epoch}: val " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
     if is_main() and cfg.train.num_overlays:
-        plots.save_rollout_png(model, loader.dataset, cfg.train.num_overlays,
-                               run.dir / f"rollout_step{state.step:06d}.png", state.step, state.epoch, val)
+        save_rollout_png(model, loader.dataset, cfg.train.num_overlays,
+                         run.dir / f"rollout_step{state.step:06d}.png", state.step, state.epoch, val)
     if run.improved(val["top1"], state.step, state.epoch):
         run.save("best.pt", state)
     return val
