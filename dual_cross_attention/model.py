@@ -305,7 +305,6 @@ def compute_losses(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return total, parts, out
 
 
-
 # ----------------------------------------------------------------------------- pretrained weights
 
 TORCHVISION_BLOCK_KEYS = {  # ours (under blocks.{i}.) -> torchvision (under encoder.layers.encoder_layer_{i}.)
