@@ -1,10 +1,8 @@
-"""Losses used by two or more projects: focal, label-smoothing CE, SupCon, InfoNCE and
-uncertainty weighting of task losses."""
+"""Losses used by two or more projects: focal, label-smoothing CE, SupCon and InfoNCE."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -96,41 +94,3 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
         l_neg = l_neg.masked_fill(negative_mask, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
-
-
-class UncertaintyWeighting(nn.Module):
-    """Homoscedastic-uncertainty weighting of task losses (Kendall et al. 2018; FairMOT form):
-
-        total = 0.5 * sum_i( exp(-s_i) * L_i + s_i ),   s_i = log sigma_i^2 learned.
-
-    Optional bounds are applied smoothly (s = lo + (hi - lo) * sigmoid(raw)), never with clamp:
-    a clamped s has zero gradient outside its range, so a weight that hits a bound stops
-    learning for good. At the optimum exp(-s_i) = 1 / L_i, so tasks with similar losses get
-    similar weights; that is expected, not a bug."""
-
-    def __init__(self, num_tasks: int, init: float = 0.0, bounds: tuple[float, float] | None = None):
-        super().__init__()
-        self.bounds = bounds
-        if bounds is None:
-            raw = torch.full((num_tasks,), float(init))
-        else:
-            lo, hi = bounds
-            frac = torch.tensor((init - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
-            raw = torch.full((num_tasks,), float(torch.logit(frac)))
-        self.raw_log_vars = nn.Parameter(raw)
-
-    @property
-    def log_vars(self) -> torch.Tensor:
-        if self.bounds is None:
-            return self.raw_log_vars
-        lo, hi = self.bounds
-        return lo + (hi - lo) * torch.sigmoid(self.raw_log_vars)
-
-    def effective_weights(self) -> torch.Tensor:
-        """0.5 * exp(-s_i): the factor each task loss is multiplied by (for logging)."""
-        return 0.5 * torch.exp(-self.log_vars.detach())
-
-    def forward(self, losses: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        s = self.log_vars
-        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
-        return 0.5 * (torch.exp(-s) * stacked + s).sum()

@@ -13,10 +13,11 @@ is softmax(SA) + softmax(GLCA) where GLCA exists, SA alone otherwise.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 from common.tools.ablation import run_ablation
 
+PROJECT = "dual_cross_attention"
 VARIANTS = {
     "vit": ["--no-glca", "--no-pwca"],  # the same ViT without DCAL
     "sa+glca": ["--no-pwca"],

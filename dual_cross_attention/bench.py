@@ -16,7 +16,7 @@ the compared models timed in turn).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import gc
@@ -24,9 +24,9 @@ import warnings
 
 import torch
 
+from common.runtime import decay_param_groups
 from common.tools.bench import method, time_in_turn
-from dual_cross_attention.model import DCAL, DCALConfig, derangement
-from dual_cross_attention.train import build_optimizer, compute_losses
+from dual_cross_attention.model import DCAL, DCALConfig, compute_losses, derangement
 
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6, patch_size=16)
 VIT_B16 = dict(embed_dim=768, depth=12, num_heads=12, patch_size=16)
@@ -49,6 +49,11 @@ def train_flops(cfg: DCALConfig, batch: int) -> float:
     return batch * total
 
 
+def adamw(model) -> torch.optim.Optimizer:
+    """The optimiser train.py builds (AdamW, no decay on 1-d tensors and tokens), at a fixed lr."""
+    return torch.optim.AdamW(decay_param_groups(model, 0.05), lr=1e-4)
+
+
 def train_step(model, optimizer, images, labels) -> None:
     total, _, _ = compute_losses(model, images, labels, model.cfg.pwca)
     total.backward()
@@ -58,7 +63,7 @@ def train_step(model, optimizer, images, labels) -> None:
 
 def compare_steps(models: dict, images, labels, repeats: int) -> dict[str, float]:
     """Median seconds of a training step per model, the models timed in turn."""
-    optimizers = {name: build_optimizer(m, 1e-4, 0.05) for name, m in models.items()}
+    optimizers = {name: adamw(m) for name, m in models.items()}
     steps = {name: lambda m=m, o=optimizers[name]: train_step(m, o, images, labels) for name, m in models.items()}
     return time_in_turn(steps, repeats)
 
@@ -125,7 +130,8 @@ def main(argv=None):
 
     size, batch = (224, 32) if cuda else (224, 1)
     images = torch.randn(batch, 3, size, size, device=device)
-    ours = DCAL(DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)).to(device)
+    plain_vit = DCALConfig(image_size=size, num_classes=1000, drop_path=0.0, glca=False, pwca=False, **VIT_B16)
+    ours = DCAL(plain_vit).to(device)
     theirs = torchvision.models.vit_b_16(weights=None).to(device)
     result = time_in_turn({name: lambda m=m: forward_backward(m, images)
                            for name, m in (("ours", ours), ("torchvision", theirs))}, args.repeats)
@@ -151,13 +157,14 @@ def main(argv=None):
     what = "peak allocated (fwd+bwd)" if cuda else "activations held for backward"
     print(f"[3] DCAL {arch} 448px batch 4, {what}: {memory[False] / 2**20:.0f} MiB without, "
           f"{memory[True] / 2**20:.0f} MiB with gradient checkpointing"
-          + ("" if cuda else f" (+ one block's activations, ~{memory[False] / cfg.depth / 2**20:.0f} MiB, while it is recomputed)"))
+          + ("" if cuda else f" (+ one block's activations, ~{memory[False] / cfg.depth / 2**20:.0f} MiB, while "
+                             f"it is recomputed)"))
 
     # 4. memory over 30 consecutive steps
     size, batch = (448, 4) if cuda else (64, 4)
     cfg = DCALConfig(image_size=size, num_classes=200, drop_path=0.1, **(VIT_B16 if cuda else VIT_S16))
     model = DCAL(cfg).to(device)
-    optimizer = build_optimizer(model, 1e-4, 0.05)
+    optimizer = adamw(model)
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 200, (batch,), device=device)
     readings = []

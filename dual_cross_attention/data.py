@@ -18,7 +18,9 @@ from PIL import Image
 
 from common.cli import arg, at_least, between
 from common.images import DECODE_ERRORS, open_image
+from common.lifecycle import load_model_state, load_run_checkpoint
 from common.runtime import DataError, read_text, sample_generator
+from dual_cross_attention.model import DCAL, DCALConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,14 +38,9 @@ class DataConfig:
     synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
     synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
-    synthetic_task: str = arg("fine", "built-in synthetic set: 'fine' (a small textured part on an object decides "
-                              "the class, among look-alike parts on cluttered backgrounds, off the patch grid) or "
-                              "'parts' (a 2x2 pattern among decoys, on the patch grid; a far easier task)",
-                              choices=["fine", "parts"])
-    synthetic_classes: int = arg(10, "synthetic classes (at most 41 for 'fine', 128 for 'parts')",
-                                 check=between(2, 128, int))
-    synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class ('fine': textures off the "
-                                "object; 'parts': 2x2 patterns)", check=at_least(0))
+    synthetic_classes: int = arg(10, "synthetic classes (at most 41)", check=at_least(2))
+    synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class: textures off the object",
+                                check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -188,7 +185,8 @@ def read_cub(root: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]
                             f"is not an integer")
         elif _class_id(class_id) not in index_of:
             problems.append(f"{files['image_class_labels']}:{line_no}: image id {image_id} has unknown class id "
-                            f"{class_id} (class ids: {files['classes'].name if files['classes'].is_file() else '>= 1'})")
+                            f"{class_id} (class ids: "
+                            f"{files['classes'].name if files['classes'].is_file() else '>= 1'})")
     for image_id, (line_no, is_train) in split.items():
         if is_train not in ("0", "1"):
             problems.append(f"{files['train_test_split']}:{line_no}: image id {image_id}: is_train {is_train!r} "
@@ -216,7 +214,8 @@ def folder_samples(root: Path, split: str, classes: list[str] | None = None):
     """root/<split>/<class>/<image>; classes from the train tree, the other trees may not add any."""
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and {root}/val/<class>/... "
+        raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and "
+                        f"{root}/val/<class>/... "
                         f"or {root}/test/<class>/...)")
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if classes is None:
@@ -279,7 +278,8 @@ def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val
         train, val = carve_validation(train, val_fraction, seed, source) if val_fraction > 0 else (train, test)
     train_set = _FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed)
     val_set = _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed)
-    test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False), seed)
+    test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False),
+                                                            seed)
     return train_set, val_set, test_set
 
 
@@ -290,86 +290,20 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
         train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed, cfg.val_fraction)
         return {"train": train, "val": val, "test": test}, len(train.classes)
     sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
-    synthetic = SyntheticFineGrained if cfg.synthetic_task == "fine" else SyntheticParts
-    if cfg.synthetic_task == "fine" and cfg.synthetic_classes > SyntheticFineGrained.max_classes():
-        raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the 'fine' task has parts for at most "
-                        f"{SyntheticFineGrained.max_classes()} classes (--synthetic-task parts takes up to 128)")
-    splits = {split: synthetic(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys, seed=seed,
-                               split=split) for split, n in sizes.items()}
+    if cfg.synthetic_classes > SyntheticFineGrained.max_classes():
+        raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the synthetic set has parts for at most "
+                        f"{SyntheticFineGrained.max_classes()} classes")
+    splits = {split: SyntheticFineGrained(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys,
+                                          seed=seed, split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
 
 
 # ----------------------------------------------------------------------------- synthetic
 
 
-class SyntheticParts(torch.utils.data.Dataset):
-    """Fine-grained toy data: every image shows the same kind of cluttered background (smooth
-    colour field, noise, and decoy parts drawn from the same palette), and the class is decided
-    only by one small part, a 2x2 colour pattern `part` pixels wide, at a random place on the
-    `part`-pixel grid (the ViT patch grid when patch_size == part).
-
-    A global colour histogram cannot tell the classes apart, and decoys look like parts: the
-    model must find the one part whose pattern is a class pattern and read it, which is what
-    GLCA's rollout-selected local queries are for. Class patterns are distinct and depend on the
-    seed only (shared by all splits); images are generated once from (seed, split), each split
-    from its own stream, and shifted by whole cells per (seed, epoch, index) in training."""
-
-    PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
-    SPLITS = ("train", "val", "test")
-
-    def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 4,
-                 decoys: int = 3, seed: int = 0, split: str = "train"):
-        if image_size % part or part % 2:
-            raise ValueError(f"image_size {image_size} must be a multiple of the even part size {part}")
-        colours = len(self.PALETTE)
-        if num_classes > colours**4 // 2:
-            raise ValueError(f"at most {colours**4 // 2} synthetic classes (2x2 patterns over {colours} colours)")
-        if split not in self.SPLITS:
-            raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
-        self.num_classes, self.image_size, self.part, self.seed = num_classes, image_size, part, seed
-        self.train = split == "train"
-        self.epoch = 0
-        g_cls = torch.Generator().manual_seed(seed)
-        codes = torch.randperm(colours**4, generator=g_cls)  # pattern id -> 4 cell colours (base-4 digits)
-        digits = torch.stack([(codes // colours**i) % colours for i in range(4)], dim=1)  # (colours^4, 4)
-        digits = digits.view(-1, 2, 2)  # (patterns, 2, 2): colour index of each cell
-        patterns, decoy_patterns = digits[:num_classes], digits[num_classes:]  # decoys never match a class
-        g = torch.Generator().manual_seed(seed * 7919 + 1 + self.SPLITS.index(split))
-        self.labels = torch.randint(0, num_classes, (num_samples,), generator=g)
-        field = torch.rand(num_samples, 3, 4, 4, generator=g) * 0.6 + 0.2
-        images = TF.resize(field, [image_size, image_size], antialias=True)  # smooth background
-        images = images + 0.08 * torch.randn(num_samples, 3, image_size, image_size, generator=g)
-        cells = image_size // part
-        for i in range(num_samples):
-            places = torch.randperm(cells * cells, generator=g)[: decoys + 1].tolist()  # distinct grid cells
-            picks = torch.randint(0, len(decoy_patterns), (decoys,), generator=g)
-            for place, pattern in zip(places, [patterns[self.labels[i]], *decoy_patterns[picks]]):
-                tile = self.PALETTE[pattern].permute(2, 0, 1)  # (3, 2, 2) colour per cell
-                tile = tile.repeat_interleave(part // 2, 1).repeat_interleave(part // 2, 2)  # (3, part, part)
-                top, left = (place // cells) * part, (place % cells) * part
-                images[i, :, top:top + part, left:left + part] = tile
-        self.images = ((images - 0.5) / 0.25).float()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.train:
-            # translation by whole cells keeps every part on the grid and intact (a flip would
-            # mirror a pattern into another one)
-            shift = torch.randint(0, self.image_size // self.part, (2,), generator=sample_generator(
-                self.seed, self.epoch, index)) * self.part
-            image = image.roll(shifts=tuple(shift.tolist()), dims=(-2, -1))
-        return image, int(self.labels[index]), index
-
-
 class SyntheticFineGrained(torch.utils.data.Dataset):
-    """Fine-grained toy data, closer to birds than `SyntheticParts`: every image shows one object
-    (an ellipse of a random colour, size and angle) on a cluttered background (smooth colour
+    """Fine-grained toy data: every image shows one object (an ellipse of a random colour, size and
+    angle) on a cluttered background (smooth colour
     field, stripes of a random frequency and angle, bars of random colours, noise), and the class
     is decided only by the small part on the object, `part` pixels square at any pixel position
     (not on the patch grid, so it straddles patches): a two-colour texture (stripes, checks,
@@ -378,22 +312,19 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     in their combination.
 
     Distractors are parts of the same family placed off the object, drawn independently of the
-    label, so every class shows the same distractors: with `decoys_from_classes` they are the
-    patterns of the classes themselves (a bag of part detectors cannot beat ~1 / (1 + decoys); the
-    part that counts is the one on the object), else the family's patterns that belong to no
-    class. Either way the model has to find one small region, the setting GLCA's rollout-selected
-    local queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
+    label, so every class shows the same distractors: the family's patterns that belong to no
+    class. The model has to find one small region, the setting GLCA's rollout-selected local
+    queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
     place carry no class information.
 
     Images are drawn once from (seed, split) on a canvas `margin` pixels wider on each side;
     evaluation shows the centre, training a crop shifted by up to +-margin pixels per
     (seed, epoch, index) (no flip: a mirrored diagonal is another texture). The part is inside
     every crop. `part_boxes` (top, left) and `decoy_boxes` (-1 where a distractor found no room)
-    are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns.
-    `clutter=False` leaves the smooth colour field alone as the background."""
+    are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns."""
 
-    PALETTE = SyntheticParts.PALETTE
-    SPLITS = SyntheticParts.SPLITS
+    PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
+    SPLITS = ("train", "val", "test")
     TEXTURES = (  # colour (0 or 1 of the pair) at row u, column v of a part; periodic in u and v
         lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
         lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
@@ -403,13 +334,12 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         return [(a, b) for a in range(len(cls.PALETTE)) for b in range(a + 1, len(cls.PALETTE))]
 
     @classmethod
-    def max_classes(cls, decoys_from_classes: bool = False) -> int:
-        """Distinct textured parts, less one kept for the decoys unless the decoys are class parts."""
-        return len(cls.TEXTURES) * len(cls.colour_pairs()) - (0 if decoys_from_classes else 1)
+    def max_classes(cls) -> int:
+        """Distinct textured parts, less one kept for the decoys."""
+        return len(cls.TEXTURES) * len(cls.colour_pairs()) - 1
 
     def __init__(self, num_samples: int, num_classes: int = 10, image_size: int = 32, part: int = 8,
-                 decoys: int = 3, decoys_from_classes: bool = False, seed: int = 0, split: str = "train",
-                 margin: int = 2, clutter: bool = True):
+                 decoys: int = 3, seed: int = 0, split: str = "train", margin: int = 2):
         canvas = image_size + 2 * margin
         if image_size - part < 2 * margin:
             raise ValueError(f"image_size {image_size} leaves no room for a {part} px part within +-{margin} px shifts")
@@ -417,14 +347,15 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
             raise ValueError(f"split {split!r} is not one of {self.SPLITS}")
         pairs = self.colour_pairs()
         family = len(self.TEXTURES) * len(pairs)  # unordered pairs: swapping the colours only shifts a texture
-        if num_classes > self.max_classes(decoys_from_classes):
-            raise ValueError(f"at most {self.max_classes(decoys_from_classes)} synthetic classes ({family} textured "
-                             f"parts{'' if decoys_from_classes else ', one left for decoys'})")
-        self.num_classes, self.image_size, self.part, self.margin, self.seed = num_classes, image_size, part, margin, seed
+        if num_classes > self.max_classes():
+            raise ValueError(f"at most {self.max_classes()} synthetic classes ({family} textured parts, one left "
+                             f"for decoys)")
+        self.num_classes, self.image_size, self.part = num_classes, image_size, part
+        self.margin, self.seed = margin, seed
         self.train = split == "train"
         self.epoch = 0
         u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
-        order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in every split
+        order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in all splits
         tiles = []
         for index in order:  # the first num_classes are the classes' parts
             texture, (a, b) = self.TEXTURES[index // len(pairs)], pairs[index % len(pairs)]
@@ -433,7 +364,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(seed * 7919 + 101 + self.SPLITS.index(split))
         # balanced classes: num_samples / num_classes images each, in a random order
         self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
-        pool = torch.arange(num_classes) if decoys_from_classes else torch.arange(num_classes, family)
+        pool = torch.arange(num_classes, family)
         self.decoy_patterns = pool[torch.randint(0, len(pool), (num_samples, decoys), generator=g)]  # into patterns
         # the part lies inside the crop whatever the shift: top/left in [2 * margin, image_size - part]
         self.part_boxes = torch.randint(2 * margin, image_size - part + 1, (num_samples, 2), generator=g)
@@ -441,7 +372,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         minor = ((torch.rand(num_samples, generator=g) * 0.06 + 0.16) * image_size).clamp_min(part / 2 + 1.5)
         radius = torch.stack([minor * (1 + 0.4 * torch.rand(num_samples, generator=g)), minor], dim=1)  # semi-axes
         self.decoy_boxes = self._place_decoys(centre, radius[:, 0], decoys, canvas, g)
-        images = self._backgrounds(num_samples, canvas, g, clutter)
+        images = self._backgrounds(num_samples, canvas, g)
         for i, d in (self.decoy_boxes[..., 0] >= 0).nonzero().tolist():
             top, left = self.decoy_boxes[i, d].tolist()
             images[i, :, top:top + part, left:left + part] = self.patterns[self.decoy_patterns[i, d]]
@@ -476,9 +407,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         return boxes
 
     @staticmethod
-    def _backgrounds(n: int, size: int, g: torch.Generator, clutter: bool = True, max_bars: int = 6) -> torch.Tensor:
-        """(n, 3, size, size) in ~[0, 1]: a smooth colour field, and with `clutter` stripes and 3-6 bars,
-        all random per image."""
+    def _backgrounds(n: int, size: int, g: torch.Generator, max_bars: int = 6) -> torch.Tensor:
+        """(n, 3, size, size) in ~[0, 1]: a smooth colour field, stripes and 3-6 bars, all random per image."""
         field = TF.resize(torch.rand(n, 3, 3, 3, generator=g) * 0.6 + 0.2, [size, size], antialias=True)
         y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
         theta = torch.rand(n, 1, 1, generator=g) * math.pi
@@ -486,14 +416,15 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
         stripes = torch.sin(2 * math.pi * freq * (x * theta.cos() + y * theta.sin()) + phase)  # (n, size, size)
         tint = (torch.rand(n, 3, generator=g) * 2 - 1) * (torch.rand(n, 1, generator=g) * 0.2 + 0.05)
-        images = field + tint[:, :, None, None] * stripes[:, None] * clutter
+        images = field + tint[:, :, None, None] * stripes[:, None]
         # bars 1-2 px wide and 3-10 px long, lying or standing, of random colours: clutter the size of a part
-        thick, length = torch.randint(1, 3, (n, max_bars), generator=g), torch.randint(3, 11, (n, max_bars), generator=g)
+        thick = torch.randint(1, 3, (n, max_bars), generator=g)
+        length = torch.randint(3, 11, (n, max_bars), generator=g)
         lying = torch.rand(n, max_bars, generator=g) < 0.5
         height, width = torch.where(lying, thick, length), torch.where(lying, length, thick)
         top = (torch.rand(n, max_bars, generator=g) * (size - height + 1)).long()
         left = (torch.rand(n, max_bars, generator=g) * (size - width + 1)).long()
-        shown = torch.arange(max_bars) < torch.randint(3, max_bars + 1, (n, 1), generator=g) * clutter  # (n, bars)
+        shown = torch.arange(max_bars) < torch.randint(3, max_bars + 1, (n, 1), generator=g)  # (n, bars)
         colour = torch.rand(n, max_bars, 3, generator=g)
         for b in range(max_bars):  # later bars over earlier ones
             rows = (y[None] >= top[:, b, None, None]) & (y[None] < (top + height)[:, b, None, None])
@@ -513,10 +444,26 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         +-margin drawn per (seed, epoch, index) in training."""
         if not self.train:
             return self.margin, self.margin
-        top, left = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
-        return int(top), int(left)
+        shift = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
+        top, left = shift.tolist()
+        return top, left
 
     def __getitem__(self, index: int):
         top, left = self.crop_offset(index)
         image = self.images[index, :, top:top + self.image_size, left:left + self.image_size]
         return image, int(self.labels[index]), index
+
+
+# ----------------------------------------------------------------------------- a saved run
+
+
+def rebuild_run(path) -> tuple[dict, DCAL, dict]:
+    """(checkpoint, model with its weights, {train, val, test} datasets) of a saved run, the data and
+    model rebuilt from the settings saved in it (for the tools and a one-process re-evaluation)."""
+    checkpoint = load_run_checkpoint(path, "dual_cross_attention")
+    model_cfg = DCALConfig(**checkpoint["config"]["model"])
+    splits, _ = build_datasets(DataConfig(**checkpoint["config"]["data"]), model_cfg.image_size,
+                               checkpoint["args"]["seed"])
+    model = DCAL(model_cfg)
+    load_model_state(model, checkpoint["model"], path)
+    return checkpoint, model, splits

@@ -20,9 +20,6 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from common.cli import arg, at_least, between
-from common.losses import UncertaintyWeighting
-
 PRESETS = {  # ViT sizes picked by --model; --embed-dim / --depth / --heads / --patch-size override one entry
     "tiny": dict(embed_dim=64, depth=4, num_heads=4, patch_size=4),
     "small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
@@ -32,29 +29,22 @@ PRESETS = {  # ViT sizes picked by --model; --embed-dim / --depth / --heads / --
 
 @dataclass
 class DCALConfig:
-    preset: str | None = arg(None, "ViT size, fills the sizes below that are left unset (default: base = ViT-B/16 "
-                             "as in the paper; tiny on the synthetic data)", choices=sorted(PRESETS), flag="--model")
-    image_size: int | None = arg(None, "input side in pixels, square images (default: 448 as in the paper; 32 on "
-                                 "the synthetic data)", check=at_least(1))
-    patch_size: int | None = arg(None, "patch side; tokens = (image_size / patch_size)^2 patches + CLS "
-                                 "(default: from --model)", check=at_least(1))
+    preset: str | None = None  # ViT size, a key of PRESETS: fills the sizes below that are left unset
+    image_size: int | None = None  # square input side in px (default: 448 as in the paper; 32 on the synthetic data)
+    patch_size: int | None = None  # patch side; (image_size / patch_size)^2 patch tokens + CLS (default: from --model)
     in_chans: int = 3  # input channels
     num_classes: int = 200  # classes of the SA / GLCA / PWCA classifiers (train.py: from the data)
-    embed_dim: int | None = arg(None, "token width D (default: from --model)", check=at_least(1))
-    depth: int | None = arg(None, "L SA blocks; the PWCA stream runs through the same T = L blocks "
-                            "(default: from --model)", check=at_least(1))
-    num_heads: int | None = arg(None, "attention heads per block (default: from --model)", check=at_least(1),
-                                flag="--heads")
+    embed_dim: int | None = None  # token width D (default: from --model)
+    depth: int | None = None  # L SA blocks; the PWCA stream runs through the same T = L blocks (default: from --model)
+    num_heads: int | None = None  # attention heads per block (default: from --model)
     mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * D
     qkv_bias: bool = True  # bias on the fused q/k/v projection (ViT and DeiT have one)
     ln_eps: float = 1e-6  # LayerNorm epsilon of torchvision / timm ViTs
-    drop_path: float = arg(0.1, "stochastic depth rate of the last block, linear from 0 at the first",
-                           check=between(0.0, 1.0))
-    glca: bool = arg(True, "the GLCA branch (M = 1 block)")
-    pwca: bool = arg(True, "the PWCA branch (training only; pairs images within a batch)")
-    top_ratio: float = arg(0.1, "R as a fraction of the patches: GLCA local queries (10%% FGVC, 30%% Re-ID)",
-                           check=between(0.0, 1.0))
-    grad_checkpoint: bool = arg(False, "recompute each block in backward to save activation memory")
+    drop_path: float = 0.1  # stochastic depth rate of the last block, linear from 0 at the first
+    glca: bool = True  # the GLCA branch (M = 1 block)
+    pwca: bool = True  # the PWCA branch (training only; pairs images within a batch)
+    top_ratio: float = 0.1  # R as a fraction of the patches: GLCA local queries (10%% FGVC, 30%% Re-ID)
+    grad_checkpoint: bool = False  # recompute each block in backward to save activation memory
 
     def __post_init__(self):
         # what is left unset comes from the preset; without one, the paper's ViT-B/16 at 448 px
@@ -73,6 +63,32 @@ class DCALConfig:
     @property
     def num_local(self) -> int:
         return max(1, int(self.top_ratio * self.grid**2))
+
+
+class UncertaintyWeighting(nn.Module):
+    """Homoscedastic-uncertainty weighting of the branch losses (Kendall et al. 2018; FairMOT form):
+
+        total = 0.5 * sum_i( exp(-s_i) * L_i + s_i ),   s_i = log sigma_i^2 learned, unbounded.
+
+    At the optimum exp(-s_i) = 1 / L_i, so branches with similar losses get similar weights; that
+    is expected, not a bug."""
+
+    def __init__(self, num_tasks: int):
+        super().__init__()
+        self.raw_log_vars = nn.Parameter(torch.zeros(num_tasks))  # "raw_": the name checkpoints hold
+
+    @property
+    def log_vars(self) -> torch.Tensor:
+        return self.raw_log_vars
+
+    def effective_weights(self) -> torch.Tensor:
+        """0.5 * exp(-s_i): the factor each branch loss is multiplied by (for logging)."""
+        return 0.5 * torch.exp(-self.log_vars.detach())
+
+    def forward(self, losses: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        s = self.log_vars
+        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
+        return 0.5 * (torch.exp(-s) * stacked + s).sum()
 
 
 class Mlp(nn.Module):
@@ -278,6 +294,16 @@ def derangement(n: int, device: torch.device | str = "cpu", generator: torch.Gen
     return partner.to(device)
 
 
+def compute_losses(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, use_pwca: bool):
+    """Forward one training batch (PWCA partners drawn here); returns (total, {branch: CE}, outputs).
+    `model` may be DDP-wrapped: its loss weighting is read from `.module` then."""
+    partner = derangement(labels.shape[0], images.device) if use_pwca else None
+    out = model(images, partner=partner)
+    parts = {name: F.cross_entropy(out[name].float(), labels) for name in ("sa", "glca", "pwca") if name in out}
+    weighting = getattr(model, "module", model).loss_weighting
+    total = weighting(list(parts.values())) if weighting is not None else parts["sa"]
+    return total, parts, out
+
 
 # ----------------------------------------------------------------------------- pretrained weights
 
@@ -295,7 +321,8 @@ TORCHVISION_KEYS = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedd
                     "head.weight": "heads.head.weight", "head.bias": "heads.head.bias"}
 TIMM_KEYS = {"cls_token": "cls_token", "pos_embed": "pos_embed",
              "patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias",
-             "norm.weight": "norm.weight", "norm.bias": "norm.bias", "head.weight": "head.weight", "head.bias": "head.bias"}
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias",
+             "head.weight": "head.weight", "head.bias": "head.bias"}
 
 
 def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
@@ -366,7 +393,8 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
     source = source or detect_source(state_dict)
     key_map = pretrained_key_map(model.cfg.depth, source)
     own = model.state_dict()
-    head_loaded = key_map["head.weight"] in state_dict and state_dict[key_map["head.weight"]].shape == own["head.weight"].shape
+    head_source = key_map["head.weight"]
+    head_loaded = head_source in state_dict and state_dict[head_source].shape == own["head.weight"].shape
     skipped = set()
     if not head_loaded:
         skipped = {key_map.pop("head.weight"), key_map.pop("head.bias")}

@@ -4,7 +4,7 @@
     python dual_cross_attention/predict.py --checkpoint best.pt photos/ --format jsonl --explain explain/
 
 INPUT is image files and/or folders of images (searched recursively). "combined" is the model's own
-inference, softmax(SA) + softmax(GLCA) (train.evaluate), halved here so that it is a probability.
+inference, softmax(SA) + softmax(GLCA) (as train.py evaluates), halved here so that it is a probability.
 Images go through the checkpoint's evaluation transform: on a run on real data, resize the shorter
 side to --resize and centre-crop --image-size, ImageNet normalisation (data.FGVCTransform); on the
 synthetic demo, a resize to --image-size and the synthetic set's (x - 0.5) / 0.25.
@@ -16,7 +16,7 @@ picked as its local queries outlined, and the attention rollout they were ranked
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import torch
 import torchvision.transforms.functional as TF
@@ -24,6 +24,7 @@ from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
 
 from common.lifecycle import run_cli
+from common.runtime import DataError, autocast, autocast_dtype
 from common.tools.predict import (
     batches,
     colorbar,
@@ -36,7 +37,6 @@ from common.tools.predict import (
     sheet,
     write_rows,
 )
-from common.runtime import DataError, autocast, autocast_dtype, read_text
 from dual_cross_attention.data import (
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
@@ -71,25 +71,6 @@ def image_paths(inputs: list[str]) -> list[Path]:
         else:
             paths.append(path)
     return paths
-
-
-def class_names(config: dict, num_classes: int) -> list[str]:
-    """The run's class names: stored in the checkpoint by train.py; for older checkpoints read as data.py
-    reads them (CUB classes.txt, or the train/ class folders), else 'class <i>'."""
-    if len(config.get("classes") or []) == num_classes:
-        return list(config["classes"])
-    root = Path(config["data"]["data_root"]) if config["data"].get("data_root") else None
-    names = []
-    if root is not None and (root / "classes.txt").is_file():
-        names = [line.split(maxsplit=1)[1] for line in read_text(root / "classes.txt").splitlines() if line.strip()]
-    elif root is not None and (root / "train").is_dir():
-        names = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    if len(names) != num_classes:
-        if root is not None:
-            print(f"class names: {root} no longer lists the run's {num_classes} classes; numbering them",
-                  file=sys.stderr)
-        names = [f"class {i}" for i in range(num_classes)]
-    return names
 
 
 def make_transform(data: DataConfig, image_size: int):
@@ -143,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
     paths = image_paths(args.inputs)
     model = eval_model(DCAL(cfg), checkpoint, args.checkpoint, device)
-    names, transform = class_names(checkpoint["config"], cfg.num_classes), make_transform(data, cfg.image_size)
+    names, transform = list(config["classes"]), make_transform(data, cfg.image_size)  # stored by train.py
     dtype = autocast_dtype(device, checkpoint["args"]["amp"])
 
     rows, drawn = [], 0
@@ -154,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         branches = {"sa": out["sa"].float().softmax(dim=-1).cpu()}
         if "glca" in out:
             branches["glca"] = out["glca"].float().softmax(dim=-1).cpu()
-        # train.evaluate ranks by softmax(SA) + softmax(GLCA); the half of it is the same ranking, summing to 1
+        # train.py's evaluate() ranks by softmax(SA) + softmax(GLCA); the half of it is the same ranking, summing to 1
         branches["combined"] = sum(branches.values()) / len(branches)
         for i, path in enumerate(chunk):
             true = path.parent.name if path.parent.name in names else ""
@@ -167,7 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          for branch, top in ranked.items()]
             if plt is not None:
                 best = ranked["combined"][0]
-                caption = f"{path.name}: predicted {best['class']} ({best['prob']:.2f})" + (f", true {true}" if true else "")
+                caption = (f"{path.name}: predicted {best['class']} ({best['prob']:.2f})"
+                           + (f", true {true}" if true else ""))
                 title = f"dual_cross_attention {args.checkpoint}: GLCA local queries and attention rollout"
                 drawn += 1  # numbered: images of the same name in two folders get two pictures
                 draw_explanation(plt, unnormalise(images[i], data), out["rollout"][i, 0, 1:].cpu(), cfg, caption, title,

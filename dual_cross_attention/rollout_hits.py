@@ -14,7 +14,7 @@ ViT run (--no-glca) has a rollout too: it tells whether the attention alone find
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 import json
@@ -25,8 +25,7 @@ import torch
 
 from common.lifecycle import run_cli
 from common.runtime import DataError
-from dual_cross_attention.data import SyntheticFineGrained
-from dual_cross_attention.train import rebuild_run
+from dual_cross_attention.data import SyntheticFineGrained, rebuild_run
 
 
 def part_patches(top: int, left: int, part: int, patch: int, grid: int) -> list[int]:
@@ -53,7 +52,8 @@ def hit_stats(scores: torch.Tensor, boxes: torch.Tensor, part: int, patch: int, 
         hits_chance.append(1 - math.comb(n - k, top_r) / math.comb(n, top_r))  # at least one of R on the part
         on_part_chance.append(k / n)
     return {name: statistics.fmean(values) for name, values in (
-        ("image_hit", hits), ("on_part", on_part), ("image_hit_chance", hits_chance), ("on_part_chance", on_part_chance))}
+        ("image_hit", hits), ("on_part", on_part), ("image_hit_chance", hits_chance),
+        ("on_part_chance", on_part_chance))}
 
 
 @torch.no_grad()

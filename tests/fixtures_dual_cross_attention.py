@@ -7,6 +7,15 @@ from PIL import Image
 from dual_cross_attention.model import DCALConfig
 
 
+def run_config(*flags: str):
+    """The train.Config main() builds from these flags (on the CPU, fp32), for tests that call the
+    loop's own functions (evaluate, backward_micro_batch) directly."""
+    from dual_cross_attention.train import build_parser, config_from
+
+    parser = build_parser()
+    return config_from(parser.parse_args(list(flags)), parser)
+
+
 def tiny_cfg(**kw) -> DCALConfig:
     base = dict(image_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
     return DCALConfig(**{**base, **kw})

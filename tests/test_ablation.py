@@ -159,11 +159,6 @@ def test_fine_grained_part_decides_the_class_and_distractors_are_shared():
     pool = len(ds.patterns) - 6
     for c in range(6):  # the same distractors in every class: each class shows most of the pool
         assert len(set(ds.decoy_patterns[ds.labels == c].flatten().tolist())) > 0.7 * pool
-    # with decoys_from_classes every class's images show every class's part as a distractor
-    shared = SyntheticFineGrained(240, num_classes=6, image_size=32, decoys=3, decoys_from_classes=True, seed=3)
-    assert torch.equal(shared.patterns, ds.patterns)
-    for c in range(6):
-        assert set(shared.decoy_patterns[shared.labels == c].flatten().tolist()) == set(range(6))
     # the whole image does not give the class away: class mean colours are alike
     means = torch.stack([ds.images[ds.labels == c].mean((0, 2, 3)) for c in range(6)])
     assert (means - means.mean(0)).abs().max() < 0.15
@@ -192,12 +187,9 @@ def test_fine_grained_is_deterministic_off_grid_and_keeps_the_part_in_every_crop
     assert val.crop_offset(5) == (val.margin, val.margin)  # evaluation: the centre
 
 
-def test_build_datasets_default_is_fine_grained_and_old_task_stays_available():
+def test_build_datasets_default_is_fine_grained():
     splits, classes = build_datasets(DataConfig(synthetic_train=32, synthetic_val=8, synthetic_test=8), 32, seed=0)
     assert isinstance(splits["train"], SyntheticFineGrained) and classes == 10
-    splits, classes = build_datasets(DataConfig(synthetic_train=32, synthetic_val=8, synthetic_test=8,
-                                                synthetic_task="parts"), 32, seed=0)
-    assert type(splits["train"]).__name__ == "SyntheticParts" and classes == 10
 
 
 def test_deepfake_attention_none_starts_every_other_weight_as_the_gate_run():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import UncertaintyWeighting, focal_loss, info_nce, label_smoothing_ce, supcon_loss
+from common.losses import focal_loss, info_nce, label_smoothing_ce, supcon_loss
 
 
 def test_focal_gamma0_equals_cross_entropy():
@@ -76,13 +76,3 @@ def test_info_nce_queue_mask_drops_false_negatives():
     mask[:, :5] = True
     masked = info_nce(q, k, queue, temperature=0.1, negative_mask=mask)
     torch.testing.assert_close(masked, info_nce(q, k, queue[5:], temperature=0.1))
-
-
-def test_uncertainty_weighting_form_and_smooth_bounds():
-    uw = UncertaintyWeighting(3)
-    losses = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)]
-    assert uw(losses).item() == pytest.approx(0.5 * 6.0)
-    bounded = UncertaintyWeighting(1, init=1.9, bounds=(-2.0, 2.0))
-    assert bounded.log_vars.item() == pytest.approx(1.9, abs=1e-4)
-    bounded(torch.tensor([0.01]).unbind()).backward()
-    assert bounded.raw_log_vars.grad.abs().item() > 0  # near the bound it still learns

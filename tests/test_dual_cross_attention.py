@@ -1,11 +1,10 @@
-"""DCAL model, data and train.py: shapes, gradients, data readers, smoke run."""
+"""DCAL model and train.py: shapes, gradients, smoke run."""
 
 import csv
 
 import pytest
 import torch
 
-from dual_cross_attention.data import SyntheticParts
 from dual_cross_attention.model import DCAL, derangement
 from dual_cross_attention.train import main
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
@@ -43,17 +42,6 @@ def test_every_parameter_gets_a_gradient():
     model.loss_weighting(losses).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
-
-
-def test_synthetic_classes_share_background_and_differ_by_part():
-    ds = SyntheticParts(200, num_classes=4, image_size=24, seed=1)
-    val = SyntheticParts(50, num_classes=4, image_size=24, seed=1, split="val")
-    assert ds.images.shape == (200, 3, 24, 24) and len(val) == 50
-    # mean colour per class nearly equal: the whole-image statistics do not give the class away
-    means = torch.stack([ds.images[ds.labels == c].mean() for c in range(4)])
-    assert means.std() < 0.1
-    image, label, index = ds[3]
-    assert image.shape == (3, 24, 24) and 0 <= label < 4 and index == 3
 
 
 def test_train_smoke_writes_run_folder(tmp_path):

@@ -12,7 +12,7 @@ from common.runtime import DataError, EpochSampler
 from common.schedulers import warmup_cosine_lr
 from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import build_real_datasets
-from dual_cross_attention.train import build_parser, configs_from, evaluate_checkpoint, main, plan_schedule
+from dual_cross_attention.train import build_parser, config_from, evaluate_checkpoint, main, plan_schedule
 from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_image  # noqa: F401
 
 # training images per class 10, 10, 30, 1, then two test images of each class
@@ -77,8 +77,8 @@ def test_train_on_cub_chooses_best_pt_on_validation_and_tests_once_at_the_end(tm
     root = write_cub(tmp_path / "CUB", labels=(1,) * 5 + (2,) * 5 + (1, 2), split=(1,) * 10 + (0, 0), classes=2)
     real_evaluate, calls = dcal_train.evaluate, []
 
-    def recording_evaluate(model, loader, device, dtype):
-        metrics = real_evaluate(model, loader, device, dtype)
+    def recording_evaluate(model, loader, cfg):
+        metrics = real_evaluate(model, loader, cfg)
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         calls.append((_paths(loader.dataset), metrics, weights))
         return metrics
@@ -102,7 +102,7 @@ def test_train_on_cub_chooses_best_pt_on_validation_and_tests_once_at_the_end(tm
 
 def _plan(argv, train_images):
     parser = build_parser()
-    _, _, train = configs_from(parser.parse_args(argv), parser)
+    train = config_from(parser.parse_args(argv), parser).train
     sampler = EpochSampler(train_images, train.batch_size, shuffle=True, drop_last=True)
     return plan_schedule(train, synthetic="--data-root" not in argv, train_sampler=sampler, world_size=1), train
 

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from common.runtime import DistInfo
+from common.runtime import DistInfo, make_loader
 from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import DataConfig, build_datasets
-from dual_cross_attention.model import DCAL
-from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
+from dual_cross_attention.model import DCAL, compute_losses
+from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
 
-CPU = torch.device("cpu")
+CFG = run_config()  # what evaluate() reads: the CPU, fp32
 
 # ----------------------------------------------------------------------------- reported metrics
 
@@ -61,7 +61,7 @@ def scripted_val_loader(batch_size: int):
     labels = torch.tensor([row[0] for row in SCRIPT])
     splits = {"val": torch.utils.data.TensorDataset(images, labels, torch.arange(len(SCRIPT)))}
     samplers = dcal_train.build_samplers(splits, batch_size, 0, DistInfo())
-    return dcal_train.make_loader(splits["val"], samplers["val"], workers=0, seed=0)
+    return make_loader(splits["val"], samplers["val"], workers=0, seed=0)
 
 
 def test_evaluate_reports_hand_computed_top1_of_sa_glca_and_their_probability_sum():
@@ -69,7 +69,7 @@ def test_evaluate_reports_hand_computed_top1_of_sa_glca_and_their_probability_su
     GLCA PROBABILITIES (the sum of logits would give 4/6), over every image including the last,
     partial batch, and without a PWCA partner (PWCA is training only)."""
     model = ScriptedDCAL()
-    metrics = dcal_train.evaluate(model, scripted_val_loader(batch_size=4), CPU, None)  # batches of 4 + 2
+    metrics = dcal_train.evaluate(model, scripted_val_loader(batch_size=4), CFG)  # batches of 4 + 2
     assert metrics == {"top1": pytest.approx(5 / 6), "top1_sa": pytest.approx(2 / 6),
                        "top1_glca": pytest.approx(4 / 6)}
     assert model.partners == [None, None]
@@ -77,7 +77,7 @@ def test_evaluate_reports_hand_computed_top1_of_sa_glca_and_their_probability_su
 
 def test_evaluate_without_glca_reports_sa_as_the_prediction():
     """With no GLCA branch, top1 is SA's top-1 (2/6) and no GLCA number is reported."""
-    metrics = dcal_train.evaluate(ScriptedDCAL(glca=False), scripted_val_loader(batch_size=5), CPU, None)
+    metrics = dcal_train.evaluate(ScriptedDCAL(glca=False), scripted_val_loader(batch_size=5), CFG)
     assert metrics == {"top1": pytest.approx(2 / 6), "top1_sa": pytest.approx(2 / 6)}
 
 
@@ -93,14 +93,14 @@ def test_evaluate_runs_without_drop_path_repeats_itself_and_leaves_train_mode():
     splits, _ = build_datasets(DataConfig(synthetic_train=4, synthetic_val=12, synthetic_test=4,
                                           synthetic_classes=4), 16, seed=0)
     samplers = dcal_train.build_samplers(splits, 5, 0, DistInfo())
-    loader = dcal_train.make_loader(splits["val"], samplers["val"], workers=0, seed=0)
+    loader = make_loader(splits["val"], samplers["val"], workers=0, seed=0)
     seen = []
     hook = model.register_forward_hook(
         lambda module, inputs, out: seen.append(torch.cat([out["sa"], out["glca"]], dim=1).detach().clone()))
-    first = dcal_train.evaluate(model, loader, CPU, None)
+    first = dcal_train.evaluate(model, loader, CFG)
     first_logits, seen[:] = torch.cat(seen), []
     assert model.training and all(m.training for m in model.modules())
-    second = dcal_train.evaluate(model, loader, CPU, None)
+    second = dcal_train.evaluate(model, loader, CFG)
     second_logits = torch.cat(seen)
     hook.remove()
 
@@ -181,7 +181,7 @@ def test_each_branch_loss_trains_exactly_its_parameters(branch):
     GLCA reaches its own block, norm and classifier and the blocks below the last, not the SA head."""
     model = DCAL(tiny_cfg(depth=3))
     images, labels = dcal_batch()
-    _, parts, _ = dcal_train.compute_losses(model, images, labels, use_pwca=True)
+    _, parts, _ = compute_losses(model, images, labels, use_pwca=True)
     assert set(parts) == {"sa", "glca", "pwca"}
     if parts[branch].requires_grad:  # a loss cut from the graph trains nothing: shown below
         parts[branch].backward()
@@ -205,7 +205,7 @@ def test_uncertainty_weights_each_log_variance_learns_and_scales_its_own_branch(
     with torch.no_grad():
         model.loss_weighting.raw_log_vars.copy_(torch.tensor([0.3, -0.2, 0.7]))  # sa, glca, pwca
     images, labels = dcal_batch()
-    total, parts, _ = dcal_train.compute_losses(model, images, labels, use_pwca=True)
+    total, parts, _ = compute_losses(model, images, labels, use_pwca=True)
     log_vars = model.loss_weighting.raw_log_vars
     wanted = [log_vars, model.glca_head.weight, model.head.weight]
     grads = dict(zip(("total", "sa", "glca", "pwca"), (
@@ -239,8 +239,7 @@ def write_split_tree(root, pattern: str):
 
 SYNTHETIC = dict(synthetic_train=4, synthetic_val=4, synthetic_test=4, synthetic_classes=4)
 AUGMENTATIONS = {  # name -> (data settings, image size)
-    "synthetic-fine": (dict(synthetic_task="fine", **SYNTHETIC), 16),  # crop shifted per (seed, epoch, image)
-    "synthetic-parts": (dict(synthetic_task="parts", **SYNTHETIC), 16),  # image rolled by whole cells
+    "synthetic": (SYNTHETIC, 16),  # crop shifted per (seed, epoch, image)
     "random-crop": (dict(resize=24, pattern="rows"), 16),  # 24 -> 16: 9 crop offsets per axis; flips unseen
     "flip": (dict(resize=16, pattern="columns"), 16),  # resize = crop: a single crop; flips seen
 }

@@ -8,19 +8,12 @@ import warnings
 import pytest
 import torch
 
-from common.runtime import EpochSampler, NonFiniteLossError, make_grad_scaler
+from common.runtime import EpochSampler, NonFiniteLossError, make_grad_scaler, make_loader
 from dual_cross_attention import train as dcal_train
-from dual_cross_attention.data import SyntheticParts
-from dual_cross_attention.model import DCAL, load_pretrained
-from dual_cross_attention.train import (
-    backward_micro_batch,
-    build_optimizer,
-    compute_losses,
-    evaluate,
-    main,
-    make_loader,
-)
-from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
+from dual_cross_attention.data import SyntheticFineGrained
+from dual_cross_attention.model import DCAL, compute_losses, load_pretrained
+from dual_cross_attention.train import backward_micro_batch, build_optimizer, evaluate, main
+from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
 
 
 def _zero_grad_step(model, optimizer):
@@ -188,10 +181,10 @@ def test_dcal_memory_does_not_grow_over_30_steps(tmp_path, monkeypatch):
     live = {}
     real_backward = dcal_train.backward_micro_batch
 
-    def counting_backward(model, images, labels, scaler, accum_steps, sync, use_pwca, device, dtype, step):
+    def counting_backward(model, images, labels, scaler, cfg, sync, step):
         if step in (5, 29):
             live[step] = _live_tensors()
-        return real_backward(model, images, labels, scaler, accum_steps, sync, use_pwca, device, dtype, step)
+        return real_backward(model, images, labels, scaler, cfg, sync, step)
 
     monkeypatch.setattr(dcal_train, "backward_micro_batch", counting_backward)
     results = main(TINY_RUN + ["--batch-size", "8", "--epochs", "5", "--max-iters", "30", "--num-overlays", "0",
@@ -211,9 +204,9 @@ def test_dcal_nonfinite_loss_stops_the_run_naming_the_component(tmp_path):
     with torch.no_grad():
         model.glca_head.bias[0] = float("nan")  # only the GLCA branch goes bad
     images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
-    cpu = torch.device("cpu")
+    cfg = run_config()  # PWCA on, no accumulation, CPU
     with pytest.raises(NonFiniteLossError, match="glca=nan"):  # the micro-batch step the training loop runs
-        backward_micro_batch(model, images, labels, make_grad_scaler(cpu, None), 1, True, True, cpu, None, 0)
+        backward_micro_batch(model, images, labels, make_grad_scaler(cfg.device, None), cfg, True, 0)
     assert all(p.grad is None for p in model.parameters())  # stopped before any gradient was written
     # end to end: an absurd lr blows the weights up; train.py stops instead of going on
     with pytest.raises(NonFiniteLossError, match="sa="):
@@ -242,18 +235,19 @@ def test_dcal_accum_two_micro_batches_equal_one_full_batch_and_skip_sync():
     skip the all-reduce on the non-stepping micro-batch only."""
     model = DCAL(tiny_cfg(pwca=False))  # per-sample model: micro-batches must add up exactly
     images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
-    cpu, scaler = torch.device("cpu"), make_grad_scaler(torch.device("cpu"), None)
+    scaler = make_grad_scaler(torch.device("cpu"), None)
+    full_batch, two_micro_batches = run_config("--no-pwca"), run_config("--no-pwca", "--accum-steps", "2")
 
     def grads():
         g = {n: p.grad.clone() for n, p in model.named_parameters()}
         model.zero_grad(set_to_none=True)
         return g
 
-    backward_micro_batch(model, images, labels, scaler, 1, True, False, cpu, None, 0)
+    backward_micro_batch(model, images, labels, scaler, full_batch, True, 0)
     full = grads()
     spy = _NoSyncSpy(model)
     for j, half in enumerate((slice(0, 4), slice(4, 8))):
-        backward_micro_batch(spy, images[half], labels[half], scaler, 2, j == 1, False, cpu, None, 0)
+        backward_micro_batch(spy, images[half], labels[half], scaler, two_micro_batches, j == 1, 0)
     accumulated = grads()
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=1e-4)
@@ -295,7 +289,8 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
     PWCA logits, so a prediction depended on its batch and on the heads' logit scales."""
     stub = _FixedLogits()
     batches = [(torch.tensor([[0.0], [1.0]]), _LABELS[:2], None), (torch.tensor([[2.0], [3.0]]), _LABELS[2:], None)]
-    result = evaluate(stub, batches, torch.device("cpu"), None)
+    cfg = run_config()  # the CPU, fp32
+    result = evaluate(stub, batches, cfg)
     assert stub.partners == [None, None]
     # by hand: image 0: SA p(1) ~ 0.98 beats GLCA's 0.73 for class 0 (logit sums would pick 0);
     # images 1, 2 right; image 3 wrong in both heads
@@ -308,9 +303,8 @@ def test_dcal_eval_no_pwca_and_sa_plus_glca_probabilities():
     with torch.no_grad():  # sharper logits, so any batch-mate effect would change predictions
         model.head.weight.mul_(50.0)
         model.glca_head.weight.mul_(50.0)
-    data = SyntheticParts(24, num_classes=4, image_size=16, seed=0, split="val")
-    cpu = torch.device("cpu")
-    assert evaluate(model, _val_loader(data, 8), cpu, None) == evaluate(model, _val_loader(data, 3), cpu, None)
+    data = SyntheticFineGrained(24, num_classes=4, image_size=16, seed=0, split="val")
+    assert evaluate(model, _val_loader(data, 8), cfg) == evaluate(model, _val_loader(data, 3), cfg)
 
 
 def test_dcal_glca_init_copies_pretrained_last_block_and_keeps_loaded_tensors():

@@ -7,12 +7,20 @@ import torchvision
 from dual_cross_attention.model import (
     DCAL,
     DCALConfig,
+    UncertaintyWeighting,
     derangement,
     fetch_torchvision_vit_b_16,
     load_pretrained,
     resample_pos_embed,
 )
 from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
+
+
+def test_uncertainty_weighting_form():
+    """0.5 * sum(exp(-s_i) L_i + s_i), at s = 0 half the sum of the losses (moved from common/losses.py)."""
+    uw = UncertaintyWeighting(3)
+    losses = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)]
+    assert uw(losses).item() == pytest.approx(0.5 * 6.0)
 
 
 def model_cfg(**kw):

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from common.lifecycle import Run
-from common.tools.predict import TILE
 from common.runtime import ConfigMismatchError, DataError
-from dual_cross_attention.data import SyntheticParts
+from common.tools.predict import TILE
+from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.train import evaluate_checkpoint, main
 from tests.fixtures_dual_cross_attention import single_thread, write_cub  # noqa: F401
 from tests.lifecycle_faults import signal_during_step
@@ -68,8 +68,8 @@ def test_resume_refuses_another_architecture_without_touching_the_run(tmp_path):
     with pytest.raises(ConfigMismatchError, match="depth"):
         main(TINY + ["--out", str(run), "--depth", "3", "--resume", str(run / "last.pt")])
     assert (run / "config.json").read_bytes() == config  # refused before anything was written
-    with pytest.raises(ConfigMismatchError, match="synthetic_task"):  # another synthetic task is other data
-        main(TINY + ["--out", str(run), "--synthetic-task", "parts", "--resume", str(run / "last.pt")])
+    with pytest.raises(ConfigMismatchError, match="synthetic_train"):  # another synthetic set is other data
+        main(TINY + ["--out", str(run), "--synthetic-train", "48", "--resume", str(run / "last.pt")])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(TINY + ["--out", str(run), "--resume", str(run / "nope.pt")])
 
@@ -129,7 +129,7 @@ def test_final_test_scores_best_pt_on_its_own_split(tmp_path):
     assert set(summary["test"]) == set(summary["val"]) == {"top1", "top1_sa", "top1_glca"}
     assert evaluate_checkpoint(run / "best.pt") == summary["test"]
     assert json.loads((run / "results.json").read_text())["test"] == summary["test"]
-    val, test = (SyntheticParts(16, 4, 16, seed=0, split=s) for s in ("val", "test"))
+    val, test = (SyntheticFineGrained(16, 4, 16, seed=0, split=s) for s in ("val", "test"))
     assert not torch.equal(val.images, test.images)
 
 
