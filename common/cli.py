@@ -112,15 +112,17 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dict | None = None,
-             exclude: Sequence[str] = ()) -> argparse._ArgumentGroup:
+             exclude: Sequence[str] = (), flags: dict[str, str] | None = None) -> argparse._ArgumentGroup:
     """One argument group with a flag per field of the dataclass `cls`: help from `arg()` or the
-    field's comment; `checks` maps a field to a converter (`at_least(1)`) or a list of choices."""
+    field's comment; `checks` maps a field to a converter (`at_least(1)`) or a list of choices,
+    `flags` a field to its flag name when it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
-        meta = dict(f.metadata) or {"help": comments.get(f.name) if checks is not None else None, "check": None,
-                                    "choices": None, "flag": None, "short_off": None}
+        comment = comments.get(f.name, "").replace("%", "%%") if checks is not None else None  # argparse formats help
+        meta = dict(f.metadata) or {"help": comment, "check": None, "choices": None,
+                                    "flag": (flags or {}).get(f.name), "short_off": None}
         if not meta.get("help") or f.name in exclude:
             continue  # not a flag (derived later)
         extra = (checks or {}).get(f.name)

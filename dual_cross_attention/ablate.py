@@ -31,7 +31,7 @@ BASE_FLAGS = ["--num-overlays", "0", "--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("dual_cross_attention", VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation(PROJECT, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
 
 
 if __name__ == "__main__":
