@@ -13,8 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
 
-from caer_clip.train import main as train_main
 from common.tools.ablation import run_ablation
+
+PROJECT = "caer_clip"
 
 VARIANTS = {
     "full": [],  # the demo: face + context streams, MoCo queue 4096, hard labels (LDL off)
@@ -28,7 +29,7 @@ BASE_FLAGS = ["--keep-checkpoints", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_ablation("caer_clip", train_main, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
+    return run_ablation(PROJECT, VARIANTS, argv, metrics=METRICS, base_flags=BASE_FLAGS, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Only the ViT image encoder and the text transformer, batch-first, attention thro
 state_dict (TorchScript archive or plain) or an open_clip model of that layout loads by name. The
 architecture is read from the tensor shapes; the head counts and the MLP activation, which a
 state_dict does not hold, follow OpenAI's rules for OpenAI files and are read from the model for
-open_clip. A tiny random configuration with a word-level tokenizer serves the synthetic demo and
-the tests.
+open_clip. A tiny random configuration serves the synthetic demo and the tests (its word-level
+tokenizer, built from the prompts it encodes, is made by caer_clip/data.py). open_clip is optional and
+imported only where its weights or its BPE tokenizer are asked for.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-
-from common.text import WordTokenizer
 
 
 @dataclass
@@ -329,19 +328,7 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") ->
     return model
 
 
-# ----------------------------------------------------------------------------- tokenizers
-
-
-def word_tokenizer(texts: list[str], context_length: int = 32, vocab_size: int = 256) -> WordTokenizer:
-    """common's word tokenizer over the words of `texts`, for the tiny random CLIP, with ids laid out
-    as CLIP's: <pad> 0, SOT (<s>) 1, the words in alphabetical order from 2, then <unk>, and EOT (</s>)
-    as the largest id so `argmax` finds it. Built from every text the model encodes, so <unk> stays unused."""
-    words = sorted({w for t in texts for w in WordTokenizer.split(t)})
-    spare = vocab_size - len(words) - 4  # ids left between the words and <unk>
-    if spare < 0:
-        raise ValueError(f"word_tokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
-    vocab = ["<pad>", "<s>", *words, *(f"<unused{i}>" for i in range(spare)), "<unk>", "</s>"]
-    return WordTokenizer(vocab, context_length)
+# ----------------------------------------------------------------------------- loading
 
 
 def bpe_tokenizer(name: str = "ViT-B-16"):
@@ -353,14 +340,10 @@ def bpe_tokenizer(name: str = "ViT-B-16"):
     return open_clip.get_tokenizer(name)
 
 
-def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
-    """'tiny' (random, word tokenizer over `texts`), a local OpenAI '.pt' file, or
-    'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
+def load_clip(spec: str) -> CLIP:
+    """'tiny' (random), a local OpenAI '.pt' file, or 'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16')."""
     if spec == "tiny":
-        cfg = tiny_config()
-        return CLIP(cfg), word_tokenizer(texts, cfg.context_length, cfg.vocab_size)
+        return CLIP(tiny_config())
     if spec.startswith("openai:"):
-        name = spec.split(":", 1)[1]
-        return load_open_clip(name, "openai"), bpe_tokenizer(name)
-    model = load_openai_file(spec)
-    return model, bpe_tokenizer("ViT-B-16")
+        return load_open_clip(spec.split(":", 1)[1], "openai")
+    return load_openai_file(spec)

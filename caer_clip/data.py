@@ -24,9 +24,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from caer_clip.clip import bpe_tokenizer, load_clip
+from caer_clip.model import CAERModel, ModelConfig, build_model
 from common.cli import arg, at_least, between
 from common.images import DECODE_ERRORS, check_one_file_per_frame, natural_key, open_image
-from common.runtime import DataError, EpochSampler, read_text, sample_generator
+from common.runtime import DataError, EpochSampler, read_text, sample_generator, seed_everything
+from common.text import WordTokenizer
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,6 +98,40 @@ class DataConfig:
     synthetic_train: int = arg(600, "synthetic training clips", check=at_least(1))
     synthetic_val: int = arg(200, "synthetic validation clips", check=at_least(1))
     synthetic_test: int = arg(200, "synthetic test clips", check=at_least(1))
+
+
+def dataset_name(cfg: DataConfig) -> str:
+    return "synthetic" if cfg.data_root is None else cfg.dataset
+
+
+# ----------------------------------------------------------------------------- the model of a dataset's classes
+
+
+def word_tokenizer(texts: list[str], context_length: int = 32, vocab_size: int = 256) -> WordTokenizer:
+    """common's word tokenizer over the words of `texts`, for the tiny random CLIP, with ids laid out
+    as CLIP's: <pad> 0, SOT (<s>) 1, the words in alphabetical order from 2, then <unk>, and EOT (</s>)
+    as the largest id so `argmax` finds it. Built from every text the model encodes, so <unk> stays unused."""
+    words = sorted({w for t in texts for w in WordTokenizer.split(t)})
+    spare = vocab_size - len(words) - 4  # ids left between the words and <unk>
+    if spare < 0:
+        raise ValueError(f"word_tokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
+    vocab = ["<pad>", "<s>", *words, *(f"<unused{i}>" for i in range(spare)), "<unk>", "</s>"]
+    return WordTokenizer(vocab, context_length)
+
+
+def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> CAERModel:
+    """The model for the dataset's class descriptors, seeded first: the tiny CLIP is random and its word
+    tokenizer and the prompt learner's token buffers are not in a checkpoint, so train.py and predict.py
+    rebuild them alike. Pretrained CLIPs take CLIP's BPE tokenizer (open_clip)."""
+    seed_everything(seed)
+    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
+    clip = load_clip(model_cfg.clip)
+    if model_cfg.clip == "tiny":  # the placeholder word and the hand-crafted prompt's words are encoded too
+        texts = [s for d in descriptors for s in d] + ["x", "a photo of ."]
+        tokenizer = word_tokenizer(texts, clip.cfg.context_length, clip.cfg.vocab_size)
+    else:
+        tokenizer = bpe_tokenizer(model_cfg.clip.split(":", 1)[1] if model_cfg.clip.startswith("openai:") else "ViT-B-16")
+    return build_model(model_cfg, clip, tokenizer, descriptors)
 
 
 # ----------------------------------------------------------------------------- records and boxes

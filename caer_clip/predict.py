@@ -34,7 +34,9 @@ from caer_clip.data import (
     ClipRecord,
     DataConfig,
     centre_square,
+    build_seeded_model,
     clip_key,
+    dataset_name,
     expand_box,
     list_frames,
     load_json,
@@ -43,7 +45,6 @@ from caer_clip.data import (
     sample_indices,
 )
 from caer_clip.model import ModelConfig
-from caer_clip.train import build_seeded_model, dataset_name
 from common.lifecycle import run_cli
 from common.tools.predict import (
     enlarge,
@@ -55,7 +56,7 @@ from common.tools.predict import (
     sheet,
     write_rows,
 )
-from common.runtime import DataError, autocast, autocast_dtype, read_text, sample_generator
+from common.runtime import DataError, EpochSampler, autocast, autocast_dtype, make_loader, read_text, sample_generator
 
 PROJECT = "caer_clip"
 PICTURE_CLIPS = 8  # clips drawn by --picture (the first ones)
@@ -82,10 +83,9 @@ def build_parser():
 
 
 def load_model(checkpoint: dict, path, device: torch.device):
-    """The trained model, rebuilt as training built it (train.build_seeded_model), then its weights."""
+    """The trained model, rebuilt as training built it (data.build_seeded_model), then its weights."""
     config = checkpoint["config"]
-    model, _ = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"],
-                                  device)
+    model = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"])
     return eval_model(model, checkpoint, path, device)
 
 
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                           centre_crop_fallback=fallback)
     dtype = autocast_dtype(device, config["run"]["amp"])
     probs, fallbacks = [], []
-    for face, context, _, box_fallbacks in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size):
+    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
+    for face, context, _, box_fallbacks in make_loader(dataset, sampler, 0, config["run"]["seed"]):
         with autocast(device, dtype):
             logits = model(face.to(device), context.to(device))["logits"]
         probs.append(logits.float().softmax(dim=-1).cpu())

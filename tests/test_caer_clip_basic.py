@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from caer_clip.clip import CLIP, tiny_config, word_tokenizer
-from caer_clip.data import DataConfig, SyntheticClips
+from caer_clip.clip import CLIP, tiny_config
+from caer_clip.data import DataConfig, SyntheticClips, word_tokenizer
 from caer_clip.train import evaluate_checkpoint, main
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, tiny_model
 
