@@ -14,18 +14,18 @@ Every figure is timed as common/tools/bench.py times it (median wall time, CUDA 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 
 import torch
 
-from caer_clip.clip import CLIP, CLIPConfig, clip_from_state_dict, tiny_config
-from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, SyntheticClips, word_tokenizer
+from caer_clip.clip import CLIP, CLIPConfig, WordTokenizer, clip_from_state_dict, tiny_config
+from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, SyntheticClips
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model, param_groups
-from common.tools.bench import StageTimer, method, time_in_turn, time_it
 from common.runtime import EpochSampler, make_loader, pick_device
+from common.tools.bench import StageTimer, method, time_in_turn, time_it
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             ("default  (tiny CLIP, batch 16, T=4)", tiny_config(), ModelConfig(), 16),
             (f"ViT-B/16 (random weights, batch {args.b16_batch}, T={args.b16_frames})", CLIPConfig(),
              ModelConfig(num_frames=args.b16_frames, logit_scale=100.0), args.b16_batch)):
-        tokenizer = word_tokenizer(texts, clip_cfg.context_length, clip_cfg.vocab_size)
+        tokenizer = WordTokenizer(texts, clip_cfg.context_length, clip_cfg.vocab_size)
         step_breakdown(name, model_cfg, CLIP(clip_cfg), tokenizer, batch, device, args.steps)
 
     print(f"3. data pipeline (synthetic clips, T=4, 32 px, face + context crops), per batch of 8: {method(10)}")

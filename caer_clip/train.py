@@ -233,7 +233,8 @@ def train_means(state: State, kind: str, lr: float, cfg: Config) -> dict:
         monitor.update(weighted)
         balance["warned"] = sorted(monitor.warned)
     return {"step": state.step, "epoch": state.epoch, "lr": lr, "loss": float(sums["loss"]) / n,
-            **{f"loss_{c}": v for c, v in weighted.items()}, **{f"share_{c}": abs(v) / total for c, v in weighted.items()},
+            **{f"loss_{c}": v for c, v in weighted.items()},
+            **{f"share_{c}": abs(v) / total for c, v in weighted.items()},
             "train_acc": float(sums["correct"]) / max(1, n * cfg.train.batch_size)}
 
 
@@ -371,7 +372,8 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return "\n".join(lines + [
         f"caer_clip: {dataset_name(cfg.data)} data, {'/'.join(str(len(d)) for d in splits.values())} train/val/test "
-        f"clips, CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, context {'on' if cfg.model.use_context else 'off'}, "
+        f"clips, CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, "
+        f"context {'on' if cfg.model.use_context else 'off'}, "
         f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {world_size}, device {device}",
         f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
         + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})),

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from caer_clip.clip import load_clip
-from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, word_tokenizer
+from caer_clip.data import CLASS_DESCRIPTORS, DataConfig
 from caer_clip.model import ModelConfig, build_model
 
 TINY_TRAIN = ["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-test", "10", "--batch-size", "4",
@@ -18,9 +18,7 @@ TINY_TRAIN = ["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-t
 
 def tiny_model(dataset: str = "synthetic", **overrides):
     descriptors = list(CLASS_DESCRIPTORS[dataset].values())
-    clip = load_clip("tiny")
-    tokenizer = word_tokenizer([s for d in descriptors for s in d] + ["x", "a photo of ."], clip.cfg.context_length,
-                               clip.cfg.vocab_size)
+    clip, tokenizer = load_clip("tiny", [s for d in descriptors for s in d] + ["x", "a photo of ."])
     cfg = ModelConfig(num_classes=len(descriptors), moco_queue=16, **overrides)
     return build_model(cfg, clip, tokenizer, descriptors)
 

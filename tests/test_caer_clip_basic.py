@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from caer_clip.clip import CLIP, tiny_config
-from caer_clip.data import DataConfig, SyntheticClips, word_tokenizer
+from caer_clip.clip import CLIP, WordTokenizer, tiny_config
+from caer_clip.data import DataConfig, SyntheticClips
 from caer_clip.train import evaluate_checkpoint, main
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, tiny_model
 
@@ -15,7 +15,7 @@ from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, tiny_model
 def test_clip_towers_shapes():
     cfg = tiny_config()
     model = CLIP(cfg)
-    tokens = word_tokenizer(["a face", "a room"], cfg.context_length, cfg.vocab_size)(["a face", "a room"])
+    tokens = WordTokenizer(["a face", "a room"], cfg.context_length, cfg.vocab_size)(["a face", "a room"])
     assert tokens.shape == (2, cfg.context_length)
     assert model.encode_image(torch.randn(3, 3, 32, 32)).shape == (3, cfg.embed_dim)
     assert model.encode_text(tokens).shape == (2, cfg.embed_dim)

@@ -228,7 +228,8 @@ def first_sample(dataset, index: int = 0) -> torch.Tensor:
     return torch.cat([face, context])
 
 
-AUGMENTATIONS = {  # what is left random -> flags; the RAER frames are constant in time, so frame sampling is not seen there
+# what is left random -> flags; the RAER frames are constant in time, so frame sampling is not seen there
+AUGMENTATIONS = {
     "frame-sampling": ["--no-flip", "--rotate-degrees", "0"],
     "flip": ["--flip", "--rotate-degrees", "0"],
     "rotation": ["--no-flip", "--rotate-degrees", "15"],

@@ -79,7 +79,7 @@ def test_load_clip_without_open_clip_names_the_package(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_open_clip)
     from caer_clip.clip import load_clip
     with pytest.raises(ImportError, match="pip install open_clip_torch"):
-        load_clip("openai:ViT-B-16")
+        load_clip("openai:ViT-B-16", [])
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -99,7 +99,8 @@ def test_frozen_weights_unchanged_and_every_trainable_parameter_gets_a_gradient(
     out = model(*clip_batch(batch=3))
     loss, _, _ = total_loss(out, y, y, 1.0, 5, 5.0, LossConfig(), (model.queue, model.queue_labels))
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing, missing
     optimizer.step()
     for n, p in model.named_parameters():

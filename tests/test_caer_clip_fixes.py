@@ -163,8 +163,10 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
         error = (candidates - mixed_face[:, None]).flatten(2).abs().amax(dim=-1)  # (B, B)
         partner = error.argmin(dim=1)
         assert error.min(dim=1).values.max() < 1e-5, "a model input is no mix of two clips of its batch"
-        torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[partner])  # same partner, same lam
-        assert torch.equal(y_b, labels[partner]), f"y_b {y_b.tolist()}, labels of the mixed-in clips {labels[partner].tolist()}"
+        # the same partner and lam for the context stream
+        torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[partner])
+        assert torch.equal(y_b, labels[partner]), \
+            f"y_b {y_b.tolist()}, labels of the mixed-in clips {labels[partner].tolist()}"
 
 
 def test_caer_ldl_warmup_uses_hard_labels_first():
