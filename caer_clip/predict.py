@@ -45,7 +45,15 @@ from caer_clip.data import (
 )
 from caer_clip.model import ModelConfig
 from common.lifecycle import run_cli
-from common.runtime import DataError, EpochSampler, autocast, autocast_dtype, make_loader, read_text, sample_generator
+from common.runtime import (
+    DataError,
+    EpochSampler,
+    autocast,
+    autocast_dtype,
+    make_loader,
+    read_text,
+    sample_generator,
+)
 from common.tools.predict import (
     enlarge,
     eval_model,
