@@ -11,9 +11,11 @@ mean ± std is printed and written to <out>/ablation.md (common/tools/ablation.p
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 from common.tools.ablation import run_ablation
+
+PROJECT = "caer_clip"
 
 VARIANTS = {
     "full": [],  # the demo: face + context streams, MoCo queue 4096, hard labels (LDL off)

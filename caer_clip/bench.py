@@ -14,19 +14,18 @@ Every figure is timed as common/tools/bench.py times it (median wall time, CUDA 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import argparse
 
 import torch
 
-from caer_clip.clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip, word_tokenizer
+from caer_clip.clip import CLIP, CLIPConfig, WordTokenizer, clip_from_state_dict, tiny_config
 from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, SyntheticClips
 from caer_clip.losses import LossConfig, total_loss
-from caer_clip.model import ModelConfig, build_model
-from caer_clip.train import TrainConfig, param_groups
+from caer_clip.model import ModelConfig, build_model, param_groups
+from common.runtime import EpochSampler, make_loader, pick_device
 from common.tools.bench import StageTimer, method, time_in_turn, time_it
-from common.runtime import pick_device
 
 
 @torch.no_grad()
@@ -57,8 +56,9 @@ def step_breakdown(name: str, model_cfg: ModelConfig, clip: CLIP, tokenizer, bat
     size = clip.cfg.image_resolution
     data = SyntheticClips(batch * (steps + 1), DataConfig(), model_cfg.num_frames, size, True, 0, 1,
                           frame_size=max(48, size + size // 2))
-    loader = iter(torch.utils.data.DataLoader(data, batch_size=batch))
-    optimizer = torch.optim.SGD(param_groups(model, TrainConfig(batch_size=batch), 1), lr=1e-3, momentum=0.9)
+    loader = iter(make_loader(data, EpochSampler(len(data), batch, shuffle=False, drop_last=False), 0, 0))
+    groups = param_groups(model, dict.fromkeys(["temporal", "projection", "adapter", "prompt", "image"], 1e-3), 1e-4)
+    optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
     loss_cfg = LossConfig()
     timer = StageTimer()
     for step in range(steps + 1):  # step 0 warms up
@@ -84,7 +84,7 @@ def step_breakdown(name: str, model_cfg: ModelConfig, clip: CLIP, tokenizer, bat
 def pipeline_fps(workers: int, batches: int, frames: int, batch: int = 8) -> float:
     """Frames per second from the median time per batch (the first batch, worker start-up, warms up)."""
     data = SyntheticClips(batch * (batches + 1), DataConfig(), frames, 32, True, 0, 1)
-    loader = iter(torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers))
+    loader = iter(make_loader(data, EpochSampler(len(data), batch, shuffle=False, drop_last=False), workers, 0))
     return batch * frames / time_it(lambda: next(loader), repeats=batches)
 
 
@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"2. training step breakdown, {method(args.steps)} (synthetic clips, face + context streams)")
     texts = [s for d in CLASS_DESCRIPTORS["synthetic"].values() for s in d] + ["x", "a photo of ."]
-    clip, tokenizer = load_clip("tiny", texts)
-    step_breakdown("default  (tiny CLIP, batch 16, T=4)", ModelConfig(), clip, tokenizer, 16, device, args.steps)
-    b16 = CLIPConfig()
-    step_breakdown(f"ViT-B/16 (random weights, batch {args.b16_batch}, T={args.b16_frames})",
-                   ModelConfig(num_frames=args.b16_frames, logit_scale=100.0), CLIP(b16),
-                   word_tokenizer(texts, b16.context_length, b16.vocab_size), args.b16_batch, device, args.steps)
+    for name, clip_cfg, model_cfg, batch in (
+            ("default  (tiny CLIP, batch 16, T=4)", tiny_config(), ModelConfig(), 16),
+            (f"ViT-B/16 (random weights, batch {args.b16_batch}, T={args.b16_frames})", CLIPConfig(),
+             ModelConfig(num_frames=args.b16_frames, logit_scale=100.0), args.b16_batch)):
+        tokenizer = WordTokenizer(texts, clip_cfg.context_length, clip_cfg.vocab_size)
+        step_breakdown(name, model_cfg, CLIP(clip_cfg), tokenizer, batch, device, args.steps)
 
     print(f"3. data pipeline (synthetic clips, T=4, 32 px, face + context crops), per batch of 8: {method(10)}")
     for workers in (0, 2):

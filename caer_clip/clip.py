@@ -6,11 +6,13 @@ state_dict (TorchScript archive or plain) or an open_clip model of that layout l
 architecture is read from the tensor shapes; the head counts and the MLP activation, which a
 state_dict does not hold, follow OpenAI's rules for OpenAI files and are read from the model for
 open_clip. A tiny random configuration with a word-level tokenizer serves the synthetic demo and
-the tests.
+the tests. open_clip is optional, imported only where its weights or its BPE tokenizer are asked for.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,8 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-
-from common.text import WordTokenizer
 
 
 @dataclass
@@ -98,7 +98,8 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, dropout: float = 0.0, quick_gelu: bool = True):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, dropout, quick_gelu) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, dropout, quick_gelu)
+                                        for _ in range(layers)])
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:
@@ -329,19 +330,33 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") ->
     return model
 
 
-# ----------------------------------------------------------------------------- tokenizers
+# ----------------------------------------------------------------------------- tokenizers and loading
 
 
-def word_tokenizer(texts: list[str], context_length: int = 32, vocab_size: int = 256) -> WordTokenizer:
-    """common's word tokenizer over the words of `texts`, for the tiny random CLIP, with ids laid out
-    as CLIP's: <pad> 0, SOT (<s>) 1, the words in alphabetical order from 2, then <unk>, and EOT (</s>)
-    as the largest id so `argmax` finds it. Built from every text the model encodes, so <unk> stays unused."""
-    words = sorted({w for t in texts for w in WordTokenizer.split(t)})
-    spare = vocab_size - len(words) - 4  # ids left between the words and <unk>
-    if spare < 0:
-        raise ValueError(f"word_tokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
-    vocab = ["<pad>", "<s>", *words, *(f"<unused{i}>" for i in range(spare)), "<unk>", "</s>"]
-    return WordTokenizer(vocab, context_length)
+class WordTokenizer:
+    """The tiny random CLIP's tokenizer: lower-cased, NFC-normalised words and punctuation of `texts`,
+    with ids laid out as CLIP's: <pad> 0, SOT 1, the words in alphabetical order from 2, <unk> and EOT
+    as the two largest ids (`argmax` finds EOT). Built from every text the model encodes, so <unk> stays
+    unused. Texts longer than `context_length` ids are cut, SOT and EOT kept."""
+
+    def __init__(self, texts: list[str], context_length: int = 32, vocab_size: int = 256):
+        words = sorted({w for t in texts for w in self.split(t)})
+        if len(words) + 4 > vocab_size:
+            raise ValueError(f"WordTokenizer: {len(words)} words do not fit a vocabulary of {vocab_size}")
+        self.ids = {w: i for i, w in enumerate(words, start=2)}
+        self.context_length, self.unk, self.eot = context_length, vocab_size - 2, vocab_size - 1
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return re.findall(r"\w+|[^\w\s]", unicodedata.normalize("NFC", text).lower())
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """(N, context_length) ids, padded with 0 after EOT: the batch form of open_clip's tokenizers."""
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            words = [self.ids.get(w, self.unk) for w in self.split(text)][: self.context_length - 2]
+            out[row, : len(words) + 2] = torch.tensor([1, *words, self.eot])
+        return out
 
 
 def bpe_tokenizer(name: str = "ViT-B-16"):
@@ -358,9 +373,8 @@ def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
     'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
     if spec == "tiny":
         cfg = tiny_config()
-        return CLIP(cfg), word_tokenizer(texts, cfg.context_length, cfg.vocab_size)
+        return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
     if spec.startswith("openai:"):
         name = spec.split(":", 1)[1]
         return load_open_clip(name, "openai"), bpe_tokenizer(name)
-    model = load_openai_file(spec)
-    return model, bpe_tokenizer("ViT-B-16")
+    return load_openai_file(spec), bpe_tokenizer("ViT-B-16")

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from caer_clip.clip import load_clip
+from caer_clip.model import CAERModel, ModelConfig, build_model
 from common.cli import arg, at_least, between
-from common.images import DECODE_ERRORS, check_one_file_per_frame, natural_key, open_image
-from common.runtime import DataError, EpochSampler, read_text, sample_generator
+from common.images import DECODE_ERRORS, natural_key, open_image
+from common.runtime import DataError, EpochSampler, read_text, sample_generator, seed_everything
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,6 +97,21 @@ class DataConfig:
     synthetic_train: int = arg(600, "synthetic training clips", check=at_least(1))
     synthetic_val: int = arg(200, "synthetic validation clips", check=at_least(1))
     synthetic_test: int = arg(200, "synthetic test clips", check=at_least(1))
+
+
+def dataset_name(cfg: DataConfig) -> str:
+    return "synthetic" if cfg.data_root is None else cfg.dataset
+
+
+def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> CAERModel:
+    """The model for the dataset's class descriptors, seeded first: the tiny CLIP is random and its word
+    tokenizer and the prompt learner's token buffers are not in a checkpoint, so train.py and predict.py
+    rebuild them alike."""
+    seed_everything(seed)
+    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
+    # the tiny CLIP's words: the descriptors, the prompt learner's placeholder and the hand-crafted prompt
+    clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    return build_model(model_cfg, clip, tokenizer, descriptors)
 
 
 # ----------------------------------------------------------------------------- records and boxes
@@ -231,19 +248,15 @@ def match_keys(raw: dict, source, root: Path | None, clip_keys: set[str] | None)
     return keys
 
 
-def normalise_face_boxes(raw: dict, source: str, root: Path | None = None,
-                         clip_keys: set[str] | None = None) -> dict[str, dict[str, list[float]]]:
-    """{clip key: {frame stem: box}} of a face box file; null boxes are left out (missing)."""
-    check_boxes(raw, source, per_frame=True)
+def normalise_boxes(raw: dict, source: str, per_frame: bool, root: Path | None = None,
+                    clip_keys: set[str] | None = None) -> dict:
+    """{clip key: {frame stem: box}} of a face box file (`per_frame`), {clip key: box} of a body box
+    file; null boxes are left out (missing)."""
+    check_boxes(raw, source, per_frame)
     keys = match_keys(raw, source, root, clip_keys)
-    return {keys[clip]: {frame_key(name): box for name, box in frames.items() if box is not None}
-            for clip, frames in raw.items()}
-
-
-def normalise_body_boxes(raw: dict, source: str, root: Path | None = None,
-                         clip_keys: set[str] | None = None) -> dict[str, list[float]]:
-    check_boxes(raw, source, per_frame=False)
-    keys = match_keys(raw, source, root, clip_keys)
+    if per_frame:
+        return {keys[clip]: {frame_key(name): box for name, box in frames.items() if box is not None}
+                for clip, frames in raw.items()}
     return {keys[clip]: box for clip, box in raw.items() if box is not None}
 
 
@@ -252,8 +265,7 @@ def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], all
     boxes is a DataError naming it unless `allow_missing` (then its look-ups are counted fallbacks).
     Returns (boxes, summary line "face boxes: 15 of 15 clips")."""
     raw, clip_keys = load_json(path), {r.key for r in records}
-    normalise = normalise_face_boxes if kind == "face" else normalise_body_boxes
-    boxes = normalise(raw, str(path), root, clip_keys)
+    boxes = normalise_boxes(raw, str(path), kind == "face", root, clip_keys)
     unmatched = [k for k in raw if not clip_keys.intersection(key_candidates(k, root))]
     missing = list({r.key: r for r in records if r.key not in boxes}.values())
     summary = f"{kind} boxes: {len(clip_keys) - len(missing)} of {len(clip_keys)} clips"
@@ -323,16 +335,14 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
     if not frames_dir.is_dir():
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
-    check_one_file_per_frame(names, frames_dir, source)
-    numbered = {}
-    for name in sorted(names, key=natural_key):  # '1.jpg' and '01.jpg' are two files of frame 1 too
+    seen = {}
+    for name in sorted(names, key=natural_key):  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg': one frame twice
         stem = Path(name).stem
-        if not stem.isdecimal():
-            continue
-        if int(stem) in numbered:
-            raise DataError(f"{source}: {frames_dir} holds frame {int(stem)} twice ({numbered[int(stem)]} and "
-                            f"{name}); keep one file per frame")
-        numbered[int(stem)] = name
+        frame = int(stem) if stem.isdecimal() else stem
+        if frame in seen:
+            raise DataError(f"{source}: {frames_dir} holds frame {frame} twice ({seen[frame]} and {name}); "
+                            f"keep one file per frame")
+        seen[frame] = name
     # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
     # was: return sorted(names)
     return sorted(names, key=natural_key)
@@ -584,7 +594,7 @@ class SyntheticClips(ClipDataset):
             self.frames.append(frames)
             face_boxes[key] = {f"{f + 1}.jpg": box for f, box in enumerate(boxes)}  # RAER JSON layout
             records.append(ClipRecord(Path(key), key, clip_frames, label, f"synthetic clip {key}"))
-        super().__init__(records, normalise_face_boxes(face_boxes, "synthetic boxes"), None, cfg, num_frames,
+        super().__init__(records, normalise_boxes(face_boxes, "synthetic boxes", True), None, cfg, num_frames,
                          image_size, train, seed, centre_crop_fallback=False)
 
     def frame_names(self, index: int) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import above, arg, at_least, between
-from common.losses import info_nce, label_smoothing_ce
+from common.losses import info_nce
 from common.mixup import mixup_loss
 from common.runtime import check_finite
 
@@ -58,8 +58,8 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: 
     if cfg.use_ldl and epoch >= cfg.ldl_warmup:
         return semantic_ldl_loss(logits, target, class_text, cfg.ldl_temperature)
     if cfg.cls_loss == "lsr":
-        # FIX(CAER-LSR): closed form; a one-hot of width max(target)+1 broke batches without the last class.
-        return label_smoothing_ce(logits, target, cfg.smoothing)
+        # FIX(CAER-LSR): torch's label smoothing; a one-hot of width max(target)+1 broke batches without the last class.
+        return F.cross_entropy(logits.float(), target, label_smoothing=cfg.smoothing)
     return F.cross_entropy(logits.float(), target)
 
 

@@ -19,32 +19,28 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from caer_clip.clip import CLIP, LayerNorm, Transformer
-from common.cli import above, arg, at_least, between
 
 
 @dataclass
 class ModelConfig:
-    clip: str = arg("tiny", "'tiny' (random), a local OpenAI .pt file, or 'openai:ViT-B-16' (open_clip weights)")
+    clip: str = "tiny"  # 'tiny' (random), a local OpenAI .pt file, or 'openai:ViT-B-16' (open_clip weights)
     num_classes: int = 5  # emotion classes: not a flag, set from the dataset's class list
-    num_frames: int = arg(4, "T frames sampled per clip (the paper uses 16)", check=at_least(1))
-    n_ctx: int = arg(8, "learnable CoOp context vectors per prompt", check=at_least(1))
-    class_specific_ctx: bool = arg(True, "one set of context vectors per class (else shared by all classes)")
-    temporal: str = arg("cls", "temporal model: 'cls' transformer with a CLS token (paper), 'attn' attention "
-                        "pooling (RAPT)", choices=["cls", "attn"])
-    temporal_layers: int = arg(1, "transformer blocks per temporal model", check=at_least(1))
-    temporal_heads: int = arg(8, "attention heads per temporal model", check=at_least(1))
-    dropout: float = arg(0.1, "dropout inside the temporal models", check=between(0.0, 1.0))
-    adapter_ratio: float = arg(0.2, "residual share of the face adapter: x + ratio * adapter(x)",
-                               check=at_least(0.0, float))
-    adapter_reduction: int = arg(4, "bottleneck factor of the face adapter", check=at_least(1))
-    use_context: bool = arg(True, "context stream on (--no-context: face stream only)", flag="--context",
-                            short_off="--no-context")
-    freeze_image_encoder: bool = arg(False, "freeze the CLIP image encoder (else trained at its own low lr)")
+    num_frames: int = 4  # T frames sampled per clip (the paper uses 16)
+    n_ctx: int = 8  # learnable CoOp context vectors per prompt
+    class_specific_ctx: bool = True  # one set of context vectors per class (else shared by all classes)
+    temporal: str = "cls"  # temporal model: 'cls' transformer with a CLS token (paper), 'attn' attention pooling (RAPT)
+    temporal_layers: int = 1  # transformer blocks per temporal model
+    temporal_heads: int = 8  # attention heads per temporal model
+    dropout: float = 0.1  # dropout inside the temporal models
+    adapter_ratio: float = 0.2  # residual share of the face adapter: x + ratio * adapter(x)
+    adapter_reduction: int = 4  # bottleneck factor of the face adapter
+    use_context: bool = True  # context stream on (--no-context: face stream only)
+    freeze_image_encoder: bool = False  # freeze the CLIP image encoder (else trained at its own low lr)
     # NOTE(deviation): the official code fixes 100 (pretrained CLIP's learned value); a randomly
     # initialised tiny CLIP collapses to one class at 100, so the synthetic recipe uses 20.
-    logit_scale: float = arg(20.0, "fixed cosine-logit scale", check=above(0.0))
-    moco_queue: int = arg(4096, "MoCo queue length K (0: no MoCo branch)", check=at_least(0))
-    moco_momentum: float = arg(0.99, "MoCo key-encoder momentum m", check=between(0.0, 1.0))
+    logit_scale: float = 20.0  # fixed cosine-logit scale
+    moco_queue: int = 4096  # MoCo queue length K (0: no MoCo branch)
+    moco_momentum: float = 0.99  # MoCo key-encoder momentum m
 
 
 class PromptLearner(nn.Module):
@@ -237,3 +233,29 @@ def build_model(cfg: ModelConfig, clip: CLIP, tokenizer, descriptors: list[list[
     # was: model.eval()
     model.train()
     return model
+
+
+def param_groups(model: CAERModel, lrs: dict[str, float], weight_decay: float) -> list[dict]:
+    """SGD groups per part at the part's lr (`lrs`: temporal, projection, adapter, prompt, image); no
+    decay on 1-d tensors, embeddings, tokens and prompt context vectors. Every trainable parameter
+    lands in exactly one group."""
+    head = model.head
+    parts = {"temporal": [head.face_temporal, head.context_temporal], "projection": [head.projection],
+             "adapter": [head.adapter], "prompt": [model.prompt_learner], "image": [model.clip.visual]}
+    groups, seen = [], set()
+    for name, modules in parts.items():
+        decay, no_decay = [], []
+        for module in filter(None, modules):
+            for pname, p in module.named_parameters():
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                plain = p.ndim < 2 or any(k in pname for k in ("pos", "cls", "token", "embedding", "ctx"))
+                (no_decay if plain else decay).append(p)
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                groups.append({"params": params, "weight_decay": wd, "name": name, "base_lr": lrs[name]})
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise RuntimeError(f"trainable parameters in no optimiser group: {missing}")
+    return groups

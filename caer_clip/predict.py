@@ -18,7 +18,7 @@ and class names come from the checkpoint's own settings.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import os
 
@@ -33,18 +33,27 @@ from caer_clip.data import (
     ClipDataset,
     ClipRecord,
     DataConfig,
+    build_seeded_model,
     centre_square,
     clip_key,
+    dataset_name,
     expand_box,
     list_frames,
     load_json,
-    normalise_body_boxes,
-    normalise_face_boxes,
+    normalise_boxes,
     sample_indices,
 )
 from caer_clip.model import ModelConfig
-from caer_clip.train import build_seeded_model, dataset_name
 from common.lifecycle import run_cli
+from common.runtime import (
+    DataError,
+    EpochSampler,
+    autocast,
+    autocast_dtype,
+    make_loader,
+    read_text,
+    sample_generator,
+)
 from common.tools.predict import (
     enlarge,
     eval_model,
@@ -55,7 +64,6 @@ from common.tools.predict import (
     sheet,
     write_rows,
 )
-from common.runtime import DataError, autocast, autocast_dtype, read_text, sample_generator
 
 PROJECT = "caer_clip"
 PICTURE_CLIPS = 8  # clips drawn by --picture (the first ones)
@@ -65,8 +73,8 @@ PICTURE_COLUMNS = 8  # frames per row of a clip in the picture
 def build_parser():
     parser = predict_parser(__doc__, formats=("csv", "jsonl"))
     parser.add_argument("input", help="a clip folder of frames, a folder of clip folders, or a list file")
-    parser.add_argument("--face-boxes", default=None, help="per-frame face boxes JSON {clip: {frame: [x1, y1, x2, y2]}} "
-                        "(default: centre crops)")
+    parser.add_argument("--face-boxes", default=None, help="per-frame face boxes JSON "
+                        "{clip: {frame: [x1, y1, x2, y2]}} (default: centre crops)")
     parser.add_argument("--body-boxes", default=None, help="per-clip body boxes JSON {clip: [x1, y1, x2, y2]} for the "
                         "context crop (default: the whole frame)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="centre-crop the frames --face-boxes has no "
@@ -82,10 +90,9 @@ def build_parser():
 
 
 def load_model(checkpoint: dict, path, device: torch.device):
-    """The trained model, rebuilt as training built it (train.build_seeded_model), then its weights."""
+    """The trained model, rebuilt as training built it (data.build_seeded_model), then its weights."""
     config = checkpoint["config"]
-    model, _ = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"],
-                                  device)
+    model = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"])
     return eval_model(model, checkpoint, path, device)
 
 
@@ -200,10 +207,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = read_clips(existing(args.input, "input"), args.root, 1 if data_cfg.dataset == "raer" else 0,
                                len(names))
     root = Path(args.root) if args.root else None
-    face_boxes = normalise_face_boxes(load_json(Path(args.face_boxes)), args.face_boxes, root) if args.face_boxes \
-        else None
-    body_boxes = normalise_body_boxes(load_json(Path(args.body_boxes)), args.body_boxes, root) if args.body_boxes \
-        else None
+    face_boxes, body_boxes = (normalise_boxes(load_json(Path(path)), path, kind == "face", root) if path else None
+                              for kind, path in (("face", args.face_boxes), ("body", args.body_boxes)))
     model = load_model(checkpoint, args.checkpoint, device)
     # As in training: a frame missing from a given box file is an error (DAiSEE: always a centre crop).
     fallback = face_boxes is None or args.allow_missing_boxes or data_cfg.dataset == "daisee"
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                           centre_crop_fallback=fallback)
     dtype = autocast_dtype(device, config["run"]["amp"])
     probs, fallbacks = [], []
-    for face, context, _, box_fallbacks in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size):
+    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
+    for face, context, _, box_fallbacks in make_loader(dataset, sampler, 0, config["run"]["seed"]):
         with autocast(device, dtype):
             logits = model(face.to(device), context.to(device))["logits"]
         probs.append(logits.float().softmax(dim=-1).cpu())

@@ -1,4 +1,4 @@
-"""Losses used by two or more projects: focal, label-smoothing CE, SupCon and InfoNCE."""
+"""Losses used by two or more projects: focal, SupCon and InfoNCE."""
 
 from __future__ import annotations
 
@@ -23,17 +23,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
         mask = mask.to(loss.dtype)
         return (loss * mask).sum() / mask.sum().clamp_min(1.0)
     return loss.mean()
-
-
-def label_smoothing_ce(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
-    """(1 - e) * CE + e * mean_k(-log p_k), in closed form.
-
-    No one-hot masks: any batch size (1 included) and any class counts. Equals
-    F.cross_entropy(logits, target, label_smoothing=e)."""
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    uniform = -log_p.mean(dim=-1)
-    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,

@@ -173,7 +173,8 @@ def test_degenerate_body_box_is_a_missing_box_and_partly_outside_boxes_are_fine(
     (root / "face_boxes.json").write_text(json.dumps(boxes))
     cfg.body_boxes = "body.json"
     _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
-    with pytest.raises(DataError, match=r"body box \[30, 8, 10, 28\] of clip 'test/class1_0' frame '1.jpg' is inverted"):
+    with pytest.raises(DataError,
+                       match=r"body box \[30, 8, 10, 28\] of clip 'test/class1_0' frame '1.jpg' is inverted"):
         test[0]
     assert test[1][3] == 0
     cfg.allow_missing_boxes = True

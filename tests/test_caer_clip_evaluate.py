@@ -27,9 +27,8 @@ def single_thread():
 
 
 def run_config(*flags: str):
-    """The settings main() would run with for these flags, and the parsed arguments."""
-    args = caer_train.build_parser().parse_args(list(flags))
-    return caer_train.configs_from(args), args
+    """The settings main() would run with for these flags."""
+    return caer_train.config_from(caer_train.build_parser().parse_args(list(flags)))
 
 
 # ----------------------------------------------------------------------------- reported metrics
@@ -68,9 +67,9 @@ def test_evaluate_reports_hand_computed_uar_war_confusion_and_fallbacks():
     labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
     predictions = [0, 0, 1, 1, 3, 2, 2, 0, 2]
     fallbacks = [0, 1, 0, 0, 2, 0, 0, 0, 4]
-    _, args = run_config()
-    loader = caer_train.eval_loader(scripted_split(labels, predictions, fallbacks), 4, args, CPU)  # 4 + 4 + 1
-    metrics = caer_train.evaluate(ScriptedModel(NUM_CLASSES), loader, CPU, None, NUM_CLASSES)
+    cfg = run_config("--batch-size", "4")
+    loader = caer_train.eval_loader(scripted_split(labels, predictions, fallbacks), cfg)  # 4 + 4 + 1
+    metrics = caer_train.evaluate(ScriptedModel(NUM_CLASSES), loader, cfg)
 
     # recalls 2/3, 1/2, 3/4, 0, 0 over 5 classes: (8 + 6 + 9) / 12 / 5 = 23/60
     # (over the 3 classes present in the labels it would be 23/36; over the 4 seen anywhere 23/48)
@@ -91,12 +90,12 @@ def test_evaluate_uar_weighs_classes_equally_war_weighs_clips():
     diagonal confusion matrix; the one clip of class 4 predicted as 0 costs UAR a whole class
     (4/5) but WAR one clip (8/9)."""
     labels = [0, 0, 0, 0, 0, 1, 2, 3, 4]
-    _, args = run_config()
+    cfg = run_config("--batch-size", "2")
     model = ScriptedModel(NUM_CLASSES)
 
     def evaluate(predictions):
-        loader = caer_train.eval_loader(scripted_split(labels, predictions, [0] * 9), 2, args, CPU)
-        return caer_train.evaluate(model, loader, CPU, None, NUM_CLASSES)
+        loader = caer_train.eval_loader(scripted_split(labels, predictions, [0] * 9), cfg)
+        return caer_train.evaluate(model, loader, cfg)
 
     perfect = evaluate(labels)
     assert perfect["uar"] == 1.0 and perfect["war"] == 1.0
@@ -113,16 +112,16 @@ def test_evaluate_runs_without_dropout_and_repeats_itself():
     """With dropout 0.5 in the temporal models, evaluate() sees exactly the logits of the model in
     eval mode, so a second call reports the same numbers and the same logits; the same model in
     train mode gives other logits (so dropout is live and would show)."""
-    cfg, args = run_config("--dropout", "0.5", "--synthetic-val", "10", "--synthetic-train", "5",
-                           "--synthetic-test", "5")
-    model, splits = caer_train.build_model_and_data(cfg, 0, CPU)
+    cfg = run_config("--dropout", "0.5", "--synthetic-val", "10", "--synthetic-train", "5",
+                     "--synthetic-test", "5", "--batch-size", "4")
+    model, splits = caer_train.build_model_and_data(cfg, CPU)
     assert model.head.training  # as main() receives it
-    loader = caer_train.eval_loader(splits["val"], 4, args, CPU)
+    loader = caer_train.eval_loader(splits["val"], cfg)
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, out: seen.append(out["logits"].detach().clone()))
-    first = caer_train.evaluate(model, loader, CPU, None, cfg.model.num_classes)
+    first = caer_train.evaluate(model, loader, cfg)
     first_logits, seen[:] = torch.cat(seen), []
-    second = caer_train.evaluate(model, loader, CPU, None, cfg.model.num_classes)
+    second = caer_train.evaluate(model, loader, cfg)
     second_logits = torch.cat(seen)
     hook.remove()
 
@@ -146,8 +145,8 @@ def test_main_trains_with_dropout_and_validates_without_it_around_mid_epoch_vali
     calls = []
     build = caer_train.build_model_and_data
 
-    def build_recording(cfg, seed, device):
-        model, splits = build(cfg, seed, device)
+    def build_recording(cfg, device):
+        model, splits = build(cfg, device)
         for module in model.head.modules():
             if isinstance(module, nn.Dropout):
                 module.register_forward_pre_hook(
@@ -229,7 +228,8 @@ def first_sample(dataset, index: int = 0) -> torch.Tensor:
     return torch.cat([face, context])
 
 
-AUGMENTATIONS = {  # what is left random -> flags; the RAER frames are constant in time, so frame sampling is not seen there
+# what is left random -> flags; the RAER frames are constant in time, so frame sampling is not seen there
+AUGMENTATIONS = {
     "frame-sampling": ["--no-flip", "--rotate-degrees", "0"],
     "flip": ["--flip", "--rotate-degrees", "0"],
     "rotation": ["--no-flip", "--rotate-degrees", "15"],
@@ -245,8 +245,8 @@ def test_augmentation_in_training_only(augmentation, tmp_path):
     if augmentation != "frame-sampling":  # real frames on disk, the same in every frame of a clip
         make_raer(tmp_path, clips_per_class=2, box=(6, 8, 22, 28))
         data = ["--data-root", str(tmp_path), "--dataset", "raer", "--val-fraction", "0.5"]
-    cfg, _ = run_config(*data, *AUGMENTATIONS[augmentation])
-    _, splits = caer_train.build_model_and_data(cfg, 0, CPU)
+    cfg = run_config(*data, *AUGMENTATIONS[augmentation])
+    _, splits = caer_train.build_model_and_data(cfg, CPU)
 
     train = splits["train"]
     draws = []

@@ -17,7 +17,8 @@ from caer_clip.clip import (
     tiny_config,
 )
 from caer_clip.losses import LossConfig, total_loss
-from caer_clip.train import apply_official_recipe, build_parser, configs_from, main, param_groups
+from caer_clip.model import param_groups
+from caer_clip.train import apply_official_recipe, base_lrs, build_parser, config_from, main
 from common.lifecycle import Run
 from common.runtime import ConfigMismatchError, DataError
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, make_raer, tiny_model, write_frames
@@ -90,15 +91,16 @@ def test_frozen_weights_unchanged_and_every_trainable_parameter_gets_a_gradient(
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()
               if not p.requires_grad and not n.startswith("key_head")}
     assert any(n.startswith("clip.transformer") for n in frozen) and any(n.startswith("clip.visual") for n in frozen)
-    cfg = configs_from(build_parser().parse_args([])).train
-    optimizer = torch.optim.SGD(param_groups(model, cfg, 1), lr=0.1, momentum=0.9)
+    cfg = config_from(build_parser().parse_args([])).train
+    optimizer = torch.optim.SGD(param_groups(model, base_lrs(cfg, 1), cfg.weight_decay), lr=0.1, momentum=0.9)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"]
     y = torch.tensor([0, 1, 2])
     out = model(*clip_batch(batch=3))
     loss, _, _ = total_loss(out, y, y, 1.0, 5, 5.0, LossConfig(), (model.queue, model.queue_labels))
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing, missing
     optimizer.step()
     for n, p in model.named_parameters():
@@ -210,12 +212,12 @@ def test_official_recipe_fills_only_the_settings_not_given():
     argv = ["--data-root", "somewhere", "--batch-size", "4", "--no-context"]
     args = parser.parse_args(argv)
     applied = apply_official_recipe(args, {"data_root", "batch_size", "use_context"})
-    cfg = configs_from(args)
+    cfg = config_from(args)
     assert "batch_size" not in applied and cfg.train.batch_size == 4
     assert cfg.train.epochs == 20 and cfg.model.num_frames == 16 and cfg.train.milestones == [10, 15]
     assert not cfg.model.use_context and cfg.model.num_classes == 5  # RAER
     synthetic = parser.parse_args(["--context"])
-    assert apply_official_recipe(synthetic, set()) == {} and configs_from(synthetic).train.batch_size == 16
+    assert apply_official_recipe(synthetic, set()) == {} and config_from(synthetic).train.batch_size == 16
 
 
 def test_split_smaller_than_one_batch_is_a_data_error(tmp_path):

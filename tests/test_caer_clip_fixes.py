@@ -51,7 +51,7 @@ def test_caer_lsr_batch_without_last_class():
     runs by default (label smoothing 0.1). The baseline's one-hot was max(label) + 1 wide: a batch
     without the last class raised a shape error, and a batch with it spread the smoothing mass over
     C - 1 classes. The classification term must be torch's label-smoothed cross-entropy."""
-    loss_cfg = caer_train.configs_from(caer_train.build_parser().parse_args([])).loss
+    loss_cfg = caer_train.config_from(caer_train.build_parser().parse_args([])).loss
     assert loss_cfg.cls_loss == "lsr" and not loss_cfg.use_ldl
     g = torch.Generator().manual_seed(0)
     text = F.normalize(torch.randn(5, 8, generator=g), dim=-1)  # 5 class text features
@@ -100,7 +100,7 @@ def test_caer_mixup_plumb_every_flag_reaches_its_config(tmp_path, monkeypatch):
     assert len(actions) > 50
     for action in actions:
         for argv, value in _non_default_argvs(action):
-            cfg = caer_train.configs_from(parser.parse_args(argv))
+            cfg = caer_train.config_from(parser.parse_args(argv))
             sections = [s for s in (cfg.model, cfg.loss, cfg.data, cfg.train) if hasattr(s, action.dest)]
             assert len(sections) == 1, f"{action.dest} must belong to exactly one config section"
             assert getattr(sections[0], action.dest) == value, argv
@@ -129,10 +129,18 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
                                                       caer_train.total_loss)
     last_batch, model_inputs, steps = {}, {}, []
 
-    def recording_loader(*args, **kwargs):  # the clips as the loader yields them, before mixup
-        for batch in real_make_loader(*args, **kwargs):
-            last_batch["clips"] = batch
-            yield batch
+    class RecordingLoader:  # the loader main() builds, keeping the clips it yields (before mixup)
+        def __init__(self, *args, **kwargs):
+            self.loader = real_make_loader(*args, **kwargs)
+            self.sampler = self.loader.sampler
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                last_batch["clips"] = batch
+                yield batch
 
     def build_recording(*args, **kwargs):  # what the model is called with in training
         model, splits = real_build(*args, **kwargs)
@@ -143,7 +151,7 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
         steps.append((last_batch["clips"], model_inputs["mixed"], y_a.clone(), y_b.clone(), lam))
         return real_total_loss(out, y_a, y_b, lam, *args, **kwargs)
 
-    monkeypatch.setattr(caer_train, "make_loader", recording_loader)
+    monkeypatch.setattr(caer_train, "make_loader", RecordingLoader)
     monkeypatch.setattr(caer_train, "build_model_and_data", build_recording)
     monkeypatch.setattr(caer_train, "total_loss", total_loss_recording)
     monkeypatch.setattr(caer_train, "save_confusion", lambda *args: None)  # not under test; spares matplotlib
@@ -155,8 +163,10 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
         error = (candidates - mixed_face[:, None]).flatten(2).abs().amax(dim=-1)  # (B, B)
         partner = error.argmin(dim=1)
         assert error.min(dim=1).values.max() < 1e-5, "a model input is no mix of two clips of its batch"
-        torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[partner])  # same partner, same lam
-        assert torch.equal(y_b, labels[partner]), f"y_b {y_b.tolist()}, labels of the mixed-in clips {labels[partner].tolist()}"
+        # the same partner and lam for the context stream
+        torch.testing.assert_close(mixed_context, lam * context + (1 - lam) * context[partner])
+        assert torch.equal(y_b, labels[partner]), \
+            f"y_b {y_b.tolist()}, labels of the mixed-in clips {labels[partner].tolist()}"
 
 
 def test_caer_ldl_warmup_uses_hard_labels_first():
@@ -224,14 +234,14 @@ def test_caer_lr_rule_is_explicit():
     scaling through param_groups with the rule spelled out (linear, reference batch 20) turns the
     0.01 given for batch 8 into 0.004; the default rule leaves the lrs as given."""
     model = tiny_model()
-    baseline = caer_train.param_groups(model, caer_train.TrainConfig(batch_size=8, lr=0.01, lr_rule="linear",
-                                                                     lr_ref_batch=20), world_size=1)
+    baseline = caer_model.param_groups(model, caer_train.base_lrs(caer_train.TrainConfig(
+        batch_size=8, lr=0.01, lr_rule="linear", lr_ref_batch=20), world_size=1), weight_decay=1e-4)
     assert {round(g["base_lr"], 12) for g in baseline if g["name"] == "temporal"} == {0.004}
-    cfg = caer_train.configs_from(caer_train.build_parser().parse_args(["--batch-size", "8", "--lr", "0.01"])).train
-    groups = caer_train.param_groups(model, cfg, world_size=1)
+    cfg = caer_train.config_from(caer_train.build_parser().parse_args(["--batch-size", "8", "--lr", "0.01"])).train
+    groups = caer_model.param_groups(model, caer_train.base_lrs(cfg, world_size=1), cfg.weight_decay)
     assert {g["base_lr"] for g in groups if g["name"] == "temporal"} == {0.01}
-    linear = caer_train.param_groups(model, caer_train.TrainConfig(batch_size=16, lr=0.01, lr_rule="linear",
-                                                                   lr_ref_batch=8), world_size=2)
+    linear = caer_model.param_groups(model, caer_train.base_lrs(caer_train.TrainConfig(
+        batch_size=16, lr=0.01, lr_rule="linear", lr_ref_batch=8), world_size=2), weight_decay=1e-4)
     assert {g["base_lr"] for g in linear if g["name"] == "temporal"} == {0.04}
 
 
@@ -365,6 +375,7 @@ class _FixedPredictions(torch.nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # evaluate() reads the device off the parameters
 
     def forward(self, face, context):
         return {"logits": F.one_hot(face[:, 0, 0, 0, 0].long(), self.num_classes).float()}
@@ -378,7 +389,8 @@ def test_caer_uar_all_classes_counts_classes_absent_from_the_split():
     face = preds.float().view(6, 1, 1, 1, 1).expand(6, 2, 3, 4, 4).contiguous()
     batches = [(face[:4], face[:4], labels[:4], torch.zeros(4, dtype=torch.long)),
                (face[4:], face[4:], labels[4:], torch.tensor([1, 0]))]
-    metrics = caer_train.evaluate(_FixedPredictions(5), batches, torch.device("cpu"), None, 5)
+    cfg = caer_train.config_from(caer_train.build_parser().parse_args([]))  # synthetic data: 5 classes
+    metrics = caer_train.evaluate(_FixedPredictions(5), batches, cfg)
     assert metrics["uar"] == pytest.approx(0.5)
     assert metrics["war"] == pytest.approx(5 / 6) and metrics["fallbacks"] == 1
     expected = np.zeros((5, 5), dtype=int)

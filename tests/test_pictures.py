@@ -20,7 +20,7 @@ def size_of(path):
 
 def test_caer_confusion_png_has_a_cell_per_class_pair_and_the_csv(tmp_path):
     from caer_clip.data import CLASS_DESCRIPTORS
-    from caer_clip.train import save_confusion
+    from caer_clip.plots import save_confusion
 
     names = list(CLASS_DESCRIPTORS["caer"])
     counts = np.full((len(names), len(names)), 2) + 40 * np.eye(len(names), dtype=int)  # dark diagonal

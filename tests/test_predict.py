@@ -75,8 +75,8 @@ def caer(tmp_path_factory):
                                                "--synthetic-test", "5"], root / "run")
     checkpoint = load_run_checkpoint(checkpoint_path, "caer_clip")
     args = train.argparse.Namespace(**checkpoint["args"])
-    cfg = train.configs_from(args)
-    model, splits = train.build_model_and_data(cfg, args.seed, torch.device("cpu"))
+    cfg = train.config_from(args)
+    model, splits = train.build_model_and_data(cfg, torch.device("cpu"))
     load_model_state(model, checkpoint["model"], checkpoint_path)
     model.eval()
     test, clips, boxes, lines, reference = splits["test"], root / "clips", {}, [], []
