@@ -198,7 +198,8 @@ def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: i
     g.add_argument("--overwrite", action="store_true", help="replace the run in an explicit --out folder")
     g.add_argument("--seed", type=between(0, 2**32 - 1, int), default=0,
                    help="seeds weights, data order and augmentation (default: %(default)s)")
-    g.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    g.add_argument("--device", type=device_name, default="auto",
+                   help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_MODES[:3],
                    help="autocast on CUDA: auto = bf16 where the GPU supports it, else fp16 with loss "
                         "scaling; bf16 / fp16 force one (default: %(default)s; no effect on CPU)")

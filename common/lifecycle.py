@@ -43,14 +43,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import io
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -71,6 +69,7 @@ from common.checkpoint import (  # noqa: F401 (the checkpoint API is part of the
     save_atomic,
 )
 from common.cli import check_resume_config, parse_with_resume, run_args  # noqa: F401 (see checkpoint above)
+from common.runfolder import claim_run_dir
 from common.runtime import (
     ConfigMismatchError,
     RunDirError,
@@ -140,8 +139,6 @@ class Run:
         self._columns: list[str] | None = None
         self._stop_signal: int | None = None
         self._old_handlers: dict = {}
-        self._lock: Path | None = None
-        self._clear_on_open = False  # --overwrite: the old run is deleted only once this one has started
         self._owner_pid = os.getpid()  # DataLoader workers inherit the handlers; only this process acts
         world = dist.get_world_size() if _distributed() else 1
         if resumed is not None and resumed["progress"].get("world_size", 1) != world:
@@ -151,83 +148,14 @@ class Run:
                                       f"torchrun --nproc_per_node {saved} ...)" if saved > 1 else
                                       f"--resume {args.resume}: written by 1 process, this run has {world}; resume "
                                       f"it without torchrun")
-        self.dir = self._choose_dir(args.out, default_out, args.resume, args.overwrite)
-
-    # -- folder and lock
-
-    def _choose_dir(self, out, default_out, resume, overwrite) -> Path:
-        """Rank 0 picks and locks the folder; the others are told which one it is."""
-        chosen = [None]
+        claimed = [None]  # rank 0 picks and locks the folder; the others are told which one it is
         if is_main():
-            chosen[0] = str(self._pick_and_lock(out, default_out, resume, overwrite))
+            claimed[0] = claim_run_dir(args.out, default_out, args.resume, args.overwrite,
+                                       resumed.get("config") if resumed else None)
         if _distributed():
-            dist.broadcast_object_list(chosen, src=0)
-        return Path(chosen[0])
-
-    def _pick_and_lock(self, out, default_out, resume, overwrite) -> Path:
-        if out is None and resume:
-            out = str(Path(resume).parent)  # continue in the folder the checkpoint lives in
-        if out is None:  # the default: the next free numbered folder, so a second run never lands in the first
-            base, n = Path(default_out), 1
-            while True:
-                candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
-                if not _holds_files(candidate) and self._try_lock(candidate):
-                    return candidate
-                n += 1
-        run_dir = Path(out)
-        continuing = resume is not None and (run_dir.resolve() == Path(resume).resolve().parent
-                                             or self._same_run(run_dir))
-        if _holds_files(run_dir) and not continuing:
-            if not overwrite:
-                raise RunDirError(f"--out {run_dir} already holds a run ({', '.join(_listing(run_dir))}). "
-                                  f"Continue it with --resume {run_dir / 'last.pt'}, replace it with --overwrite, "
-                                  f"or choose another --out (leave --out unset for the next free folder)")
-            if not (run_dir / "config.json").is_file():
-                raise RunDirError(f"--overwrite: {run_dir} holds files but no config.json, so it is not a run "
-                                  f"folder; nothing was deleted")
-            self._lock_or_fail(run_dir)
-            self._clear_on_open = True
-            return run_dir
-        self._lock_or_fail(run_dir)
-        return run_dir
-
-    def _same_run(self, run_dir: Path) -> bool:
-        """A checkpoint kept elsewhere (a copy of step<N>.pt) continues the run whose folder holds
-        the same configuration; any other used folder is another run's."""
-        try:
-            saved = json.loads((run_dir / "config.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return saved == json.loads(json.dumps(self.resumed["config"], sort_keys=True, default=str))
-
-    def _try_lock(self, run_dir: Path) -> bool:
-        """Create `.lock` with its content in one step (written aside, then hard-linked: link fails
-        if the name exists), so no other process ever reads a half-written lock."""
-        lock, draft = run_dir / ".lock", run_dir / f".lock.{os.getpid()}"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            draft.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
-                                         "started": datetime.datetime.now().isoformat(timespec="seconds")}))
-            try:
-                os.link(draft, lock)
-            finally:
-                draft.unlink()
-        except FileExistsError:
-            if _stale_lock(lock):
-                lock.unlink(missing_ok=True)
-                return self._try_lock(run_dir)
-            return False
-        except OSError as e:
-            raise RunDirError(f"run folder {run_dir} is not writable: {e.strerror or e}") from e
-        self._lock = lock
-        return True
-
-    def _lock_or_fail(self, run_dir: Path) -> None:
-        if not self._try_lock(run_dir):
-            holder = _read_lock(run_dir / ".lock")
-            raise RunDirError(f"run folder {run_dir} is in use by process {holder.get('pid')} on "
-                              f"{holder.get('host')} (started {holder.get('started')}); if that process is gone, "
-                              f"delete {run_dir / '.lock'}")
+            dist.broadcast_object_list(claimed, src=0)
+        self.dir, self._lock, self._clear_on_open = claimed[0]
+        self._lock = self._lock if is_main() else None
 
     # -- resume and open
 
@@ -324,12 +252,13 @@ class Run:
         step = self.resumed["progress"]["step"]
         best = self.dir / "best.pt"
         best_step = -1
-        if Path(self.args.resume).name != "last.pt" and best.is_file() and best.resolve() != Path(self.args.resume).resolve():
+        resumed = Path(self.args.resume)
+        if resumed.name != "last.pt" and best.is_file() and best.resolve() != resumed.resolve():
             try:
                 best_step = read_checkpoint_file(best)["best"]["step"]
             except (CheckpointError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{best}: unreadable ({e}); resuming {self.args.resume} must know whether best.pt is from a later "
-                                      f"step: delete or replace {best}; nothing was changed") from None
+                raise CheckpointError(f"{best}: unreadable ({e}); resuming {resumed} must know whether best.pt is "
+                                      f"from a later step: delete or replace {best}; nothing was changed") from None
         for later in self.dir.glob("step*.pt"):
             if later.stem[4:].isdigit() and int(later.stem[4:]) > step:
                 later.unlink()
@@ -485,38 +414,6 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _holds_files(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir())
-
-
-def _listing(run_dir: Path) -> list[str]:
-    names = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")
-    return names[:5] + ([f"+{len(names) - 5} more"] if len(names) > 5 else [])
-
-
-def _read_lock(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _stale_lock(path: Path) -> bool:
-    """A lock whose process is gone on this host (a killed run) may be taken over."""
-    holder = _read_lock(path)
-    if holder.get("pid") == os.getpid():
-        return True  # this process's own, left by an earlier run in it that failed
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return not holder  # unreadable: a kill during its write; another host's lock: respected
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _plain(value):

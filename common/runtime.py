@@ -296,7 +296,7 @@ def decay_param_groups(model: torch.nn.Module, weight_decay: float,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ----------------------------------------------------------------------------- RNG state (checkpoints: common/lifecycle.py)
+# ----------------------------------------------------------------------------- RNG state (for checkpoints)
 
 
 def rng_state() -> dict:

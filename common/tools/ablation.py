@@ -138,8 +138,9 @@ def train(project: str, argv: list[str], log: Path) -> None:
 def run_ablation(project: str, variants: dict[str, list[str]], metrics: dict[str, str],
                  argv: list[str] | None = None, base_flags: list[str] | None = None,
                  description: str | None = None) -> dict:
-    """Train every chosen variant for seeds 0..N-1, one run after another, and tabulate. `base_flags` go to every run before the variant's own flags (settings that change
-    what is written, never what is trained); the flags after `--` come last and win.
+    """Train every chosen variant for seeds 0..N-1, one run after another, and tabulate.
+    `base_flags` go to every run before the variant's own flags (settings that change what is
+    written, never what is trained); the flags after `--` come last and win.
 
     Returns {"command", "machine", "rows", "markdown", "out", "wall_s"}; rows[i]["runs"] hold each run's metrics."""
     args, extra = parse_args(project, variants, argv, description)

@@ -308,10 +308,12 @@ def write_index_stub(out: Path, folders: list[Path]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m common.tools.video", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path, metavar="SRC_DIR", help="folder searched recursively for videos, or one video")
+    parser.add_argument("src", type=Path, metavar="SRC_DIR",
+                        help="folder searched recursively for videos, or one video")
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="the --data-root the frame folders go to")
     sampling = parser.add_mutually_exclusive_group()
-    sampling.add_argument("--fps", type=float, default=None, help="frames per second of video time (default: every frame)")
+    sampling.add_argument("--fps", type=float, default=None,
+                          help="frames per second of video time (default: every frame)")
     sampling.add_argument("--frames-per-video", type=int, default=None, help="evenly spaced frames per video")
     parser.add_argument("--ext", choices=["jpg", "png"], default="jpg", help="frame file type (default: jpg)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality, 1-95 (default: 95)")

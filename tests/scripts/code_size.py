@@ -1,5 +1,9 @@
-"""Lines a reader walks: non-test Python, each project's reading path (its own files plus the
-common modules its train.py imports, followed transitively), main() lengths and common/.
+"""Lines a reader walks: non-test Python, each project's reading path (train.py and the modules it
+imports, followed transitively, at module level or inside functions), main() lengths and common/.
+
+The tools a train.py calls at its edges are not on the path: `<project>/plots.py` (pictures and
+TensorBoard, written after a validation or at the end) and `common/tools/`; a reader of the loop
+never has to open them, and they never import train.py.
 
     python tests/scripts/code_size.py
 """
@@ -21,9 +25,11 @@ def local_imports(path: Path) -> set[Path]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
             [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:  # `from pkg import module`
+            names += [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
             candidate = ROOT / (name.replace(".", "/") + ".py")
-            if candidate.is_file():
+            if candidate.is_file() and candidate.name != "plots.py" and "tools" not in candidate.parts:
                 found.add(candidate)
     return found
 
