@@ -26,8 +26,8 @@ import subprocess
 
 import torch
 
-from common.tools.bench import StageTimer, method, time_it
 from common.runtime import EpochSampler, make_loader, pick_device
+from common.tools.bench import StageTimer, method, time_it
 from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss
 

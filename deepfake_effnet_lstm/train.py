@@ -230,6 +230,34 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
     return out
 
 
+def log_train_window(state: State, cfg: Config, run: Run) -> None:
+    """Metrics of the training outputs since the last train row, over all ranks."""
+    merged = {k: gather_cat(torch.cat(v)).cpu() for k, v in state.meters["window"].items()}
+    metrics = {"loss": float(merged["loss"].mean()), **binary_metrics(merged["label"], merged["prob"], merged["video"])}
+    state.meters["window"] = {k: [] for k in WINDOW}
+    run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": state.optimizer.param_groups[0]["lr"],
+             **metrics})
+    run.print(f"step {state.step} train loss {metrics['loss']:.4f} acc {metrics['acc']:.3f} "
+              f"auc {metrics['roc_auc']:.3f}")
+    plots.log_scalars(cfg.tb, "train", metrics, state.step)
+
+
+def share_windows(state: State) -> None:
+    """Before a checkpoint under torchrun: every rank's training window into state.meters["windows"],
+    since rank 0 alone writes the checkpoint and its own window would not resume the others."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    own = {k: [torch.cat(v).cpu()] if v else [] for k, v in state.meters["window"].items()}
+    state.meters["windows"] = [None] * dist.get_world_size()
+    dist.all_gather_object(state.meters["windows"], own)
+
+
+def print_table(title: str, metrics: dict) -> None:
+    print(f"\n{title}\n{'':10s}" + "".join(f"{m:>10s}" for m in METRICS))
+    print(f"{'sequence':10s}" + "".join(f"{metrics[m]:10.4f}" for m in METRICS))
+    print(f"{'video':10s}{'':10s}" + "".join(f"{metrics['video_' + m]:10.4f}" for m in METRICS[1:]))
+
+
 @torch.no_grad()
 def score(model, loader, cfg: Config) -> dict[str, torch.Tensor]:
     """Per sequence of a whole split, in sample order, gathered over the ranks: the class-weighted loss
@@ -251,16 +279,17 @@ def score(model, loader, cfg: Config) -> dict[str, torch.Tensor]:
     table = gather_cat(torch.cat(rows))
     table = table[table[:, 0].argsort()].cpu()  # rank by rank -> sample order
     model.train()
-    return {"loss": table[:, 1].float(), "weight": table[:, 2].float(), "p_fake": table[:, 3].float(),
+    return {"weighted_loss": table[:, 1].float(), "weight": table[:, 2].float(), "p_fake": table[:, 3].float(),
             "label": table[:, 4].long(), "video": table[:, 5].long()}
 
 
 def split_metrics(scores: dict[str, torch.Tensor]) -> dict:
     """The split's class-weighted loss, and the metrics per sequence and per video."""
-    loss = float(scores["loss"].sum() / scores["weight"].sum())
+    loss = float(scores["weighted_loss"].sum() / scores["weight"].sum())
     return {"loss": loss, **binary_metrics(scores["label"], scores["p_fake"], scores["video"])}
 
 
+@torch.no_grad()
 def evaluate(model, loader, cfg: Config) -> dict:
     """Loss and metrics of a whole split (every rank calls it)."""
     return split_metrics(score(model, loader, cfg))
@@ -306,28 +335,6 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     if controller.should_stop():
         run.print(f"lr reached its floor {controller.min_lr:.3g} without improvement: stopping at step {state.step}")
     return metrics
-
-
-def log_train_window(state: State, cfg: Config, run: Run) -> None:
-    """Metrics of the training outputs since the last train row, over all ranks."""
-    merged = {k: gather_cat(torch.cat(v)).cpu() for k, v in state.meters["window"].items()}
-    metrics = {"loss": float(merged["loss"].mean()), **binary_metrics(merged["label"], merged["prob"], merged["video"])}
-    state.meters["window"] = {k: [] for k in WINDOW}
-    run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": state.optimizer.param_groups[0]["lr"],
-             **metrics})
-    run.print(f"step {state.step} train loss {metrics['loss']:.4f} acc {metrics['acc']:.3f} "
-              f"auc {metrics['roc_auc']:.3f}")
-    plots.log_scalars(cfg.tb, "train", metrics, state.step)
-
-
-def share_windows(state: State) -> None:
-    """Before a checkpoint under torchrun: every rank's training window into state.meters["windows"],
-    since rank 0 alone writes the checkpoint and its own window would not resume the others."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    own = {k: [torch.cat(v).cpu()] if v else [] for k, v in state.meters["window"].items()}
-    state.meters["windows"] = [None] * dist.get_world_size()
-    dist.all_gather_object(state.meters["windows"], own)
 
 
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
@@ -379,12 +386,6 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         if state.step >= cfg.train.max_iters or state.meters["controller"]["stopped"]:
             return False
     return False
-
-
-def print_table(title: str, metrics: dict) -> None:
-    print(f"\n{title}\n{'':10s}" + "".join(f"{m:>10s}" for m in METRICS))
-    print(f"{'sequence':10s}" + "".join(f"{metrics[m]:10.4f}" for m in METRICS))
-    print(f"{'video':10s}{'':10s}" + "".join(f"{metrics['video_' + m]:10.4f}" for m in METRICS[1:]))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -37,7 +37,8 @@ def test_weighted_losses_match_torch():
     logits, labels, w = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1]), torch.tensor([2.0, 0.5])
     torch.testing.assert_close(M.classification_loss(logits, labels, w), F.cross_entropy(logits, labels, weight=w))
     one = torch.randn(6, 1)
-    expected = (F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none") * w[labels]).sum() / w[labels].sum()
+    per_sample = F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none")
+    expected = (per_sample * w[labels]).sum() / w[labels].sum()
     torch.testing.assert_close(M.classification_loss(one, labels, w), expected)
     p = torch.rand(2, 3, 1, 4, 4) * 0.98 + 0.01
     masks = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
