@@ -232,7 +232,8 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
 
 def log_train_window(state: State, cfg: Config, run: Run) -> None:
     """Metrics of the training outputs since the last train row, over all ranks."""
-    merged = {k: gather_cat(torch.cat(v)).cpu() for k, v in state.meters["window"].items()}
+    device = next(state.model.parameters()).device  # a resumed window was loaded on the CPU
+    merged = {k: gather_cat(torch.cat([t.to(device) for t in v])).cpu() for k, v in state.meters["window"].items()}
     metrics = {"loss": float(merged["loss"].mean()), **binary_metrics(merged["label"], merged["prob"], merged["video"])}
     state.meters["window"] = {k: [] for k in WINDOW}
     run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": state.optimizer.param_groups[0]["lr"],
@@ -417,13 +418,11 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
         scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
         state = State(wrap_ddp(model, dist_info), optimizer, scaler)
-        # FIX(DFD-RESUME-LR): the controller's state is a meter, so checkpoints hold it and a resume restores
-        # it; a fresh controller restarted at --lr.
+        # FIX(DFD-RESUME-LR): the controller's state is a meter, saved and restored; a fresh one restarted at --lr.
         state.meters = {"controller": plateau_controller(cfg).state_dict(), "last_val": {},
                         "window": {k: [] for k in WINDOW}}  # this rank's training outputs since the last train row
-        if run.restore(state):  # this rank's own window (a torchrun checkpoint holds every rank's), on its device
-            windows = state.meters.pop("windows", None) or [state.meters["window"]]
-            state.meters["window"] = {k: [t.to(device) for t in v] for k, v in windows[dist_info.rank].items()}
+        if run.restore(state) and "windows" in state.meters:  # torchrun: every rank's window; this rank's own
+            state.meters["window"] = state.meters.pop("windows")[dist_info.rank]
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()
         cfg.tb = plots.open_tensorboard(cfg.eval.tensorboard, run.dir)
