@@ -17,7 +17,7 @@ Every time is measured as common/tools/bench.py measures it (median wall time, C
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project, when run as a script
 
 import argparse
 import json
@@ -26,8 +26,8 @@ import subprocess
 
 import torch
 
+from common.runtime import EpochSampler, make_loader, pick_device
 from common.tools.bench import StageTimer, method, time_it
-from common.runtime import EpochSampler, pick_device, seed_worker
 from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss
 
@@ -35,9 +35,7 @@ from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classif
 def loader_throughput(dataset, batch_size: int, workers: int, batches: int) -> float:
     """Sequences/s from the median time per batch over `batches` batches, the first (worker start-up) excluded."""
     sampler = EpochSampler(len(dataset), batch_size, shuffle=True, seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0))
-    iterator = iter(loader)
+    iterator = iter(make_loader(dataset, sampler, workers, seed=0))
     return batch_size / time_it(lambda: next(iterator), repeats=batches)
 
 
@@ -68,7 +66,8 @@ def peak_memory_mb(frames: int, args, device: torch.device) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         one_step(frames, args, device)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    child = subprocess.run([sys.executable, __file__, "--memory-child", str(frames), "--batch-size", str(args.batch_size),
+    child = subprocess.run([sys.executable, __file__, "--memory-child", str(frames),
+                            "--batch-size", str(args.batch_size),
                             "--image-size", str(args.image_size)], capture_output=True, text=True, check=True)
     return json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
@@ -109,13 +108,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"times: per batch {method(args.batches)}; per training step {method(args.steps)}")
     results = {}
     for workers in (0, 2):
-        results[f"loader_seq_per_s_{workers}w"] = loader_throughput(datasets["train"], args.batch_size, workers, args.batches)
+        results[f"loader_seq_per_s_{workers}w"] = loader_throughput(datasets["train"], args.batch_size, workers,
+                                                                    args.batches)
         print(f"data pipeline, {workers} workers: {results[f'loader_seq_per_s_{workers}w']:8.1f} sequences/s")
 
     torch.manual_seed(0)
     model = DeepfakeDetector(DetectorConfig()).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=args.batch_size)))
+    in_order = EpochSampler(len(datasets["train"]), args.batch_size, shuffle=False)
+    batch = next(iter(make_loader(datasets["train"], in_order, workers=0, seed=0)))
     parts = train_step_breakdown(model, optimizer, batch, device, args.steps)
     step_s = parts.pop("step")
     results["train_seq_per_s"] = args.batch_size / step_s

@@ -124,7 +124,8 @@ def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frame
                 # True/False is icpr2020dfdc's `label` (True = fake); import_icpr2020dfdc.py converts its index
                 icpr = label_text in ("true", "false")
                 hint = "; for icpr2020dfdc's DataFrames run import_icpr2020dfdc.py" if icpr else ""
-                raise DataError(f"{where}: unknown label {row['label']!r} for video {video!r}; use real/fake or 0/1{hint}")
+                raise DataError(f"{where}: unknown label {row['label']!r} for video {video!r}; use real/fake or "
+                                f"0/1{hint}")
             split = (row.get("split") or "").strip().lower()
             if split and split not in SPLITS:
                 raise DataError(f"{where}: unknown split {split!r}; use train/val/test")
@@ -331,8 +332,8 @@ def augment_sequence(frames: torch.Tensor, masks: torch.Tensor | None, cfg: Augm
         frames = TF.horizontal_flip(frames)
         masks = TF.horizontal_flip(masks) if masks is not None else None
     size = frames.shape[-1]
-    affine = dict(angle=u(-cfg.rotation, cfg.rotation),
-                  translate=[round(u(-cfg.translate, cfg.translate) * size), round(u(-cfg.translate, cfg.translate) * size)],
+    shift = [round(u(-cfg.translate, cfg.translate) * size), round(u(-cfg.translate, cfg.translate) * size)]
+    affine = dict(angle=u(-cfg.rotation, cfg.rotation), translate=shift,
                   scale=u(1 - cfg.scale, 1 + cfg.scale), shear=[0.0, 0.0])
     frames = TF.affine(frames, **affine, interpolation=TF.InterpolationMode.BILINEAR)
     masks = TF.affine(masks, **affine) if masks is not None else None

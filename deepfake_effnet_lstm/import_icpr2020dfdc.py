@@ -27,7 +27,7 @@ pandas is needed for a pickle only; without it, export the DataFrames to CSV whe
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project, when run as a script
 
 import argparse
 import csv
@@ -71,8 +71,9 @@ def read_frame(path: Path, what: str) -> tuple[list[str], list[dict], list[str]]
         try:
             import pandas as pd
         except ImportError:
-            raise DataError(f"{path}: a pickled DataFrame; reading it needs pandas (`pip install pandas`), or export it "
-                            f"to CSV where pandas runs: pd.read_pickle('{path.name}').to_csv('{path.stem}.csv')") from None
+            raise DataError(f"{path}: a pickled DataFrame; reading it needs pandas (`pip install pandas`), or "
+                            f"export it to CSV where pandas runs: "
+                            f"pd.read_pickle('{path.name}').to_csv('{path.stem}.csv')") from None
         frame = pd.read_pickle(path)
         if not isinstance(frame, pd.DataFrame):
             raise DataError(f"{path}: holds a {type(frame).__name__}, not icpr2020dfdc's {what} DataFrame")

@@ -18,26 +18,22 @@ import torch.nn.functional as F
 import torchvision
 from einops import rearrange
 
-from common.cli import arg, at_least, between
-
 # Output channels of efficientnet_b0.features[i] (torchvision); stage i has stride 2,2,4,8,16,16,32,32,32.
 STAGE_CHANNELS = (32, 16, 24, 40, 80, 112, 192, 320, 1280)
 
 
 @dataclass
 class DetectorConfig:
-    attention: str = arg("gate", "attention inside the backbone: 'gate', a sigmoid(conv1x1) map (EfficientNetAutoAtt), "
-                         "'cbam', channel + spatial gates, or 'none' (an ablation: features pass unchanged, the "
-                         "reported map is all ones)", choices=("gate", "cbam", "none"))
-    attention_stage: int = arg(3, "index into efficientnet_b0.features after which attention acts (3: stride 8, "
-                               "40 channels)", check=between(0, len(STAGE_CHANNELS) - 2, int))
-    lstm_hidden: int = arg(128, "per-direction hidden size of the temporal LSTM", check=at_least(1))
-    lstm_layers: int = arg(1, "stacked LSTM layers", check=at_least(1))
-    bidirectional: bool = arg(True, "read the sequence both ways; the head sees both final states")
-    num_logits: int = arg(2, "2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit",
-                          choices=(1, 2))
-    dropout: float = arg(0.2, "dropout on the pooled frame features and before the head", check=between(0.0, 1.0))
-    pretrained: bool = arg(False, "torchvision ImageNet weights for the backbone (needs a download)")
+    """'gate' is EfficientNetAutoAtt's sigmoid(conv1x1) map, 'cbam' a channel + spatial gate; 'none' is an
+    ablation: the features pass unchanged and the reported map is all ones."""
+    attention: str = "gate"  # attention in the backbone: 'gate' (sigmoid 1x1-conv map), 'cbam' or 'none' (ablation)
+    attention_stage: int = 3  # index into efficientnet_b0.features after which attention acts (3: stride 8, 40 ch.)
+    lstm_hidden: int = 128  # per-direction hidden size of the temporal LSTM
+    lstm_layers: int = 1  # stacked LSTM layers
+    bidirectional: bool = True  # read the sequence both ways; the head sees both final states
+    num_logits: int = 2  # 2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit
+    dropout: float = 0.2  # dropout on the pooled frame features and before the head
+    pretrained: bool = False  # torchvision ImageNet weights for the backbone (needs a download)
 
 
 class PassThrough(nn.Module):
@@ -99,7 +95,8 @@ def load_imagenet_backbone(features: nn.Sequential) -> None:
     unused = {k for k in state if not k.startswith("features.")}
     assert unused == {"classifier.1.weight", "classifier.1.bias"}, f"unexpected keys in the checkpoint: {unused}"
     own = features.state_dict()
-    assert set(mapped) == set(own), f"key mismatch: missing {set(own) - set(mapped)}, unexpected {set(mapped) - set(own)}"
+    assert set(mapped) == set(own), \
+        f"key mismatch: missing {set(own) - set(mapped)}, unexpected {set(mapped) - set(own)}"
     for k, v in mapped.items():
         assert v.shape == own[k].shape, f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
     features.load_state_dict(mapped, strict=True)
@@ -144,7 +141,8 @@ class DeepfakeDetector(nn.Module):
     def forward(self, frames: torch.Tensor, return_attention: bool = False):
         """frames [B, T, 3, H, W] -> logits [B, num_logits] (and the attention map [B, T, 1, h, w])."""
         b = frames.shape[0]
-        pooled, attention_map = self.frame_features(rearrange(frames, "b t c h w -> (b t) c h w"))  # fold time into batch
+        folded = rearrange(frames, "b t c h w -> (b t) c h w")  # fold time into batch for the CNN
+        pooled, attention_map = self.frame_features(folded)
         sequence = rearrange(self.dropout(pooled), "(b t) c -> b t c", b=b)
         _, (h_n, _) = self.lstm(sequence)  # h_n [layers * directions, B, hidden]
         directions = 2 if self.cfg.bidirectional else 1
@@ -189,3 +187,12 @@ def attention_loss(attention_map: torch.Tensor, masks: torch.Tensor) -> torch.Te
     target = F.adaptive_avg_pool2d(rearrange(masks.float(), "b t 1 h w -> (b t) 1 h w"), flat_map.shape[-2:])
     p = flat_map.clamp(1e-6, 1 - 1e-6)
     return -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+
+
+def per_video(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label, P(fake)) per video from per-sequence ones: the mean P(fake) over the video's sequences."""
+    ids, inverse = torch.unique(videos, return_inverse=True)
+    counts = torch.zeros(len(ids)).index_add_(0, inverse, torch.ones(len(videos)))
+    video_probs = torch.zeros(len(ids)).index_add_(0, inverse, probs.float()) / counts
+    video_labels = torch.zeros(len(ids), dtype=torch.long).scatter_(0, inverse, labels)
+    return video_labels, video_probs

@@ -7,7 +7,7 @@ INPUT is the face crops of one video (a folder of frames, in frame order by file
 such video folders, or a dataset folder in the training format (index.csv + <video>/ folders: its
 videos and their true labels). Each video gives --eval-clips sequences of T evenly spaced frames, as
 validation and test take them (data.VideoSequenceDataset); the video's P(fake) is the mean over its
-sequences, as train.per_video aggregates it; a probability >= 0.5 is called fake. A folder of
+sequences, as model.per_video aggregates it; a probability >= 0.5 is called fake. A folder of
 icpr2020dfdc crops (frNNN_subjS.jpg) holding several people gives one row set per person (column
 subject), as training reads them.
 A video file is refused: `python -m common.tools.video` turns videos into frame folders, whose faces must
@@ -19,42 +19,29 @@ backbone applies to them.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project, when run as a script
 
 import dataclasses
 
 import torch
 from einops import rearrange
-from torchvision.utils import make_grid
 
 from common.images import natural_key
 from common.lifecycle import run_cli
-from common.tools.predict import (
-    colorbar,
-    enlarge,
-    eval_model,
-    existing,
-    open_run,
-    predict_parser,
-    save_figure,
-    sheet,
-    write_rows,
-)
-from common.runtime import DataError, autocast, autocast_dtype
+from common.runtime import DataError, EpochSampler, autocast, autocast_dtype, make_loader
+from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
 from deepfake_effnet_lstm.data import (
     CLASS_NAMES,
     IMAGE_EXTENSIONS,
     DataConfig,
     VideoRecord,
     VideoSequenceDataset,
-    denormalize,
     list_frames,
     list_subjects,
     read_index,
-    upsample_map,
 )
-from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, fake_probability
-from deepfake_effnet_lstm.train import per_video
+from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, fake_probability, per_video
+from deepfake_effnet_lstm.plots import draw_overlay
 
 PROJECT = "deepfake_effnet_lstm"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -101,20 +88,6 @@ def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
     return records
 
 
-def draw_overlay(plt, model, frames: torch.Tensor, caption: str, title: str, path: Path) -> Path:
-    """Top: the T frames of one sequence. Bottom: the same frames under the attention map of the
-    backbone's gate (model.get_attention), upsampled to the frame."""
-    attention_map = model.get_attention(frames[None].to(next(model.parameters()).device))[0]  # (T, 1, h, w)
-    rgb, _ = enlarge(denormalize(frames))
-    heat = upsample_map(attention_map, rgb.shape[-1])  # (T, 1, S, S)
-    grid = make_grid(rgb, nrow=len(rgb), padding=6, pad_value=1.0)
-    heat_grid = make_grid(heat, nrow=len(rgb), padding=6, pad_value=float("nan"))[0]  # NaN: padding not drawn
-    fig, (top, bottom) = sheet(plt, [(grid, caption), (grid, "attention map of the backbone on each frame")], title)
-    shown = bottom.imshow(heat_grid.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0, interpolation="nearest")
-    colorbar(fig, bottom, shown, "attention (0-1)")
-    return save_figure(plt, fig, path)
-
-
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
@@ -127,8 +100,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dataset = VideoSequenceDataset(records, data.frames, data.image_size, train=False, augment=None,
                                    clips=data.eval_clips, seed=config["run"]["seed"])
     dtype = autocast_dtype(device, config["run"]["amp"])
+    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
     probs = []
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size):
+    for batch in make_loader(dataset, sampler, workers=0, seed=config["run"]["seed"]):
         with autocast(device, dtype):
             probs.append(fake_probability(model(batch["frames"].to(device))).cpu())
     probs = rearrange(torch.cat(probs), "(v c) -> v c", c=dataset.clips)  # item i: clip i % C of video i // C
@@ -137,8 +111,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, video_probs = per_video(labels, probs.flatten(), videos)  # (V,) the mean over each video's sequences
 
     def row(record: VideoRecord, level: str, sequence, p: float) -> dict:
-        return {"video": record.video, "subject": "" if record.subject is None else record.subject, "level": level, "sequence": sequence, "p_fake": p,
-                "prediction": CLASS_NAMES[int(p >= 0.5)], "true": CLASS_NAMES[record.label] if record.label >= 0 else ""}
+        return {"video": record.video, "subject": "" if record.subject is None else record.subject, "level": level,
+                "sequence": sequence, "p_fake": p, "prediction": CLASS_NAMES[int(p >= 0.5)],
+                "true": CLASS_NAMES[record.label] if record.label >= 0 else ""}
 
     rows = []
     for v, record in enumerate(records):
@@ -152,9 +127,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             who = record.video if record.subject is None else f"{record.video} subject {record.subject}"
             caption = (f"{who}: P(fake) {float(video_probs[v]):.2f} over {dataset.clips} sequence(s), "
                        f"predicted {CLASS_NAMES[int(video_probs[v] >= 0.5)]}{true}; frames of sequence 0")
-            draw_overlay(plt, model, dataset[v * dataset.clips]["frames"], caption,
-                         f"deepfake_effnet_lstm {args.checkpoint}: attention overlay", Path(args.overlay) /
-                         f"{v:03d}_{record.video}{'' if record.subject is None else f'_subj{record.subject}'}.png")
+            frames = dataset[v * dataset.clips]["frames"]  # [T, 3, S, S]
+            attention_map = model.get_attention(frames[None].to(device))[0]  # [T, 1, h, w]
+            name = f"{v:03d}_{record.video}{'' if record.subject is None else f'_subj{record.subject}'}.png"
+            title = f"deepfake_effnet_lstm {args.checkpoint}: attention overlay"
+            draw_overlay(plt, frames, attention_map, caption, title, Path(args.overlay) / name)
         print(f"overlays: {len(records)} PNG files in {args.overlay}", file=sys.stderr)
     return rows
 

@@ -1,9 +1,15 @@
 """Model, data and loop of deepfake_effnet_lstm on tiny tensors and fixture folders."""
 
+import ast
 import csv
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +43,8 @@ def test_weighted_losses_match_torch():
     logits, labels, w = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1]), torch.tensor([2.0, 0.5])
     torch.testing.assert_close(M.classification_loss(logits, labels, w), F.cross_entropy(logits, labels, weight=w))
     one = torch.randn(6, 1)
-    expected = (F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none") * w[labels]).sum() / w[labels].sum()
+    per_sample = F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none")
+    expected = (per_sample * w[labels]).sum() / w[labels].sum()
     torch.testing.assert_close(M.classification_loss(one, labels, w), expected)
     p = torch.rand(2, 3, 1, 4, 4) * 0.98 + 0.01
     masks = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
@@ -201,3 +208,31 @@ def test_resume_refuses_another_architecture_and_keeps_config_json(tmp_path):
     with pytest.raises(ConfigMismatchError, match="lstm_hidden: checkpoint=128 now=8"):
         T.main([*TINY_ARGS, "--lstm-hidden", "8", "--resume", str(out / "last.pt")])
     assert (out / "config.json").read_text() == config
+
+
+def test_model_file_copies_alone_and_tools_do_not_import_train(tmp_path):
+    """model.py copied into an empty folder builds the detector and runs a forward there with `common`
+    unimportable; it imports only torch, torchvision, einops and the standard library. No tool of the
+    project imports train.py (ablate.py: common.tools.ablation runs train.py in a subprocess)."""
+    project = Path(__file__).resolve().parents[1] / "deepfake_effnet_lstm"
+    allowed = {"torch", "torchvision", "einops", "numpy", "__future__", *sys.stdlib_module_names}
+
+    def imported(path):
+        tree = ast.parse(path.read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {name.split(".")[0] for name in imported(project / "model.py")} <= allowed
+    shutil.copy(project / "model.py", tmp_path / "model.py")
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["common"] = None  # not importable in the copy
+        import torch
+        from model import DeepfakeDetector, DetectorConfig, per_video
+        model = DeepfakeDetector(DetectorConfig(lstm_hidden=8))
+        assert model(torch.randn(2, 3, 3, 32, 32)).shape == (2, 2)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for tool in ("predict.py", "bench.py", "plots.py", "import_icpr2020dfdc.py"):
+        assert not {"deepfake_effnet_lstm.train", "train"} & imported(project / tool), tool

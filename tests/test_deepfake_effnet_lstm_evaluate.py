@@ -12,13 +12,11 @@ import torch
 import torch.nn as nn
 
 from common.lifecycle import load_run_checkpoint
-from common.runtime import DistInfo
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, write_dataset
 
-CPU = DistInfo(device=torch.device("cpu"))
 # the real detector on the synthetic videos, as small as it runs: 16 px frames, LSTM width 8
 SMALL = [*TINY_ARGS, "--image-size", "16", "--lstm-hidden", "8", "--device", "cpu"]
 FRAMES_PER_VIDEO = 8  # frames on disk per fixture video
@@ -53,13 +51,23 @@ def _fixture(root):
     return [v["video"] for v in videos]
 
 
-def _args(argv):
-    """The run settings exactly as main() resolves them."""
-    return T.resolve_defaults(T.build_parser().parse_args(argv))
+def _cfg(argv):
+    """The configuration exactly as main() builds it."""
+    return T.config_from(T.build_parser().parse_args(argv))
 
 
-def _datasets(args):
-    return T.make_datasets(T.configs_from(args).data, args.seed)
+def _datasets(cfg):
+    """The splits as main() builds them; the class weights go into cfg, as main() puts them."""
+    datasets, class_weights, info = T.make_datasets(cfg.data, cfg.run.seed)
+    cfg.class_weights = class_weights
+    return datasets, class_weights, info
+
+
+def _evaluate(model, dataset, cfg):
+    """(metrics, labels, P(fake)) of a split, through the loader, score and evaluate main() uses."""
+    loader = T.eval_loader(dataset, cfg)
+    scores = T.score(model, loader, cfg)
+    return T.evaluate(model, loader, cfg), scores["label"], scores["p_fake"]
 
 
 class TableDetector(nn.Module):
@@ -88,14 +96,14 @@ class TableDetector(nn.Module):
 
 def _stub(root, probs, num_logits=2):
     rows = _fixture(root)
-    args = _args(["--data-root", str(root), "--frames", "2", "--image-size", "8", "--eval-clips", "2",
-                  "--batch-size", "3", "--device", "cpu", "--num-logits", str(num_logits)])
-    datasets, class_weights, _ = _datasets(args)
+    cfg = _cfg(["--data-root", str(root), "--frames", "2", "--image-size", "8", "--eval-clips", "2",
+                "--batch-size", "3", "--device", "cpu", "--num-logits", str(num_logits)])
+    datasets, class_weights, _ = _datasets(cfg)
     # the first frame of evaluation clip c of an 8-frame video, T = 2
     first_frame_to_clip = {D.sequence_frame_ids(FRAMES_PER_VIDEO, 2, (c + 0.5) / 2)[0]: c for c in range(2)}
     assert len(first_frame_to_clip) == 2
     model = TableDetector(probs, rows, first_frame_to_clip, num_logits)
-    return model, datasets, class_weights, args
+    return model, datasets, class_weights, cfg
 
 
 def test_evaluate_reports_hand_computed_sequence_and_video_metrics(tmp_path):
@@ -103,9 +111,9 @@ def test_evaluate_reports_hand_computed_sequence_and_video_metrics(tmp_path):
     values worked out by hand: the class-weighted loss, accuracy / weighted precision / weighted F1
     at threshold 0.5, ROC-AUC and AP ranking P(fake), per sequence and per video, where a video's
     score is the MEAN P(fake) of its clips (batches of 3 cut videos in two on purpose)."""
-    model, datasets, class_weights, args = _stub(tmp_path / "d", VAL_PROBS)
+    model, datasets, class_weights, cfg = _stub(tmp_path / "d", VAL_PROBS)
     torch.testing.assert_close(class_weights, torch.tensor([2 / 3, 2.0]))  # train: 3 real, 1 fake
-    metrics, labels, probs = T.evaluate(model, datasets["val"], args, CPU, class_weights)
+    metrics, labels, probs = _evaluate(model, datasets["val"], cfg)
 
     # sample order: clip (0, 1) of r0, r1, r2, f0, f1; fake = 1
     assert labels.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
@@ -141,12 +149,12 @@ def test_evaluate_orientation_fake_is_the_positive_class(tmp_path, num_logits):
     one that scores them low gets ROC-AUC 0 and accuracy 0."""
     high = {v: (0.9, 0.8) if VAL_LABELS[v] == "fake" else (0.1, 0.2) for v in VAL_PROBS}
     low = {v: (0.1, 0.2) if VAL_LABELS[v] == "fake" else (0.9, 0.8) for v in VAL_PROBS}
-    model, datasets, class_weights, args = _stub(tmp_path / "d", high, num_logits)
-    good = T.evaluate(model, datasets["val"], args, CPU, class_weights)[0]
+    model, datasets, class_weights, cfg = _stub(tmp_path / "d", high, num_logits)
+    good = _evaluate(model, datasets["val"], cfg)[0]
     for name in ("acc", "roc_auc", "ap", "video_acc", "video_roc_auc", "video_ap"):
         assert good[name] == pytest.approx(1.0), name
     model.probs = low
-    bad = T.evaluate(model, datasets["val"], args, CPU, class_weights)[0]
+    bad = _evaluate(model, datasets["val"], cfg)[0]
     for name in ("acc", "roc_auc", "video_acc", "video_roc_auc"):
         assert bad[name] == 0.0, name
     assert bad["loss"] > good["loss"]
@@ -158,18 +166,18 @@ def test_evaluate_runs_in_eval_mode_repeatably_and_returns_a_training_model():
     eval mode. It hands the model back in training mode, which train_one_epoch relies on (it calls
     train() only at the start of an epoch and validations happen mid-epoch), and leaves the global
     RNG (the dropout stream of training) where it was."""
-    args = _args([*SMALL, "--dropout", "0.5"])
-    datasets, class_weights, _ = _datasets(args)
-    model = M.DeepfakeDetector(T.configs_from(args).model)
+    cfg = _cfg([*SMALL, "--dropout", "0.5"])
+    datasets, class_weights, _ = _datasets(cfg)
+    model = M.DeepfakeDetector(cfg.model)
     rng = torch.get_rng_state()
-    first, labels, probs = T.evaluate(model, datasets["val"], args, CPU, class_weights)
+    first, labels, probs = _evaluate(model, datasets["val"], cfg)
     assert torch.equal(torch.get_rng_state(), rng)
     assert model.training and all(m.training for m in model.modules())
-    second, _, probs_again = T.evaluate(model, datasets["val"], args, CPU, class_weights)
+    second, _, probs_again = _evaluate(model, datasets["val"], cfg)
     assert first == second
     assert torch.equal(probs, probs_again)
     model.eval()
-    loader = torch.utils.data.DataLoader(datasets["val"], batch_size=args.batch_size)
+    loader = torch.utils.data.DataLoader(datasets["val"], batch_size=cfg.train.batch_size)
     with torch.no_grad():
         reference = torch.cat([M.fake_probability(model(batch["frames"])) for batch in loader])
     torch.testing.assert_close(probs, reference)
@@ -178,8 +186,8 @@ def test_evaluate_runs_in_eval_mode_repeatably_and_returns_a_training_model():
 def test_evaluate_calls_the_model_in_eval_mode_only(tmp_path):
     """Every forward pass evaluate() makes sees model.training == False, and the model is back in
     training mode afterwards."""
-    model, datasets, class_weights, args = _stub(tmp_path / "d", VAL_PROBS)
-    T.evaluate(model, datasets["val"], args, CPU, class_weights)
+    model, datasets, class_weights, cfg = _stub(tmp_path / "d", VAL_PROBS)
+    T.evaluate(model, T.eval_loader(datasets["val"], cfg), cfg)
     assert model.modes == [False] * 4  # 10 sequences in batches of 3
     assert model.training
 
@@ -210,10 +218,10 @@ def test_attention_loss_trains_the_attention_and_the_backbone_below_it_only():
     """The attention mask loss (train_one_epoch's second term) reaches the attention module and
     the backbone stages up to the attention stage, and nothing after it: not the later stages, the
     LSTM or the head, which only the classification loss trains."""
-    args = _args(SMALL)
-    datasets, _, _ = _datasets(args)
-    stage = T.configs_from(args).model.attention_stage
-    model = M.DeepfakeDetector(T.configs_from(args).model)
+    cfg = _cfg(SMALL)
+    datasets, _, _ = _datasets(cfg)
+    stage = cfg.model.attention_stage
+    model = M.DeepfakeDetector(cfg.model)
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=2)))
     _, attention_map = model(batch["frames"], return_attention=True)
     loss = T.attention_loss(attention_map, batch["mask"])
@@ -231,8 +239,8 @@ def test_augmentation_happens_in_training_only():
     --augment says. Each video has exactly T frames, so the frame offset cannot vary and any change
     of a training item is the augmentation."""
     tiny = [*TINY_ARGS, "--synthetic-frames", "4", "--frames", "4"]
-    augmented, _, _ = _datasets(_args(tiny))
-    plain, _, _ = _datasets(_args([*tiny, "--no-augment"]))
+    augmented, _, _ = _datasets(_cfg(tiny))
+    plain, _, _ = _datasets(_cfg([*tiny, "--no-augment"]))
     item = lambda ds, epoch, i: (ds.set_epoch(epoch), ds[i]["frames"])[1]
     for i in range(len(augmented["train"])):
         assert not torch.allclose(item(augmented["train"], 0, i), item(augmented["train"], 1, i)), i

@@ -31,18 +31,18 @@ def _decode(frames):
 def test_dfd_val_data_validation_runs_on_the_validation_split(tmp_path, monkeypatch):
     """DFD-VAL-DATA: the seed validated on the training set; every evaluation must get the val split."""
     built, evaluated = {}, []
-    real_make, real_evaluate = T.make_datasets, T.evaluate
+    real_make, real_score = T.make_datasets, T.score
 
     def spy_make(*args):
         datasets, weights, info = real_make(*args)
         built.update(datasets)
         return datasets, weights, info
 
-    def spy_evaluate(model, dataset, *rest):
-        evaluated.append(dataset)
-        return real_evaluate(model, dataset, *rest)
+    def spy_score(model, loader, cfg):
+        evaluated.append(loader.dataset)
+        return real_score(model, loader, cfg)
     monkeypatch.setattr(T, "make_datasets", spy_make)
-    monkeypatch.setattr(T, "evaluate", spy_evaluate)
+    monkeypatch.setattr(T, "score", spy_score)
     T.main([*TINY_ARGS, "--max-iters", "1", "--out", str(tmp_path / "run")])
     assert len(evaluated) == 1
     assert all(ds is built["val"] for ds in evaluated)
@@ -148,7 +148,7 @@ def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
     where it stuck (--lr 1e-8, min_lr 1e-9) on a flat validation loss, the run lands on min_lr at
     the first plateau and stops at the next validation."""
     flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
-    monkeypatch.setattr(T, "evaluate", lambda *a: (dict(flat), torch.tensor([0, 1]), torch.tensor([0.4, 0.6])))
+    monkeypatch.setattr(T, "split_metrics", lambda scores: dict(flat))
     out = tmp_path / "run"
     results = T.main([*TINY_ARGS, "--lr", "1e-8", "--min-lr-factor", "0.1", "--max-iters", "6", "--val-interval", "1",
                       "--plateau-patience", "0", "--plateau-cooldown", "0", "--keep-checkpoints", "0",
@@ -204,9 +204,9 @@ def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
 
     real_save = Run.save
 
-    def save_then_die(self, name, model, optimizer, scaler, progress, extra=None):
-        real_save(self, name, model, optimizer, scaler, progress, extra)
-        if name == "last.pt" and progress["step"] == 5:
+    def save_then_die(self, name, state):
+        real_save(self, name, state)
+        if name == "last.pt" and state.step == 5:
             raise _Killed
     monkeypatch.setattr(Run, "save", save_then_die)
     with pytest.raises(_Killed):

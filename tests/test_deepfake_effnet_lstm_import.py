@@ -158,7 +158,8 @@ def test_labels_true_false_and_one_zero_become_fake_real(tmp_path):
     assert "split" not in written[0]
     assert [r.label for r in D.read_index(faces / "index.csv", faces, None, frames=4)[0]] == [1, 0, 1, 0]
     videos.write_text(videos.read_text().replace("a.mp4,True", "a.mp4,maybe").replace("c.mp4,1", "c.mp4,FAKE!"))
-    with pytest.raises(DataError, match=r"(?s)2 label\(s\).*videos.csv:2: label 'maybe'\n.*videos.csv:4: label 'FAKE!'"):
+    bad_labels = r"(?s)2 label\(s\).*videos.csv:2: label 'maybe'\n.*videos.csv:4: label 'FAKE!'"
+    with pytest.raises(DataError, match=bad_labels):
         I.main([str(videos), "--out", str(faces / "index.csv"), "--overwrite"])
 
 
@@ -181,7 +182,8 @@ def test_an_original_that_names_no_video_is_a_data_error_listing_them(dfdc):
     assert len(D.read_index(faces / "index.csv", faces, None, frames=4)[0]) == 2
     # the importer: an original that is no key of the DataFrame
     dfdc["videos_csv"].write_text(dfdc["videos_csv"].read_text().replace(",r1b.mp4,", ",r1z.mp4,"))
-    with pytest.raises(DataError, match=r"(?s)1 `original` value\(s\) name no video.*dfdc_videos.csv:\d+: original 'r1z.mp4'"):
+    unknown = r"(?s)1 `original` value\(s\) name no video.*dfdc_videos.csv:\d+: original 'r1z.mp4'"
+    with pytest.raises(DataError, match=unknown):
         I.main([str(dfdc["videos_csv"]), "--out", str(faces / "new.csv")])
 
 

@@ -267,8 +267,8 @@ def deepfake(tmp_path_factory):
 
 
 def test_deepfake_effnet_lstm_sequence_and_video_probabilities(deepfake, tmp_path):
-    from common.runtime import DistInfo
     from deepfake_effnet_lstm import train
+    from deepfake_effnet_lstm.model import per_video
 
     out = tmp_path / "pred.csv"
     predict_main("deepfake_effnet_lstm")(["--checkpoint", str(deepfake["checkpoint"]), str(deepfake["data"]),
@@ -279,13 +279,14 @@ def test_deepfake_effnet_lstm_sequence_and_video_probabilities(deepfake, tmp_pat
     checkpoint = load_run_checkpoint(deepfake["checkpoint"], "deepfake_effnet_lstm")
     args = train.build_parser().parse_args([])
     vars(args).update(checkpoint["args"])
-    cfg = train.configs_from(args)
-    datasets, class_weights, _ = train.make_datasets(cfg.data, args.seed)
+    cfg = train.config_from(args)
+    datasets, cfg.class_weights, _ = train.make_datasets(cfg.data, cfg.run.seed)
     model = train.DeepfakeDetector(cfg.model)
     load_model_state(model, checkpoint["model"], deepfake["checkpoint"])
     test = datasets["test"]
-    _, labels, probs = train.evaluate(model, test, args, DistInfo(device=torch.device("cpu")), class_weights)
-    video_labels, video_probs = train.per_video(labels, probs, torch.arange(len(test)) // test.clips)
+    scores = train.score(model, train.eval_loader(test, cfg), cfg)
+    labels, probs = scores["label"], scores["p_fake"]
+    video_labels, video_probs = per_video(labels, probs, torch.arange(len(test)) // test.clips)
     for v, record in enumerate(test.records):
         mine = [r for r in rows if r["video"] == record.video]
         assert [(r["level"], r["sequence"]) for r in mine] == [("sequence", "0"), ("sequence", "1"), ("video", "")]
