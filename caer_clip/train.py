@@ -30,20 +30,20 @@ from caer_clip.data import (
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, param_groups
 from caer_clip.plots import save_confusion
-from common.cli import above, add_args, arg, at_least, between, explicit_dests, from_args
-from common.lifecycle import (
-    Run,
-    RunSettings,
-    State,
+from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
+from common.cli import (
+    above,
+    add_args,
+    arg,
+    at_least,
+    between,
     check_resume_config,
-    checkpoint_bytes,
-    is_main,
-    load_model_state,
-    load_run_checkpoint,
+    explicit_dests,
+    from_args,
     parse_with_resume,
     run_args,
-    run_cli,
 )
+from common.lifecycle import Run, RunSettings, State, run_cli
 from common.metrics import confusion_matrix, uar, war
 from common.mixup import mixup
 from common.runtime import (
@@ -55,6 +55,7 @@ from common.runtime import (
     autocast_dtype,
     cleanup_distributed,
     gather_cat,
+    is_main,
     make_grad_scaler,
     make_loader,
     sample_generator,

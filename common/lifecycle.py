@@ -3,7 +3,8 @@
 
     import argparse, torch
     from common.cli import parse_with_resume, run_args
-    from common.lifecycle import Run, State, checkpoint_bytes
+    from common.checkpoint import checkpoint_bytes
+    from common.lifecycle import Run, State
 
     parser = argparse.ArgumentParser()
     run_args(parser, "runs/demo", ckpt_interval=0, log_interval=1)       # --out, --resume, --seed, ...
@@ -57,18 +58,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.checkpoint import (  # noqa: F401 (the checkpoint API is part of the lifecycle's)
+from common.checkpoint import (
     CHECKPOINT_FORMAT,
-    CHECKPOINT_KEYS,
     CheckpointError,
-    checkpoint_bytes,
     load_model_state,
     load_optimizer_state,
     load_run_checkpoint,
     read_checkpoint_file,
     save_atomic,
 )
-from common.cli import check_resume_config, parse_with_resume, run_args  # noqa: F401 (see checkpoint above)
 from common.runfolder import claim_run_dir
 from common.runtime import (
     ConfigMismatchError,
@@ -159,37 +157,24 @@ class Run:
 
     # -- resume and open
 
-    def restore(self, state: State, *legacy) -> bool:
+    def restore(self, state: State) -> bool:
         """Load the resumed checkpoint into `state` (weights, optimiser, scaler, position, meters).
         False for a fresh run. Call `restore_rng()` after everything that draws random numbers."""
-        if not isinstance(state, State):  # TODO(grammar): old call restore(model, optimizer, scaler)
-            return self._restore_legacy(state, *legacy)
         if self.resumed is None:
             return False
         path, saved = self.args.resume, self.resumed
         load_model_state(state.model, saved["model"], path)
-        load_optimizer_state(state.optimizer, saved["optimizer"], path)
+        if saved["optimizer"] is not None:
+            load_optimizer_state(state.optimizer, saved["optimizer"], path)
         if state.scaler is not None and saved["scaler"]:
             state.scaler.load_state_dict(saved["scaler"])
         progress = saved["progress"]
-        state.step, state.epoch, state.batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
+        state.step, state.epoch = progress["step"], progress.get("epoch", 0)
+        state.batch_in_epoch = progress.get("batch_in_epoch", 0)
         state.meters = saved["extra"]
         self.best = dict(saved["best"])
         self.log_rows = progress.get("log_rows", 0)
         return True
-
-    def _restore_legacy(self, model, optimizer=None, scaler=None) -> dict | None:
-        if self.resumed is None:
-            return None
-        path = self.args.resume
-        load_model_state(model, self.resumed["model"], path)
-        if optimizer is not None:
-            load_optimizer_state(optimizer, self.resumed["optimizer"], path)
-        if scaler is not None and self.resumed["scaler"]:
-            scaler.load_state_dict(self.resumed["scaler"])
-        self.best = dict(self.resumed["best"])
-        self.log_rows = self.resumed["progress"].get("log_rows", 0)
-        return {**self.resumed["progress"], "extra": self.resumed["extra"]}
 
     def restore_rng(self) -> None:
         if self.resumed is not None:
@@ -293,16 +278,9 @@ class Run:
             self.best.update(value=value, step=step, epoch=epoch)
         return better
 
-    def save(self, name: str, state: State = None, *legacy, **legacy_kw) -> None:
+    def save(self, name: str, state: State) -> None:
         """Write a checkpoint of `state` (rank 0) and wait until it is complete on every rank, so no
         rank can read a checkpoint that is still being written. Every rank must call it."""
-        if not isinstance(state, State):  # TODO(grammar): old call save(name, model, optimizer, scaler, progress, extra)
-            values = dict(zip(["model", "optimizer", "scaler", "progress", "extra"],
-                              ([state] if state is not None else []) + list(legacy)), **legacy_kw)
-            progress = values["progress"]
-            state = State(values["model"], values["optimizer"], values["scaler"], progress["step"], progress["epoch"],
-                          progress.get("batch_in_epoch", 0), values.get("extra") or {})
-            state.progress = lambda: progress
         rngs = [rng_state()]
         if _distributed():
             rngs = [None] * dist.get_world_size()
@@ -324,14 +302,11 @@ class Run:
             self.last_size = save_atomic(path, checkpoint)
         barrier()
 
-    def save_periodic(self, state: State, *legacy, **legacy_kw) -> None:
+    def save_periodic(self, state: State) -> None:
         """`step<N>.pt` beside last.pt, keeping the newest --keep-checkpoints of them."""
         if self.args.keep_checkpoints == 0:
             return
-        if not isinstance(state, State):  # TODO(grammar): old call save_periodic(step, model, ...)
-            self.save(f"step{state:07d}.pt", *legacy, **legacy_kw)
-        else:
-            self.save(f"step{state.step:07d}.pt", state)
+        self.save(f"step{state.step:07d}.pt", state)
         if is_main():
             for old in sorted(self.dir.glob("step*.pt"))[: -self.args.keep_checkpoints]:
                 old.unlink()

@@ -29,19 +29,19 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from common.cli import above, add_args, arg, at_least, between, from_args
-from common.lifecycle import (
-    Run,
-    RunSettings,
-    State,
+from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
+from common.cli import (
+    above,
+    add_args,
+    arg,
+    at_least,
+    between,
     check_resume_config,
-    checkpoint_bytes,
-    load_model_state,
-    load_run_checkpoint,
+    from_args,
     parse_with_resume,
     run_args,
-    run_cli,
 )
+from common.lifecycle import Run, RunSettings, State, run_cli
 from common.metrics import accuracy, average_precision, precision_recall_f1, roc_auc
 from common.runtime import (
     DataError,

@@ -16,9 +16,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from common.checkpoint import load_model_state, load_run_checkpoint
 from common.cli import arg, at_least, between
 from common.images import DECODE_ERRORS, open_image
-from common.lifecycle import load_model_state, load_run_checkpoint
 from common.runtime import DataError, read_text, sample_generator
 from dual_cross_attention.model import DCAL, DCALConfig
 

@@ -24,18 +24,20 @@ from dataclasses import dataclass
 
 import torch
 
-from common.cli import above, add_args, arg, at_least, between, field_comments, from_args
-from common.lifecycle import (
-    Run,
-    RunSettings,
-    State,
+from common.checkpoint import checkpoint_bytes
+from common.cli import (
+    above,
+    add_args,
+    arg,
+    at_least,
+    between,
     check_resume_config,
-    checkpoint_bytes,
-    is_main,
+    field_comments,
+    from_args,
     parse_with_resume,
     run_args,
-    run_cli,
 )
+from common.lifecycle import Run, RunSettings, State, run_cli
 from common.metrics import accuracy
 from common.runtime import (
     DataError,
@@ -48,6 +50,7 @@ from common.runtime import (
     cleanup_distributed,
     decay_param_groups,
     gather_cat,
+    is_main,
     make_grad_scaler,
     make_loader,
     seed_everything,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.lifecycle import check_resume_config, load_model_state, load_optimizer_state, save_atomic
+from common.checkpoint import load_model_state, load_optimizer_state, save_atomic
+from common.cli import check_resume_config
 from common.runtime import (
     ConfigMismatchError,
     DataError,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from caer_clip import data as caer_data
-from common.tools import video
 from common.images import open_image
 from common.runtime import DataError
+from common.tools import video
 from common.tools.video import VideoError, even_indices, main
 from deepfake_effnet_lstm import data as deepfake_data
 

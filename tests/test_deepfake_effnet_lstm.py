@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from common.lifecycle import load_run_checkpoint
+from common.checkpoint import load_run_checkpoint
 from common.runtime import ConfigMismatchError, DataError
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.lifecycle import load_run_checkpoint
+from common.checkpoint import load_run_checkpoint
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T

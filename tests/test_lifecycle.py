@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.lifecycle import (
+from common.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    Run,
     load_model_state,
     load_optimizer_state,
     load_run_checkpoint,
     save_atomic,
 )
+from common.lifecycle import Run, State
 from common.runtime import ConfigMismatchError, RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,7 +280,7 @@ def test_torn_last_log_line_is_dropped_and_rows_kept_by_count(tmp_path):
     checkpoint = {"progress": {"step": 2, "log_rows": 2}, "model": {}, "optimizer": None, "scaler": None,
                   "best": {"metric": "", "mode": "max", "value": None, "step": -1, "epoch": -1}, "rng": [], "extra": {}}
     with Run("p", _run_namespace(out=str(run_dir), resume=str(run_dir / "last.pt")), {}, "runs/p", checkpoint) as run:
-        run.restore(torch.nn.Module())
+        run.restore(State(torch.nn.Module(), optimizer=None, scaler=None))
         run.open(["step", "loss"], 1)
         run.log({"step": 3, "loss": 0.25})
         with pytest.raises(KeyError, match="acc"):
@@ -514,7 +514,7 @@ def test_resuming_an_older_periodic_checkpoint_drops_the_abandoned_branch(tmp_pa
     resumed = _resumed(200)
     with Run("p", _run_namespace(out=str(run_dir), resume=str(run_dir / "step0000200.pt")), {}, "runs/p",
              resumed) as run:
-        run.restore(torch.nn.Module())
+        run.restore(State(torch.nn.Module(), optimizer=None, scaler=None))
         run.open(["step"], 1)
         assert run.best["value"] is None  # its best.pt was from the abandoned branch
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["step0000100.pt", "step0000200.pt"]

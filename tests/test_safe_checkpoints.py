@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.lifecycle import CheckpointError
+from common.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unopened(project, program, 
 
 
 def test_the_checkpoint_evaluation_refuses_it_too(tmp_path):
-    from common.lifecycle import load_run_checkpoint
+    from common.checkpoint import load_run_checkpoint
 
     evil, target = _evil_checkpoint(tmp_path, "caer_clip")
     with pytest.raises(CheckpointError, match="refused without unpickling"):
@@ -90,7 +90,7 @@ def test_a_class_from_a_module_that_is_not_installed_is_named_not_a_traceback(tm
         sys.path.remove(str(tmp_path))
         sys.modules.pop("gone_module", None)
     module.unlink()
-    from common.lifecycle import load_run_checkpoint
+    from common.checkpoint import load_run_checkpoint
 
     with pytest.raises(CheckpointError, match=r"gone_module\.Thing"):
         load_run_checkpoint(path, "caer_clip")

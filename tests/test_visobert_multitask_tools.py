@@ -43,7 +43,7 @@ def test_visualize_without_matplotlib_prints_the_numbers(tmp_path, monkeypatch, 
 @pytest.mark.slow
 def test_visualize_reads_a_train_checkpoint(tmp_path, monkeypatch, capsys):
     """visualize.py --checkpoint takes the model config and weights from a train.py run checkpoint."""
-    from common.lifecycle import CheckpointError
+    from common.checkpoint import CheckpointError
     from visobert_multitask.train import main as train
 
     train(["--synthetic-train", "32", "--synthetic-val", "8", "--synthetic-test", "8", "--hidden", "32", "--layers",

@@ -9,7 +9,8 @@ import signal
 import pytest
 import torch
 
-from common.lifecycle import Run, load_run_checkpoint
+from common.checkpoint import load_run_checkpoint
+from common.lifecycle import Run
 from common.runtime import ConfigMismatchError, DataError
 from tests.lifecycle_faults import signal_during_step
 from visobert_multitask.train import evaluate_checkpoint, main

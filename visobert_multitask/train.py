@@ -21,19 +21,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from common.cli import above, add_args, arg, at_least, between, from_args
-from common.lifecycle import (
-    Run,
-    RunSettings,
-    State,
+from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
+from common.cli import (
+    above,
+    add_args,
+    arg,
+    at_least,
+    between,
     check_resume_config,
-    checkpoint_bytes,
-    load_model_state,
-    load_run_checkpoint,
+    from_args,
     parse_with_resume,
     run_args,
-    run_cli,
 )
+from common.lifecycle import Run, RunSettings, State, run_cli
 from common.metrics import precision_recall_f1
 from common.runtime import (
     DataError,

@@ -26,7 +26,7 @@ import re
 import torch
 import torch.nn as nn
 
-from common.lifecycle import load_model_state, load_run_checkpoint
+from common.checkpoint import load_model_state, load_run_checkpoint
 from common.tools.bench import StageTimer
 from common.tools.predict import pyplot_or_none
 from visobert_multitask.bench import compare, make_batch

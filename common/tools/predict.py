@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.checkpoint import load_model_state, load_run_checkpoint
 from common.cli import at_least
-from common.lifecycle import load_model_state, load_run_checkpoint
 from common.runtime import DataError, pick_device
 
 TILE = 256  # smallest side, in pixels, of one frame or image in a picture
