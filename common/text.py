@@ -1,5 +1,6 @@
-"""A word-level tokenizer, for text models that run without a pretrained tokenizer: the tiny random
-CLIP of caer_clip (its prompts) and the encoder visobert_multitask trains from scratch (its reviews)."""
+"""A word-level tokenizer for the encoder visobert_multitask trains from scratch (its reviews), when
+no pretrained tokenizer is used. (caer_clip's tiny CLIP has its own in caer_clip/clip.py, so that
+file copies alone.)"""
 
 from __future__ import annotations
 
