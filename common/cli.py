@@ -94,20 +94,30 @@ def _base_type(hint) -> tuple[type, bool]:
 
 @functools.cache
 def field_comments(cls: type) -> dict[str, str]:
-    """{field: its trailing comment} from the source of the dataclass `cls` (and its bases)."""
+    """{field: its trailing comment} from the source of the dataclass `cls` (and its bases). A
+    comment may go on over the next lines when each starts with `#` in the same column:
+
+        attention: str = "gate"  # where the attention map comes from:
+                                 # icpr2020dfdc's sigmoid gate, CBAM, or none
+    """
     comments = {}
     for klass in reversed(cls.__mro__[:-1]):
         try:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        names = {}  # line -> field name declared on it
+        names, last = {}, None  # line -> field name declared on it; (field, line, column) of the last comment
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.NAME and tok.line.startswith("    ") and not tok.line.startswith("     ") \
                     and tok.line.lstrip().startswith(tok.string + ":"):
                 names[tok.start[0]] = tok.string
             elif tok.type == tokenize.COMMENT and tok.start[0] in names:
-                comments[names[tok.start[0]]] = tok.string.lstrip("#").strip()
+                last = (names[tok.start[0]], tok.start[0], tok.start[1])
+                comments[last[0]] = tok.string.lstrip("#").strip()
+            elif tok.type == tokenize.COMMENT and last and tok.start == (last[1] + 1, last[2]) \
+                    and not tok.line[:tok.start[1]].strip():
+                last = (last[0], tok.start[0], tok.start[1])
+                comments[last[0]] += " " + tok.string.lstrip("#").strip()
     return comments
 
 

@@ -154,3 +154,37 @@ def test_distributed_helpers_under_torchrun(tmp_path):
     for rank in (0, 1):  # destroy_process_group joined gloo's threads (see setup_distributed)
         threads = json.loads((tmp_path / f"rank{rank}_threads.json").read_text())
         assert not [t for t in threads if "gloo" in t], threads
+
+
+def test_model_field_comments_become_help_with_checks_attached_by_the_caller(tmp_path, monkeypatch):
+    """A copyable model file declares plain fields with a comment each (no common.cli import);
+    add_args turns the comment, continued lines included, into --help and attaches the checks."""
+    import argparse
+    import importlib.util
+
+    from common.cli import add_args, at_least, from_args
+
+    source = tmp_path / "copied_model.py"
+    source.write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass ModelConfig:\n"
+        "    depth: int = 12  # transformer blocks\n"
+        "    mode: str = \"gate\"  # where the map comes from:\n"
+        "                        # the gate or none (10% of the width)\n"
+        "    # a comment of its own, not the help of `mode`\n"
+        "    derived: int = 0\n")
+    spec = importlib.util.spec_from_file_location("copied_model", source)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "copied_model", module)  # as an import would
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    add_args(parser, module.ModelConfig, "model", checks={"depth": at_least(1), "mode": ["gate", "none"]},
+             exclude=["derived"])
+    text = " ".join(parser.format_help().split())  # argparse wraps long help
+    assert "transformer blocks (default: 12)" in text
+    assert "where the map comes from: the gate or none (10% of the width)" in text
+    assert "--derived" not in text
+    assert from_args(module.ModelConfig, parser.parse_args(["--depth", "3"])).depth == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--depth", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "cbam"])
