@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {text} |")
     report = "\n".join([
         "# GPU check" + (" (dry run: commands parsed, nothing ran)" if args.dry_run else ""), "",
-        f"Machine: {machine()}. Command: `python gpu_check.py {shlex.join(argv if argv is not None else sys.argv[1:])}`.",
+        f"Machine: {machine()}. "
+        f"Command: `python gpu_check.py {shlex.join(argv if argv is not None else sys.argv[1:])}`.",
         "", "| step | command | status | wall | result |", "| --- | --- | --- | --- | --- |", *rows, ""])
     (out / "report.md").write_text(report)
     print(report)

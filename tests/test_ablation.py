@@ -78,7 +78,8 @@ def test_ablation_command_runs_variants_and_writes_the_table(project, ablations,
     assert [run["argv"][:len(module.BASE_FLAGS)] for run in record["runs"]] == [module.BASE_FLAGS] * len(names)
     assert summary["markdown"] in printed
     # the wall times say what they were measured on
-    assert f"machine: {summary['machine']}" in printed and f"machine: {summary['machine']}." in (out / "ablation.md").read_text()
+    assert f"machine: {summary['machine']}" in printed
+    assert f"machine: {summary['machine']}." in (out / "ablation.md").read_text()
     assert re.search(r"\d+ CPU cores, .*, torch threads \d+", summary["machine"]), summary["machine"]
 
 

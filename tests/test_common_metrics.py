@@ -71,18 +71,21 @@ def test_metrics_equal_sklearn_on_random_cases():
         y_true = rng.integers(0, c, n)
         y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, c, n))
         labels = list(range(c))
-        np.testing.assert_allclose(confusion_matrix(y_true, y_pred, c), sk.confusion_matrix(y_true, y_pred, labels=labels))
+        np.testing.assert_allclose(confusion_matrix(y_true, y_pred, c),
+                                   sk.confusion_matrix(y_true, y_pred, labels=labels))
         for avg in ("macro", "weighted"):
             ours = precision_recall_f1(y_true, y_pred, c, average=avg)
             theirs = sk.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)[:3]
             np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=f"case {case} {avg}")
         np.testing.assert_allclose(uar(y_true, y_pred, c),
-                                   sk.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0), atol=1e-6)
+                                   sk.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+                                   atol=1e-6)
         binary = rng.integers(0, 2, n)
         binary[:2] = [0, 1]
         scores = np.round(rng.random(n), 1)  # rounding creates ties
         np.testing.assert_allclose(roc_auc(binary, scores), sk.roc_auc_score(binary, scores), atol=1e-6)
-        np.testing.assert_allclose(average_precision(binary, scores), sk.average_precision_score(binary, scores), atol=1e-6)
+        np.testing.assert_allclose(average_precision(binary, scores), sk.average_precision_score(binary, scores),
+                                   atol=1e-6)
 
 
 # Input the metrics cannot score is refused with a ValueError naming the argument, the values and
