@@ -35,7 +35,8 @@ class LossConfig:
                            "on every pair", choices=["supcon", "original"])
     temperature: float | None = arg(None, "contrastive temperature (default: 0.07 for supcon, as SupCon; 0.1 for "
                                     "original, as the original)", check=above(0.0))
-    base_weight: float = arg(0.1, "with --contrastive original: weight added to every pair", check=at_least(0.0, float))
+    con_base_weight: float = arg(0.1, "with --contrastive original: weight added to every pair",
+                                 check=at_least(0.0, float))
 
     def __post_init__(self):
         if self.temperature is None:  # resolved here, so config.json and checkpoints hold the value used
@@ -151,7 +152,7 @@ def soft_match_contrastive(embeddings: torch.Tensor, weights: torch.Tensor, temp
 def contrastive_term(embeddings: torch.Tensor, targets: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """The contrastive loss `cfg.contrastive` names, at its temperature."""
     if cfg.contrastive == "original":
-        return soft_match_contrastive(embeddings, soft_match_weights(targets, cfg.base_weight), cfg.temperature)
+        return soft_match_contrastive(embeddings, soft_match_weights(targets, cfg.con_base_weight), cfg.temperature)
     # NOTE(deviation): SupCon with Jaccard positives of the PRESENT (aspect, polarity) pairs at 0.07, not
     # the original's soft matches over every aspect (absent included) with a 0.1 base weight at 0.1: there,
     # every pair is a positive and two reviews that share only silence weigh ~1 (VSB-ABSENT-STATE).
