@@ -16,7 +16,6 @@ from common.lifecycle import load_run_checkpoint
 from visobert_multitask import train as vsb_train
 from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE
 from visobert_multitask.losses import (
-    NUM_STATES,
     compute_losses,
     original_alpha,
     positive_weights,

@@ -69,7 +69,8 @@ def write_hjsad_folder(root, train_rows=HJSAD_TRAIN):
     text, starts = csv_text(HJSAD_HEADER, train_rows)
     write_bom(root / "train_multilabel.csv", text)
     write_bom(root / "validation_multilabel.csv", csv_text(HJSAD_HEADER, [
-        hjsad_row("Màn hình đẹp\nloa to", Display="Positive"), hjsad_row("Shop tư vấn nhiệt tình", Shop_Service="Positive"),
+        hjsad_row("Màn hình đẹp\nloa to", Display="Positive"),
+        hjsad_row("Shop tư vấn nhiệt tình", Shop_Service="Positive"),
         hjsad_row("Máy lag", Performance="Negative"), hjsad_row("Pin bình thường", Battery="Neutral")])[0])
     write_bom(root / "test_multilabel.csv", csv_text(HJSAD_HEADER, [
         hjsad_row("Camera nét", Camera="Positive"), hjsad_row("Giao hàng\nchậm", Shipping="Negative"),

@@ -298,8 +298,9 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
     """train/val/test from `root`. The aspect list comes from the training file (or `aspects`), and
     the other splits must use the same aspects (if the training file fails, each other file is checked
-    against its own). The faults of every file are raised together, in one DataError. Prints what was read other than as written: bad
-    label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}` items without polarity."""
+    against its own). The faults of every file are raised together, in one DataError. Prints what was
+    read other than as written: bad label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}`
+    items without polarity."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (--data-root)")
