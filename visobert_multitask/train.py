@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = AspectSentimentModel(cfg.model).to(cfg.device)
         if pretrained_state is not None:
             load_hf_encoder(model.encoder, pretrained_state)
+        # NOTE(deviation): no decay on biases, norms, embeddings (STYLE.md); the original decays every parameter.
         optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         ddp_model = wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal")
         # meters: the open window of the training log, the last validation scores, and the word
