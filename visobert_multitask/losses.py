@@ -24,7 +24,7 @@ class LossConfig:
                     choices=["both", "focal", "contrastive"])
     # NOTE(deviation): 0.8 / 0.2 is the seed's recipe; the original's code defaults to 0.7 / 0.3, its config to 1 / 0.
     w_focal: float = arg(0.8, "weight of the focal loss", check=at_least(0.0, float))
-    w_con: float = arg(0.2, "weight of the supervised contrastive loss", check=at_least(0.0, float))
+    w_con: float = arg(0.2, "weight of the contrastive loss (--contrastive)", check=at_least(0.0, float))
     gamma: float = arg(2.0, "focal loss gamma", check=at_least(0.0, float))
     alpha_rule: str = arg("power", "focal alpha per aspect: power = (1/train frequency)^--alpha-power over the 4 "
                           "states, mean 1; original = the original's total/(3 x count) over its 3 classes, "
