@@ -28,7 +28,8 @@ def write(path, text: str):
 
 
 def test_columns_format_reads_states_and_aspects_from_header(tmp_path):
-    f = write(tmp_path / "train.csv", "text,Battery,Camera\npin tốt,Positive,\ncamera kém,,negative\nổn,Neutral,Positive\n")
+    f = write(tmp_path / "train.csv",
+              "text,Battery,Camera\npin tốt,Positive,\ncamera kém,,negative\nổn,Neutral,Positive\n")
     split = read_aspect_columns(f)
     assert split.aspects == ("Battery", "Camera")
     assert split.labels.tolist() == [[POSITIVE, ABSENT], [ABSENT, NEGATIVE], [NEUTRAL, POSITIVE]]
@@ -53,7 +54,8 @@ def test_visfd_label_strings():
 
 
 def test_visfd_reader_unknown_aspect_polarity_and_others(tmp_path):
-    f = write(tmp_path / "Train.csv", 'index,comment,n_star,label\n0,"Pin tốt, màn đẹp",5,{BATTERY#Positive};{SCREEN#Positive};\n'
+    f = write(tmp_path / "Train.csv", "index,comment,n_star,label\n"
+                                      '0,"Pin tốt, màn đẹp",5,{BATTERY#Positive};{SCREEN#Positive};\n'
                                       "1,Máy lỗi,1,{GENERAL#Negative};{OTHERS};\n")
     split, no_polarity = read_visfd(f)
     assert split.aspects == ("BATTERY", "GENERAL", "SCREEN")  # dataset order; {OTHERS} without polarity is no label

@@ -200,12 +200,14 @@ REACH = {
 }
 
 
-@pytest.mark.parametrize("mode", list(REACH))
-def test_each_loss_term_moves_exactly_its_parameters(mode):
+@pytest.mark.parametrize("mode,contrastive", [(mode, "supcon") for mode in REACH] + [("both", "original"),
+                                                                                      ("contrastive", "original")])
+def test_each_loss_term_moves_exactly_its_parameters(mode, contrastive):
     """Each term compute_losses() returns (one forward pass of a training batch, as
     train_one_epoch computes it) back-propagated alone: every parameter tensor of the groups it
-    is meant to train gets a nonzero gradient, and no parameter of the other groups gets any."""
-    cfg, splits, _, _, loader, model = _real_setup([*TINY, "--loss", mode])
+    is meant to train gets a nonzero gradient, and no parameter of the other groups gets any.
+    The same for the original's soft-match contrastive loss (`--contrastive original`)."""
+    cfg, splits, _, _, loader, model = _real_setup([*TINY, "--loss", mode, "--contrastive", contrastive])
     alpha = T.training_alpha(splits, cfg.loss.alpha_power)
     batch = next(iter(loader))
     losses = compute_losses(model, batch, alpha, cfg.loss)

@@ -1,4 +1,4 @@
-"""visobert_multitask/losses.py: alpha rule, per-aspect focal sum, SupCon positives."""
+"""visobert_multitask/losses.py: alpha rule, per-aspect focal mean, SupCon positives."""
 
 import torch
 
@@ -18,10 +18,10 @@ def test_focal_alpha_is_normalised_inverse_frequency_power():
     assert torch.isfinite(unseen).all()  # states absent from the labels are counted once
 
 
-def test_aspect_focal_loss_sums_common_focal_over_aspects():
+def test_aspect_focal_loss_averages_common_focal_over_aspects():
     logits, targets = torch.randn(6, 3, NUM_STATES), torch.randint(0, NUM_STATES, (6, 3))
     alpha = torch.rand(3, NUM_STATES)
-    expected = sum(focal_loss(logits[:, a], targets[:, a], 2.0, alpha[a]) for a in range(3))
+    expected = sum(focal_loss(logits[:, a], targets[:, a], 2.0, alpha[a]) for a in range(3)) / 3
     torch.testing.assert_close(aspect_focal_loss(logits, targets, alpha), expected)
 
 

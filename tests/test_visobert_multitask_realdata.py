@@ -69,7 +69,8 @@ def write_hjsad_folder(root, train_rows=HJSAD_TRAIN):
     text, starts = csv_text(HJSAD_HEADER, train_rows)
     write_bom(root / "train_multilabel.csv", text)
     write_bom(root / "validation_multilabel.csv", csv_text(HJSAD_HEADER, [
-        hjsad_row("Màn hình đẹp\nloa to", Display="Positive"), hjsad_row("Shop tư vấn nhiệt tình", Shop_Service="Positive"),
+        hjsad_row("Màn hình đẹp\nloa to", Display="Positive"),
+        hjsad_row("Shop tư vấn nhiệt tình", Shop_Service="Positive"),
         hjsad_row("Máy lag", Performance="Negative"), hjsad_row("Pin bình thường", Battery="Neutral")])[0])
     write_bom(root / "test_multilabel.csv", csv_text(HJSAD_HEADER, [
         hjsad_row("Camera nét", Camera="Positive"), hjsad_row("Giao hàng\nchậm", Shipping="Negative"),
@@ -146,6 +147,29 @@ def test_train_on_the_published_hjsad1994_folder_with_on_bad_label(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["bad_labels_skipped"] == results["bad_labels_skipped"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["on_bad_label"] == "skip"
+
+
+def test_bad_records_of_every_file_named_in_one_error(tmp_path):
+    """Issue 22: the faults of train AND test are reported by one run, each file with its own list;
+    before, only the first failing file was named and the others' faults came on later runs."""
+    write_hjsad_folder(tmp_path / "data")
+    test_rows = [hjsad_row("Camera nét", Camera="Positve"), hjsad_row("Giao hàng\nchậm", Shipping="Negative"),
+                 hjsad_row("   ", Battery="Positive")]
+    text, test_starts = csv_text(HJSAD_HEADER, test_rows)
+    write_bom(tmp_path / "data" / "test_multilabel.csv", text)
+    with pytest.raises(DataError) as error:
+        main(TINY + ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "refused")])
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'data'}: 2 of the 3 split files have faults:")
+    assert "train_multilabel.csv: 3 bad record(s)" in message and "unknown polarity 'Negatve'" in message
+    assert "test_multilabel.csv: 2 bad record(s)" in message
+    assert f"test_multilabel.csv:{test_starts[0]}: unknown polarity 'Positve' in column 'Camera'" in message
+    assert f"test_multilabel.csv:{test_starts[2]}: empty review text in column 'data'" in message
+    assert "validation_multilabel.csv" not in message  # the good file is not listed
+    # A missing file is named beside the bad records of another.
+    (tmp_path / "data" / "validation_multilabel.csv").unlink()
+    with pytest.raises(DataError, match=r"(?s)3 of the 3 split files.*no val split.*test_multilabel\.csv: 2 bad"):
+        load_splits(tmp_path / "data")
 
 
 def test_text_column_not_found_lists_the_header_and_the_flag(tmp_path):

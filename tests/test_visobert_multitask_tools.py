@@ -26,6 +26,10 @@ def test_visualize_records_real_shapes_and_writes_pictures(tmp_path):
     assert shapes["embeddings"] == (4, 256)
     assert set(out["times"]) == {"encoder", "heads", "losses", "backward", "optimizer step"}
     assert all(ms > 0 for ms in out["times"].values())
+    # Issue 22: one measurement in both pictures. The timeline's stages add up to the bar chart's one-pass
+    # step (they were two measurements: 47.0 ms on one picture, 72.0 ms on the other, for one run).
+    assert sum(out["times"].values()) == pytest.approx(out["comparison"]["one_ms"], rel=1e-9)
+    assert out["comparison"]["ratio"] == pytest.approx(out["comparison"]["one_ms"] / out["comparison"]["two_ms"])
     for path in out["files"]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -36,6 +40,8 @@ def test_visualize_without_matplotlib_prints_the_numbers(tmp_path, monkeypatch, 
     out = visualize.main(["--out", str(tmp_path / "figs"), *SMALL])
     printed = capsys.readouterr().out
     assert out["files"] == [] and "pip install matplotlib" in printed
+    assert sum(out["times"].values()) == pytest.approx(out["comparison"]["one_ms"], rel=1e-9)
+    assert f"one-pass step {out['comparison']['one_ms']:.1f} ms (the stages above)" in printed
     assert "encoder.layers.0" in printed and "optimizer step" in printed and "two-pass step" in printed
     assert not (tmp_path / "figs").exists()
 
@@ -53,6 +59,13 @@ def test_visualize_reads_a_train_checkpoint(tmp_path, monkeypatch, capsys):
     out = visualize.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "figs"), *SMALL])
     shapes = dict((name, shape) for name, _, shape in out["records"])
     assert shapes["encoder.layers.0"] == (4, 8, 32) and "encoder.layers.1" not in shapes
+    # Issue 22: without --batch-size / --seq-len the measured step has the run's shape (batch 16, max-len 64),
+    # and the text says so; it said "32 x 32 tokens" for any checkpoint.
+    capsys.readouterr()
+    out = visualize.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "figs"),
+                          "--iters", "1"])
+    shapes = dict((name, shape) for name, _, shape in out["records"])
+    assert shapes["encoder.layers.0"] == (16, 64, 32) and "batch 16 x 64 tokens" in out["source"]
     (tmp_path / "bare.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="bare.pt"):
         visualize.main(["--checkpoint", str(tmp_path / "bare.pt"), *SMALL])

@@ -1,6 +1,6 @@
 """Ablation of the two losses at the demo budget, over seeds: focal + supervised contrastive
 (the demo), focal alone, contrastive alone (the classifier then learns as a probe on detached
-sentence vectors, see losses.compute_losses).
+sentence vectors, see losses.compute_losses), and focal + the original's soft-match contrastive loss.
 
     python visobert_multitask/ablate.py                         # every variant, seeds 0-2, in sequence
     python visobert_multitask/ablate.py --variants both,focal --seeds 1 -- --epochs 1
@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the
 from common.tools.ablation import run_ablation
 
 VARIANTS = {
-    "both": [],  # the demo: 0.8 focal + 0.2 SupCon
+    "both": [],  # the demo: 0.8 focal (mean over aspects) + 0.2 SupCon, the seed's recipe
     "focal": ["--loss", "focal"],
     "contrastive": ["--loss", "contrastive"],
+    "soft-match": ["--contrastive", "original"],  # the original's contrastive loss in place of SupCon
 }
 METRICS = {"best val score": "best.value", "val detection F1": "val.det_f1", "val sentiment F1": "val.sent_f1",
            "test detection F1": "test.det_f1", "test sentiment F1": "test.sent_f1"}

@@ -26,9 +26,8 @@ from visobert_multitask.losses import (
     LossConfig,
     aspect_focal_loss,
     compute_losses,
+    contrastive_term,
     focal_alpha,
-    positive_weights,
-    supcon_multilabel,
 )
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
 
@@ -38,7 +37,7 @@ CONFIGS = {
     "base": dict(cfg=ModelConfig(vocab_size=15004, hidden=768, layers=12, heads=12, intermediate=3072,
                                  max_positions=514), batch=4),
 }
-LOSS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal + 0.2 x SupCon
+LOSS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal (mean over aspects) + 0.2 x SupCon
 
 
 def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:
@@ -63,15 +62,16 @@ def one_pass_step(model, optimizer, batch, alpha, dtype) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def two_pass_step(model, optimizer, batch, alpha, dtype) -> None:
-    """The seed's step as its code did it: the encoder runs once for the focal loss, once more for SupCon."""
+def two_pass_step(model, optimizer, batch, alpha, dtype, loss: LossConfig = LOSS) -> None:
+    """The seed's step as its code did it: the encoder runs once for the focal loss, once more for
+    the contrastive loss (`loss.contrastive`)."""
     targets = batch["labels"]
     with autocast(batch["input_ids"].device, dtype):
         logits = model(batch["input_ids"], batch["attention_mask"])
-        focal = aspect_focal_loss(logits, targets, alpha, LOSS.gamma)
+        focal = aspect_focal_loss(logits, targets, alpha, loss.gamma)
         _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-        supcon = supcon_multilabel(embeddings, positive_weights(targets), LOSS.temperature)
-    (LOSS.w_focal * focal + LOSS.w_con * supcon).backward()
+        contrastive = contrastive_term(embeddings, targets, loss)
+    (loss.w_focal * focal + loss.w_con * contrastive).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

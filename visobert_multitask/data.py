@@ -297,19 +297,32 @@ def find_split_file(root: Path, split: str) -> Path:
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
     """train/val/test from `root`. The aspect list comes from the training file (or `aspects`), and
-    the other splits must use the same aspects. Prints what was read other than as written: bad
-    label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}` items without polarity."""
+    the other splits must use the same aspects (if the training file fails, each other file is checked
+    against its own). The faults of every file are raised together, in one DataError. Prints what was
+    read other than as written: bad label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}`
+    items without polarity."""
     root = Path(root)
-    splits, others_without_polarity = {}, 0
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (--data-root)")
+    splits, others_without_polarity, failed = {}, 0, []
     for split in ("train", "val", "test"):
-        path = find_split_file(root, split)
-        fmt = detect_format(path) if data_format == "auto" else data_format
-        if fmt == "visfd":
-            splits[split], count = read_visfd(path, aspects, text_column, on_bad_label)
-            others_without_polarity += count
-        else:
-            splits[split] = read_aspect_columns(path, aspects, text_column, on_bad_label)
+        # Every file is read even when an earlier one failed, so one error names the faults of all of them.
+        try:
+            path = find_split_file(root, split)
+            fmt = detect_format(path) if data_format == "auto" else data_format
+            if fmt == "visfd":
+                splits[split], count = read_visfd(path, aspects, text_column, on_bad_label)
+                others_without_polarity += count
+            else:
+                splits[split] = read_aspect_columns(path, aspects, text_column, on_bad_label)
+        except DataError as e:
+            failed.append(str(e))
+            continue
         aspects = splits[split].aspects  # fixed by the training split from here on
+    if len(failed) == 1:
+        raise DataError(failed[0])
+    if failed:
+        raise DataError(f"{root}: {len(failed)} of the 3 split files have faults:\n" + "\n".join(failed))
     if others_without_polarity:
         print(f"[data] {others_without_polarity} '{{OTHERS}}' items without polarity dropped (not a sentiment "
               f"label; OTHERS is not an aspect column unless some item gives it a polarity)")

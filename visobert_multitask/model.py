@@ -120,6 +120,7 @@ class AspectSentimentModel(nn.Module):
         self.encoder = Encoder(cfg)
         self.classifier = nn.Sequential(nn.Linear(cfg.hidden, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.head_dropout),
                                         nn.Linear(cfg.head_hidden, cfg.num_aspects * cfg.num_states))
+        # NOTE(deviation): one linear layer; the original's projection is hidden -> 512 -> ReLU -> dropout -> 256.
         self.projection = nn.Linear(cfg.hidden, cfg.proj_dim)
         self.apply(_init_weights)
 

@@ -65,7 +65,14 @@ from visobert_multitask.data import (
     make_collate,
     synthetic_splits,
 )
-from visobert_multitask.losses import NUM_STATES, LossConfig, compute_losses, focal_alpha, predicted_states
+from visobert_multitask.losses import (
+    NUM_STATES,
+    LossConfig,
+    compute_losses,
+    focal_alpha,
+    original_alpha,
+    predicted_states,
+)
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
 PROJECT = "visobert_multitask"
@@ -213,10 +220,12 @@ def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelC
     return model_cfg, pretrained_state
 
 
-def training_alpha(splits: dict, power: float = 0.5) -> torch.Tensor:
-    """Per-aspect focal alpha (A, S) from label frequencies."""
+def training_alpha(splits: dict, power: float = 0.5, rule: str = "power") -> torch.Tensor:
+    """Per-aspect focal alpha (A, S) from the training labels, by `rule` (--alpha-rule): power =
+    `focal_alpha`, original = `original_alpha`, the original's total / (3 x count)."""
     # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
-    return focal_alpha(splits["train"].labels, NUM_STATES, power)
+    train_labels = splits["train"].labels
+    return original_alpha(train_labels) if rule == "original" else focal_alpha(train_labels, NUM_STATES, power)
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -379,8 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            dist_info.rank, dist_info.world_size) for k in ("val", "test"))
     fill_recipe(cfg, sampler.batches_per_epoch())
     cfg.model, pretrained_state = model_config(cfg, len(tokenizer), len(cfg.aspects))
-    config = {**vars(args), **asdict(cfg.encoder), **asdict(cfg.train), "aspects": list(cfg.aspects),
-              "model": asdict(cfg.model), "world_size": dist_info.world_size}
+    config = {**vars(args), **asdict(cfg.encoder), **asdict(cfg.loss), **asdict(cfg.train),
+              "aspects": list(cfg.aspects), "model": asdict(cfg.model), "world_size": dist_info.world_size}
     if resumed:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)
 
@@ -388,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = AspectSentimentModel(cfg.model).to(cfg.device)
         if pretrained_state is not None:
             load_hf_encoder(model.encoder, pretrained_state)
+        # NOTE(deviation): no decay on biases, norms, embeddings (STYLE.md); the original decays every parameter.
         optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         ddp_model = wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal")
         # meters: the open window of the training log, the last validation scores, and the word
@@ -395,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         state = State(ddp_model, optimizer, make_grad_scaler(cfg.device, cfg.dtype),
                       meters={"window": {"n": 0}, "val": {}, "vocab": getattr(tokenizer, "vocab", None)})
         run.restore(state)  # fills step/epoch/batch_in_epoch/meters from --resume
-        cfg.alpha = training_alpha(splits, cfg.loss.alpha_power).to(cfg.device)
+        cfg.alpha = training_alpha(splits, cfg.loss.alpha_power, cfg.loss.alpha_rule).to(cfg.device)
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.print(f"[{PROJECT}] {len(cfg.aspects)} aspects, train/val/test = {len(datasets['train'])}/"
                   f"{len(datasets['val'])}/{len(datasets['test'])}, vocab {cfg.model.vocab_size}, "

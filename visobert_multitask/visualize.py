@@ -27,20 +27,14 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import load_model_state, load_run_checkpoint
-from common.tools.bench import StageTimer
+from common.tools.bench import StageTimer, timed_call
 from common.tools.predict import pyplot_or_none
-from visobert_multitask.bench import compare, make_batch
-from visobert_multitask.losses import (
-    NUM_STATES,
-    LossConfig,
-    aspect_focal_loss,
-    focal_alpha,
-    positive_weights,
-    supcon_multilabel,
-)
+from visobert_multitask.bench import make_batch, two_pass_step
+from visobert_multitask.losses import NUM_STATES, LossConfig, focal_alpha, loss_terms
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
 
 DEFAULT_OUT = "runs/visobert_multitask/figures"  # without --checkpoint
+TRAIN_BATCH, TRAIN_MAX_LEN = 32, 64  # train.py's --batch-size and --max-len: the step measured without --checkpoint
 
 
 def module_shapes(model: nn.Module, batch: dict) -> list[tuple[str, str, tuple]]:
@@ -69,30 +63,32 @@ def loss_config(checkpoint: dict | None) -> LossConfig:
 
 def loss_formula(loss: LossConfig) -> str:
     """The training loss as losses.compute_losses forms it for `loss.loss`."""
+    contrastive = "SupCon" if loss.contrastive == "supcon" else "soft-match contrastive"
     if loss.loss == "focal":
-        return "focal loss only (SupCon off)"
+        return f"focal loss only ({contrastive} off)"
     if loss.loss == "contrastive":
-        return f"{loss.w_con:g} x SupCon + focal probe on detached vectors"
-    return f"{loss.w_focal:g} x focal + {loss.w_con:g} x SupCon"
+        return f"{loss.w_con:g} x {contrastive} + focal probe on detached vectors"
+    return f"{loss.w_focal:g} x focal + {loss.w_con:g} x {contrastive}"
 
 
-def stage_times(model, batch: dict, loss: LossConfig, iters: int = 10) -> dict[str, float]:
-    """Median milliseconds per stage of a one-pass training step (common/tools/bench.py's StageTimer),
-    with the run's loss settings."""
+def measure_steps(model, batch: dict, loss: LossConfig, iters: int = 10, warmup: int = 2) -> dict:
+    """ONE measurement for both timing pictures: the one-pass training step timed in stages
+    (common/tools/bench.py's StageTimer) and the seed's two-pass step, called in turn, `iters` times
+    each after `warmup`. The timeline shows the stages of the middle one-pass step (by total time)
+    and the bar chart that same step's total, so the two pictures state one number; the two-pass
+    figure is the middle of its own steps. The loss is the run's (`loss_terms`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     targets = batch["labels"]
     alpha = focal_alpha(targets, NUM_STATES)
-    timer = StageTimer()
-    for i in range(iters + 2):  # the first two steps warm up and are not counted
-        timer.start(record=i >= 2)
+    timer, two_pass = StageTimer(), []
+    for i in range(warmup + iters):
+        timer.start(record=i >= warmup)
         sentence = model.sentence_vector(batch["input_ids"], batch["attention_mask"])
         timer.lap("encoder")
-        logits, embeddings = model.heads(sentence, return_embeddings=True)
+        logits, embeddings = model.heads(sentence, return_embeddings=True,
+                                         detach_classifier_input=loss.loss == "contrastive")
         timer.lap("heads")
-        focal = aspect_focal_loss(logits, targets, alpha, loss.gamma)
-        supcon = supcon_multilabel(embeddings, positive_weights(targets), loss.temperature)
-        total = {"both": loss.w_focal * focal + loss.w_con * supcon, "focal": focal,
-                 "contrastive": loss.w_con * supcon + focal}[loss.loss]
+        total = loss_terms(logits, embeddings, targets, alpha, loss)["loss"]
         timer.lap("losses")
         total.backward()
         timer.lap("backward")
@@ -100,7 +96,13 @@ def stage_times(model, batch: dict, loss: LossConfig, iters: int = 10) -> dict[s
         optimizer.zero_grad(set_to_none=True)
         timer.lap("optimizer step")
         timer.stop()
-    return {stage: seconds * 1e3 for stage, seconds in timer.medians().items()}
+        seconds = timed_call(lambda: two_pass_step(model, optimizer, batch, alpha, None, loss))
+        if i >= warmup:
+            two_pass.append(seconds)
+    middle = sorted(range(iters), key=timer.totals.__getitem__)[iters // 2]  # the middle one-pass step
+    stages = {stage: laps[middle] * 1e3 for stage, laps in timer.laps.items()}
+    one_ms, two_ms = sum(stages.values()), sorted(two_pass)[iters // 2] * 1e3
+    return {"stages": stages, "one_ms": one_ms, "two_ms": two_ms, "ratio": one_ms / two_ms}
 
 
 def draw_architecture(records, loss: LossConfig, source: str, path: Path, plt) -> None:
@@ -121,8 +123,9 @@ def draw_architecture(records, loss: LossConfig, source: str, path: Path, plt) -
     y -= 1
     box(0.5, y, "sentence vector = first token hidden state", "#d9ead3")
     ax.annotate("", (0.5, y + 0.3), (0.5, y + 0.7), arrowprops=dict(arrowstyle="->"))
+    contrastive = "SupCon" if loss.contrastive == "supcon" else "soft-match"
     head_boxes = ((0.25, "classifier", "logits", f"focal loss per aspect (gamma {loss.gamma:g})"),
-                  (0.75, "projection", "embeddings", f"SupCon loss (temperature {loss.temperature:g})"))
+                  (0.75, "projection", "embeddings", f"{contrastive} loss (temperature {loss.temperature:g})"))
     for x, key, out, name_of_loss in head_boxes:
         name, cls, shape = heads[key]
         box(x, y - 1, f"{name} ({cls})  ->  {shape}\n{out} {heads[out][2]}", "#fce5cd")
@@ -139,6 +142,7 @@ def draw_architecture(records, loss: LossConfig, source: str, path: Path, plt) -
 
 
 def draw_timeline(times: dict[str, float], loss: LossConfig, source: str, path: Path, plt) -> None:
+    """The stages of the measured one-pass step; its total is the bar chart's one-pass bar."""
     fig, ax = plt.subplots(figsize=(9, 3.2))
     start = 0.0
     for i, (stage, ms) in enumerate(times.items()):
@@ -146,7 +150,7 @@ def draw_timeline(times: dict[str, float], loss: LossConfig, source: str, path: 
         start += ms
     ax.set_yticks([])
     ax.set_xlim(0, start * 1.02)
-    ax.set_xlabel("milliseconds into the step (median per stage, measured)")
+    ax.set_xlabel("milliseconds into the step (the middle of the measured steps, stage by stage)")
     ax.set_title(f"One training step, {start:.1f} ms: one encoder pass feeds both heads\n"
                  f"loss {loss_formula(loss)}; {source}", fontsize=11)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=9)
@@ -160,7 +164,7 @@ def draw_comparison(result: dict, source: str, path: Path, plt) -> None:
                   [result["one_ms"], result["two_ms"]], color=["C2", "C3"], width=0.55)
     ax.bar_label(bars, fmt="%.1f ms", padding=4, fontsize=10)
     ax.set_ylim(0, 1.2 * max(result["one_ms"], result["two_ms"]))  # room for the labels above the bars
-    ax.set_ylabel("step time, ms (median, measured)")
+    ax.set_ylabel("step time, ms (middle of the measured steps)")
     ax.set_title(f"Training step time ratio, one encoder pass / one pass per loss:\n"
                  f"{result['ratio']:.2f} (lower: the single pass saves more); {source}", fontsize=11)
     fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.2)
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "loss weights)")
     p.add_argument("--out", default=None, help="folder for the PNG files (default: the checkpoint's folder, "
                    "else runs/visobert_multitask/figures)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch of the measured steps")
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per review in the measured steps")
+    p.add_argument("--batch-size", type=int, default=None, help="batch of the measured steps (default: the "
+                   "run's --batch-size, train.py's 32 without --checkpoint)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per review in the measured steps (default: the "
+                   "run's --max-len, train.py's 64 without --checkpoint)")
     p.add_argument("--iters", type=int, default=10, help="measured steps per number")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -190,21 +196,25 @@ def main(argv: list[str] | None = None) -> dict:
         model = AspectSentimentModel(cfg)
         source = "untrained tiny model, train.py's default loss"
     loss = loss_config(checkpoint)
-    source += f", batch {args.batch_size} x {args.seq_len} tokens, CPU"
-    batch = make_batch(cfg, args.batch_size, args.seq_len, torch.device("cpu"))
+    run = checkpoint["config"] if checkpoint else {}
+    batch_size = args.batch_size or run.get("batch_size", TRAIN_BATCH)
+    seq_len = args.seq_len or run.get("max_len", TRAIN_MAX_LEN)
+    source += f", batch {batch_size} x {seq_len} tokens, CPU"
+    batch = make_batch(cfg, batch_size, seq_len, torch.device("cpu"))
     records = module_shapes(model.eval(), batch)
-    times = stage_times(model.train(), batch, loss, args.iters)
-    comparison = compare(cfg, args.batch_size, args.seq_len, torch.device("cpu"), None, 2, args.iters)
+    comparison = measure_steps(model.train(), batch, loss, args.iters)
+    times = comparison.pop("stages")
 
+    print(f"measured on: {source}")
     print(f"{'module':<22}{'class':<12}output shape")
     print("\n".join(f"{n:<22}{c:<12}{s}" for n, c, s in records))
     print(f"\ntraining loss: {loss_formula(loss)}")
     print(f"\n{'stage':<16}ms per step")
     print("\n".join(f"{s:<16}{ms:.2f}" for s, ms in times.items()))
-    print(f"\none-pass step {comparison['one_ms']:.1f} ms, two-pass step {comparison['two_ms']:.1f} ms, "
-          f"ratio one / two {comparison['ratio']:.2f}")
+    print(f"\none-pass step {comparison['one_ms']:.1f} ms (the stages above), two-pass step "
+          f"{comparison['two_ms']:.1f} ms, ratio one / two {comparison['ratio']:.2f}")
     result = {"records": records, "times": times, "comparison": comparison, "loss": dataclasses.asdict(loss),
-              "files": []}
+              "source": source, "files": []}
     plt = pyplot_or_none()
     if plt is None:
         print("matplotlib is not installed (pip install matplotlib): printed the numbers instead of the pictures")
