@@ -324,7 +324,10 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
-    SPLITS = ("train", "val", "test")
+    # the pre-training task's parts: the same textures in other colours, so none of its classes
+    # (nor its distractors) is a part of the fine task
+    PRETRAIN_PALETTE = torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.1, 0.9], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    SPLITS = ("train", "val", "test", "pretrain-train", "pretrain-val")
     TEXTURES = (  # colour (0 or 1 of the pair) at row u, column v of a part; periodic in u and v
         lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
         lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
@@ -352,14 +355,15 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
                              f"for decoys)")
         self.num_classes, self.image_size, self.part = num_classes, image_size, part
         self.margin, self.seed = margin, seed
-        self.train = split == "train"
+        self.train = split in ("train", "pretrain-train")
         self.epoch = 0
         u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
         order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in all splits
         tiles = []
         for index in order:  # the first num_classes are the classes' parts
             texture, (a, b) = self.TEXTURES[index // len(pairs)], pairs[index % len(pairs)]
-            tiles.append(self.PALETTE[torch.tensor([a, b])[texture(u, v)]].permute(2, 0, 1))  # (3, part, part)
+            palette = self.PRETRAIN_PALETTE if split.startswith("pretrain") else self.PALETTE
+            tiles.append(palette[torch.tensor([a, b])[texture(u, v)]].permute(2, 0, 1))  # (3, part, part)
         self.patterns = torch.stack(tiles)  # (family, 3, part, part) in [0, 1]
         g = torch.Generator().manual_seed(seed * 7919 + 101 + self.SPLITS.index(split))
         # balanced classes: num_samples / num_classes images each, in a random order
