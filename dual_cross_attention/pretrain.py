@@ -47,15 +47,16 @@ class PretrainRecipe:
 RECIPE = PretrainRecipe()
 
 
-def cache_path(model_cfg: DCALConfig, recipe: PretrainRecipe = RECIPE) -> Path:
-    c = model_cfg
+def cache_path(model_cfg: DCALConfig, recipe: PretrainRecipe | None = None) -> Path:
+    c, recipe = model_cfg, recipe or RECIPE
     return CACHE / (f"dual_cross_attention-synthetic-vit-d{c.embed_dim}-l{c.depth}-h{c.num_heads}-p{c.patch_size}"
                     f"-s{c.image_size}-c{recipe.classes}-n{recipe.train_images}-e{recipe.epochs}.pth")
 
 
-def pretrain(model_cfg: DCALConfig, recipe: PretrainRecipe = RECIPE, log=print) -> dict:
+def pretrain(model_cfg: DCALConfig, recipe: PretrainRecipe | None = None, log=print) -> dict:
     """Train a plain ViT of `model_cfg`'s sizes on the pre-training task; its timm state_dict and
     what it reached. Runs on the CPU, the global RNG saved and restored around it."""
+    recipe = recipe or RECIPE
     cfg = DCALConfig(**{**model_cfg.__dict__, "num_classes": recipe.classes, "glca": False, "pwca": False})
     rng = torch.get_rng_state()
     torch.manual_seed(recipe.seed)
@@ -102,7 +103,7 @@ def cached_pretrained(model_cfg: DCALConfig, log=print) -> Path:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(result["state_dict"], tmp)
     os.replace(tmp, path)
-    log(f"pretrain: val top-1 {result['val_top1']:.3f} on {PretrainRecipe.classes} pre-training classes "
+    log(f"pretrain: val top-1 {result['val_top1']:.3f} on {RECIPE.classes} pre-training classes "
         f"after {result['seconds']:.0f} s; saved {path}")
     return path
 
