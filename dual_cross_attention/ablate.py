@@ -8,7 +8,7 @@ paired with the plain ViT of the same seed.
 One run folder per variant and seed under --out (default runs/ablation/dual_cross_attention); the
 table of mean ± std (common/tools/ablation.py) and the paired differences against `vit` (mean ±
 standard error over the seeds, and in how many seeds the variant is ahead) are printed and
-written to <out>/ablation.md. Test top-1 is softmax(SA) + softmax(GLCA) where GLCA exists, SA
+written to <out>/ablation.md and <out>/paired.md. Test top-1 is softmax(SA) + softmax(GLCA) where GLCA exists, SA
 alone otherwise. Seeds draw the fine task's images, the new heads and the training order; the
 pretrained backbone is the same file for all.
 """
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_ablation(PROJECT, VARIANTS, METRICS, argv, BASE_FLAGS, __doc__)
     paired = paired_markdown(paired_rows(result["rows"]))
     print(f"\npaired with the plain ViT of the same seed:\n\n{paired}")
-    with open(Path(result["out"]) / "ablation.md", "a") as f:
-        f.write(f"\nPaired with the plain ViT of the same seed:\n\n{paired}")
+    (Path(result["out"]) / "paired.md").write_text(f"`{result['command']}`\n\n{paired}")
     return {**result, "paired": paired}
 
 

@@ -298,7 +298,9 @@ class DCAL(nn.Module):
         the logits. Returns the GLCA logits and the picked patch indices (B, R) (0-based patches)."""
         cls_idx = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
         picks = patch_scores.topk(self.cfg.num_local, dim=-1).indices  # (B, R)
-        local_idx = cls_idx if self.cfg.glca_mode == "cls-query" else torch.cat([cls_idx, picks + 1], dim=1)
+        if self.cfg.glca_mode == "cls-query":
+            picks = picks[:, :0]  # no local query: the CLS token alone
+        local_idx = torch.cat([cls_idx, picks + 1], dim=1)  # (B, 1 + R), CLS first
         tokens = self.glca_block(x, local_idx, local_self=self.cfg.glca_mode == "local-self")  # (B, 1 + R, D)
         if self.cfg.glca_readout == "local" and tokens.shape[1] > 1:
             tokens = tokens[:, 1:]
