@@ -41,6 +41,9 @@ class DataConfig:
     synthetic_classes: int = arg(10, "synthetic classes (at most 41)", check=at_least(2))
     synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class: textures off the object",
                                 check=at_least(0))
+    synthetic_seed: int | None = arg(None, "seed that draws the synthetic task, its class parts and images (default: "
+                                     "--seed); fixed, runs of several --seed values share one task",
+                                     check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -293,8 +296,11 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
     if cfg.synthetic_classes > SyntheticFineGrained.max_classes():
         raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the synthetic set has parts for at most "
                         f"{SyntheticFineGrained.max_classes()} classes")
+    # the seed picks which textures are the classes, so it sets how hard the task is: a fixed
+    # --synthetic-seed keeps one task for every run seed (the ablation compares on it)
+    data_seed = seed if cfg.synthetic_seed is None else cfg.synthetic_seed
     splits = {split: SyntheticFineGrained(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys,
-                                          seed=seed, split=split) for split, n in sizes.items()}
+                                          seed=data_seed, split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
 
 

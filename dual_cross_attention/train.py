@@ -83,7 +83,7 @@ SYNTHETIC_BASE_LR = 1.6e-2
 # a resumed run must match on these: the architecture, and what fixes the position in an epoch
 RESUME_KEYS = ["model.image_size", "model.patch_size", "model.embed_dim", "model.depth", "model.num_heads",
                "model.num_classes", "model.glca", "model.pwca", "model.glca_select", "model.glca_mode",
-               "model.glca_readout", "data.data_root", "data.synthetic_train",
+               "model.glca_readout", "data.data_root", "data.synthetic_seed", "data.synthetic_train",
                "train.batch_size", "train.accum_steps", "world_size"]
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_sa", "loss_glca", "loss_pwca", "w_sa", "w_glca", "w_pwca",
                "grad_norm", "val_top1_sa", "val_top1_glca", "val_top1"]
