@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -260,9 +261,13 @@ def read_pretrained(spec: str) -> dict:
             from safetensors.torch import load_file  # optional: pip install safetensors
 
             return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (ImportError, OSError, RuntimeError, ValueError) as e:
-        raise DataError(f"--pretrained {path}: cannot read it as a state_dict ({type(e).__name__}: {e})") from e
+        try:  # mapped, not read: the sizes are read from the shapes before the weights are needed
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (pre-zip) file cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (ImportError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        cause = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise DataError(f"--pretrained {path}: cannot read it as a state_dict ({cause})") from e
     # DeiT / timm training checkpoints wrap the weights
     return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
 
@@ -271,8 +276,9 @@ def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
     """The ViT sizes of a --pretrained file (model.vit_sizes), where no flag sets them; a flag (or
     --model preset) that contradicts the file is refused in one line naming both sizes. The heads
     are not in the shapes: --heads or --model wins over the source's convention."""
+    state_dict = read_pretrained(spec)  # a DataError naming the file when it is no state_dict
     try:
-        found = vit_sizes(read_pretrained(spec))
+        found = vit_sizes(state_dict)
     except (KeyError, ValueError, IndexError) as e:
         raise DataError(f"--pretrained {spec}: not a ViT state_dict whose sizes can be read ({e})") from e
     asked = {**(PRESETS[args.preset] if args.preset else {}),

@@ -246,3 +246,15 @@ def test_synthetic_seed_keeps_one_task_across_run_seeds():
                                                                                    other["train"].labels)
     default = run_config("--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-test", "4").data
     assert not torch.equal(build_datasets(default, 32, seed=1)[0]["test"].images, one["test"].images)
+
+
+def test_pretrained_file_that_is_no_vit_state_dict_is_a_data_error_naming_it(tmp_path):
+    from common.runtime import DataError
+
+    garbage, other = tmp_path / "garbage.pth", tmp_path / "other.pth"
+    garbage.write_text("not a checkpoint")
+    torch.save({"x": torch.ones(3)}, other)
+    with pytest.raises(DataError, match=r"garbage.pth: cannot read it as a state_dict \(UnpicklingError"):
+        main(["--pretrained", str(garbage), "--out", str(tmp_path / "run")])
+    with pytest.raises(DataError, match=r"other.pth: not a ViT state_dict whose sizes can be read"):
+        main(["--pretrained", str(other), "--out", str(tmp_path / "run")])
