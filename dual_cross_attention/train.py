@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: dict | None = None) -> Config:
     """The Config of the parsed flags, with the recipe's None defaults resolved: the synthetic demo
     fine-tunes a tiny ViT at 32 px from the synthetic pre-training (pretrain.py), real data fine-tunes
     ViT-B/16 at 448 px as in the paper. Flags that contradict each other are refused through `parser`, as
@@ -215,7 +215,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
                                                                          for k in SIZE_FLAGS)
     # the synthetic demo fine-tunes as the paper does; a model of other sizes starts from scratch unless asked
     pretrained = args.pretrained or ("synthetic" if synthetic and not sized else "none")
-    file_sizes = sizes_from_file(pretrained, args) if pretrained not in ("torchvision", "synthetic", "none") else {}
+    file_sizes = {}
+    if resumed is not None:  # the sizes the run was built with: the weights file may be gone by now
+        file_sizes = {k: resumed["config"]["model"][k] for k in (*SIZE_FLAGS, "image_size", "mlp_ratio")}
+    elif pretrained not in ("torchvision", "synthetic", "none"):
+        file_sizes = sizes_from_file(pretrained, args)
     image_size = args.image_size or file_sizes.get("image_size") or (32 if synthetic else 448)
     model = from_args(DCALConfig, {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
     train = from_args(TrainConfig, args)
@@ -452,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
     parser = build_parser()
     args, resumed = parse_with_resume(parser, argv, PROJECT)  # the checkpoint is read and checked here
-    cfg = config_from(args, parser)
+    cfg = config_from(args, parser, resumed)
     dist_info = setup_distributed(cfg.run.device)
     cfg.device, cfg.dtype = dist_info.device, autocast_dtype(dist_info.device, cfg.run.amp)
     splits, num_classes = build_datasets(cfg.data, cfg.model.image_size, cfg.run.seed)

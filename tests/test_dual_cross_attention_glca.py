@@ -258,3 +258,18 @@ def test_pretrained_file_that_is_no_vit_state_dict_is_a_data_error_naming_it(tmp
         main(["--pretrained", str(garbage), "--out", str(tmp_path / "run")])
     with pytest.raises(DataError, match=r"other.pth: not a ViT state_dict whose sizes can be read"):
         main(["--pretrained", str(other), "--out", str(tmp_path / "run")])
+
+
+def test_resume_of_a_run_from_a_pretrained_file_needs_the_file_no_more(tmp_path):
+    """The sizes read from --pretrained FILE are the run's: --resume takes them from the checkpoint
+    (the weights are in it), so a moved or deleted weights file does not stop a resume."""
+    path = tmp_path / "vit.pth"
+    cfg = DCALConfig(embed_dim=64, depth=1, num_heads=1, patch_size=8, image_size=16, num_classes=3, glca=False,
+                     pwca=False)
+    torch.save(to_timm_state_dict(DCAL(cfg)), path)
+    flags = ["--synthetic-train", "16", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-classes", "2",
+             "--batch-size", "8", "--epochs", "2", "--num-overlays", "0", "--no-pwca"]
+    first = main([*flags, "--pretrained", str(path), "--max-iters", "2", "--out", str(tmp_path / "run")])
+    path.unlink()
+    again = main(["--resume", str(Path(first["run_dir"]) / "last.pt")])
+    assert again["step"] == first["step"]
