@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
@@ -46,6 +47,7 @@ from dual_cross_attention.data import (
     load_rgb,
 )
 from dual_cross_attention.model import DCAL, DCALConfig
+from dual_cross_attention.plots import blend, normalise_per_image
 
 PROJECT = "dual_cross_attention"
 TOP_K = 5
@@ -108,11 +110,16 @@ def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, picked
     fig, (top, bottom) = sheet(plt, [(outlined.float() / 255, f"{caption}\nGLCA's local queries: the "
                                       f"{len(picked)} patch(es) picked by {cfg.glca_select}, outlined"),
                                      (picture, "attention rollout, CLS row: what ranks the patches")], title)
-    heat = rearrange(rollout_row, "(gh gw) -> gh gw", gh=cfg.grid).float().cpu().numpy()
+    # colours stretched to this image's own range and blended so the image shows through (see plots.py)
+    heat = rearrange(normalise_per_image(rollout_row[None].float().cpu())[0], "(gh gw) -> gh gw", gh=cfg.grid)
     height, width = picture.shape[-2:]
-    shown = bottom.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-                          interpolation="nearest")
-    colorbar(fig, bottom, shown, "rollout weight of the patch")
+    cells = F.interpolate(heat[None, None], size=(height, width), mode="nearest")[0, 0]  # (H, W) per patch
+    colormap = plt.get_cmap("inferno")
+    tinted = torch.from_numpy(colormap(cells.numpy())[..., :3]).float().permute(2, 0, 1)  # (3, H, W)
+    bottom.imshow(blend(picture.float().cpu(), tinted, cells).permute(1, 2, 0).numpy(),
+                  extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    shown = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(float(rollout_row.min()), float(rollout_row.max())))
+    colorbar(fig, bottom, shown, "rollout weight (image's min to max)")
     return save_figure(plt, fig, path)
 
 
