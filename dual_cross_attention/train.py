@@ -216,10 +216,14 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resum
     # the synthetic demo fine-tunes as the paper does; a model of other sizes starts from scratch unless asked
     pretrained = args.pretrained or ("synthetic" if synthetic and not sized else "none")
     file_sizes = {}
-    if resumed is not None:  # the sizes the run was built with: the weights file may be gone by now
-        file_sizes = {k: resumed["config"]["model"][k] for k in (*SIZE_FLAGS, "image_size", "mlp_ratio")}
-    elif pretrained not in ("torchvision", "synthetic", "none"):
-        file_sizes = sizes_from_file(pretrained, args)
+    if pretrained not in ("torchvision", "synthetic", "none"):
+        if resumed is not None:  # the sizes the run was built with (the weights file may be gone by now);
+            # a flag given with --resume still wins, and check_resume_config refuses it if it differs
+            saved = resumed["config"]["model"]
+            file_sizes = {k: saved[k] for k in (*SIZE_FLAGS, "image_size", "mlp_ratio")
+                          if getattr(args, k, None) is None}
+        else:
+            file_sizes = sizes_from_file(pretrained, args)
     image_size = args.image_size or file_sizes.get("image_size") or (32 if synthetic else 448)
     model = from_args(DCALConfig, {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
     train = from_args(TrainConfig, args)
