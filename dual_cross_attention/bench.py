@@ -43,10 +43,19 @@ def train_flops(cfg: DCALConfig, batch: int) -> float:
         total += 3 * depth * (linear + 2 * 2 * n * (2 * n) * d)  # queries against 2N keys
     if cfg.glca:
         r = cfg.num_local + 1
-        glca = 2 * 3 * n * d * d + 2 * 9 * r * d * d + 2 * 2 * r * n * d  # qkv on all, proj+MLP on 1+R
+        # K/V of all N tokens; Q, proj and MLP of the 1 + R selected ones; their attention over N keys
+        glca = 2 * 2 * n * d * d + 2 * 10 * r * d * d + 2 * 2 * r * n * d
         rollout = depth * (2 * n * n * d + 2 * n**3)  # head-averaged map + running product
         total += 3 * glca + rollout
     return batch * total
+
+
+def inference_flops(cfg: DCALConfig) -> dict[str, float]:
+    """Forward FLOPs of one image: the SA ViT, the GLCA block alone and the rollout that ranks its queries."""
+    n, d, r = cfg.grid**2 + 1, cfg.embed_dim, cfg.num_local + 1
+    return {"sa": cfg.depth * (2 * 12 * n * d * d + 2 * 2 * n * n * d),
+            "glca": 2 * 2 * n * d * d + 2 * 10 * r * d * d + 2 * 2 * r * n * d,
+            "rollout": cfg.depth * (2 * n * n * d + 2 * n**3)}
 
 
 def adamw(model) -> torch.optim.Optimizer:
@@ -124,6 +133,10 @@ def main(argv=None):
           f"{timings['dcal']:.3f} s, "
           f"ratio {timings['dcal'] / timings['plain']:.2f} (target <= 2.5; FLOP ratio "
           f"{flops['dcal'] / flops['plain']:.2f}, {flops['dcal'] / 1e9:.0f} vs {flops['plain'] / 1e9:.0f} GFLOP)")
+
+    deit = inference_flops(DCALConfig(preset="deit-tiny", image_size=224))
+    print(f"[1b] inference FLOPs, DeiT-Tiny 224px, R = 10%: GLCA block {100 * deit['glca'] / deit['sa']:.1f}% of the "
+          f"ViT's (the paper: ~2%), the rollout that ranks its queries {100 * deit['rollout'] / deit['sa']:.1f}% more")
 
     # 2. our ViT vs torchvision vit_b_16, forward + backward
     import torchvision

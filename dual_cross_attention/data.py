@@ -41,6 +41,9 @@ class DataConfig:
     synthetic_classes: int = arg(10, "synthetic classes (at most 41)", check=at_least(2))
     synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class: textures off the object",
                                 check=at_least(0))
+    synthetic_seed: int | None = arg(None, "seed that draws the synthetic task, its class parts and images (default: "
+                                     "--seed); fixed, runs of several --seed values share one task",
+                                     check=at_least(0))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -293,8 +296,11 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
     if cfg.synthetic_classes > SyntheticFineGrained.max_classes():
         raise DataError(f"--synthetic-classes {cfg.synthetic_classes}: the synthetic set has parts for at most "
                         f"{SyntheticFineGrained.max_classes()} classes")
+    # the seed picks which textures are the classes, so it sets how hard the task is: a fixed
+    # --synthetic-seed keeps one task for every run seed (the ablation compares on it)
+    data_seed = seed if cfg.synthetic_seed is None else cfg.synthetic_seed
     splits = {split: SyntheticFineGrained(n, cfg.synthetic_classes, image_size, decoys=cfg.synthetic_decoys,
-                                          seed=seed, split=split) for split, n in sizes.items()}
+                                          seed=data_seed, split=split) for split, n in sizes.items()}
     return splits, cfg.synthetic_classes
 
 
@@ -324,7 +330,10 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
-    SPLITS = ("train", "val", "test")
+    # the pre-training task's parts: the same textures in other colours, so none of its classes
+    # (nor its distractors) is a part of the fine task
+    PRETRAIN_PALETTE = torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.1, 0.9], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    SPLITS = ("train", "val", "test", "pretrain-train", "pretrain-val")
     TEXTURES = (  # colour (0 or 1 of the pair) at row u, column v of a part; periodic in u and v
         lambda u, v: u % 2, lambda u, v: v % 2, lambda u, v: (u + v) % 2, lambda u, v: (u // 2 + v // 2) % 2,
         lambda u, v: (u // 2) % 2, lambda u, v: (v // 2) % 2, lambda u, v: ((u + v) // 2) % 2)
@@ -352,14 +361,15 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
                              f"for decoys)")
         self.num_classes, self.image_size, self.part = num_classes, image_size, part
         self.margin, self.seed = margin, seed
-        self.train = split == "train"
+        self.train = split in ("train", "pretrain-train")
         self.epoch = 0
         u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
         order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in all splits
         tiles = []
         for index in order:  # the first num_classes are the classes' parts
             texture, (a, b) = self.TEXTURES[index // len(pairs)], pairs[index % len(pairs)]
-            tiles.append(self.PALETTE[torch.tensor([a, b])[texture(u, v)]].permute(2, 0, 1))  # (3, part, part)
+            palette = self.PRETRAIN_PALETTE if split.startswith("pretrain") else self.PALETTE
+            tiles.append(palette[torch.tensor([a, b])[texture(u, v)]].permute(2, 0, 1))  # (3, part, part)
         self.patterns = torch.stack(tiles)  # (family, 3, part, part) in [0, 1]
         g = torch.Generator().manual_seed(seed * 7919 + 101 + self.SPLITS.index(split))
         # balanced classes: num_samples / num_classes images each, in a random order

@@ -3,7 +3,8 @@
 Three branches share one ViT:
   SA   - the usual self-attention stack (L blocks) and classifier;
   GLCA - one global-local cross-attention block: the CLS token and the top-R patches picked by
-         attention rollout attend to all tokens; own weights, norm and classifier;
+         attention rollout attend to all tokens; own weights, norm and classifier, which reads the
+         mean of the selected queries' outputs;
   PWCA - pair-wise cross-attention (training only): a second token stream through the same L
          blocks whose queries attend to its own keys/values and those of a partner image.
 """
@@ -24,7 +25,11 @@ PRESETS = {  # ViT sizes picked by --model; --embed-dim / --depth / --heads / --
     "tiny": dict(embed_dim=64, depth=4, num_heads=4, patch_size=4),
     "small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
     "base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),  # ViT-B/16, the paper's backbone
+    "deit-tiny": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),  # the paper's ablation backbone
 }
+GLCA_SELECT = ("rollout", "last-layer", "random")  # how GLCA ranks the patches (the paper's sec. 4.4 ablations)
+GLCA_MODES = ("cross", "local-self", "cls-query")
+GLCA_READOUTS = ("mean", "local")
 
 
 @dataclass
@@ -44,6 +49,13 @@ class DCALConfig:
     glca: bool = True  # the GLCA branch (M = 1 block)
     pwca: bool = True  # the PWCA branch (training only; pairs images within a batch)
     top_ratio: float = 0.1  # R as a fraction of the patches: GLCA local queries (10%% FGVC, 30%% Re-ID)
+    # rollout: CLS row of the rollout over all L layers; last-layer: of the last SA block's attention alone;
+    # random: R random patches (the paper's sec. 4.4 ablations)
+    glca_select: str = "rollout"  # how GLCA picks its R local queries: rollout, last-layer or random
+    # cross: CLS + R queries, keys/values of all tokens; local-self: Q, K, V of the CLS + R tokens only;
+    # cls-query: the CLS token alone queries all tokens (the Cross-ViT-like baseline of sec. 4.4)
+    glca_mode: str = "cross"  # GLCA attention: cross, local-self or cls-query
+    glca_readout: str = "mean"  # GLCA classifier input: mean of all its query outputs, or of the R local ones
     grad_checkpoint: bool = False  # recompute each block in backward to save activation memory
 
     def __post_init__(self):
@@ -152,16 +164,20 @@ class GLCABlock(Block):
     """Global-local cross-attention: queries of the CLS token and the top-R patches (by rollout),
     keys/values of all tokens. Same parameters (names and shapes) as a Block."""
 
-    def forward(self, x: torch.Tensor, local_idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """x: (B, N, D) all tokens; local_idx: (B, 1 + R) token indices, CLS (0) first."""
-        q, k, v = self.attn.split_qkv(self.norm1(x))
-        heads, head_dim = q.shape[1], q.shape[-1]
-        q_local = q.gather(2, local_idx[:, None, :, None].expand(-1, heads, -1, head_dim))  # (B, H, 1+R, d)
-        out = F.scaled_dot_product_attention(q_local, k, v)  # (B, H, 1+R, d)
-        y = x.gather(1, local_idx[..., None].expand(-1, -1, x.shape[-1]))  # (B, 1+R, D) residual stream
-        y = y + self.drop_path(self.attn.merge(out))
-        # NOTE(deviation): the MLP runs on the 1 + R selected tokens only (the paper is silent; its
-        # +2-3% FLOPs for GLCA rules out a second full-sequence block).
+    def forward(self, x: torch.Tensor, local_idx: torch.Tensor,  # type: ignore[override]
+                local_self: bool = False) -> torch.Tensor:
+        """x: (B, N, D) all tokens; local_idx: (B, Q) the query tokens' indices, CLS (0) first.
+        Keys/values of all N tokens, or of the Q selected ones with `local_self`. Returns (B, Q, D)."""
+        dim = x.shape[-1]
+        y = x.gather(1, local_idx[..., None].expand(-1, -1, dim))  # (B, Q, D) residual stream of the queries
+        weight, bias = self.attn.qkv.weight, self.attn.qkv.bias  # rows: q, k, v (see Attention.split_qkv)
+        # NOTE(deviation): Q, the projection and the MLP on the Q selected tokens only, K/V on all: the
+        # paper's ~2% FLOPs for its M = 1 GLCA block leaves room for nothing more.
+        q = F.linear(self.norm1(y), weight[:dim], None if bias is None else bias[:dim])
+        kv = F.linear(self.norm1(y if local_self else x), weight[dim:], None if bias is None else bias[dim:])
+        q = rearrange(q, "b n (h d) -> b h n d", h=self.attn.heads)
+        k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.attn.heads)
+        y = y + self.drop_path(self.attn.merge(F.scaled_dot_product_attention(q, k, v)))  # (B, Q, D)
         return y + self.drop_path(self.mlp(self.norm2(y)))
 
 
@@ -187,6 +203,9 @@ class DCAL(nn.Module):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        for name, allowed in (("glca_select", GLCA_SELECT), ("glca_mode", GLCA_MODES), ("glca_readout", GLCA_READOUTS)):
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"{name} {getattr(cfg, name)!r} is not one of {allowed}")
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embed = nn.Conv2d(cfg.in_chans, dim, cfg.patch_size, stride=cfg.patch_size)
@@ -236,9 +255,11 @@ class DCAL(nn.Module):
         pair = partner is not None and self.cfg.pwca
         if pair:
             x = torch.cat([x, x])  # (2B, N, D): the PWCA stream starts from the same embeddings as SA
-        glca_input, rollout = x, None
+        glca_input, rollout, last_map = x, None, None
+        use_rollout = need_rollout or (self.cfg.glca and self.cfg.glca_select == "rollout")
         for i, blk in enumerate(self.blocks):
-            if i == len(self.blocks) - 1:
+            last = i == len(self.blocks) - 1
+            if last:
                 # NOTE(deviation): the paper does not say where its M = 1 GLCA block sits. It runs
                 # here beside the last SA block, on the same input, with the rollout of all L
                 # layers (the last layer's map is computed from this same input), so GLCA can start
@@ -248,25 +269,44 @@ class DCAL(nn.Module):
                 x, q, k = checkpoint(blk, x, partner if pair else None, use_reentrant=False)
             else:
                 x, q, k = blk(x, partner if pair else None)
-            if self.cfg.glca or need_rollout:
+            if use_rollout:
                 # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under no_grad.
                 rollout = rollout_step(rollout, q.detach(), k.detach())
+            if last and self.cfg.glca and self.cfg.glca_select == "last-layer":
+                last_map = rollout_step(None, q.detach(), k.detach())  # the last SA block's map alone
         out = {"sa": self.head(self.norm(x[:b, 0]))}
         if self.cfg.glca:
-            out["glca"] = self.glca_forward(glca_input, rollout)
+            if self.cfg.glca_select == "rollout":
+                patch_scores = rollout[:, 0, 1:]  # (B, N_patches) attention flow from the patches to CLS
+            elif self.cfg.glca_select == "last-layer":
+                patch_scores = last_map[:, 0, 1:]
+            else:  # random: a new draw at every call, training and evaluation alike
+                patch_scores = torch.rand(b, self.cfg.grid**2, device=x.device)
+            out["glca"], picks = self.glca_forward(glca_input, patch_scores)
+            if need_rollout:
+                out["glca_picks"] = picks
         if pair:
             out["pwca"] = self.head(self.norm(x[b:, 0]))  # PWCA shares the SA classifier and target
         if need_rollout:
             out["rollout"] = rollout
         return out
 
-    def glca_forward(self, x: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
-        """The CLS row of the rollout ranks the patches; CLS + top-R patches become the queries."""
-        patch_scores = rollout[:, 0, 1:]  # (B, N_patches) attention flow from the patches to CLS
-        top = patch_scores.topk(self.cfg.num_local, dim=-1).indices + 1  # +1: skip CLS
-        local_idx = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)  # (B, 1 + R), CLS first
-        y = self.glca_block(x, local_idx)
-        return self.glca_head(self.glca_norm(y[:, 0]))
+    def glca_forward(self, x: torch.Tensor, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, N, D) the input of the last block; patch_scores: (B, N_patches) the ranking of the
+        patches. CLS + the top-R patches become the queries (CLS alone in cls-query mode); the
+        classifier reads the normalised mean of their outputs, so every selected query reaches
+        the logits. Returns the GLCA logits and the picked patch indices (B, R) (0-based patches)."""
+        cls_idx = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        picks = patch_scores.topk(self.cfg.num_local, dim=-1).indices  # (B, R)
+        if self.cfg.glca_mode == "cls-query":
+            picks = picks[:, :0]  # no local query: the CLS token alone
+        local_idx = torch.cat([cls_idx, picks + 1], dim=1)  # (B, 1 + R), CLS first
+        tokens = self.glca_block(x, local_idx, local_self=self.cfg.glca_mode == "local-self")  # (B, 1 + R, D)
+        if self.cfg.glca_readout == "local" and tokens.shape[1] > 1:
+            tokens = tokens[:, 1:]
+        # FIX(DCAL-GLCA-LOCAL): the mean of the queries' outputs; the CLS row alone ignored the R picks.
+        # was: return self.glca_head(self.glca_norm(tokens[:, 0]))
+        return self.glca_head(self.glca_norm(tokens.mean(dim=1))), picks
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -342,6 +382,12 @@ def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
     raise ValueError(f"unknown weight source {source!r}: use 'torchvision' or 'timm'")
 
 
+def to_timm_state_dict(model: DCAL) -> dict:
+    """The SA backbone and classifier in timm's layout (the file `--pretrained FILE` loads back)."""
+    own = model.state_dict()
+    return {theirs: own[ours].detach().clone() for ours, theirs in pretrained_key_map(model.cfg.depth, "timm").items()}
+
+
 def detect_source(state_dict: dict) -> str:
     if "class_token" in state_dict and "encoder.pos_embedding" in state_dict:
         return "torchvision"
@@ -349,6 +395,33 @@ def detect_source(state_dict: dict) -> str:
         return "timm"
     raise ValueError("unrecognised ViT state_dict: expected torchvision (class_token, encoder.*) or timm "
                      f"(cls_token, patch_embed.proj.*) keys; first keys: {list(state_dict)[:5]}")
+
+
+TORCHVISION_HEADS = {768: 12, 1024: 16, 1280: 16}  # torchvision's vit_b / vit_l / vit_h
+
+
+def vit_sizes(state_dict: dict, source: str | None = None) -> dict:
+    """The ViT sizes a state_dict's shapes imply, as openai/CLIP's build_model reads them: width
+    from the CLS token, depth from the block indices, patch size from the patch-embedding kernel,
+    image size from the position grid, MLP ratio from the first MLP layer. The number of heads is
+    not in the shapes: the source's convention gives it (timm / DeiT: 64-dim heads; torchvision:
+    ViT-B/L/H 12/16/16)."""
+    source = source or detect_source(state_dict)
+    names = pretrained_key_map(0, source)  # the keys outside the blocks
+    prefix = "blocks." if source == "timm" else "encoder.layers.encoder_layer_"
+    blocks = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+    if not blocks:
+        raise ValueError(f"{source} state_dict without transformer blocks ({prefix}<i>.*)")
+    width = state_dict[names["cls_token"]].shape[-1]
+    patch = state_dict[names["patch_embed.weight"]].shape[-1]
+    tokens = state_dict[names["pos_embed"]].shape[1]  # 1 + grid^2
+    grid = math.isqrt(tokens - 1)
+    if grid * grid != tokens - 1:
+        raise ValueError(f"position embedding of {tokens} tokens is not CLS + a square grid")
+    fc1 = f"{prefix}0.{'mlp.fc1' if source == 'timm' else 'mlp.0'}.weight"
+    heads = TORCHVISION_HEADS.get(width, max(1, width // 64)) if source == "torchvision" else max(1, width // 64)
+    return dict(embed_dim=width, depth=max(blocks) + 1, patch_size=patch, image_size=grid * patch,
+                num_heads=heads, mlp_ratio=state_dict[fc1].shape[0] / width)
 
 
 # How each library resamples the patch-grid position embeddings when its own loader puts a checkpoint

@@ -4,6 +4,7 @@ each validation (`rollout_stepNNNNNN.png`). Needs matplotlib; without it nothing
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torchvision.utils import make_grid
 
@@ -48,7 +49,7 @@ def save_rollout_overlays(plt, model, examples: dict, path: Path, title: str) ->
     predicted = probs.argmax(-1).tolist()  # the prediction evaluate() scores: SA + GLCA probabilities
     cfg, names = model.cfg, examples["names"]
     rollout = out["rollout"][:, 0, 1:].float().cpu()  # (K, patches): the CLS row
-    picks = rollout.topk(cfg.num_local if cfg.glca else 0, dim=-1).indices  # (K, R) as DCAL.glca_forward
+    picks = out["glca_picks"].cpu() if "glca_picks" in out else torch.zeros(len(rollout), 0, dtype=torch.long)
     images = examples["images"].float().cpu()
     lo, hi = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
     pictures, scale = enlarge((images - lo) / (hi - lo).clamp_min(1e-8))  # per-image min-max to [0, 1]
@@ -58,10 +59,16 @@ def save_rollout_overlays(plt, model, examples: dict, path: Path, title: str) ->
               for k, (picture, y, p) in enumerate(zip(pictures, examples["labels"], predicted))]
     fig, axes = sheet(plt, panels, title)
     x0, side = 2 * gap + width, cfg.patch_size * scale  # left edge of the right tile; a patch in pixels
+    heat = normalise_per_image(rollout)  # (K, patches) in [0, 1]
+    colormap = plt.get_cmap("inferno")
     for k, ax in enumerate(axes):
-        heat = rearrange(rollout[k], "(gh gw) -> gh gw", gh=cfg.grid).numpy()  # CLS row back onto the patch grid
-        shown = ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="nearest",
-                          extent=(x0 - 0.5, x0 + width - 0.5, gap + height - 0.5, gap - 0.5))
+        grid_heat = rearrange(heat[k], "(gh gw) -> gh gw", gh=cfg.grid)  # CLS row back onto the patch grid
+        cells = F.interpolate(grid_heat[None, None], size=(height, width), mode="nearest")[0, 0]  # (H, W) patches
+        tinted = torch.from_numpy(colormap(cells.numpy())[..., :3]).float().permute(2, 0, 1)  # (3, H, W)
+        ax.imshow(blend(pictures[k], tinted, cells).permute(1, 2, 0).numpy(),
+                  extent=(x0 - 0.5, x0 + width - 0.5, gap + height - 0.5, gap - 0.5))
+        shown = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(float(rollout[k].min()),
+                                                                          float(rollout[k].max())))
         for patch in picks[k].tolist():
             ax.add_patch(plt.Rectangle((x0 + (patch % cfg.grid) * side - 0.5, gap + (patch // cfg.grid) * side - 0.5),
                                        side, side, fill=False, edgecolor="cyan", linewidth=2))
@@ -71,8 +78,23 @@ def save_rollout_overlays(plt, model, examples: dict, path: Path, title: str) ->
                                        part * scale, fill=False, edgecolor="lime", linewidth=2.5))
         ax.set_xlim(-0.5, panels[k][0].shape[-1] - 0.5)
         ax.set_ylim(panels[k][0].shape[-2] - 0.5, -0.5)
-        colorbar(fig, ax, shown, "rollout weight")
+        colorbar(fig, ax, shown, "rollout weight (this image's min to max)")
     save_figure(plt, fig, path)
+
+
+def normalise_per_image(scores: torch.Tensor) -> torch.Tensor:
+    """(K, P) rollout weights -> [0, 1] per image (its own min to max): the CLS row of a rollout spans
+    a narrow band (e.g. 0.0140-0.0152), which one shared colour scale shows as a flat tint."""
+    lo, hi = scores.amin(dim=1, keepdim=True), scores.amax(dim=1, keepdim=True)
+    return (scores - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def blend(picture: torch.Tensor, tinted: torch.Tensor, heat: torch.Tensor, strength: float = 0.7) -> torch.Tensor:
+    """The picture (3, H, W) in [0, 1] under the colour-mapped heat (3, H, W), the colour's weight
+    growing with the heat (H, W) in [0, 1] up to `strength`: where the rollout is low the image shows
+    as it is, where it is high the colour dominates, and the image always shows through."""
+    weight = strength * heat[None]
+    return (1 - weight) * picture + weight * tinted
 
 
 def rollout_title(step: int, epoch: int, val: dict, cfg, parts_known: bool) -> str:

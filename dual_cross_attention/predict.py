@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project importable as a script
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
@@ -46,6 +47,7 @@ from dual_cross_attention.data import (
     load_rgb,
 )
 from dual_cross_attention.model import DCAL, DCALConfig
+from dual_cross_attention.plots import blend, normalise_per_image
 
 PROJECT = "dual_cross_attention"
 TOP_K = 5
@@ -94,25 +96,30 @@ def unnormalise(image: torch.Tensor, data: DataConfig) -> torch.Tensor:
     return (image.cpu() * std + mean).clamp(0, 1)
 
 
-def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, cfg: DCALConfig, caption: str, title: str,
-                     path: Path) -> Path:
-    """Top: the image with the GLCA local queries (top-R patches by rollout, as DCAL.glca_forward picks
-    them) outlined. Bottom: the rollout CLS row, one value per patch, over the image."""
+def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, picked: torch.Tensor, cfg: DCALConfig,
+                     caption: str, title: str, path: Path) -> Path:
+    """Top: the image with the GLCA local queries `picked` (R patch indices, as DCAL.glca_forward picks
+    them: by rollout unless --glca-select says otherwise) outlined. Bottom: the rollout CLS row, one
+    value per patch, over the image."""
     picture, scale = enlarge(image[None])
     picture = picture[0]
     side = cfg.patch_size * scale
-    picked = rollout_row.topk(cfg.num_local if cfg.glca else 0).indices  # a run without GLCA picks none
     boxes = torch.stack([picked % cfg.grid, picked // cfg.grid, picked % cfg.grid + 1, picked // cfg.grid + 1],
                         dim=1).float() * side  # (R, 4) x1 y1 x2 y2 of each picked patch
     outlined = draw_bounding_boxes((picture * 255).byte(), boxes, colors="cyan", width=max(1, round(side / 12)))
     fig, (top, bottom) = sheet(plt, [(outlined.float() / 255, f"{caption}\nGLCA's local queries: the "
-                                      f"{len(picked)} patch(es) ranked highest by the rollout, outlined"),
+                                      f"{len(picked)} patch(es) picked by {cfg.glca_select}, outlined"),
                                      (picture, "attention rollout, CLS row: what ranks the patches")], title)
-    heat = rearrange(rollout_row, "(gh gw) -> gh gw", gh=cfg.grid).float().cpu().numpy()
+    # colours stretched to this image's own range and blended so the image shows through (see plots.py)
+    heat = rearrange(normalise_per_image(rollout_row[None].float().cpu())[0], "(gh gw) -> gh gw", gh=cfg.grid)
     height, width = picture.shape[-2:]
-    shown = bottom.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-                          interpolation="nearest")
-    colorbar(fig, bottom, shown, "rollout weight of the patch")
+    cells = F.interpolate(heat[None, None], size=(height, width), mode="nearest")[0, 0]  # (H, W) per patch
+    colormap = plt.get_cmap("inferno")
+    tinted = torch.from_numpy(colormap(cells.numpy())[..., :3]).float().permute(2, 0, 1)  # (3, H, W)
+    bottom.imshow(blend(picture.float().cpu(), tinted, cells).permute(1, 2, 0).numpy(),
+                  extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    shown = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(float(rollout_row.min()), float(rollout_row.max())))
+    colorbar(fig, bottom, shown, "rollout weight (image's min to max)")
     return save_figure(plt, fig, path)
 
 
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            + (f", true {true}" if true else ""))
                 title = f"dual_cross_attention {args.checkpoint}: GLCA local queries and attention rollout"
                 drawn += 1  # numbered: images of the same name in two folders get two pictures
-                draw_explanation(plt, unnormalise(images[i], data), out["rollout"][i, 0, 1:].cpu(), cfg, caption, title,
-                                 Path(args.explain) / f"{drawn:03d}_{path.stem}.png")
+                picked = out["glca_picks"][i].cpu() if "glca_picks" in out else torch.zeros(0, dtype=torch.long)
+                draw_explanation(plt, unnormalise(images[i], data), out["rollout"][i, 0, 1:].cpu(), picked, cfg,
+                                 caption, title, Path(args.explain) / f"{drawn:03d}_{path.stem}.png")
     columns = ["image", "branch", "true"] + [f"{key}_{k + 1}" for k in range(min(TOP_K, len(names)))
                                                for key in ("class", "prob")]
     write_rows(rows, columns, args.format, args.output)

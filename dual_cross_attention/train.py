@@ -1,6 +1,6 @@
 """Train DCAL (SA + GLCA + PWCA) on CUB-200-2011, a class-folder tree, or the built-in synthetic set.
 
-    python dual_cross_attention/train.py                      # synthetic demo, tiny ViT, CPU ok
+    python dual_cross_attention/train.py                      # synthetic demo: fine-tunes a tiny ViT, CPU ok
     python dual_cross_attention/train.py --data-root CUB_200_2011 --model base --pretrained torchvision
     python dual_cross_attention/train.py --resume runs/dual_cross_attention/last.pt
     torchrun --nproc_per_node 2 dual_cross_attention/train.py ...
@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from common.cli import (
 from common.lifecycle import Run, RunSettings, State, run_cli
 from common.metrics import accuracy
 from common.runtime import (
+    ConfigMismatchError,
     DataError,
     EpochSampler,
     all_reduce_mean,
@@ -63,29 +65,37 @@ from common.tools.predict import pyplot_or_none
 from dual_cross_attention.data import DataConfig, build_datasets, rebuild_run
 from dual_cross_attention.model import (
     DCAL,
+    GLCA_MODES,
+    GLCA_READOUTS,
+    GLCA_SELECT,
     PRESETS,
     DCALConfig,
     compute_losses,
     fetch_torchvision_vit_b_16,
     load_pretrained,
+    vit_sizes,
 )
 from dual_cross_attention.plots import save_rollout_png
+from dual_cross_attention.pretrain import cached_pretrained
 
 PROJECT = "dual_cross_attention"
 DEFAULT_OUT = "runs/dual_cross_attention"
-# NOTE(deviation): the synthetic demo trains a tiny ViT from scratch, which needs a far larger lr
-# than the paper's fine-tuning of a pretrained one: 1.6e-2 at the reference batch 512 is 1e-3 at
-# batch 32. Real data keeps the paper's 5e-4.
+# NOTE(deviation): the synthetic demo fine-tunes a tiny ViT pretrained on the synthetic pre-training
+# task (pretrain.py); so small a ViT takes a far larger lr than the paper's ViT-B: 1.6e-2 at the
+# reference batch 512 is 1e-3 at batch 32. Real data keeps the paper's 5e-4.
 SYNTHETIC_BASE_LR = 1.6e-2
 # a resumed run must match on these: the architecture, and what fixes the position in an epoch
 RESUME_KEYS = ["model.image_size", "model.patch_size", "model.embed_dim", "model.depth", "model.num_heads",
-               "model.num_classes", "model.glca", "model.pwca", "data.data_root", "data.synthetic_train",
+               "model.num_classes", "model.glca", "model.pwca", "model.glca_select", "model.glca_mode",
+               "model.glca_readout", "data.data_root", "data.synthetic_seed", "data.synthetic_train",
                "train.batch_size", "train.accum_steps", "world_size"]
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_sa", "loss_glca", "loss_pwca", "w_sa", "w_glca", "w_pwca",
                "grad_norm", "val_top1_sa", "val_top1_glca", "val_top1"]
 # model flags: DCALConfig's comments give the help; the checks attach here (model.py imports no CLI code)
 MODEL_CHECKS = {"image_size": at_least(1), "patch_size": at_least(1), "embed_dim": at_least(1), "depth": at_least(1),
-                "drop_path": between(0.0, 1.0), "top_ratio": between(0.0, 1.0)}
+                "drop_path": between(0.0, 1.0), "top_ratio": between(0.0, 1.0), "glca_select": list(GLCA_SELECT),
+                "glca_mode": list(GLCA_MODES), "glca_readout": list(GLCA_READOUTS)}
+SIZE_FLAGS = {"embed_dim": "--embed-dim", "depth": "--depth", "num_heads": "--heads", "patch_size": "--patch-size"}
 # not flags of their field's name: preset and num_heads are --model and --heads (added by hand), the others
 # no flags at all (num_classes comes from the data)
 MODEL_FIXED = ["preset", "num_heads", "in_chans", "num_classes", "mlp_ratio", "qkv_bias", "ln_eps"]
@@ -101,7 +111,7 @@ class TrainConfig:
     lr: float | None = arg(None, "peak lr (default: --base-lr scaled to the effective batch by --lr-rule)",
                            check=above(0.0))
     base_lr: float | None = arg(None, "lr quoted at --ref-batch (default: 5e-4 on real data, the paper's "
-                                f"fine-tuning lr at 512; {SYNTHETIC_BASE_LR:g} on the synthetic data, from scratch)",
+                                f"fine-tuning lr at 512; {SYNTHETIC_BASE_LR:g} on the synthetic data)",
                                 check=above(0.0))
     lr_rule: str = arg("linear", "scaling of --base-lr to the effective batch (batch x accum x world size): "
                        "linear (paper: 5e-4/512 x batch) or sqrt (the seed's 5e-4 x sqrt(batch/16))",
@@ -115,8 +125,11 @@ class TrainConfig:
     grad_clip: float = arg(1.0, "max global grad norm (0: off)", check=at_least(0.0, float))
     val_interval: int | None = arg(None, "optimizer steps between validations (default: once per epoch; every "
                                    "epoch end validates too)", check=at_least(1))
-    pretrained: str | None = arg(None, "'torchvision' (download vit_b_16 ImageNet weights; needs --model base) or "
-                                 "a torchvision / timm ViT or DeiT state_dict file")
+    pretrained: str | None = arg(None, "'torchvision' (download vit_b_16 ImageNet weights; needs --model base), "
+                                 "a torchvision / timm ViT or DeiT state_dict file (.pth or .safetensors; the ViT "
+                                 "sizes are read from it), 'synthetic' (a ViT pretrained on the synthetic "
+                                 "pre-training task, built once by pretrain.py) or 'none' (default: synthetic for "
+                                 "the synthetic demo's model, none otherwise)")
     num_overlays: int = arg(4, "validation images whose rollout maps are saved as PNG overlays at each "
                             "validation (0: none)", check=at_least(0))
 
@@ -192,19 +205,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: dict | None = None) -> Config:
     """The Config of the parsed flags, with the recipe's None defaults resolved: the synthetic demo
-    trains a tiny ViT from scratch at 32 px, real data fine-tunes ViT-B/16 at 448 px as in the
-    paper. Flags that contradict each other are refused through `parser`, as argparse refuses one.
+    fine-tunes a tiny ViT at 32 px from the synthetic pre-training (pretrain.py), real data fine-tunes
+    ViT-B/16 at 448 px as in the paper. Flags that contradict each other are refused through `parser`, as
+    argparse refuses one.
     (--warmup-steps needs the epoch length: `plan_schedule`.)"""
     synthetic = args.data_root is None
     data = from_args(DataConfig, args)
     preset = args.preset if args.preset is not None else ("tiny" if synthetic else "base")
-    image_size = args.image_size if args.image_size is not None else (32 if synthetic else 448)
-    model = from_args(DCALConfig, {**vars(args), "preset": preset, "image_size": image_size})
+    sized = args.preset is not None or args.image_size is not None or any(getattr(args, k) is not None
+                                                                         for k in SIZE_FLAGS)
+    # the synthetic demo fine-tunes as the paper does; a model of other sizes starts from scratch unless asked
+    pretrained = args.pretrained or ("synthetic" if synthetic and not sized else "none")
+    file_sizes = {}
+    if pretrained not in ("torchvision", "synthetic", "none"):
+        if resumed is not None:  # the sizes the run was built with (the weights file may be gone by now);
+            # a flag given with --resume still wins, and check_resume_config refuses it if it differs
+            saved = resumed["config"]["model"]
+            file_sizes = {k: saved[k] for k in (*SIZE_FLAGS, "image_size", "mlp_ratio")
+                          if getattr(args, k, None) is None}
+        else:
+            file_sizes = sizes_from_file(pretrained, args)
+    image_size = args.image_size or file_sizes.get("image_size") or (32 if synthetic else 448)
+    model = from_args(DCALConfig, {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
     train = from_args(TrainConfig, args)
     train = dataclasses.replace(
         train,
+        pretrained=pretrained,
         batch_size=train.batch_size if train.batch_size is not None else (32 if synthetic else 16),
         base_lr=train.base_lr if train.base_lr is not None else (SYNTHETIC_BASE_LR if synthetic else 5e-4),
         ref_batch=train.ref_batch if train.ref_batch is not None else (512 if train.lr_rule == "linear" else 16))
@@ -232,14 +260,46 @@ def build_samplers(splits: dict, batch_size: int, seed: int, dist_info) -> dict[
 
 
 def read_pretrained(spec: str) -> dict:
+    """The state_dict of --pretrained: torchvision's download, or a .pth / .safetensors file."""
     if spec == "torchvision":
         return fetch_torchvision_vit_b_16()
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--pretrained: {path} does not exist (give 'torchvision' or a state_dict file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"--pretrained: {path} does not exist (give 'torchvision', 'synthetic', 'none' or "
+                                f"a state_dict file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # optional: pip install safetensors
+
+            return load_file(path)
+        try:  # mapped, not read: the sizes are read from the shapes before the weights are needed
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (pre-zip) file cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (ImportError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        cause = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise DataError(f"--pretrained {path}: cannot read it as a state_dict ({cause})") from e
     # DeiT / timm training checkpoints wrap the weights
-    return state.get("model", state.get("state_dict", state))
+    return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+
+
+def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
+    """The ViT sizes of a --pretrained file (model.vit_sizes), where no flag sets them; a flag (or
+    --model preset) that contradicts the file is refused in one line naming both sizes. The heads
+    are not in the shapes: --heads or --model wins over the source's convention."""
+    state_dict = read_pretrained(spec)  # a DataError naming the file when it is no state_dict
+    try:
+        found = vit_sizes(state_dict)
+    except (KeyError, ValueError, IndexError) as e:
+        raise DataError(f"--pretrained {spec}: not a ViT state_dict whose sizes can be read ({e})") from e
+    asked = {**(PRESETS[args.preset] if args.preset else {}),
+             **{k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k) is not None}}
+    clash = [f"{SIZE_FLAGS[k]} {v} (file: {found[k]})" for k, v in asked.items() if k != "num_heads" and v != found[k]]
+    if clash:
+        where = f"--model {args.preset}: " if args.preset else ""
+        raise ConfigMismatchError(f"--pretrained {spec} holds a ViT of width {found['embed_dim']}, depth "
+                                  f"{found['depth']}, patch {found['patch_size']}; {where}" + ", ".join(clash))
+    return {**found, **asked}
 
 
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -403,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
     parser = build_parser()
     args, resumed = parse_with_resume(parser, argv, PROJECT)  # the checkpoint is read and checked here
-    cfg = config_from(args, parser)
+    cfg = config_from(args, parser, resumed)
     dist_info = setup_distributed(cfg.run.device)
     cfg.device, cfg.dtype = dist_info.device, autocast_dtype(dist_info.device, cfg.run.amp)
     splits, num_classes = build_datasets(cfg.data, cfg.model.image_size, cfg.run.seed)
@@ -416,6 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)  # before anything is written
     run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_top1", best_mode="max")
     with run:
+        run.print(f"data: {cfg.data.data_root or 'synthetic fine-grained set'}: " + ", ".join(
+            f"{name} {len(splits[name])}" for name in ("train", "val", "test")) + f" images, {num_classes} classes")
         if splits["test"] is splits["val"]:  # a train/val tree without test/, or --val-fraction 0
             run.print(f"warning: {cfg.data.data_root}: validation (best.pt) and the final test use the same "
                       f"images, so the test score is optimistic")
@@ -424,8 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
         val_loader, test_loader = (make_loader(splits[s], samplers[s], cfg.run.workers, cfg.run.seed)
                                    for s in ("val", "test"))
         model = DCAL(cfg.model)
-        if cfg.train.pretrained and not resumed:
-            run.print(f"pretrained: {load_pretrained(model, read_pretrained(cfg.train.pretrained))}")
+        if cfg.train.pretrained != "none" and not resumed:
+            spec = cfg.train.pretrained
+            if spec == "synthetic":  # built on first use, then read from runs/pretrained/
+                spec = str(cached_pretrained(cfg.model, log=run.print))
+            run.print(f"pretrained {spec}: {load_pretrained(model, read_pretrained(spec))}")
         model.to(cfg.device)
         cfg.schedule = plan_schedule(cfg.train, cfg.data.data_root is None, samplers["train"], dist_info.world_size)
         # FIX(DCAL-WD): decoupled decay on matrices only; Adam's L2 pulled every norm and bias to 0.

@@ -26,7 +26,7 @@ TINY = {
     "dual_cross_attention": (dcal_ablate, "vit,dcal", [
         "--synthetic-train", "32", "--synthetic-val", "16", "--synthetic-test", "16", "--synthetic-classes", "4",
         "--image-size", "16", "--embed-dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8",
-        "--epochs", "1"]),
+        "--epochs", "1", "--pretrained", "none"]),
     "deepfake_effnet_lstm": (deepfake_ablate, "t1,t8-no-attention", [
         "--synthetic-train", "4", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-frames", "8",
         "--image-size", "16", "--batch-size", "2", "--eval-clips", "1", "--max-iters", "1", "--lstm-hidden", "8"]),

@@ -44,10 +44,13 @@ def test_every_parameter_gets_a_gradient():
     assert not missing, missing
 
 
-def test_train_smoke_writes_run_folder(tmp_path):
+def test_train_smoke_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     summary = main(["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--batch-size", "16",
-                    "--epochs", "1", "--out", str(out), "--log-interval", "1", "--synthetic-classes", "4"])
+                    "--epochs", "1", "--out", str(out), "--log-interval", "1", "--synthetic-classes", "4",
+                    "--pretrained", "none"])
+    # the split sizes are printed at the start, as the other three projects do
+    assert "data: synthetic fine-grained set: train 64, val 32, test 32 images, 4 classes" in capsys.readouterr().out
     assert {"config.json", "log.csv", "last.pt", "best.pt", "results.json"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows[0]["step"] == "1" and rows[-1]["val_top1"] != ""

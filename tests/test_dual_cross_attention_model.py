@@ -90,9 +90,12 @@ def test_glca_queries_are_cls_and_top_r_patches_keys_all_tokens():
         attn = ((q_sel @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1)  # over ALL N keys
         y = torch.stack([x[i, idx[i]] for i in range(2)]) + g.attn.merge(attn @ v)
         y = y + g.mlp(g.norm2(y))
-        expected = model.glca_head(model.glca_norm(y[:, 0]))
+        expected = model.glca_head(model.glca_norm(y.mean(dim=1)))  # the mean of CLS + R query outputs
+        model.cfg.glca_mode = "cls-query"  # the Cross-ViT-like baseline: the CLS query alone, read alone
+        cls_query = model(images)["glca"]
     assert model.cfg.num_local == 4
     torch.testing.assert_close(out["glca"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cls_query, model.glca_head(model.glca_norm(y[:, 0])), atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_same_logits_and_gradients():
