@@ -39,8 +39,6 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
-import torch
-
 from common.checkpoint import load_run_checkpoint
 from common.runtime import AMP_MODES, ConfigMismatchError
 
@@ -186,14 +184,9 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
 
 
 def device_name(text: str) -> str:
-    """`--device`: auto, cpu, cuda or cuda:N, checked against this machine at parse time."""
-    if text in ("auto", "cpu"):
-        return text
-    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        count = torch.cuda.device_count()
-        index = int(text[5:]) if ":" in text else 0
-        if index >= count:
-            raise argparse.ArgumentTypeError(f"must be a CUDA device of this machine, which has {count} (got {text})")
+    """`--device`: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run
+    starts, so a command line for a GPU machine can be checked anywhere)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (got {text})")
 

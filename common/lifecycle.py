@@ -418,11 +418,12 @@ def run_cli(main) -> None:
     (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
     line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
     traceback: that is a bug."""
-    from common.runtime import DataError, NonFiniteLossError
+    from common.runtime import DataError, DeviceError, NonFiniteLossError
 
     try:
         main()
-    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, FileNotFoundError) as e:
+    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,
+            FileNotFoundError) as e:
         print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
               file=sys.stderr)
         raise SystemExit(1) from None

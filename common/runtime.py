@@ -34,6 +34,10 @@ class RunDirError(OSError):
     """The run folder cannot be written (missing permission, no free space)."""
 
 
+class DeviceError(ValueError):
+    """A --device this machine does not have."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss component became NaN or Inf; the message names the component(s)."""
 
@@ -83,8 +87,10 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} asked for, but torch.cuda.is_available() is False")
+    if name.startswith("cuda"):
+        index, count = int(name[5:] or 0) if ":" in name else 0, torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"--device {name} asked for, but this machine has {count} CUDA device(s)")
     return torch.device(name)
 
 

@@ -48,7 +48,7 @@ COMMON_BAD = [(["--batch-size", "0"], "--batch-size"), (["--epochs", "0"], "--ep
               (["--log-interval", "0"], "--log-interval"), (["--ckpt-interval", "-1"], "--ckpt-interval"),
               (["--grad-clip", "-1"], "--grad-clip"), (["--val-interval", "0"], "--val-interval"),
               (["--warmup-steps", "-1"], "--warmup-steps"), (["--max-iters", "0"], "--max-iters"),
-              (["--device", "tpu9"], "--device"), (["--device", "cuda:99"], "--device"),
+              (["--device", "tpu9"], "--device"),
               (["--seed", str(2**64)], "--seed"), (["--workers", "100000"], "--workers")]
 
 SPECS: dict[str, Spec] = {
@@ -558,3 +558,16 @@ def test_a_stop_signal_during_the_final_test_is_not_swallowed(project, tmp_path)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "SIGTERM received during the final test" in stopped.stdout
     assert (run / "results.json").is_file() and not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_device_this_machine_lacks_is_one_error_before_anything_is_written(project, tmp_path):
+    """`--device cuda:99`: a DeviceError naming the device and the count (run_cli prints it as one
+    line), raised before the run folder exists; the flag itself parses, so a GPU machine's command
+    line can be checked anywhere (gpu_check.py --dry-run)."""
+    from common.runtime import DeviceError
+
+    main = importlib.import_module(f"{project}.train").main
+    with pytest.raises(DeviceError, match="cuda:99 asked for, but this machine has"):
+        main([*SPECS[project].tiny, "--device", "cuda:99", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()

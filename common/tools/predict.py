@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from common.checkpoint import load_model_state, load_run_checkpoint
 from common.cli import at_least
-from common.runtime import DataError, pick_device
+from common.runtime import DataError, DeviceError, pick_device
 
 TILE = 256  # smallest side, in pixels, of one frame or image in a picture
 
@@ -42,7 +42,7 @@ def predict_parser(description: str, formats: tuple[str, ...]) -> argparse.Argum
 def device_from(name: str) -> torch.device:
     try:
         return pick_device(name)
-    except RuntimeError as e:  # --device cuda on a machine without one: one line, not a traceback
+    except DeviceError as e:  # --device cuda on a machine without one: one line, not a traceback
         raise DataError(str(e)) from None
 
 
