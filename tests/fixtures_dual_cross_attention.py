@@ -1,7 +1,5 @@
 """Shared helpers of the DCAL tests."""
 
-import pytest
-import torch
 from PIL import Image
 
 from dual_cross_attention.model import DCALConfig
@@ -21,14 +19,6 @@ def tiny_cfg(**kw) -> DCALConfig:
     return DCALConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The DCAL tests use tiny tensors, where a second intra-op thread only adds synchronisation
-    (and, on a busy 2-core runner, spinning): run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_image(path, size=(40, 30), colour=(200, 30, 30)):

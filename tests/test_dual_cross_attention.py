@@ -7,7 +7,9 @@ import torch
 
 from dual_cross_attention.model import DCAL, derangement
 from dual_cross_attention.train import main
-from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
+from tests.fixtures_dual_cross_attention import tiny_cfg  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 
 def test_forward_shapes_all_branches():

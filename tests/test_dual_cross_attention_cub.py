@@ -13,7 +13,9 @@ from common.schedulers import warmup_cosine_lr
 from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import build_real_datasets
 from dual_cross_attention.train import build_parser, config_from, evaluate_checkpoint, main, plan_schedule
-from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_image  # noqa: F401
+from tests.fixtures_dual_cross_attention import write_cub, write_image  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 # training images per class 10, 10, 30, 1, then two test images of each class
 TRAIN_PER_CLASS = (10, 10, 30, 1)

@@ -7,7 +7,9 @@ from PIL import Image
 
 from common.runtime import DataError
 from dual_cross_attention.data import FGVCTransform, build_real_datasets
-from tests.fixtures_dual_cross_attention import single_thread, write_cub, write_image  # noqa: F401
+from tests.fixtures_dual_cross_attention import write_cub, write_image  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 
 def test_cub_layout_reads_splits_and_zero_based_labels(tmp_path):

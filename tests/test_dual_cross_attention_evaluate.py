@@ -16,6 +16,8 @@ from dual_cross_attention.data import DataConfig, build_datasets
 from dual_cross_attention.model import DCAL, compute_losses
 from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
+
 CFG = run_config()  # what evaluate() reads: the CPU, fp32
 
 # ----------------------------------------------------------------------------- reported metrics

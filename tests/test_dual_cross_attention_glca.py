@@ -19,6 +19,8 @@ from dual_cross_attention.train import main
 from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
 from tests.test_dual_cross_attention_model import _direct_rollout, _materialised_attention_maps, peaked
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,7 +13,9 @@ from dual_cross_attention.model import (
     load_pretrained,
     resample_pos_embed,
 )
-from tests.fixtures_dual_cross_attention import single_thread, tiny_cfg  # noqa: F401
+from tests.fixtures_dual_cross_attention import tiny_cfg  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 
 def test_uncertainty_weighting_form():

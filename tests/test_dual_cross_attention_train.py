@@ -15,8 +15,10 @@ from common.runtime import ConfigMismatchError, DataError
 from common.tools.predict import TILE
 from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.train import evaluate_checkpoint, main
-from tests.fixtures_dual_cross_attention import single_thread, write_cub  # noqa: F401
+from tests.fixtures_dual_cross_attention import write_cub  # noqa: F401
 from tests.lifecycle_faults import signal_during_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 # 4 optimizer steps per epoch of 2 micro-batches each; validations at steps 3, 4, 6, 8
 TINY = ["--synthetic-train", "64", "--synthetic-val", "16", "--synthetic-test", "16", "--synthetic-classes", "4",

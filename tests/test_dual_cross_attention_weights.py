@@ -11,7 +11,8 @@ import torch
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from dual_cross_attention.model import DCAL, DCALConfig, load_pretrained, resample_pos_embed
-from tests.fixtures_dual_cross_attention import single_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 
 WIDTH, DEPTH, HEADS, PATCH, CLASSES = 64, 2, 2, 16, 10
 

@@ -19,6 +19,8 @@ from visobert_multitask import train as T
 from visobert_multitask.data import ReviewDataset, build_tokenizer, eval_loader, make_collate
 from visobert_multitask.losses import compute_losses
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
+
 CPU = torch.device("cpu")
 NAMES = {1: "Positive", 2: "Negative", 3: "Neutral"}
 # Validation reviews: per aspect (true state, predicted state, best sentiment state).
@@ -33,15 +35,6 @@ VAL = {
     "five":  ((0, 0, 3), (1, 0, 3)),  # camera missed, and wrong sentiment logits
     "six":   ((1, 2, 2), (0, 0, 1)),  # battery found, wrong sentiment
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Encoders 32 wide: a second intra-op thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _slot_logits(predicted: int, sentiment: int) -> torch.Tensor:
