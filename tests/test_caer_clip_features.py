@@ -249,7 +249,7 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
         with open(tmp_path / run / "log.csv") as f:
             return list(csv.DictReader(f))
 
-    reference = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    reference = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     assert reference["progress"]["step"] == 10
     assert len(rows("full")) == 10 + 2 + 4  # a row per step, per epoch, per mid-epoch validation (2, 4, 6, 8)
     for stop in (3, 5):
@@ -259,10 +259,10 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
             with pytest.raises(SystemExit) as exited:
                 main(args + ["--out", str(part)])
         assert exited.value.code == 128 + signal.SIGTERM
-        assert torch.load(part / "last.pt", weights_only=False)["progress"]["step"] == stop
+        assert torch.load(part / "last.pt", weights_only=True)["progress"]["step"] == stop
         resumed = main(["--resume", str(part / "last.pt")])
         assert resumed["test"] == full["test"] and resumed["val"] == full["val"] and resumed["best"] == full["best"]
-        final = torch.load(part / "last.pt", weights_only=False)
+        final = torch.load(part / "last.pt", weights_only=True)
         for key, value in reference["model"].items():
             torch.testing.assert_close(final["model"][key], value, rtol=0, atol=0, msg=key)
         assert rows(part.name) == rows("full")

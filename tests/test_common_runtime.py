@@ -48,7 +48,7 @@ def test_checkpoint_roundtrip_restores_parameters_optimizer_and_rng(tmp_path):
     expected_next = (random.random(), np.random.rand(), torch.rand(3))
 
     model2, opt2 = _model_and_optimizer()
-    loaded = torch.load(tmp_path / "last.pt", weights_only=False)
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)
     load_model_state(model2, loaded["model"], "last.pt")
     load_optimizer_state(opt2, loaded["optimizer"], "last.pt")
     set_rng_state(loaded["rng"])

@@ -170,11 +170,11 @@ def test_a_periodic_checkpoint_resumes_the_run_exactly(tmp_path):
     out = tmp_path / "run"
     args = [*TINY_ARGS, "--max-iters", "6", "--val-interval", "2", "--ckpt-interval", "0", "--out", str(out)]
     T.main(args)
-    reference_rows, reference = (out / "log.csv").read_text(), torch.load(out / "last.pt", weights_only=False)
+    reference_rows, reference = (out / "log.csv").read_text(), torch.load(out / "last.pt", weights_only=True)
     shutil.copy(out / "step0000004.pt", tmp_path / "from.pt")
     T.main([*args, "--resume", str(tmp_path / "from.pt")])
     assert (out / "log.csv").read_text() == reference_rows
-    resumed = torch.load(out / "last.pt", weights_only=False)
+    resumed = torch.load(out / "last.pt", weights_only=True)
     for k, v in reference["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
 

@@ -212,13 +212,13 @@ def test_dfd_resume_lr_exact_resume_mid_epoch(tmp_path, monkeypatch):
     with pytest.raises(_Killed):
         T.main([*args, "--out", str(tmp_path / "cut")])
     monkeypatch.setattr(Run, "save", real_save)
-    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert saved["extra"]["controller"]["lr"] == pytest.approx(1e-4)  # reduced at step 4, before the kill
     T.main(["--resume", str(tmp_path / "cut" / "last.pt")])
     resumed_lrs = [float(r["lr"]) for r in _log_rows(tmp_path / "cut" / "log.csv") if int(r["step"]) > 5]
     assert resumed_lrs and max(resumed_lrs) <= 1e-4 + 1e-12  # a fresh scheduler restarted at --lr 1e-3
 
-    full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("full", "cut"))
+    full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
     for k, v in full["model"].items():
         assert torch.equal(v, cut["model"][k]), k
     assert full["extra"]["controller"] == cut["extra"]["controller"]

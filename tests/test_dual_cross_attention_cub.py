@@ -96,7 +96,7 @@ def test_train_on_cub_chooses_best_pt_on_validation_and_tests_once_at_the_end(tm
     assert all(seen and not seen & test_images for seen, _, _ in validations)  # validation: never a test image
     assert summary["test"] == final[1] and "warning:" not in capsys.readouterr().out
     assert summary["best"]["value"] == max(metrics["top1"] for _, metrics, _ in validations)
-    best = torch.load(run / "best.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=True)
     assert all(torch.equal(best["model"][k], v) for k, v in final[2].items())
     assert evaluate_checkpoint(run / "best.pt") == summary["test"]
     assert evaluate_checkpoint(run / "best.pt", "val")["top1"] == summary["best"]["value"]

@@ -62,7 +62,7 @@ def test_dcal_wd_main_trains_with_decoupled_decay_and_no_decay_on_1d_tensors(tmp
     (AdamW) with two groups, the second (norms, biases, tokens, loss weights) without decay.
     The baseline's Adam(model.parameters(), weight_decay) had one coupled group."""
     main(TINY_RUN + ["--batch-size", "8", "--max-iters", "1", "--out", str(tmp_path / "run")])
-    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
     assert all(g["decoupled_weight_decay"] for g in groups)
     model = DCAL(tiny_cfg())

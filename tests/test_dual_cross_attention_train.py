@@ -31,7 +31,7 @@ def _rows(run):
 
 
 def _load(path):
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ a full disk.
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import os
@@ -30,10 +29,9 @@ from common.checkpoint import (
 )
 from common.lifecycle import Run, State
 from common.runtime import ConfigMismatchError, RunDirError
+from tests.run_helpers import ENV, REPO, assert_same_run, log_rows, ok, script, train
 
-REPO = Path(__file__).resolve().parents[1]
 HOOKS = str(REPO / "tests" / "scripts" / "lifecycle_hooks.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass
@@ -80,40 +78,6 @@ SPECS: dict[str, Spec] = {
 PROJECTS = list(SPECS)
 
 
-def _script(project: str) -> str:
-    return str(REPO / project / "train.py")
-
-
-def _train(project: str, args: list[str], wrapper: list[str] | None = None, cwd=REPO, timeout=300):
-    cmd = [sys.executable, *(wrapper or []), _script(project), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
-
-
-def _ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-
-
-def _rows(run_dir: Path) -> list[list[str]]:
-    with open(run_dir / "log.csv", newline="") as f:
-        return list(csv.reader(f))
-
-
-def _weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-
-def _assert_same_run(reference: Path, run: Path) -> None:
-    """Same final weights, same log.csv row for row, same test results, nothing left over."""
-    wa, wb = _weights(reference / "last.pt"), _weights(run / "last.pt")
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"final weights differ at {k}"
-    assert _rows(run) == _rows(reference)
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (reference, run))
-    assert ra.get("test") == rb.get("test") and ra.get("val") == rb.get("val")
-    assert not list(run.glob("*.tmp")) and not (run / ".lock").exists()
-
-
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
     """One uninterrupted tiny run per project (ckpt every step), shared by the resume tests."""
@@ -122,7 +86,7 @@ def reference_runs(tmp_path_factory):
     def get(project):
         if project not in made:
             out = tmp_path_factory.mktemp(project) / "reference"
-            _ok(_train(project, [*SPECS[project].tiny, "--ckpt-interval", "1", "--out", str(out)]))
+            ok(train(project, [*SPECS[project].tiny, "--ckpt-interval", "1", "--out", str(out)]))
             made[project] = out
         return made[project]
 
@@ -139,12 +103,12 @@ def test_torchrun_three_epochs_and_final_test_match_one_process_evaluation(proje
     identical parameters at the end), and the test metrics equal a one-process evaluation of best.pt.
     Before: rank 1 read best.pt while rank 0 was writing it and the ranks tested different weights."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", _script(project),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script(project),
            *SPECS[project].tiny, *SPECS[project].three_epochs, "--device", "cpu", "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=ENV, cwd=REPO)
-    _ok(result)
+    ok(result)
     results = json.loads((out / "results.json").read_text())
-    assert results["best"]["epoch"] >= 0 and len({r[1] for r in _rows(out)[1:]}) >= 3  # 3 epochs logged
+    assert results["best"]["epoch"] >= 0 and len({r[1] for r in log_rows(out)[1:]}) >= 3  # 3 epochs logged
     single = importlib.import_module(f"{project}.train").evaluate_checkpoint(str(out / "best.pt"), "test", "cpu")
     assert set(single) == set(results["test"])
     for key, value in single.items():
@@ -161,13 +125,13 @@ def test_used_run_folder_is_never_silently_reused(project, tmp_path, reference_r
     --out moves on to the next free numbered folder. (--overwrite: the caer_clip test below.)"""
     used = reference_runs(project)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in used.iterdir())
-    refused = _train(project, [*SPECS[project].tiny, "--out", str(used)])
+    refused = train(project, [*SPECS[project].tiny, "--out", str(used)])
     assert refused.returncode != 0
     assert "--resume" in refused.stderr and "--overwrite" in refused.stderr and "RunDirError" in refused.stderr
     assert sorted((p.name, p.stat().st_mtime_ns) for p in used.iterdir()) == before  # nothing touched
 
     for _ in range(2):
-        _ok(_train(project, [*SPECS[project].tiny, "--max-iters", "1"], cwd=tmp_path))
+        ok(train(project, [*SPECS[project].tiny, "--max-iters", "1"], cwd=tmp_path))
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [project, f"{project}-2"]
 
 
@@ -228,10 +192,10 @@ def test_sigkill_between_validation_row_and_checkpoint_then_resume(project, tmp_
     spec = SPECS[project]
     args = [*spec.tiny, "--ckpt-interval", "1"]
     run = tmp_path / "killed"
-    killed = _train(project, [*args, "--out", str(run)], wrapper=[HOOKS, "kill-after-row", *spec.val_row])
+    killed = train(project, [*args, "--out", str(run)], wrapper=[HOOKS, "kill-after-row", *spec.val_row])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    _ok(_train(project, ["--resume", str(run / "last.pt")]))
-    _assert_same_run(reference_runs(project), run)
+    ok(train(project, ["--resume", str(run / "last.pt")]))
+    assert_same_run(reference_runs(project), run)
 
 
 @pytest.mark.slow
@@ -241,14 +205,14 @@ def test_sigterm_saves_and_resume_equals_uninterrupted_run(project, tmp_path, re
     is due yet: before, dual_cross_attention left none), says how to resume and exits 143 with no
     .tmp and no lock left; `--resume last.pt` alone then ends as the uninterrupted run."""
     run = tmp_path / "preempted"
-    stopped = _train(project, [*SPECS[project].tiny, "--out", str(run)],  # default --ckpt-interval: > 3 steps
+    stopped = train(project, [*SPECS[project].tiny, "--out", str(run)],  # default --ckpt-interval: > 3 steps
                      wrapper=[HOOKS, "signal-at", "3", "SIGTERM"])
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "--resume" in stopped.stdout and (run / "last.pt").exists()
     assert load_run_checkpoint(run / "last.pt", project)["progress"]["step"] == 3
     assert not list(run.glob("*.tmp")) and not (run / ".lock").exists()
-    _ok(_train(project, ["--resume", str(run / "last.pt")]))
-    _assert_same_run(reference_runs(project), run)
+    ok(train(project, ["--resume", str(run / "last.pt")]))
+    assert_same_run(reference_runs(project), run)
 
 
 def test_second_signal_exits_at_once(tmp_path):
@@ -268,9 +232,9 @@ def test_second_signal_exits_at_once(tmp_path):
 def test_resuming_a_finished_run_adds_no_rows(project, tmp_path, reference_runs):
     run = tmp_path / "finished"
     shutil.copytree(reference_runs(project), run)
-    before = _rows(run)
-    _ok(_train(project, ["--resume", str(run / "last.pt")]))
-    assert _rows(run) == before
+    before = log_rows(run)
+    ok(train(project, ["--resume", str(run / "last.pt")]))
+    assert log_rows(run) == before
 
 
 def test_torn_last_log_line_is_dropped_and_rows_kept_by_count(tmp_path):
@@ -337,7 +301,7 @@ def test_other_model_shape_or_config_on_resume_is_refused_before_writing(project
     architecture flag is a ConfigMismatchError, and config.json is left as it was."""
     run = tmp_path / "run"
     shutil.copytree(reference_runs(project), run)
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     name = next(k for k, v in state["model"].items() if v.ndim >= 1)
     state["model"][name] = torch.zeros(*[s + 1 for s in state["model"][name].shape])
     torch.save(state, run / "reshaped.pt")
@@ -414,7 +378,7 @@ def test_failed_save_leaves_no_tmp_and_keeps_the_previous_checkpoint(tmp_path, m
         save_atomic(path, {"step": 2})
     monkeypatch.undo()
     assert not (tmp_path / "last.pt.tmp").exists()
-    assert torch.load(path, weights_only=False)["step"] == 1
+    assert torch.load(path, weights_only=True)["step"] == 1
 
 
 @pytest.fixture
@@ -445,7 +409,7 @@ def test_disk_full_during_a_save_is_said_in_words(small_tmpfs):
     with pytest.raises(RunDirError, match=r"last\.pt failed .*disk is full.*previous last\.pt is kept"):
         save_atomic(disk / "last.pt", {"w": torch.zeros(1_000_000)})  # 4 MB on a 1 MB disk
     assert sorted(p.name for p in disk.iterdir()) == ["last.pt"]
-    assert torch.load(disk / "last.pt", weights_only=False)["w"].numel() == 16_000
+    assert torch.load(disk / "last.pt", weights_only=True)["w"].numel() == 16_000
 
 
 @pytest.mark.slow
@@ -454,12 +418,12 @@ def test_nearly_full_disk_stops_a_training_run_with_words_and_no_tmp(small_tmpfs
     passes, a later save is refused before writing, the previous checkpoint stays loadable."""
     tiny = [*SPECS["dual_cross_attention"].tiny, "--embed-dim", "128", "--depth", "4"]  # ~10 MB checkpoints
     probe = tmp_path / "probe"
-    _ok(_train("dual_cross_attention", [*tiny, "--max-iters", "1", "--out", str(probe)]))
+    ok(train("dual_cross_attention", [*tiny, "--max-iters", "1", "--out", str(probe)]))
     size_mb = (probe / "last.pt").stat().st_size / 2**20
     assert size_mb > 4, "the margins below need checkpoints of several MB"
     disk = small_tmpfs(2.6 * size_mb + 1.2)
     run = disk / "run"
-    result = _train("dual_cross_attention", [*tiny, "--ckpt-interval", "1", "--out", str(run)])
+    result = train("dual_cross_attention", [*tiny, "--ckpt-interval", "1", "--out", str(run)])
     assert result.returncode != 0
     assert "RunDirError" in result.stderr and "MB are free" in result.stderr, result.stderr[-2000:]
     assert not list(run.glob("*.tmp"))
@@ -554,7 +518,7 @@ def test_a_stop_signal_during_the_final_test_is_not_swallowed(project, tmp_path)
     """SIGTERM as the final test begins: the test finishes, results.json is written, a line says
     so, and the exit status is 143 (before: exit 0, as if nothing had happened)."""
     run = tmp_path / "r"
-    stopped = _train(project, [*SPECS[project].tiny, "--out", str(run)], wrapper=[HOOKS, "signal-at-test", "SIGTERM"])
+    stopped = train(project, [*SPECS[project].tiny, "--out", str(run)], wrapper=[HOOKS, "signal-at-test", "SIGTERM"])
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "SIGTERM received during the final test" in stopped.stdout
     assert (run / "results.json").is_file() and not (run / ".lock").exists()

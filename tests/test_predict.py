@@ -206,7 +206,7 @@ def test_dual_cross_attention_top5_are_the_models_probabilities(dcal, tmp_path):
 
 def test_dual_cross_attention_names_classes_from_the_checkpoint_without_the_data_folder(dcal, tmp_path):
     """best.pt copied to another machine: the class names come with it, not from the data folder."""
-    checkpoint = torch.load(dcal["checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(dcal["checkpoint"], map_location="cpu", weights_only=True)
     assert checkpoint["config"]["classes"] == DCAL_CLASSES
     checkpoint["config"]["data"]["data_root"] = str(tmp_path / "gone")  # the data is not there any more
     torch.save(checkpoint, tmp_path / "best.pt")

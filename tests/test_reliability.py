@@ -10,7 +10,6 @@ tiny size, so the same guarantees hold for all four.
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import os
@@ -23,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from common.runtime import ConfigMismatchError, DataError, NonFiniteLossError, RunDirError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.run_helpers import REPO, assert_same_run, script, train
 
 
 @dataclass
@@ -39,7 +36,8 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     "dual_cross_attention": Spec(
-        tiny=["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--synthetic-classes", "4", "--image-size", "16",
+        tiny=["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--synthetic-classes", "4",
+              "--image-size", "16",
               "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8", "--epochs", "2"],
         other_size=["--embed-dim", "48"], mismatch_key="embed_dim"),
     "caer_clip": Spec(
@@ -59,38 +57,12 @@ SPECS: dict[str, Spec] = {
 }
 
 
-def _script(project: str) -> str:
-    return str(REPO / project / "train.py")
-
-
 def _run(project: str, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, _script(project), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return train(project, args, timeout=timeout)
 
 
 def _main(project: str):
     return importlib.import_module(f"{project}.train").main
-
-
-def _final_weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = _final_weights(a), _final_weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"final weights differ at {k}"
-    ra, rb = _rows(a), _rows(b)
-    steps_b = [r["step"] for r in rb]
-    assert len(steps_b) == len(ra), "log rows duplicated or missing after resume"
-    assert ra == rb
 
 
 def _popen(argv: list[str]) -> subprocess.Popen:
@@ -126,17 +98,17 @@ def test_sigkill_then_resume_equals_uninterrupted_run(project, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
     run = tmp_path / "killed"
-    first = _popen([_script(project), *args, "--out", str(run)])
+    first = _popen([script(project), *args, "--out", str(run)])
     assert _kill_when(first, lambda: (run / "last.pt").exists()), "the run finished before the kill"
 
     slow = str(REPO / "tests" / "scripts" / "slow_checkpoints.py")
-    second = _popen([slow, _script(project), *args, "--out", str(run), "--resume", str(run / "last.pt")])
+    second = _popen([slow, script(project), *args, "--out", str(run), "--resume", str(run / "last.pt")])
     assert _kill_when(second, lambda: (run / "last.pt.tmp").exists()), "the run finished before the kill"
     assert (run / "last.pt.tmp").exists() and (run / "last.pt").exists()
 
     finished = _run(project, [*args, "--out", str(run), "--resume", str(run / "last.pt")])
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
-    _assert_same_run(reference, run)
+    assert_same_run(reference, run)
 
 
 @pytest.mark.parametrize("project", list(SPECS))
@@ -242,8 +214,8 @@ BAD_INPUTS = [
      DataError, "images.txt"),
     ("dual_cross_attention", "malformed line",
      _dcal_case(lambda r: (r / "train_test_split.txt").write_text("1 1\n2\n")), DataError, r"train_test_split\.txt:2"),
-    ("dual_cross_attention", "label out of range", lambda t: ["--data-root", str(_dcal_cub(t, labels=(1, 1, 2, 2, 3, 9))),
-                                                              "--image-size", "16", "--resize", "20"],
+    ("dual_cross_attention", "label out of range",
+     lambda t: ["--data-root", str(_dcal_cub(t, labels=(1, 1, 2, 2, 3, 9))), "--image-size", "16", "--resize", "20"],
      DataError, "unknown class id 9"),
     ("dual_cross_attention", "unreadable image",
      _dcal_case(lambda r: (r / "images" / "001.bird_1" / "img_1.jpg").write_bytes(b"not an image")),
@@ -294,7 +266,8 @@ BAD_INPUTS = [
      DataError, r"train\.csv:2: unknown polarity 'Great'"),
     ("visobert_multitask", "non-UTF-8 text", _vsb_case(b"text,Battery\npin t\xf4t,Positive\n"),
      DataError, r"train\.csv:2: not valid UTF-8"),
-    ("visobert_multitask", "empty text", _vsb_case("text,Battery\n  ,Positive\n"), DataError, r"train\.csv:2: empty review"),
+    ("visobert_multitask", "empty text", _vsb_case("text,Battery\n  ,Positive\n"), DataError,
+     r"train\.csv:2: empty review"),
 ]
 
 
