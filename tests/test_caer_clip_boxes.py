@@ -225,3 +225,37 @@ def test_train_main_matches_rapt_keys_and_prints_box_counts(tmp_path, capsys):
     (root / "body.json").write_text(json.dumps({f"/elsewhere/{clip}": BOX for clip in clips}))
     with pytest.raises(DataError, match=r"no body box for clip 'train/class1_0'.*body boxes: 0 of 10 clips"):
         main(["--data-root", str(root), "--body-boxes", "body.json", "--out", str(tmp_path / "run2"), *TINY])
+
+
+# ----------------------------------------------------------------------------- issue 22: what a new user trips on
+
+
+def test_rapt_per_frame_body_boxes_are_read(tmp_path):
+    """The RAPT-CLIP family's per-frame body file {clip: {frame: box}} (its later loaders read
+    body_boxes[clip][frame]) crops the context frame by frame; it was refused as malformed."""
+    root, cfg, clips = raer(tmp_path)
+    (root / "body.json").write_text(json.dumps({clip: {f"{i}.jpg": BOX for i in (1, 2, 3)} for clip in clips}))
+    cfg.body_boxes = "body.json"
+    _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
+    _, context, _, fallbacks = test[0]
+    assert fallbacks == 0 and (context[:, 1] > context[:, 0]).all()  # the green box alone, no red frame
+    assert test.box_summary == "face boxes: 10 of 10 clips, body boxes: 10 of 10 clips"
+
+
+def test_every_missing_face_box_is_named_in_one_error(tmp_path):
+    """Clips and frames without a face box are all found at load and named in one error (clip, list line,
+    frames); they were found one at a time, at the first sampled frame that lacked one."""
+    root, cfg, clips = raer(tmp_path)
+    boxes = json.loads((root / "face_boxes.json").read_text())
+    del boxes["train/class1_0"]["2.jpg"], boxes["test/class3_0"]["3.jpg"], boxes["test/class5_0"]
+    (root / "face_boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(DataError) as error:
+        caer_data.build_datasets(cfg, 2, 16, 0)
+    message = str(error.value)
+    assert "'train/class1_0' (" in message and "train.txt:1) frames 2.jpg" in message
+    assert "test.txt:3) frames 3.jpg" in message and "'test/class5_0' (" in message
+    assert "face boxes: 7 of 10 clips" in message
+    cfg.allow_missing_boxes = True  # the fallback's count names the clips
+    _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
+    assert test.box_summary.startswith("face boxes: 7 of 10 clips (3 fall back: 'train/class1_0'; 'test/class3_0'; "
+                                       "'test/class5_0')")
