@@ -74,7 +74,7 @@ LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_cls", "loss_mi", "loss_dc", 
 # picks one (with --data-root clip-caer by default); it fills only the settings the command line leaves
 # unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
 CLIP_CAER, RAPT = "zgsfer/CLIP-CAER@6869d99", "mngoc3110/RAPT-CLIP@d318d0a"
-CROSS_ENTROPY_ONLY = "main.py:388 loss = criterion(output, target), cross-entropy alone"
+CROSS_ENTROPY_ONLY = "main.py:388, cross-entropy alone"
 RECIPES = {
     "clip-caer": dict(
         clip=("openai:ViT-B-32", "main.py:205 loads ViT-B-32.pt"), num_frames=(16, "main.py:282 num_segments=16"),
