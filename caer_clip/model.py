@@ -39,6 +39,8 @@ class ModelConfig:
     # NOTE(deviation): the official code fixes 100 (pretrained CLIP's learned value); a randomly
     # initialised tiny CLIP collapses to one class at 100, so the synthetic recipe uses 20.
     logit_scale: float = 20.0  # fixed cosine-logit scale
+    # NOTE(deviation): MoCo on in the synthetic demo; RAPT-CLIP removed its MoCo loss (8dbb893), CLIP-CAER never
+    # had one, and both recipes set 0.
     moco_queue: int = 4096  # MoCo queue length K (0: no MoCo branch)
     moco_momentum: float = 0.99  # MoCo key-encoder momentum m
 
