@@ -68,6 +68,21 @@ CLASS_DESCRIPTORS = {
         "checks in blue": ["a checkered face in a blue room", "a person with checks in blue light"],
     },
 }
+# CLIP-CAER's RAER class descriptors, one sentence per class: data quoted from zgsfer/CLIP-CAER
+# models/Text_last.py:69-79 (`class_descriptor_5`, the one train.sh:27 selects), the final '.' left to
+# the prompt (PromptLearner adds it; the original's prompt is the sentence with its own '.').
+CLIP_CAER_RAER_DESCRIPTORS = {
+    "neutrality": ["Relaxed mouth,open eyes,neutral eyebrows,no noticeable emotional changes,engaged with study "
+                   "materials, or natural body posture"],
+    "enjoyment": ["Upturned mouth corners,sparkling eyes,relaxed eyebrows,focused on course content,or occasionally "
+                  "nodding in agreement"],
+    "confusion": ["Furrowed eyebrows, slightly open mouth, wandering or puzzled gaze, chin rests on the palm,or eyes "
+                  "lock on learning material"],
+    "fatigue": ["Mouth opens in a yawn, eyelids droop, head tilts forward, eyes lock on learning material, or hand "
+                "writing"],
+    "distraction": ["Shifting eyes, restless or fidgety posture, relaxed but unfocused expression,frequently checking "
+                    "phone,or averted gaze from study materials"],
+}
 MAX_LISTED = 10  # bad entries or missing clips named in one error message
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -86,6 +101,9 @@ class DataConfig:
                               check=between(0.0, 1.0))
     face_boxes: str = arg("face_boxes.json", "per-frame face boxes {clip: {frame: [x1, y1, x2, y2]}}")
     body_boxes: str = arg("", "per-clip body boxes {clip: [x1, y1, x2, y2]} (default: whole frame as context)")
+    class_text: str = arg("short", "class descriptor sentences: 'short' (this repository's, 2 per class) or "
+                          "'clip-caer' (RAER only: CLIP-CAER models/Text_last.py:69-79)",
+                          choices=["short", "clip-caer"])
     frames_subdir: str = arg("frames", "DAiSEE: folder holding one frame folder per ClipID")
     allow_missing_boxes: bool = arg(False, "RAER/CAER: centre-crop a clip with no face box instead of failing")
     face_margin: float = arg(0.1, "face box grown by this share of its size on each side", check=at_least(0.0, float))
@@ -103,12 +121,21 @@ def dataset_name(cfg: DataConfig) -> str:
     return "synthetic" if cfg.data_root is None else cfg.dataset
 
 
+def class_descriptors(cfg: DataConfig) -> dict[str, list[str]]:
+    """Class name -> descriptor sentences of the dataset (the names are the same for every --class-text)."""
+    if cfg.class_text == "clip-caer":
+        if dataset_name(cfg) != "raer":
+            raise DataError(f"--class-text clip-caer: CLIP-CAER's sentences describe RAER, not {dataset_name(cfg)}")
+        return CLIP_CAER_RAER_DESCRIPTORS
+    return CLASS_DESCRIPTORS[dataset_name(cfg)]
+
+
 def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> CAERModel:
     """The model for the dataset's class descriptors, seeded first: the tiny CLIP is random and its word
     tokenizer and the prompt learner's token buffers are not in a checkpoint, so train.py and predict.py
     rebuild them alike."""
     seed_everything(seed)
-    descriptors = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)].values())
+    descriptors = list(class_descriptors(data_cfg).values())
     # the tiny CLIP's words: the descriptors, the prompt learner's placeholder and the hand-crafted prompt
     clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
     return build_model(model_cfg, clip, tokenizer, descriptors)
@@ -208,76 +235,83 @@ def shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_boxes(raw, source, per_frame: bool) -> None:
+def check_boxes(raw, source, kind: str) -> None:
     """The whole box file at load, so a bad entry fails here naming it and not later inside a DataLoader
-    worker: face files {clip: {frame: box}}, body files {clip: box}; a box is 4 finite numbers, or null
-    for "no box" (then handled as a missing one). Every bad entry is listed in one DataError."""
-    layout = "{clip: {frame: [x1, y1, x2, y2]}}" if per_frame else "{clip: [x1, y1, x2, y2]}"
+    worker: face files {clip: {frame: box}}; body files {clip: box} (CLIP-CAER, RAPT-CLIP) or per frame
+    {clip: {frame: box}} (the RAPT-CLIP family's later loaders read body_boxes[clip][frame]); a box is 4
+    finite numbers, or null for "no box" (then handled as a missing one). Every bad entry is listed in
+    one DataError."""
+    layout = "{clip: {frame: [x1, y1, x2, y2]}}" + ("" if kind == "face" else " or {clip: [x1, y1, x2, y2]}")
     if not isinstance(raw, dict):
         raise DataError(f"{source}: the top level must be an object {layout}, got {type(raw).__name__} "
                         f"{shown(raw)}")
     bad = []
     for clip, value in raw.items():
-        if not per_frame:
-            if value is not None and not is_box(value):
-                bad.append(f"clip {clip!r}: {shown(value)}")
-        elif not isinstance(value, dict):
-            bad.append(f"clip {clip!r}: {shown(value)} is not an object {{frame: box}}")
-        else:
+        if isinstance(value, dict):
             bad += [f"clip {clip!r} frame {name!r}: {shown(box)}" for name, box in value.items()
                     if box is not None and not is_box(box)]
+        elif kind == "face":
+            bad.append(f"clip {clip!r}: {shown(value)} is not an object {{frame: box}}")
+        elif value is not None and not is_box(value):
+            bad.append(f"clip {clip!r}: {shown(value)}")
     if bad:
-        raise DataError(f"{source}: {len(bad)} malformed {'face' if per_frame else 'body'} box entries (layout "
-                        f"{layout}, a box is 4 finite numbers): {listing(bad)}")
+        raise DataError(f"{source}: {len(bad)} malformed {kind} box entries (layout {layout}, a box is 4 finite "
+                        f"numbers): {listing(bad)}")
 
 
-def match_keys(raw: dict, source, root: Path | None, clip_keys: set[str] | None) -> dict[str, str]:
-    """Box file key -> clip key: the first candidate that is a listed clip, else the key as written.
-    Without the listed clips (predict.py) a key under the data root is read relative to it."""
+def match_keys(raw: dict, source, root: Path | None, clip_keys: set[str]) -> dict[str, str]:
+    """Box file key -> clip key: the first candidate that is a listed clip, else the key as written."""
     keys, owner = {}, {}
     for key in raw:
         candidates = key_candidates(key, root)
-        if clip_keys is None:
-            under = root is not None and key_under_root(str(key).replace("\\", "/").strip(), root)
-            keys[key] = under or candidates[0]
-        else:
-            keys[key] = next((k for k in candidates if k in clip_keys), candidates[0])
+        keys[key] = next((k for k in candidates if k in clip_keys), candidates[0])
         if keys[key] in owner:
             raise DataError(f"{source}: keys {owner[keys[key]]!r} and {key!r} both name clip {keys[key]!r}")
         owner[keys[key]] = key
     return keys
 
 
-def normalise_boxes(raw: dict, source: str, per_frame: bool, root: Path | None = None,
-                    clip_keys: set[str] | None = None) -> dict:
-    """{clip key: {frame stem: box}} of a face box file (`per_frame`), {clip key: box} of a body box
-    file; null boxes are left out (missing)."""
-    check_boxes(raw, source, per_frame)
+def normalise_boxes(raw: dict, source: str, kind: str, root: Path | None = None, clip_keys: set[str] = frozenset()):
+    """{clip key: {frame stem: box}} (per-frame files) or {clip key: box} (per-clip body files); null
+    boxes are left out (missing)."""
+    check_boxes(raw, source, kind)
     keys = match_keys(raw, source, root, clip_keys)
-    if per_frame:
-        return {keys[clip]: {frame_key(name): box for name, box in frames.items() if box is not None}
-                for clip, frames in raw.items()}
-    return {keys[clip]: box for clip, box in raw.items() if box is not None}
+    return {keys[clip]: {frame_key(n): b for n, b in value.items() if b is not None} if isinstance(value, dict)
+            else value for clip, value in raw.items() if value is not None}
+
+
+def box_of(boxes: dict | None, key: str, frame: str):
+    """The box of clip `key` at frame name `frame` (a per-clip body box holds for every frame), or None."""
+    entry = None if boxes is None else boxes.get(key)
+    return entry.get(frame_key(frame)) if isinstance(entry, dict) else entry
 
 
 def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], allow_missing: bool):
-    """Boxes of a face or body file keyed by clip, checked against every listed clip: a clip without
-    boxes is a DataError naming it unless `allow_missing` (then its look-ups are counted fallbacks).
+    """Boxes of a face or body file keyed by clip, checked against every frame of every listed clip
+    (their folders are listed here): all clips and frames without a box are one DataError naming them,
+    unless `allow_missing` (then they are counted fallbacks, and the summary names the clips).
     Returns (boxes, summary line "face boxes: 15 of 15 clips")."""
     raw, clip_keys = load_json(path), {r.key for r in records}
-    boxes = normalise_boxes(raw, str(path), kind == "face", root, clip_keys)
+    boxes = normalise_boxes(raw, str(path), kind, root, clip_keys)
     unmatched = [k for k in raw if not clip_keys.intersection(key_candidates(k, root))]
-    missing = list({r.key: r for r in records if r.key not in boxes}.values())
+    missing = []  # "'clip' (list:line)" and the frames without a box when only some lack one
+    for rec in {r.key: r for r in records}.values():
+        names = clip_frames(rec)[:rec.num_frames] if isinstance(boxes.get(rec.key), dict) else []
+        gaps = [n for n in names if box_of(boxes, rec.key, n) is None]
+        if rec.key not in boxes or gaps:
+            part = f" frames {', '.join(gaps)}" if gaps and len(gaps) < len(names) else ""
+            missing.append(f"{rec.key!r} ({rec.source}){part}")
     summary = f"{kind} boxes: {len(clip_keys) - len(missing)} of {len(clip_keys)} clips"
     outside = [repr(k) for k in unmatched if outside_root(k)]
     if outside:
         summary += (f" ({len(outside)} keys of {path.name} lie outside --data-root {root} and match no clip: "
                     f"{listing(outside, 3)})")
+    if missing and allow_missing:
+        summary += f" ({len(missing)} fall back: {listing([m.split(' (')[0] for m in missing], 5)})"
     if missing and not allow_missing:
         hint = "" if outside or not unmatched else ("; a key names the clip folder relative to --data-root, keys "
                                                     f"matching no clip: {listing([repr(k) for k in unmatched], 3)}")
-        raise DataError(f"{path}: no {kind} box for clip "
-                        f"{listing([f'{r.key!r} ({r.source})' for r in missing])} [{summary}]{hint} "
+        raise DataError(f"{path}: no {kind} box for clip {listing(missing)} [{summary}]{hint} "
                         f"(pass --allow-missing-boxes to fall back to the "
                         f"{'centre crop' if kind == 'face' else 'whole frame'} instead)")
     return boxes, summary
@@ -305,16 +339,24 @@ def load_json(path: Path) -> dict:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
 
 
-def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: int) -> list[ClipRecord]:
-    """RAER / CAER list: one clip per line, `frames_dir num_frames label`."""
+def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: int,
+                         unlabelled: bool = False) -> list[ClipRecord]:
+    """RAER / CAER list, the reader of train.py and predict.py: one clip per line, `frames_dir num_frames
+    label`, frames_dir relative to `root` (or absolute); with `unlabelled` (predict.py) a line may hold
+    the folder alone (label -1, every frame). '#' lines and blank lines are skipped."""
     if not path.is_file():
         raise DataError(f"annotation list {path} does not exist")
     records = []
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        fields, where = line.split(), f"{path}:{line_no}"
+        if not fields or fields[0].startswith("#"):
             continue
-        fields = line.split()
-        where = f"{path}:{line_no}"
+        if len(fields) == 1 and unlabelled:
+            count = len(list_frames(root / fields[0], where))
+            if count == 0:
+                raise DataError(f"{where}: clip folder {root / fields[0]} holds no frames")
+            records.append(ClipRecord(root / fields[0], record_key(fields[0], root), count, -1, where))
+            continue
         if len(fields) != 3:
             raise DataError(f"{where}: expected 'frames_dir num_frames label', got {line!r}")
         try:
@@ -346,6 +388,14 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
     # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
     # was: return sorted(names)
     return sorted(names, key=natural_key)
+
+
+def clip_frames(rec: ClipRecord) -> list[str]:
+    """The frame files of a clip in time order; fewer than the list promises is an error."""
+    names = list_frames(rec.frames_dir, rec.source)
+    if len(names) < rec.num_frames:
+        raise DataError(f"{rec.source}: the list says {rec.num_frames} frames, {rec.frames_dir} holds {len(names)}")
+    return names
 
 
 def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipRecord]:
@@ -407,15 +457,17 @@ def centre_square(height: int, width: int) -> tuple[int, int, int, int]:
     return x1, y1, x1 + side, y1 + side
 
 
-def crop_resize(frame: torch.Tensor, box: tuple[int, int, int, int], size: int, keep_aspect: bool) -> torch.Tensor:
-    """uint8 (3, H, W) -> float (3, size, size) in [0, 1]. keep_aspect: centre square of the box
-    first (CLIP's resize-short-side + centre crop), else the box is squashed to a square."""
+def crop_resize(frame: torch.Tensor, box: tuple[int, int, int, int], size: int, letterbox: bool) -> torch.Tensor:
+    """uint8 (3, H, W) -> float (3, size, size) in [0, 1]. letterbox: the whole box, its longer side
+    scaled to `size`, centred on black (CLIP-CAER dataloader/video_dataloader.py:73-87, used for the
+    context at :214; RAPT-CLIP the same); else the box is squashed to a square (the face crop)."""
     x1, y1, x2, y2 = box
-    if keep_aspect:
-        cx1, cy1, cx2, cy2 = centre_square(y2 - y1, x2 - x1)
-        x1, y1, x2, y2 = x1 + cx1, y1 + cy1, x1 + cx2, y1 + cy2
     region = frame[:, y1:y2, x1:x2].float().unsqueeze(0) / 255.0  # (1, 3, h, w)
-    return F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    longer = max(region.shape[-2:]) if letterbox else None
+    inner = [max(1, round(n * size / longer)) for n in region.shape[-2:]] if letterbox else [size, size]
+    resized = F.interpolate(region, size=inner, mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (size - inner[0]) // 2, (size - inner[1]) // 2
+    return F.pad(resized, (left, size - inner[1] - left, top, size - inner[0] - top))  # black bars
 
 
 def clip_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -452,12 +504,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def frame_names(self, index: int) -> list[str]:
         if index not in self._frame_names:
-            rec = self.records[index]
-            names = list_frames(rec.frames_dir, rec.source)
-            if len(names) < rec.num_frames:
-                raise DataError(f"{rec.source}: the list says {rec.num_frames} frames, "
-                                f"{rec.frames_dir} holds {len(names)}")
-            self._frame_names[index] = names
+            self._frame_names[index] = clip_frames(self.records[index])
         return self._frame_names[index]
 
     def load_frame(self, index: int, name: str) -> torch.Tensor:
@@ -472,22 +519,20 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def face_box(self, index: int, name: str):
         rec = self.records[index]
-        boxes = self.face_boxes or {}
         # FIX(CAER-BOX-KEYS): boxes are keyed by clip and frame name; the full-path lookup never matched.
-        # was: return boxes.get(str(rec.frames_dir / name))
-        clip_boxes = boxes.get(rec.key)
-        box = None if clip_boxes is None else clip_boxes.get(frame_key(name))
+        # was: return (self.face_boxes or {}).get(str(rec.frames_dir / name))
+        box = box_of(self.face_boxes, rec.key, name)
         if box is None and not self.centre_crop_fallback:
             raise DataError(f"{rec.source}: no face box for clip {rec.key!r} frame {name!r} "
                             f"(pass --allow-missing-boxes to centre-crop instead)")
         return box
 
-    def body_box(self, index: int):
-        """The clip's body box, None for the whole frame (no --body-boxes, or a counted fallback)."""
+    def body_box(self, index: int, name: str):
+        """The body box at this frame, None for the whole frame (no --body-boxes, or a counted fallback)."""
         rec = self.records[index]
-        box = None if self.body_boxes is None else self.body_boxes.get(rec.key)
+        box = box_of(self.body_boxes, rec.key, name)
         if box is None and self.body_boxes is not None and not self.centre_crop_fallback:
-            raise DataError(f"{rec.source}: no body box for clip {rec.key!r} "
+            raise DataError(f"{rec.source}: no body box for clip {rec.key!r} frame {name!r} "
                             f"(pass --allow-missing-boxes to use the whole frame instead)")
         return box
 
@@ -508,7 +553,6 @@ class ClipDataset(torch.utils.data.Dataset):
         names = self.frame_names(index)
         g = sample_generator(self.seed, self.epoch, index)
         picks = sample_indices(rec.num_frames, self.num_frames, self.train, g)
-        body = self.body_box(index)
         faces, contexts, fallbacks = [], [], 0
         for i in picks:
             frame = self.load_frame(index, names[i])
@@ -520,11 +564,11 @@ class ClipDataset(torch.utils.data.Dataset):
                 # was: face_box = (0, 0, width, height)
                 fallbacks += 1
                 face_box = centre_square(height, width)
-            frame_body = self.usable_box(body, "body", index, names[i], height, width)
+            frame_body = self.usable_box(self.body_box(index, names[i]), "body", index, names[i], height, width)
             context_box = None if frame_body is None else expand_box(frame_body, 0.0, height, width)
             fallbacks += int(self.body_boxes is not None and context_box is None)  # the whole frame instead
-            faces.append(crop_resize(frame, face_box, self.image_size, keep_aspect=False))
-            contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, keep_aspect=True))
+            faces.append(crop_resize(frame, face_box, self.image_size, letterbox=False))
+            contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, letterbox=True))
         face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
         if self.train:
             face, context = self.augment(face, context, g)
@@ -594,7 +638,7 @@ class SyntheticClips(ClipDataset):
             self.frames.append(frames)
             face_boxes[key] = {f"{f + 1}.jpg": box for f, box in enumerate(boxes)}  # RAER JSON layout
             records.append(ClipRecord(Path(key), key, clip_frames, label, f"synthetic clip {key}"))
-        super().__init__(records, normalise_boxes(face_boxes, "synthetic boxes", True), None, cfg, num_frames,
+        super().__init__(records, normalise_boxes(face_boxes, "synthetic boxes", "face"), None, cfg, num_frames,
                          image_size, train, seed, centre_crop_fallback=False)
 
     def frame_names(self, index: int) -> list[str]:

@@ -1,6 +1,7 @@
 """CLIP-CAER losses: semantic label-distribution learning (LDL), mutual information between learned
-and hand-crafted class texts (MI), decorrelation of class prototypes (DC), MoCo ranking, and the
-weighted total (RAPT-CLIP utils/loss.py defines the terms; the fixes below are this repository's).
+and hand-crafted class texts (MI), decorrelation of class prototypes (DC), MoCo ranking of the video
+against its class text and a queue of video keys, and the weighted total (RAPT-CLIP utils/loss.py
+defines the terms; the fixes below are this repository's).
 
 Total = L_cls + ramp * (w_mi * MI + w_dc * DC + w_moco * MoCo), L_cls = CE / label-smoothing CE,
 or LDL after `ldl_warmup` epochs; with mixup lam * L(y_a) + (1 - lam) * L(y_b).
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import above, arg, at_least, between
-from common.losses import info_nce
 from common.mixup import mixup_loss
 from common.runtime import check_finite
 
@@ -35,6 +35,7 @@ class LossConfig:
     # FIX(CAER-LOSS-WEIGHTS): at weight 5 the DC term dominated and prompts learned orthogonality.
     w_dc: float = arg(0.1, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
     w_moco: float = arg(0.1, "weight of the MoCo loss", check=at_least(0.0, float))
+    aux_delay: float = arg(0.0, "epochs with the auxiliary weights at 0 before their ramp", check=at_least(0.0, float))
     aux_warmup: float = arg(1.0, "epochs over which the auxiliary weights ramp linearly from 0 to full",
                             check=at_least(0.0, float))
     mi_temperature: float = arg(0.07, "InfoNCE temperature of the MI loss", check=above(0.0))
@@ -64,8 +65,11 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, class_text: 
 
 
 def mi_loss(learned_text: torch.Tensor, handcrafted_text: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE between learned and hand-crafted features of the same class (C, D)."""
-    return info_nce(learned_text, handcrafted_text, temperature=temperature, symmetric=True)
+    """Symmetric InfoNCE between learned and hand-crafted features of the same class (C, D), RAPT-CLIP
+    utils/loss.py:23-44 at d318d0a: each class's learned text must pick its own hand-crafted text, and back."""
+    logits = F.normalize(learned_text.float(), dim=-1) @ F.normalize(handcrafted_text.float(), dim=-1).T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits / temperature, target) + F.cross_entropy(logits.T / temperature, target))
 
 
 def dc_loss(class_text: torch.Tensor) -> torch.Tensor:
@@ -76,19 +80,26 @@ def dc_loss(class_text: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / (num_classes * (num_classes - 1))
 
 
-def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor,
+def moco_loss(video: torch.Tensor, class_text: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor,
               labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of each video query against its momentum key (positive) and the queue of past
-    video keys (negatives)."""
-    # FIX(CAER-MOCO-QUEUE): queue entries of the query's own class are not negatives.
-    # was: negative_mask = None
-    negative_mask = labels.view(-1, 1) == queue_labels.view(1, -1)  # (B, K)
-    return info_nce(query, key.detach(), queue.detach(), temperature, negative_mask)
+    """RAPT-CLIP's MoCoRank (utils/loss.py:129-154 at 706b54b): each unit video feature (B, D) is ranked
+    against its class's text feature (the positive) and the queued momentum video keys (K, D, the
+    negatives), cross-entropy at index 0. Trains the visual path and the prompts."""
+    positive = (video * class_text[labels]).sum(dim=-1, keepdim=True)  # (B, 1)
+    negatives = video @ queue.detach().T  # (B, K)
+    # FIX(CAER-MOCO-QUEUE): queue keys of the video's own class are not negatives (nor are empty slots).
+    # was: dropped = queue_labels.view(1, -1) < 0
+    dropped = (labels.view(-1, 1) == queue_labels.view(1, -1)) | (queue_labels.view(1, -1) < 0)  # (B, K)
+    logits = torch.cat([positive, negatives.masked_fill(dropped, float("-inf"))], dim=1).float() / temperature
+    return F.cross_entropy(logits, torch.zeros(len(labels), dtype=torch.long, device=logits.device))
 
 
-def aux_ramp(epoch_progress: float, warmup: float) -> float:
-    """Auxiliary-weight factor: 0 -> 1 linearly over the first `warmup` epochs (a pure function)."""
-    return 1.0 if warmup <= 0 else min(1.0, epoch_progress / warmup)
+def aux_ramp(epoch_progress: float, warmup: float, delay: float = 0.0) -> float:
+    """Auxiliary-weight factor: 0 for `delay` epochs, then 0 -> 1 linearly over `warmup` epochs (a pure
+    function; RAPT-CLIP utils/utils.py:14-21 steps it per epoch)."""
+    if epoch_progress < delay:
+        return 0.0
+    return 1.0 if warmup <= 0 else min(1.0, (epoch_progress - delay) / warmup)
 
 
 def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tensor, lam: float, epoch: int,
@@ -96,21 +107,22 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
                step: int | None = None):
     """Returns (total, raw components, weighted components); raises NonFiniteLossError naming the
     component that is NaN/Inf."""
-    def cls_fn(logits, target):
-        return classification_loss(logits, target, out["handcrafted_mean"], epoch, cfg)
+    def cls_fn(logits, target):  # LDL targets from the learned class texts, as RAPT trainer.py:147-152
+        return classification_loss(logits, target, out["text"], epoch, cfg)
+
+    def moco_fn(video, target):
+        return moco_loss(video, out["text"], queue[0], queue[1], target, cfg.moco_temperature)
 
     parts = {"cls": mixup_loss(cls_fn, out["logits"], y_a, y_b, lam),
              "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature),
              "dc": dc_loss(out["text"])}
-    if queue is not None and "key" in out:
-        # The mixed query keeps the label of its larger share for the false-negative mask.
-        labels = y_a if lam >= 0.5 else y_b
-        parts["moco"] = moco_loss(out["video"], out["key"], queue[0], queue[1], labels, cfg.moco_temperature)
+    if queue is not None and "key" in out:  # with mixup lam * L(y_a) + (1 - lam) * L(y_b), as RAPT trainer.py:190
+        parts["moco"] = mixup_loss(moco_fn, out["video"], y_a, y_b, lam)
     else:
         parts["moco"] = out["logits"].new_zeros(())
     # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up, not at full weight from step 0.
     # was: ramp = 1.0
-    ramp = aux_ramp(epoch_progress, cfg.aux_warmup)
+    ramp = aux_ramp(epoch_progress, cfg.aux_warmup, cfg.aux_delay)
     weighted = {"cls": parts["cls"], "mi": ramp * cfg.w_mi * parts["mi"], "dc": ramp * cfg.w_dc * parts["dc"],
                 "moco": ramp * cfg.w_moco * parts["moco"]}
     total = sum(weighted.values())

@@ -5,7 +5,7 @@ residual adapter; each stream has its own temporal model over the T frames; the 
 vectors are concatenated, projected and L2-normalised. Class text features come from a CoOp
 prompt learner (learnable context vectors in front of class descriptor sentences) through the
 frozen CLIP text encoder. Logits = scale * cos(video, text). A momentum copy of the visual head
-and a queue of its video keys serve the MoCo loss.
+fills a queue of video keys, the negatives of the MoCo ranking loss.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ModelConfig:
     num_frames: int = 4  # T frames sampled per clip (the paper uses 16)
     n_ctx: int = 8  # learnable CoOp context vectors per prompt
     class_specific_ctx: bool = True  # one set of context vectors per class (else shared by all classes)
-    temporal: str = "cls"  # temporal model: 'cls' transformer with a CLS token (paper), 'attn' attention pooling (RAPT)
+    temporal: str = "cls"  # temporal transformer's output: 'cls' CLS token (paper), 'attn' attention pooling (RAPT)
     temporal_layers: int = 1  # transformer blocks per temporal model
     temporal_heads: int = 8  # attention heads per temporal model
     dropout: float = 0.1  # dropout inside the temporal models
@@ -39,6 +39,8 @@ class ModelConfig:
     # NOTE(deviation): the official code fixes 100 (pretrained CLIP's learned value); a randomly
     # initialised tiny CLIP collapses to one class at 100, so the synthetic recipe uses 20.
     logit_scale: float = 20.0  # fixed cosine-logit scale
+    # NOTE(deviation): MoCo on in the synthetic demo; RAPT-CLIP removed its MoCo loss (8dbb893), CLIP-CAER never
+    # had one, and both recipes set 0.
     moco_queue: int = 4096  # MoCo queue length K (0: no MoCo branch)
     moco_momentum: float = 0.99  # MoCo key-encoder momentum m
 
@@ -91,27 +93,36 @@ class Adapter(nn.Module):
 
 
 class TemporalModel(nn.Module):
-    """(B, T, D) per-frame features -> (B, D) clip feature."""
+    """(B, T, D) per-frame features -> (B, D) clip feature: position embedding + transformer, then the
+    CLS token ('cls', CLIP-CAER models/Temporal_Model.py:157-176) or attention pooling over the frames
+    ('attn', RAPT-CLIP models/Temporal_Model.py:178-222)."""
 
     def __init__(self, dim: int, num_frames: int, kind: str, layers: int, heads: int, dropout: float):
         super().__init__()
-        self.kind = kind
-        if kind == "cls":  # DFER-CLIP: learnable CLS token + position embedding + transformer
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-            self.pos_embedding = nn.Parameter(0.02 * torch.randn(num_frames + 1, dim))
-            self.transformer = Transformer(dim, layers, heads, dropout)
-            self.ln = LayerNorm(dim)
-        elif kind == "attn":  # attention pooling over frames
-            self.score = nn.Sequential(nn.Linear(dim, dim // 4), nn.Tanh(), nn.Linear(dim // 4, 1))
-        else:
+        if kind not in ("cls", "attn"):
             raise ValueError(f"unknown temporal model {kind!r}: use 'cls' or 'attn'")
+        self.kind = kind
+        # randn as both originals (CLIP-CAER Temporal_Model.py:163-164, RAPT :186): at 0.02 * randn the
+        # embedding was ~30x smaller than the frame features and reversing the frames changed nothing.
+        self.pos_embedding = nn.Parameter(torch.randn(num_frames + (kind == "cls"), dim))
+        self.transformer = Transformer(dim, layers, heads, dropout)
+        if kind == "cls":
+            self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+            self.ln = LayerNorm(dim)
+        else:  # RAPT: Linear(512, mlp_dim // 2 = 512) -> tanh -> Linear(512, 1), xavier weights, zero biases
+            self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+            for layer in self.score[::2]:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "attn":
-            weights = self.score(x).softmax(dim=1)  # (B, T, 1) over frames
-            return (weights * x).sum(dim=1)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
-        return self.ln(self.transformer(x)[:, 0])
+        if self.kind == "cls":
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + T, D)
+        x = self.transformer(x + self.pos_embedding)
+        if self.kind == "cls":  # NOTE(deviation): a LayerNorm on the CLS output (CLIP-CAER :174 returns it bare)
+            return self.ln(x[:, 0])
+        weights = self.score(x).softmax(dim=1)  # (B, T, 1) over frames
+        return (weights * x).sum(dim=1)
 
 
 class VisualHead(nn.Module):
@@ -163,13 +174,14 @@ class CAERModel(nn.Module):
         with torch.no_grad():  # hand-crafted descriptor features (the text encoder is frozen)
             handcrafted = F.normalize(clip.encode_text(self.prompt_learner.handcrafted_tokens), dim=-1)
             handcrafted = rearrange(handcrafted, "(c p) d -> c p d", c=cfg.num_classes).mean(dim=1)
-        # Mean of the unit descriptor features per class (norm < 1): the semantic prior of the LDL
-        # targets; its unit version is the MI loss's anchor.
+        # Mean of the unit descriptor features per class; its unit version is the MI loss's anchor.
         self.register_buffer("handcrafted_mean", handcrafted)
         if cfg.moco_queue > 0:
             # MoCo (He et al. 2020): momentum copy of the visual head, never trained by gradients.
             self.key_head = copy.deepcopy(self.head).requires_grad_(False)
-            self.register_buffer("queue", F.normalize(torch.randn(cfg.moco_queue, dim), dim=-1))
+            # NOTE(deviation): RAPT (Generate_Model.py:89-90 at 706b54b) and MoCo start the queue as random
+            # unit vectors, which then count as negatives; here a slot is empty (label -1) until a key fills it.
+            self.register_buffer("queue", torch.zeros(cfg.moco_queue, dim))
             self.register_buffer("queue_labels", torch.full((cfg.moco_queue,), -1, dtype=torch.long))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -199,7 +211,7 @@ class CAERModel(nn.Module):
         video = self.head(face_features, context_features)
         text = self.text_features()
         out = {"logits": class_logits(video, text, self.cfg.logit_scale), "video": video, "text": text,
-               "handcrafted": F.normalize(self.handcrafted_mean, dim=-1), "handcrafted_mean": self.handcrafted_mean}
+               "handcrafted": F.normalize(self.handcrafted_mean, dim=-1)}
         if self.cfg.moco_queue > 0 and self.training:
             with torch.no_grad():
                 self.momentum_update()

@@ -5,11 +5,12 @@
     python caer_clip/predict.py --checkpoint best.pt clips/ --picture clips.png
 
 INPUT is one clip (a folder of frames 1.jpg, 2.jpg, ...), a folder of clip folders, or a list file in
-the training format, one clip per line: `frames_dir [num_frames label]`, paths relative to the list's
-folder, labels numbered as the checkpoint's --dataset numbers them (RAER from 1, CAER from 0).
---face-boxes is the JSON train.py reads ({clip: {frame: [x1, y1, x2, y2]}}), its clip keys relative to
---root (default: the list's folder, the folder of clips, or the parent of the one clip). Without it
-every face crop is the centre square of the frame (counted in the box_fallbacks column).
+the training format, one clip per line: `frames_dir [num_frames label]`, labels numbered as the
+checkpoint's --dataset numbers them (RAER from 1, CAER from 0). List paths and the clip keys of
+--face-boxes (the JSON train.py reads, {clip: {frame: [x1, y1, x2, y2]}}) and --body-boxes are read by
+train.py's readers relative to --root (default: for a list the checkpoint's --data-root when that folder
+exists, as train.py reads them, else the list's folder; the folder of clips; the parent of the one clip).
+Without --face-boxes every face crop is the centre square of the frame (counted in box_fallbacks).
 
 Frames are sampled, cropped and normalised by the evaluation path of caer_clip/data.py, and the model
 and class names come from the checkpoint's own settings.
@@ -39,8 +40,9 @@ from caer_clip.data import (
     dataset_name,
     expand_box,
     list_frames,
-    load_json,
-    normalise_boxes,
+    listing,
+    read_annotation_list,
+    read_boxes,
     sample_indices,
 )
 from caer_clip.model import ModelConfig
@@ -51,7 +53,6 @@ from common.runtime import (
     autocast,
     autocast_dtype,
     make_loader,
-    read_text,
     sample_generator,
 )
 from common.tools.predict import (
@@ -79,7 +80,7 @@ def build_parser():
                         "context crop (default: the whole frame)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="centre-crop the frames --face-boxes has no "
                         "box for (counted in box_fallbacks) instead of failing")
-    parser.add_argument("--root", default=None, help="folder the box files' clip keys are relative to (default: see "
+    parser.add_argument("--root", default=None, help="folder list paths and box keys are relative to (default: see "
                         "above)")
     parser.add_argument("--picture", default=None, help="PNG of the sampled frames of the first clips, the face crop "
                         "outlined, with the predicted class (needs matplotlib)")
@@ -104,49 +105,47 @@ def clip_record(frames_dir: Path, root: Path, where: str, label: int = -1, num_f
     return ClipRecord(frames_dir, key, num_frames or len(names), label, where)
 
 
-def read_list(path: Path, root: Path, label_base: int, num_classes: int) -> list[ClipRecord]:
-    """`frames_dir [num_frames label]` per line, frames_dir relative to the list's folder; '#' lines
-    and blank lines are skipped. Clip keys are relative to `root`."""
-    records = []
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        fields, where = line.split(), f"{path}:{line_no}"
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) not in (1, 3):
-            raise DataError(f"{where}: expected 'frames_dir' or 'frames_dir num_frames label', got {line!r}")
-        if len(fields) == 1:
-            records.append(clip_record(path.parent / fields[0], root, where))
-            continue
-        try:
-            num_frames, label = int(fields[1]), int(fields[2]) - label_base
-        except ValueError as e:
-            raise DataError(f"{where}: num_frames and label must be integers: {line!r}") from e
-        if not 0 <= label < num_classes or num_frames < 1:
-            raise DataError(f"{where}: label {fields[2]} outside [{label_base}, {num_classes - 1 + label_base}] "
-                            f"or num_frames < 1")
-        records.append(clip_record(path.parent / fields[0], root, where, label, num_frames))
-    if not records:
-        raise DataError(f"list {path} names no clip")
-    return records
-
-
-def read_clips(input_path: Path, root: str | None, label_base: int, num_classes: int) -> list[ClipRecord]:
-    """The clips of INPUT, keyed relative to `root` (default: see the module's docstring)."""
+def read_clips(input_path: Path, root: Path | None, label_base: int, num_classes: int):
+    """(the clips of INPUT, the folder their keys are relative to: `root`, or see the module's docstring)."""
     if input_path.is_file():
         if input_path.suffix.lower() in VIDEO_EXTENSIONS:
             raise DataError(f"{input_path}: a video file; caer_clip reads clips as folders of frames "
                             f"(1.jpg, 2.jpg, ...): extract the frames first")
-        base = Path(root) if root else input_path.parent
-        return read_list(input_path, base, label_base, num_classes)
+        base = root or input_path.parent
+        return read_annotation_list(input_path, base, label_base, num_classes, unlabelled=True), base
     if list_frames(input_path, str(input_path)):  # one clip
-        base = Path(root) if root else input_path.parent
-        return [clip_record(input_path, base, str(input_path))]
-    base = Path(root) if root else input_path
+        base = root or input_path.parent
+        return [clip_record(input_path, base, str(input_path))], base
+    base = root or input_path
     folders = sorted((d for d in input_path.iterdir() if d.is_dir()), key=lambda d: d.name)
     records = [clip_record(d, base, str(d)) for d in folders if list_frames(d, str(d))]
     if not records:
         raise DataError(f"{input_path} holds no frames ({', '.join(FRAME_EXTENSIONS)}) and no clip folders with frames")
-    return records
+    return records, base
+
+
+def read_inputs(args, data_cfg: DataConfig, num_classes: int):
+    """(records, face boxes, body boxes) through train.py's readers, list paths and box keys relative to
+    --root (a list's default: the checkpoint's --data-root when that folder exists here, as train.py
+    reads them; else see the module's docstring). A list's error says which folder they were read from."""
+    input_path = existing(args.input, "input")
+    root = Path(args.root) if args.root else None
+    if root is None and input_path.is_file() and data_cfg.data_root and Path(data_cfg.data_root).is_dir():
+        root = Path(data_cfg.data_root)
+    base = None
+    try:
+        records, base = read_clips(input_path, root, 1 if data_cfg.dataset == "raer" else 0, num_classes)
+        absent = [f"{r.frames_dir} ({r.source})" for r in records if not r.frames_dir.is_dir()]
+        if absent:
+            raise DataError(f"{len(absent)} listed clip folder(s) do not exist: {listing(absent)}")
+        boxes = [read_boxes(Path(path), kind, base, records, args.allow_missing_boxes)[0] if path else None
+                 for kind, path in (("face", args.face_boxes), ("body", args.body_boxes))]
+    except DataError as e:
+        if not input_path.is_file() or args.root:
+            raise
+        raise DataError(f"{e} -- the list's paths and the box keys were read relative to {base or input_path.parent}"
+                        f"; train.py reads them relative to --data-root: pass --root <the training --data-root>") from e
+    return records, *boxes
 
 
 # ----------------------------------------------------------------------------- picture
@@ -173,16 +172,24 @@ def sampled_frames(dataset: ClipDataset, index: int) -> tuple[torch.Tensor, torc
     return tiles, boxes  # (T, 3, h, w), (T, 4)
 
 
+def outline_box(tile: torch.Tensor, box: torch.Tensor, width: int) -> torch.Tensor:
+    """uint8 (3, h, w) with `box` drawn in yellow inside a black edge on both sides: it reads on green
+    scenes (where a green outline vanished), on dark and on light ones."""
+    edge = max(1, width // 2)
+    wide = torch.cat([box[:2] - edge, box[2:] + edge])[None]
+    tile = draw_bounding_boxes(tile, wide, colors="black", width=width + 2 * edge)
+    return draw_bounding_boxes(tile, box[None], colors="yellow", width=width)
+
+
 def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str], path: str, checkpoint: str) -> Path:
-    """One panel per clip (the first PICTURE_CLIPS): its sampled frames in a grid, face crops in green,
+    """One panel per clip (the first PICTURE_CLIPS): its sampled frames in a grid, face crops in yellow,
     captioned with the predicted class, its probability and the true class when the list gives it."""
     shown = range(min(PICTURE_CLIPS, len(dataset)))
     panels = []
     for index in shown:
         tiles, boxes = sampled_frames(dataset, index)
         width = max(2, tiles.shape[-1] // 100)
-        outlined = torch.stack([draw_bounding_boxes((t * 255).byte(), b[None], colors="lime", width=width)
-                                for t, b in zip(tiles, boxes)])
+        outlined = torch.stack([outline_box((t * 255).byte(), b, width) for t, b in zip(tiles, boxes)])
         grid = make_grid(outlined.float() / 255, nrow=PICTURE_COLUMNS, padding=6, pad_value=1.0)
         rec, p = dataset.records[index], probs[index]
         caption = f"{rec.key}: predicted {names[int(p.argmax())]} ({float(p.max()):.2f})"
@@ -190,7 +197,7 @@ def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str
         panels.append((grid, caption))
     more = f" (the first {len(shown)} of {len(dataset)} clips)" if len(dataset) > len(shown) else ""
     fig, _ = sheet(plt, panels, f"caer_clip {checkpoint}: the {dataset.num_frames} frames sampled per clip, "
-                                f"in time order, face crop outlined in green{more}")
+                                f"in time order, face crop outlined in yellow{more}")
     return save_figure(plt, fig, path)
 
 
@@ -204,13 +211,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = checkpoint["config"]
     data_cfg = DataConfig(**config["data"])
     names = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)])
-    records = read_clips(existing(args.input, "input"), args.root, 1 if data_cfg.dataset == "raer" else 0,
-                               len(names))
-    root = Path(args.root) if args.root else None
-    face_boxes, body_boxes = (normalise_boxes(load_json(Path(path)), path, kind == "face", root) if path else None
-                              for kind, path in (("face", args.face_boxes), ("body", args.body_boxes)))
+    records, face_boxes, body_boxes = read_inputs(args, data_cfg, len(names))
     model = load_model(checkpoint, args.checkpoint, device)
-    # As in training: a frame missing from a given box file is an error (DAiSEE: always a centre crop).
+    # As in training: a frame missing from a given box file was an error above (DAiSEE: always a centre crop).
     fallback = face_boxes is None or args.allow_missing_boxes or data_cfg.dataset == "daisee"
     dataset = ClipDataset(records, face_boxes, body_boxes, data_cfg, model.cfg.num_frames,
                           model.clip.cfg.image_resolution, train=False, seed=config["run"]["seed"],

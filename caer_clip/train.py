@@ -1,7 +1,7 @@
 """Train CLIP-CAER. `python caer_clip/train.py` trains on built-in synthetic clips (tiny random
-CLIP, CPU or GPU); `--data-root DIR --dataset raer|daisee|caer` trains on a real dataset with the
-official recipe (ViT-B/16 CLIP, 16 frames, 20 epochs, batch 8, SGD, per-group lrs, steps at
-epochs 10 and 15) for every setting the command line leaves unset. Runs under
+CLIP, CPU or GPU); `--data-root DIR --dataset raer|daisee|caer` trains on a real dataset with
+CLIP-CAER's own recipe (`--recipe rapt-clip`: RAPT-CLIP's) for every setting the command line leaves
+unset, each value printed with the file of the original it comes from. Runs under
 `torchrun --nproc_per_node N caer_clip/train.py` too; `--resume <out>/last.pt` continues a run exactly.
 """
 
@@ -71,10 +71,55 @@ RESUME_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx
                "temporal_heads", "use_context", "moco_queue", "adapter_reduction", "freeze_image_encoder"]
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_cls", "loss_mi", "loss_dc", "loss_moco", "share_cls",
                "share_mi", "share_dc", "share_moco", "train_acc", "val_uar", "val_war", "box_fallbacks"]
-# The official CLIP-CAER recipe: with --data-root it replaces the default of every setting the
-# command line leaves unset (printed at start). The dataclass defaults are the synthetic recipe.
-OFFICIAL = dict(clip="openai:ViT-B-16", num_frames=16, epochs=20, batch_size=8, lr_image=1e-5, lr_prompt=1e-3,
-                lr_proj=1e-5, lr_adapter=1e-3, milestones=[10, 15], warmup_steps=0, logit_scale=100.0)
+# The originals' recipes: each value with the file and line of the original it comes from. `--recipe`
+# picks one (with --data-root clip-caer by default); it fills only the settings the command line leaves
+# unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
+CLIP_CAER, RAPT = "zgsfer/CLIP-CAER@6869d99", "mngoc3110/RAPT-CLIP@d318d0a"
+CROSS_ENTROPY_ONLY = "main.py:388, cross-entropy alone"
+RECIPES = {
+    "clip-caer": dict(
+        clip=("openai:ViT-B-32", "main.py:205 loads ViT-B-32.pt"), num_frames=(16, "main.py:282 num_segments=16"),
+        class_text=("clip-caer", "models/Text_last.py:69-79, train.sh:27 --text-type class_descriptor"),
+        n_ctx=(8, "train.sh:24"), class_specific_ctx=(True, "train.sh:26"),
+        temporal=("cls", "models/Generate_Model_v5.py:17"), temporal_layers=(1, "train.sh:29"),
+        temporal_heads=(8, "models/Generate_Model_v5.py:20"),
+        adapter_ratio=(0.0, "models/Generate_Model_v5.py: no adapter"),
+        logit_scale=(100.0, "models/Generate_Model_v5.py:64 / 0.01"),
+        cls_loss=("ce", "train.sh:12 --label-smoothing False, main.py:258"), use_ldl=(False, CROSS_ENTROPY_ONLY),
+        w_mi=(0.0, CROSS_ENTROPY_ONLY), w_dc=(0.0, CROSS_ENTROPY_ONLY), w_moco=(0.0, CROSS_ENTROPY_ONLY),
+        moco_queue=(0, CROSS_ENTROPY_ONLY), mixup_alpha=(0.0, CROSS_ENTROPY_ONLY),
+        flip=(True, "dataloader/video_dataloader.py:249"), rotate_degrees=(4.0, "dataloader/video_dataloader.py:247"),
+        epochs=(20, "train.sh:5"), batch_size=(8, "train.sh:6"), optimizer=("sgd", "main.py:262"),
+        lr=(1e-2, "train.sh:17, temporal nets"), lr_image=(1e-5, "train.sh:18"), lr_prompt=(1e-3, "train.sh:19"),
+        lr_proj=(1e-5, "main.py:266 project_fc at --lr-image-encoder"), momentum=(0.9, "train.sh:21"),
+        weight_decay=(1e-4, "train.sh:20"), milestones=([10, 15], "train.sh:23"), lr_gamma=(0.1, "main.py:276"),
+        warmup_steps=(0, "main.py:274 MultiStepLR alone"), grad_clip=(0.0, "main.py:396-398 no clipping")),
+    "rapt-clip": dict(
+        clip=("openai:ViT-B-16", "train.sh:38"), num_frames=(16, "train.sh:29"), n_ctx=(8, "train.sh:44"),
+        class_specific_ctx=(True, "train.sh:46"), temporal=("attn", "train.sh:42 --temporal-type attn_pool"),
+        temporal_layers=(1, "train.sh:28"), temporal_heads=(8, "models/Generate_Model.py:55"),
+        logit_scale=(1 / 0.07, "train.sh:54 --temperature 0.07, models/Generate_Model.py:122-125 / temperature"),
+        cls_loss=("ce", "main.py:215"), use_ldl=(True, "train.sh:55 --use-ldl"),
+        w_mi=(0.1, "train.sh:51"), w_dc=(0.1, "train.sh:48"), aux_delay=(5.0, "train.sh:49,52 --mi/dc-warmup 5"),
+        aux_warmup=(10.0, "train.sh:50,53 --mi/dc-ramp 10"), w_moco=(0.0, "main.py:220 no MoCo since 8dbb893"),
+        moco_queue=(0, "main.py:220 no MoCo since 8dbb893"),
+        mixup_alpha=(0.2, "train.sh:61; main.py:277-283 never passed it on (FIX CAER-MIXUP-PLUMB)"),
+        balanced_sampler=(True, "train.sh:58, utils/builders.py:134-147 1/count per clip"),
+        flip=(True, "dataloader/video_dataloader.py:243"), rotate_degrees=(4.0, "dataloader/video_dataloader.py:241"),
+        epochs=(25, "train.sh:17"), batch_size=(4, "train.sh:18"), optimizer=("adamw", "train.sh:20"),
+        lr=(2e-5, "train.sh:21"), lr_proj=(2e-5, "main.py:229 project_fc at --lr"), lr_image=(1e-6, "train.sh:22"),
+        lr_prompt=(2e-4, "train.sh:23"), lr_adapter=(1e-4, "train.sh:24"), weight_decay=(5e-4, "train.sh:25"),
+        milestones=([10, 20], "train.sh:26"), lr_gamma=(0.1, "train.sh:27"),
+        warmup_steps=(0, "main.py:240 MultiStepLR alone"), grad_clip=(1.0, "train.sh:60")),
+}
+NOT_REPRODUCED = {  # what a recipe cannot or does not take from its original, said at start
+    "clip-caer": "face margin 20 px (dataloader/video_dataloader.py:218; here --face-margin, a share of the box); "
+                 "best epoch on the test list (here a validation split: FIX CAER-VAL-SPLIT)",
+    "rapt-clip": "its prompt-ensemble sentences (models/Text.py; here this repository's); LDL at temperature 1 "
+                 "from epoch 0 (here --ldl-temperature 0.1 after --ldl-warmup: FIX CAER-LDL-NORM, CAER-LDL-WARMUP); "
+                 "an adapter replacing the face features (here residual: FIX CAER-ADAPTER-RESIDUAL); "
+                 "--crop-body (pass --body-boxes)",
+}
 COMPONENTS = ["cls", "mi", "dc", "moco"]  # the weighted loss terms, logged one by one
 MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["cls", "attn"],
                 "temporal_layers": at_least(1), "temporal_heads": at_least(1), "dropout": between(0.0, 1.0),
@@ -84,6 +129,10 @@ MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["c
 
 @dataclass
 class TrainConfig:
+    recipe: str = arg("auto", "an original's settings for every flag not given, each printed with its source: "
+                      "'clip-caer' (zgsfer/CLIP-CAER), 'rapt-clip' (mngoc3110/RAPT-CLIP), 'none' (these defaults, the "
+                      "synthetic demo's); 'auto': clip-caer with --data-root, else none",
+                      choices=["auto", "clip-caer", "rapt-clip", "none"])
     batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
     epochs: int = arg(4, "training epochs", check=at_least(1))
     max_iters: int | None = arg(None, "stop after this many optimizer steps (default: all epochs)", check=at_least(1))
@@ -94,8 +143,9 @@ class TrainConfig:
     lr_prompt: float = arg(2e-3, "lr of the prompt learner's context vectors", check=above(0.0))
     lr_proj: float = arg(1e-2, "lr of the fusion projection", check=above(0.0))
     lr_adapter: float = arg(1e-2, "lr of the face adapter", check=above(0.0))
+    optimizer: str = arg("sgd", "optimiser of every group", choices=["sgd", "adamw"])
     momentum: float = arg(0.9, "SGD momentum", check=between(0.0, 1.0))
-    weight_decay: float = arg(1e-4, "SGD weight decay, on weight matrices only", check=at_least(0.0, float))
+    weight_decay: float = arg(1e-4, "weight decay, on weight matrices only", check=at_least(0.0, float))
     milestones: list[int] = arg([3], "epochs at which every lr is multiplied by --lr-gamma", check=at_least(0))
     lr_gamma: float = arg(0.1, "multi-step lr factor", check=above(0.0))
     warmup_steps: int = arg(10, "linear lr warm-up in optimizer steps", check=at_least(0))
@@ -116,10 +166,11 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    recipe = textwrap.fill(", ".join(f"{k}={v}" for k, v in OFFICIAL.items()), 96, initial_indent="  ",
-                           subsequent_indent="  ")
+    recipes = "\n".join(textwrap.fill(f"{name}: " + ", ".join(f"{k}={v}" for k, (v, _) in recipe.items()), 96,
+                                       initial_indent="  ", subsequent_indent="    ")
+                         for name, recipe in RECIPES.items())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"official recipe (with --data-root, for every setting not given):\n{recipe}")
+                                epilog=f"recipes (--recipe; for every setting not given):\n{recipes}")
     add_args(p, DataConfig, "data")
     model = add_args(p, ModelConfig, "model", checks=MODEL_CHECKS, exclude=["num_classes", "use_context"])
     model.add_argument("--context", dest="use_context", action="store_true", default=True,
@@ -131,13 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def apply_official_recipe(args: argparse.Namespace, given: set[str]) -> dict:
-    """Real data: the official recipe for every setting not in `given` (the flags on the command
-    line). Returns what it set."""
-    if args.data_root is None:
-        return {}
-    recipe = {k: copy.deepcopy(v) for k, v in OFFICIAL.items() if k not in given}
-    vars(args).update(recipe)
+def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
+    """The recipe --recipe names (auto: clip-caer with --data-root, else none) for every setting not in
+    `given` (the flags on the command line). Returns what it set: {setting: (value, source)}."""
+    name = ("clip-caer" if args.data_root else "none") if args.recipe == "auto" else args.recipe
+    recipe = {k: copy.deepcopy(v) for k, v in RECIPES.get(name, {}).items() if k not in given}
+    clip = recipe.get("clip", (args.clip,))[0]
+    if recipe.get("logit_scale", (0.0,))[0] > ModelConfig.logit_scale and clip == "tiny":
+        # A random tiny CLIP at scale 100 puts every clip in one class (val/test UAR 0.0 after an epoch).
+        recipe["logit_scale"] = (ModelConfig.logit_scale, "kept for --clip tiny: scale 100 collapses a random CLIP")
+    vars(args).update({k: v for k, (v, _) in recipe.items()})
+    args.recipe = name
     return recipe
 
 
@@ -187,7 +242,7 @@ def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1):
 
 
 def base_lrs(cfg: TrainConfig, world_size: int) -> dict[str, float]:
-    """The lr of each part of the model (the official recipe's differ), after the --lr-rule."""
+    """The lr of each part of the model (the originals' recipes differ), after the --lr-rule."""
     # FIX(CAER-LR-RULE): no hidden batch/20 factor on every lr; the rule is explicit (--lr-rule).
     # was: scale = cfg.batch_size / 20
     scale = scaled_lr(1.0, cfg.batch_size * world_size, cfg.lr_ref_batch, cfg.lr_rule)
@@ -368,8 +423,14 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
              device) -> str:
     """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
     tc = cfg.train
-    lines = [f"official recipe for the settings not given: {', '.join(f'{k}={v}' for k, v in recipe.items())}"] \
-        if recipe else []
+    lines = []
+    if recipe:  # every value the recipe set, with the file and line of the original
+        origin = CLIP_CAER if cfg.train.recipe == "clip-caer" else RAPT
+        values = "; ".join(f"{k} {v:.4g} ({src})" if isinstance(v, float) else f"{k} {v} ({src})"
+                           for k, (v, src) in recipe.items())
+        lines += [textwrap.fill(f"recipe {cfg.train.recipe} ({origin}) for the settings not given: {values}", 110,
+                                subsequent_indent="  "),
+                  textwrap.fill(f"not reproduced: {NOT_REPRODUCED[cfg.train.recipe]}", 110, subsequent_indent="  ")]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return "\n".join(lines + [
         f"caer_clip: {dataset_name(cfg.data)} data, {'/'.join(str(len(d)) for d in splits.values())} train/val/test "
@@ -387,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args, resumed = parse_with_resume(parser, argv, PROJECT)
     # A resumed run has its recipe already in the checkpoint's settings.
-    recipe = {} if resumed else apply_official_recipe(args, explicit_dests(parser, argv))
+    recipe = {} if resumed else apply_recipe(args, explicit_dests(parser, argv))
     cfg = config_from(args)
     dist_info = setup_distributed(cfg.run.device)
     device = dist_info.device
@@ -401,7 +462,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_split_sizes(splits, cfg.train.batch_size, dist_info.world_size)
         sampler = train_sampler(splits["train"], cfg, dist_info.rank, dist_info.world_size)
         groups = param_groups(model, base_lrs(cfg.train, dist_info.world_size), cfg.train.weight_decay)
-        optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.train.momentum)
+        optimizer = (torch.optim.SGD(groups, lr=0.0, momentum=cfg.train.momentum) if cfg.train.optimizer == "sgd"
+                     else torch.optim.AdamW(groups, lr=0.0))
         scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
         state = State(wrap_ddp(model, dist_info), optimizer, scaler, meters=new_meters())
         run.restore(state)

@@ -1,4 +1,4 @@
-"""Losses used by two or more projects: focal, SupCon and InfoNCE."""
+"""Losses used by two or more projects: focal and SupCon."""
 
 from __future__ import annotations
 
@@ -57,29 +57,3 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
     if not bool(has_pos.any()):
         return (z * 0.0).sum()
     return per_anchor[has_pos].mean()
-
-
-def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None,
-             temperature: float = 0.07, negative_mask: torch.Tensor | None = None,
-             symmetric: bool = False) -> torch.Tensor:
-    """InfoNCE (van den Oord 2018; MoCo, He et al. 2020, eq. 1). Inputs are L2-normalised here.
-
-    query, positive_key: (N, D). With `negative_keys` (K, D) (a MoCo queue) the logits are
-    [q.k+, q.k_neg] and the target is index 0; `negative_mask` (N, K) bool marks negatives to
-    drop (e.g. queue entries with the query's label: false negatives). Without negative_keys
-    the other positives in the batch are the negatives (CLIP style); `symmetric` averages both
-    directions."""
-    q = F.normalize(query.float(), dim=-1)
-    k = F.normalize(positive_key.float(), dim=-1)
-    if negative_keys is None:
-        logits = q @ k.T / temperature
-        target = torch.arange(q.shape[0], device=q.device)
-        loss = F.cross_entropy(logits, target)
-        return 0.5 * (loss + F.cross_entropy(logits.T, target)) if symmetric else loss
-    neg = F.normalize(negative_keys.float(), dim=-1)
-    l_pos = (q * k).sum(dim=-1, keepdim=True)  # (N, 1)
-    l_neg = q @ neg.T  # (N, K)
-    if negative_mask is not None:
-        l_neg = l_neg.masked_fill(negative_mask, float("-inf"))
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

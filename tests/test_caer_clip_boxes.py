@@ -131,13 +131,13 @@ def test_box_file_with_a_list_at_the_top_is_an_error(tmp_path, kind):
 def test_malformed_body_boxes_one_error_at_load(tmp_path):
     root, cfg, clips = raer(tmp_path)
     body = {clip: BOX for clip in clips}
-    body.update({clips[0]: "10 8 30 28", clips[1]: [10, 8, 30], clips[2]: {"1.jpg": BOX}})
+    body.update({clips[0]: "10 8 30 28", clips[1]: [10, 8, 30], clips[2]: {"1.jpg": [10, 8]}})  # per frame: fine
     text = json.dumps(body).replace(f'"{clips[3]}": [10', f'"{clips[3]}": [NaN')  # the JSON token NaN
     (root / "body.json").write_text(text)
     cfg.body_boxes = "body.json"
     with pytest.raises(DataError, match=rf"body.json: 4 malformed body box entries .*clip '{clips[0]}': "
-                                        rf"\"10 8 30 28\"; clip '{clips[1]}': \[10, 8, 30\]; clip '{clips[2]}': "
-                                        rf"\{{\"1.jpg\": .*clip '{clips[3]}': \[NaN, 8, 30, 28\]"):
+                                        rf"\"10 8 30 28\"; clip '{clips[1]}': \[10, 8, 30\]; clip '{clips[2]}' "
+                                        rf"frame '1.jpg': \[10, 8\]; clip '{clips[3]}': \[NaN, 8, 30, 28\]"):
         caer_data.build_datasets(cfg, 2, 16, 0)
 
 
@@ -190,13 +190,12 @@ def test_two_files_of_one_frame_are_an_error(tmp_path):
     (clip / "1.jpg").rename(clip / "1.png")
     write_frames(tmp_path / "one", 1)
     (tmp_path / "one" / "1.jpg").rename(clip / "1.jpg")
-    _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
     with pytest.raises(DataError, match=r"test.txt:1: .*class1_0 holds frame 1 twice \(1.jpg and 1.png\)"):
-        test[0]
+        caer_data.build_datasets(cfg, 2, 16, 0)  # at load: the face boxes are checked against every frame
     (clip / "1.png").rename(clip / "01.jpg")
     with pytest.raises(DataError, match=r"test.txt:1: .*class1_0 holds frame 1 twice \((01.jpg and 1.jpg|1.jpg "
                                         r"and 01.jpg)\)"):
-        caer_data.build_datasets(cfg, 2, 16, 0)[2][0]
+        caer_data.build_datasets(cfg, 2, 16, 0)
     daisee = tmp_path / "daisee"
     write_frames(daisee / "frames" / "1100011002", 3)
     (daisee / "frames" / "1100011002" / "3.jpg").rename(daisee / "frames" / "1100011002" / "03.png")
@@ -225,3 +224,37 @@ def test_train_main_matches_rapt_keys_and_prints_box_counts(tmp_path, capsys):
     (root / "body.json").write_text(json.dumps({f"/elsewhere/{clip}": BOX for clip in clips}))
     with pytest.raises(DataError, match=r"no body box for clip 'train/class1_0'.*body boxes: 0 of 10 clips"):
         main(["--data-root", str(root), "--body-boxes", "body.json", "--out", str(tmp_path / "run2"), *TINY])
+
+
+# ----------------------------------------------------------------------------- issue 22: what a new user trips on
+
+
+def test_rapt_per_frame_body_boxes_are_read(tmp_path):
+    """The RAPT-CLIP family's per-frame body file {clip: {frame: box}} (its later loaders read
+    body_boxes[clip][frame]) crops the context frame by frame; it was refused as malformed."""
+    root, cfg, clips = raer(tmp_path)
+    (root / "body.json").write_text(json.dumps({clip: {f"{i}.jpg": BOX for i in (1, 2, 3)} for clip in clips}))
+    cfg.body_boxes = "body.json"
+    _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
+    _, context, _, fallbacks = test[0]
+    assert fallbacks == 0 and (context[:, 1] > context[:, 0]).all()  # the green box alone, no red frame
+    assert test.box_summary == "face boxes: 10 of 10 clips, body boxes: 10 of 10 clips"
+
+
+def test_every_missing_face_box_is_named_in_one_error(tmp_path):
+    """Clips and frames without a face box are all found at load and named in one error (clip, list line,
+    frames); they were found one at a time, at the first sampled frame that lacked one."""
+    root, cfg, clips = raer(tmp_path)
+    boxes = json.loads((root / "face_boxes.json").read_text())
+    del boxes["train/class1_0"]["2.jpg"], boxes["test/class3_0"]["3.jpg"], boxes["test/class5_0"]
+    (root / "face_boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(DataError) as error:
+        caer_data.build_datasets(cfg, 2, 16, 0)
+    message = str(error.value)
+    assert "'train/class1_0' (" in message and "train.txt:1) frames 2.jpg" in message
+    assert "test.txt:3) frames 3.jpg" in message and "'test/class5_0' (" in message
+    assert "face boxes: 7 of 10 clips" in message
+    cfg.allow_missing_boxes = True  # the fallback's count names the clips
+    _, _, test = caer_data.build_datasets(cfg, 2, 16, 0)
+    assert test.box_summary.startswith("face boxes: 7 of 10 clips (3 fall back: 'train/class1_0'; 'test/class3_0'; "
+                                       "'test/class5_0')")

@@ -179,7 +179,7 @@ TERMS = {  # term -> (component of total_loss, loss settings, parts it must trai
     "ldl": ("cls", dict(use_ldl=True, ldl_warmup=0), VISUAL | {"prompt"}),
     "mi": ("mi", {}, {"prompt"}),
     "dc": ("dc", {}, {"prompt"}),
-    "moco": ("moco", {}, VISUAL),
+    "moco": ("moco", {}, VISUAL | {"prompt"}),
 }
 
 
@@ -196,13 +196,15 @@ def test_each_loss_term_trains_exactly_its_parameters(term, freeze_image_encoder
     """Back-propagating one weighted component of total_loss (as the training step computes it,
     after the auxiliary warm-up) gives a nonzero gradient to every tensor of the parts it must train
     and none to the others: CE / LSR / LDL reach the prompts and the whole visual path, MI and DC the
-    prompt context only, MoCo the visual path only (not the prompts); the frozen text encoder, a
-    frozen image encoder and the momentum head never get one."""
+    prompt context only, MoCo (RAPT's MoCoRank: the video against its class text and the queued keys) the
+    visual path and the prompts; the frozen text encoder, a frozen image encoder and the momentum head
+    never get one."""
     component, settings, trains = TERMS[term]
     if freeze_image_encoder:
         trains = trains - {"image_encoder"}
     model = tiny_model(freeze_image_encoder=freeze_image_encoder)
     labels = torch.tensor([0, 1, 2])
+    model.enqueue(model(*clip_batch(batch=5))["key"], torch.arange(5))  # real keys: the queue's negatives
     out = model(*clip_batch(batch=3))
     _, parts, weighted = total_loss(out, labels, labels, 1.0, 2, 2.0, LossConfig(**settings),
                                     (model.queue, model.queue_labels), step=0)

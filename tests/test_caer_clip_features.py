@@ -18,7 +18,7 @@ from caer_clip.clip import (
 )
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import param_groups
-from caer_clip.train import apply_official_recipe, base_lrs, build_parser, config_from, main
+from caer_clip.train import apply_recipe, base_lrs, build_parser, config_from, main
 from common.lifecycle import Run
 from common.runtime import ConfigMismatchError, DataError
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, make_raer, tiny_model, write_frames
@@ -186,9 +186,8 @@ def test_reader_errors_name_file_and_line(tmp_path):
         caer_data.read_split(cfg, "bad.txt")
     (tmp_path / "long.txt").write_text("train/class1_0 9 1\n")
     cfg.val_list, cfg.train_list = "long.txt", "long.txt"
-    train, _, _ = caer_data.build_datasets(cfg, 2, 16, 0)
-    with pytest.raises(DataError, match=r"long.txt:1: the list says 9 frames"):
-        train[0]
+    with pytest.raises(DataError, match=r"long.txt:1: the list says 9 frames"):  # at load: the boxes check every frame
+        caer_data.build_datasets(cfg, 2, 16, 0)
     (tmp_path / "train" / "class1_0" / "2.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "one.txt").write_text("train/class1_0 4 1\n")
     cfg.train_list = cfg.val_list = "one.txt"
@@ -207,17 +206,17 @@ def test_missing_face_box_file_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------- train.py
 
 
-def test_official_recipe_fills_only_the_settings_not_given():
+def test_recipe_fills_only_the_settings_not_given():
     parser = build_parser()
     argv = ["--data-root", "somewhere", "--batch-size", "4", "--no-context"]
     args = parser.parse_args(argv)
-    applied = apply_official_recipe(args, {"data_root", "batch_size", "use_context"})
+    applied = apply_recipe(args, {"data_root", "batch_size", "use_context"})
     cfg = config_from(args)
     assert "batch_size" not in applied and cfg.train.batch_size == 4
     assert cfg.train.epochs == 20 and cfg.model.num_frames == 16 and cfg.train.milestones == [10, 15]
     assert not cfg.model.use_context and cfg.model.num_classes == 5  # RAER
     synthetic = parser.parse_args(["--context"])
-    assert apply_official_recipe(synthetic, set()) == {} and config_from(synthetic).train.batch_size == 16
+    assert apply_recipe(synthetic, set()) == {} and config_from(synthetic).train.batch_size == 16
 
 
 def test_split_smaller_than_one_batch_is_a_data_error(tmp_path):
@@ -234,7 +233,7 @@ def test_train_on_raer_fixture_folder(tmp_path):
                     "--logit-scale", "20"])
     assert summary["step"] == 2 and (tmp_path / "run" / "confusion_test.csv").is_file()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["model"]["num_frames"] == 2 and config["train"]["milestones"] == [10, 15]  # official recipe
+    assert config["model"]["num_frames"] == 2 and config["train"]["milestones"] == [10, 15]  # clip-caer recipe
 
 
 @pytest.mark.slow

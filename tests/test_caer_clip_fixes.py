@@ -348,7 +348,7 @@ def test_caer_clip_norm_inputs_are_standardised():
     data = caer_data.SyntheticClips(2, caer_data.DataConfig(), 2, 16, False, 0, 1)
     face, context, _, _ = data[0]
     frame = data.frames[0][caer_data.sample_indices(len(data.frames[0]), 2, False, torch.Generator())[0]]
-    raw = caer_data.crop_resize(frame, (0, 0, 48, 48), 16, keep_aspect=True)
+    raw = caer_data.crop_resize(frame, (0, 0, 48, 48), 16, letterbox=True)
     # Baseline: raw [0, 1] pixels.
     assert raw.min() >= 0
     torch.testing.assert_close(context[0], caer_data.clip_normalise(raw))
@@ -399,21 +399,21 @@ def test_caer_uar_all_classes_counts_classes_absent_from_the_split():
 
 
 def test_caer_moco_queue_masks_same_label_negatives():
+    """MoCoRank (RAPT utils/loss.py:129-154): each video against its class text and the queued video keys.
+    Keys of the video's own class are not negatives; keys of other classes stay negatives."""
     torch.manual_seed(0)
-    query = F.normalize(torch.randn(4, 16), dim=-1)
-    key = F.normalize(query + 0.1 * torch.randn(4, 16), dim=-1)
+    video = F.normalize(torch.randn(4, 16), dim=-1)
+    text = F.normalize(video + 0.5 * torch.randn(4, 16), dim=-1)  # class c's text near video c
     labels = torch.tensor([0, 1, 2, 3])
-    same = query.repeat(8, 1)  # queue full of clips of the same classes, identical to the queries
+    same = video.repeat(8, 1)  # queue full of clips of the same classes, identical to the videos
     others = F.normalize(torch.randn(32, 16), dim=-1)
-    queue = torch.cat([same, others])
-    queue_labels = torch.cat([labels.repeat(8), torch.full((32,), 9)])
-    from common.losses import info_nce
-    naive = info_nce(query, key, queue, 0.07)  # baseline: no mask
-    fixed = caer_losses.moco_loss(query, key, queue, queue_labels, labels, 0.07)
-    expected = torch.stack([info_nce(query[i:i + 1], key[i:i + 1], torch.cat([same[labels.repeat(8) != labels[i]],
-                                                                               others]), 0.07) for i in range(4)])
+    queue, queue_labels = torch.cat([same, others]), torch.cat([labels.repeat(8), torch.full((32,), 4)])
+    fixed = caer_losses.moco_loss(video, text, queue, queue_labels, labels, 0.07)
+    naive = caer_losses.moco_loss(video, text, queue, torch.full_like(queue_labels, 9), labels, 0.07)  # no mask
+    expected = torch.stack([F.cross_entropy(torch.cat([(video[i] * text[i]).sum()[None],
+                                                       video[i] @ queue[queue_labels != labels[i]].T]) / 0.07,
+                                            torch.tensor(0)) for i in range(4)])
     assert naive > fixed + 1.0
-    # Only the entries of the query's own class are masked, other classes stay negatives.
     torch.testing.assert_close(fixed, expected.mean())
 
 

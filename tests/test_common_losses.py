@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import focal_loss, info_nce, supcon_loss
+from common.losses import focal_loss, supcon_loss
 
 
 def test_focal_gamma0_equals_cross_entropy():
@@ -58,12 +58,3 @@ def test_supcon_positive_weights_equal_labels_and_two_views():
     y = torch.tensor([0, 1, 0, 1, 2, 2])
     weights = (y[:, None] == y[None, :]).float()
     torch.testing.assert_close(supcon_loss(z, y), supcon_loss(z, positive_weights=weights))
-
-
-def test_info_nce_queue_mask_drops_false_negatives():
-    q, k = torch.randn(4, 8), torch.randn(4, 8)
-    queue = torch.randn(10, 8)
-    mask = torch.zeros(4, 10, dtype=torch.bool)
-    mask[:, :5] = True
-    masked = info_nce(q, k, queue, temperature=0.1, negative_mask=mask)
-    torch.testing.assert_close(masked, info_nce(q, k, queue[5:], temperature=0.1))
