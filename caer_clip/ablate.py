@@ -18,9 +18,9 @@ from common.tools.ablation import run_ablation
 PROJECT = "caer_clip"
 
 VARIANTS = {
-    "full": [],  # the demo: face + context streams, MoCo queue 4096, hard labels (LDL off)
+    "full": [],  # the demo: face + context streams, hard labels (LDL off), no MoCo (as both originals' final code)
     "no-context": ["--no-context"],
-    "no-moco": ["--moco-queue", "0"],
+    "moco": ["--moco-queue", "4096"],  # RAPT-CLIP @706b54b's MoCoRank at weight 0.1
     "ldl": ["--ldl"],  # semantic LDL after the --ldl-warmup epochs (2 of the 4)
 }
 METRICS = {"best val UAR": "best.value", "test UAR": "test.uar", "test WAR": "test.war"}

@@ -41,7 +41,10 @@ class ModelConfig:
     logit_scale: float = 20.0  # fixed cosine-logit scale
     # NOTE(deviation): MoCo on in the synthetic demo; RAPT-CLIP removed its MoCo loss (8dbb893), CLIP-CAER never
     # had one, and both recipes set 0.
-    moco_queue: int = 4096  # MoCo queue length K (0: no MoCo branch)
+    # NOTE(deviation): off by default, as in both originals' final code (CLIP-CAER has no MoCo; RAPT-CLIP
+    # removed it in 8dbb893); on the synthetic demo RAPT's MoCoRank at weight 0.1 held UAR at 0.61
+    # (two face-only classes never predicted) against 0.96 without it. `--moco-queue 4096` turns it on.
+    moco_queue: int = 0  # MoCo queue length K (0: no MoCo branch; RAPT @706b54b: 4096)
     moco_momentum: float = 0.99  # MoCo key-encoder momentum m
 
 
