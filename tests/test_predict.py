@@ -150,7 +150,8 @@ def test_caer_clip_errors(caer, tmp_path):
         main(["--checkpoint", ckpt, str(broken)])
     (tmp_path / "other_boxes.json").write_text(json.dumps({"clip9": {"1.png": [0, 0, 4, 4]}}))
     with pytest.raises(DataError, match="no face box for clip 'clip0'.*--allow-missing-boxes"):
-        main(["--checkpoint", ckpt, str(caer["clips"] / "list.txt"), "--face-boxes", str(tmp_path / "other_boxes.json")])
+        main(["--checkpoint", ckpt, str(caer["clips"] / "list.txt"),
+              "--face-boxes", str(tmp_path / "other_boxes.json")])
 
 
 # ----------------------------------------------------------------------------- dual_cross_attention
@@ -170,8 +171,8 @@ def dcal(tmp_path_factory):
                 pixels = torch.randint(0, 256, (16, 20, 3), generator=g, dtype=torch.uint8)
                 Image.fromarray(pixels.numpy()).save(root / "data" / split / name / f"img{k}.png")
     checkpoint = train_tiny("dual_cross_attention", [
-        "--data-root", str(root / "data"), "--model", "tiny", "--image-size", "16", "--resize", "16", "--embed-dim", "32",
-        "--depth", "2", "--heads", "2", "--batch-size", "4", "--epochs", "1", "--log-interval", "1",
+        "--data-root", str(root / "data"), "--model", "tiny", "--image-size", "16", "--resize", "16",
+        "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "4", "--epochs", "1", "--log-interval", "1",
         "--num-overlays", "0"], root / "run")
     return {"checkpoint": checkpoint, "data": root / "data"}
 
@@ -422,8 +423,8 @@ def test_visobert_multitask_table_from_text_and_stdin(visobert, monkeypatch, cap
     monkeypatch.setattr(sys, "stdin", io.StringIO(visobert["texts"][1] + "\n"))
     piped = main(["--checkpoint", ckpt])
     assert [(r["aspect"], r["state"]) for r in piped] == [(r["aspect"], r["state"]) for r in rows[len(SYN_ASPECTS):]]
-    assert [r[s] for r in piped for s in STATES] == pytest.approx([r[s] for r in rows[len(SYN_ASPECTS):] for s in STATES],
-                                                                  abs=1e-5)
+    expected = [r[s] for r in rows[len(SYN_ASPECTS):] for s in STATES]
+    assert [r[s] for r in piped for s in STATES] == pytest.approx(expected, abs=1e-5)
 
 
 def test_visobert_multitask_errors(visobert, tmp_path, monkeypatch):
@@ -452,7 +453,8 @@ def test_a_known_error_is_one_line_and_exit_status_1(project, inputs, tmp_path, 
     with pytest.raises(SystemExit) as stop:
         run_cli(predict_main(project))
     assert stop.value.code == 1
-    assert capsys.readouterr().err == f"{project}/predict.py: error: FileNotFoundError: checkpoint {missing} does not exist\n"
+    expected = f"{project}/predict.py: error: FileNotFoundError: checkpoint {missing} does not exist\n"
+    assert capsys.readouterr().err == expected
 
 
 @pytest.mark.parametrize("project,flag", [("caer_clip", "--picture"), ("dual_cross_attention", "--explain"),
