@@ -172,8 +172,8 @@ def dcal(tmp_path_factory):
                 Image.fromarray(pixels.numpy()).save(root / "data" / split / name / f"img{k}.png")
     checkpoint = train_tiny("dual_cross_attention", [
         "--data-root", str(root / "data"), "--model", "tiny", "--image-size", "16", "--resize", "16",
-        "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "4", "--epochs", "1", "--log-interval", "1",
-        "--num-overlays", "0"], root / "run")
+        "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "4", "--epochs", "1",
+        "--log-interval", "1", "--num-overlays", "0"], root / "run")
     return {"checkpoint": checkpoint, "data": root / "data"}
 
 
