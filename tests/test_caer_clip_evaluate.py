@@ -12,18 +12,12 @@ from caer_clip import train as caer_train
 from caer_clip.losses import LossConfig, total_loss
 from tests.fixtures_caer_clip import TINY_TRAIN, clip_batch, make_raer, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
+
 CPU = torch.device("cpu")
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and spinning on a busy
-    2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_config(*flags: str):

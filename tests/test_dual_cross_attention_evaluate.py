@@ -14,7 +14,7 @@ from common.runtime import DistInfo, make_loader
 from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import DataConfig, build_datasets
 from dual_cross_attention.model import DCAL, compute_losses
-from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
+from tests.fixtures_dual_cross_attention import run_config, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 

@@ -13,7 +13,7 @@ from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.model import DCAL, compute_losses, load_pretrained
 from dual_cross_attention.train import backward_micro_batch, build_optimizer, evaluate, main
-from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
+from tests.fixtures_dual_cross_attention import run_config, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
 

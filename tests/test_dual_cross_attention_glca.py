@@ -16,7 +16,7 @@ from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.model import DCAL, DCALConfig, rollout_step, to_timm_state_dict, vit_sizes
 from dual_cross_attention.plots import blend, normalise_per_image
 from dual_cross_attention.train import main
-from tests.fixtures_dual_cross_attention import run_config, single_thread, tiny_cfg  # noqa: F401
+from tests.fixtures_dual_cross_attention import run_config, tiny_cfg  # noqa: F401
 from tests.test_dual_cross_attention_model import _direct_rollout, _materialised_attention_maps, peaked
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
