@@ -137,7 +137,10 @@ def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) 
     seed_everything(seed)
     descriptors = list(class_descriptors(data_cfg).values())
     # the tiny CLIP's words: the descriptors, the prompt learner's placeholder and the hand-crafted prompt
-    clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    try:
+        clip, tokenizer = load_clip(model_cfg.clip, [s for d in descriptors for s in d] + ["x", "a photo of ."])
+    except (KeyError, ValueError, RuntimeError) as e:  # weights of another network: one line naming the file
+        raise DataError(f"--clip {model_cfg.clip}: {str(e).strip().splitlines()[0]}") from None
     return build_model(model_cfg, clip, tokenizer, descriptors)
 
 

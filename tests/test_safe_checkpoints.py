@@ -94,3 +94,23 @@ def test_a_class_from_a_module_that_is_not_installed_is_named_not_a_traceback(tm
 
     with pytest.raises(CheckpointError, match=r"gone_module\.Thing"):
         load_run_checkpoint(path, "caer_clip")
+
+
+def test_weights_of_another_network_are_one_error_naming_the_file(tmp_path):
+    """caer_clip --clip with a file that is no CLIP, visobert_multitask --encoder with a folder that
+    is no encoder: a DataError naming the file or folder (run_cli prints it as one line), not a
+    traceback from inside the weight loader. (DCAL: tests/test_dual_cross_attention_weights.py;
+    deepfake_effnet_lstm: its --pretrained FILE tests.)"""
+    from caer_clip.train import main as caer_main
+    from common.runtime import DataError
+    from visobert_multitask.train import main as visobert_main
+
+    wrong = tmp_path / "effnet.pt"
+    torch.save({"features.0.0.weight": torch.zeros(32, 3, 3, 3)}, wrong)
+    with pytest.raises(DataError, match=f"--clip {wrong}: "):
+        caer_main(["--clip", str(wrong), "--out", str(tmp_path / "caer")])
+    folder = tmp_path / "not_an_encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(DataError, match="--encoder"):
+        visobert_main(["--encoder", str(folder), "--out", str(tmp_path / "vsb")])

@@ -346,9 +346,12 @@ class HFTokenizer:
         try:
             from transformers import AutoTokenizer
         except ImportError as e:
-            raise ImportError("--encoder needs the `transformers` and `sentencepiece` packages: "
-                              "pip install transformers sentencepiece") from e
-        self.tok = AutoTokenizer.from_pretrained(name)
+            raise DataError("--encoder needs the `transformers` and `sentencepiece` packages: "
+                            "pip install transformers sentencepiece") from e
+        try:
+            self.tok = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as e:  # a folder without a tokenizer, a name that is not a model
+            raise DataError(f"--encoder {name}: {str(e).strip().splitlines()[0]}") from None
         self.pad_id = self.tok.pad_token_id
 
     def __len__(self) -> int:

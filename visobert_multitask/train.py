@@ -212,7 +212,10 @@ def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelC
                                     num_states=NUM_STATES)
     if not cfg.encoder.encoder:
         return model_cfg, None
-    fields, pretrained_state = fetch_pretrained(cfg.encoder.encoder)
+    try:
+        fields, pretrained_state = fetch_pretrained(cfg.encoder.encoder)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:  # one line naming the encoder
+        raise DataError(f"--encoder {cfg.encoder.encoder}: {str(e).strip().splitlines()[0]}") from None
     model_cfg = dataclasses.replace(model_cfg, **fields)
     if cfg.data.max_len + 2 > model_cfg.max_positions:
         raise ValueError(f"--max-len {cfg.data.max_len} exceeds the checkpoint's {model_cfg.max_positions - 2} "
@@ -396,7 +399,10 @@ def main(argv: list[str] | None = None) -> dict:
     with Run(PROJECT, args, config, f"runs/{PROJECT}", resumed, best_metric="score", best_mode="max") as run:
         model = AspectSentimentModel(cfg.model).to(cfg.device)
         if pretrained_state is not None:
-            load_hf_encoder(model.encoder, pretrained_state)
+            try:
+                load_hf_encoder(model.encoder, pretrained_state)
+            except (KeyError, ValueError) as e:
+                raise DataError(f"--encoder {cfg.encoder.encoder}: {e}") from None
         # NOTE(deviation): no decay on biases, norms, embeddings (STYLE.md); the original decays every parameter.
         optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         ddp_model = wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal")
