@@ -200,7 +200,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weight
                         reduction: str = "mean") -> torch.Tensor:
     """Class-weighted cross-entropy (2 logits) or BCE (1 logit): mean_i w_{y_i} l_i over the batch. The
     weights (n / 2 n_c, mean 1 over the training samples) make each class count as half of the expected
-    loss, as icpr2020dfdc's balanced real/fake batches do (isplutils/data.py:153-162), whatever a
+    loss, as icpr2020dfdc's balanced real/fake batches do (isplutils/data.py:153-164), whatever a
     batch's own class mix. reduction='none' returns w_{y_i} l_i and the weights, for split-wide sums."""
     if logits.shape[-1] == 1:
         per_sample = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels.float(), reduction="none")
