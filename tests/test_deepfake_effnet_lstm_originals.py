@@ -50,7 +50,8 @@ def test_dfd_icpr_augmentations_reach_the_training_frames(tmp_path):
     frames = torch.rand(4, 3, 32, 32)
     changed = 0
     for seed in range(8):  # each degradation has p 0.5: over 8 sequences some must fire
-        out, _ = D.augment_sequence(frames, None, D.AugmentConfig(**quiet, icpr=True), torch.Generator().manual_seed(seed))
+        icpr = D.AugmentConfig(**quiet, icpr=True)
+        out, _ = D.augment_sequence(frames, None, icpr, torch.Generator().manual_seed(seed))
         changed += int((out - frames).abs().max() > 1e-3)
         same, _ = D.augment_sequence(frames, None, D.AugmentConfig(**quiet), torch.Generator().manual_seed(seed))
         torch.testing.assert_close(same, frames)
