@@ -35,7 +35,7 @@ class DetectorConfig:
     bidirectional: bool = True  # read the sequence both ways; the head sees both final states
     num_logits: int = 2  # 2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit
     dropout: float = 0.2  # dropout on the pooled frame features and before the head
-    pretrained: str = "none"  # backbone: 'imagenet' (torchvision's weights, a download), an efficientnet_b0 file, 'none'
+    pretrained: str = "none"  # backbone: 'imagenet' (torchvision's, a download), an efficientnet_b0 file, 'none'
 
 
 class PassThrough(nn.Module):
