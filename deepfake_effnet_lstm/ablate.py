@@ -13,7 +13,7 @@ scores best.pt (lowest validation loss) on the test split (--test); "val" is the
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `common` and the project importable when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project, when run as a script
 
 from common.tools.ablation import run_ablation
 
