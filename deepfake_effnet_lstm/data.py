@@ -216,13 +216,6 @@ def split_records(records: list[VideoRecord], val_fraction: float, test_fraction
             n_val = round(len(names) * val_fraction)
             for i, name in enumerate(names):
                 split_of_group[name] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-        made = set(split_of_group.values())
-        for name, flag in (("train", "--val-fraction + --test-fraction"), ("val", "--val-fraction")):
-            if name not in made:
-                index_csv = records[0].where.rsplit(":", 1)[0]
-                raise DataError(f"{index_csv}: no `split` column, and splitting its {len(groups)} groups (a video "
-                                f"with its fakes) by {flag} ({val_fraction}, {test_fraction}) leaves the {name} split "
-                                f"empty: add a `split` column (train/val/test) or change the fractions")
     return {s: [r for r in records if split_of_group[r.group] == s] for s in SPLITS}
 
 
@@ -472,6 +465,13 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
         records, padded = read_index(index, root, Path(cfg.mask_root) if cfg.mask_root else None,
                                      cfg.frames, cfg.pad_short)
         splits = split_records(records, cfg.val_fraction, cfg.test_fraction, seed)
+        empty = [name for name in ("train", "val") if not splits[name]]
+        if empty and not any(r.split for r in records):
+            groups = len({r.group for r in records})
+            raise DataError(f"{index}: no `split` column, and splitting its {groups} groups (a video with its "
+                            f"fakes) by --val-fraction {cfg.val_fraction} and --test-fraction {cfg.test_fraction} "
+                            f"leaves the {empty[0]} split empty: add a `split` column (train/val/test) or change "
+                            f"the fractions")
         source = str(index)
     else:
         sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
