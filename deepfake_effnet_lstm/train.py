@@ -308,8 +308,8 @@ def split_metrics(scores: dict[str, torch.Tensor], split: str = "validation") ->
     bad = ~torch.isfinite(scores["p_fake"]) | ~torch.isfinite(scores["weighted_loss"])
     if bool(bad.any()):
         raise NonFiniteLossError(f"{split}: the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} "
-                                 f"sequences (P(fake) and loss): weights or BatchNorm running statistics went non-finite "
-                                 f"(too high a --lr?)")
+                                 f"sequences (P(fake) and loss): weights or BatchNorm running statistics went "
+                                 f"non-finite (too high a --lr?)")
     loss = float(scores["weighted_loss"].sum() / scores["weight"].sum())
     return {"loss": loss, **binary_metrics(scores["label"], scores["p_fake"], scores["video"])}
 
