@@ -28,8 +28,8 @@ class DetectorConfig:
     ablation: the features pass unchanged and the reported map is all ones."""
     attention: str = "gate"  # attention in the backbone: 'gate' (sigmoid 1x1-conv map), 'cbam' or 'none' (ablation)
     attention_stage: int = 3  # index into efficientnet_b0.features after which attention acts (3: stride 8, 40 ch.)
-    # NOTE(deviation): the seed's LSTM is 512 x 2 layers, one direction; 128 x 1 bidirectional here (README,
-    # "Deviations": ablate.py variant t8-lstm512x2 measures the seed's size on the demo).
+    # NOTE(deviation): the seed's LSTM is 512 x 2 layers, one direction; 128 x 1 bidirectional here, a quarter of
+    # its parameters (README, "Deviations"; ablate.py variant t8-lstm512x2 runs the seed's size on the demo).
     lstm_hidden: int = 128  # per-direction hidden size of the temporal LSTM
     lstm_layers: int = 1  # stacked LSTM layers
     bidirectional: bool = True  # read the sequence both ways; the head sees both final states
