@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
@@ -98,9 +99,22 @@ def list_frames(folder: Path, where: str, subject: int | None = None) -> list[Pa
                             f"(subj{', subj'.join(map(str, subjects))}); a sequence must show one: list the video "
                             f"in an index.csv, which reads one sequence per subject")
     check_one_file_per_frame(names, folder, where)
+    check_one_name_per_frame_number(names, folder, where)
     # FIX(DFD-FRAME-SORT): a text sort puts 10.png before 2.png, so unpadded frames reached the LSTM shuffled.
     # was: return sorted(folder / name for name in names)
     return [folder / name for name in sorted(names, key=natural_key)]
+
+
+def check_one_name_per_frame_number(names: list[str], folder: Path, where: str) -> None:
+    """Refuse 'frame_2.png' beside 'frame_02.png': the natural sort reads both as frame 2, so the sequence
+    would show that frame twice (check_one_file_per_frame compares the names as text)."""
+    seen: dict[tuple, str] = {}
+    for name in sorted(names, key=natural_key):
+        number = tuple(natural_key(Path(name).stem))
+        if number in seen:
+            raise DataError(f"{where}: {folder} holds one frame number under two names ({seen[number]} and "
+                            f"{name}); keep one file per frame")
+        seen[number] = name
 
 
 def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frames: int,
@@ -295,7 +309,8 @@ class DataConfig:
     index: str | None = arg(None, "index CSV (default: <data-root>/index.csv)")
     mask_root: str | None = arg(None, "folder of masks parallel to the frames (enables --attention-loss-weight)")
     frames: int = arg(8, "T, frames per sequence", check=at_least(1))
-    image_size: int = arg(32, "face crops are resized to this square side", check=at_least(1))
+    image_size: int | None = arg(None, "face crops are resized to this square side (default: 224 with --data-root, "
+                                 "icpr2020dfdc's; 32 on the synthetic demo)", check=at_least(1))
     pad_short: bool = arg(False, "repeat the last frame of videos shorter than T (counted)")
     val_fraction: float = arg(0.15, "share of groups for validation (index without a split column)",
                               check=between(0.0, 1.0))
@@ -310,6 +325,8 @@ class DataConfig:
     augment: bool = arg(True, "training augmentation, drawn once per sequence")
     aug_blur: float = arg(0.0, "probability of a Gaussian blur (training; 0: off)", check=between(0.0, 1.0))
     aug_noise: float = arg(0.0, "std of compression-like noise (training; 0: off)", check=at_least(0.0, float))
+    aug_icpr: bool | None = arg(None, "icpr2020dfdc's Gaussian noise, downscaling and JPEG compression (training; "
+                                "default: on with --data-root, off on the synthetic demo)")
 
 
 @dataclass
@@ -321,6 +338,7 @@ class AugmentConfig:
     jitter: float = 0.2  # brightness / contrast / saturation factor in [1 - j, 1 + j]
     blur: float = 0.0  # probability of a Gaussian blur
     noise: float = 0.0  # std of additive noise + 5-bit quantisation (compression-like); 0 = off
+    icpr: bool = False  # icpr2020dfdc's noise, downscaling and JPEG (isplutils/utils.py:159-194), each with p 0.5
 
 
 def augment_sequence(frames: torch.Tensor, masks: torch.Tensor | None, cfg: AugmentConfig,
@@ -345,7 +363,33 @@ def augment_sequence(frames: torch.Tensor, masks: torch.Tensor | None, cfg: Augm
     if cfg.noise > 0:
         noise = torch.randn(frames.shape, generator=g) * u(0, cfg.noise)
         frames = torch.round((frames + noise).clamp(0, 1) * 31) / 31
+    if cfg.icpr:
+        frames = icpr_degradations(frames, u, g)
     return frames, masks
+
+
+def icpr_degradations(frames: torch.Tensor, u, g: torch.Generator) -> torch.Tensor:
+    """icpr2020dfdc's training degradations (isplutils/utils.py at bbd6411), each with albumentations'
+    default p = 0.5: Downscale x0.5 (:161), additive Gaussian noise of std 0.01-0.03 (:191, the OneOf with
+    ISONoise), Downscale x0.7-0.9 (:193), JPEG quality 50-99 (:194). Strength drawn once per sequence."""
+    size = frames.shape[-2:]
+
+    def downscale(x: torch.Tensor, factor: float) -> torch.Tensor:
+        small = [max(1, round(side * factor)) for side in size]
+        return F.interpolate(F.interpolate(x, size=small, mode="bilinear"), size=size, mode="bilinear")
+
+    if u(0, 1) < 0.5:
+        frames = downscale(frames, 0.5)
+    if u(0, 1) < 0.5:
+        frames = (frames + torch.randn(frames.shape, generator=g) * u(0.01, 0.03)).clamp(0, 1)
+    if u(0, 1) < 0.5:
+        frames = downscale(frames, u(0.7, 0.9)).clamp(0, 1)
+    if u(0, 1) < 0.5:
+        quality = int(u(50, 100))
+        as_bytes = [torchvision.io.encode_jpeg(TF.to_dtype(f, torch.uint8, scale=True), quality=quality)
+                    for f in frames]
+        frames = torch.stack([TF.to_dtype(torchvision.io.decode_jpeg(b), torch.float32, scale=True) for b in as_bytes])
+    return frames
 
 
 class VideoSequenceDataset(torch.utils.data.Dataset):
@@ -408,6 +452,11 @@ def upsample_map(attention_map: torch.Tensor, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- putting it together
 
 
+def default_image_size(data_root: str | None) -> int:
+    """icpr2020dfdc trains on 224 px faces (scripts/train_all.sh:18); the synthetic demo on 32 px."""
+    return 224 if data_root else 32
+
+
 def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDataset], torch.Tensor, dict]:
     """Datasets of the three splits, training class weights, and counts to print."""
     if cfg.data_root:
@@ -416,6 +465,13 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
         records, padded = read_index(index, root, Path(cfg.mask_root) if cfg.mask_root else None,
                                      cfg.frames, cfg.pad_short)
         splits = split_records(records, cfg.val_fraction, cfg.test_fraction, seed)
+        empty = [name for name in ("train", "val") if not splits[name]]
+        if empty and not any(r.split for r in records):
+            groups = len({r.group for r in records})
+            raise DataError(f"{index}: no `split` column, and splitting its {groups} groups (a video with its "
+                            f"fakes) by --val-fraction {cfg.val_fraction} and --test-fraction {cfg.test_fraction} "
+                            f"leaves the {empty[0]} split empty: add a `split` column (train/val/test) or change "
+                            f"the fractions")
         source = str(index)
     else:
         sizes = {"train": cfg.synthetic_train, "val": cfg.synthetic_val, "test": cfg.synthetic_test}
@@ -424,14 +480,17 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[dict[str, VideoSequenceDa
     splits = {s: subsample(r, cfg.subset_fraction, seed) for s, r in splits.items()}
     for name in ("train", "val"):
         check_two_classes(name, splits[name], source)
-    augment = AugmentConfig(blur=cfg.aug_blur, noise=cfg.aug_noise) if cfg.augment else None
+    icpr = cfg.aug_icpr if cfg.aug_icpr is not None else bool(cfg.data_root)  # on real data unless said otherwise
+    augment = AugmentConfig(blur=cfg.aug_blur, noise=cfg.aug_noise, icpr=icpr) if cfg.augment else None
+    size = cfg.image_size or default_image_size(cfg.data_root)
     # FIX(DFD-SPLIT-BY-VIDEO): one dataset per split of video groups; a split of samples leaked faces.
     # FIX(DFD-AUG-AFTER-SPLIT): augment the training split only; the seed augmented before splitting.
-    datasets = {s: VideoSequenceDataset(splits[s], cfg.frames, cfg.image_size, train=s == "train",
+    datasets = {s: VideoSequenceDataset(splits[s], cfg.frames, size, train=s == "train",
                                         augment=augment if s == "train" else None, clips=cfg.eval_clips, seed=seed)
                 for s in SPLITS}
     # FIX(DFD-CLASS-WEIGHTS): class weights from the training split only; val/test labels leaked.
     # was: weights = class_weights([r.label for s in SPLITS for r in splits[s]])
     weights = class_weights([r.label for r in splits["train"]])
-    info = {"padded": padded, "source": source, "videos": {s: len(r) for s, r in splits.items()}}
+    info = {"padded": padded, "source": source, "sequences": {s: len(r) for s, r in splits.items()},
+            "videos": {s: len({x.video for x in r}) for s, r in splits.items()}}
     return datasets, weights, info

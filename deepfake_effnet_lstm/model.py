@@ -28,12 +28,14 @@ class DetectorConfig:
     ablation: the features pass unchanged and the reported map is all ones."""
     attention: str = "gate"  # attention in the backbone: 'gate' (sigmoid 1x1-conv map), 'cbam' or 'none' (ablation)
     attention_stage: int = 3  # index into efficientnet_b0.features after which attention acts (3: stride 8, 40 ch.)
+    # NOTE(deviation): the seed's LSTM is 512 x 2 layers, one direction; 128 x 1 bidirectional here, a quarter of
+    # its parameters (README, "Deviations"; ablate.py variant t8-lstm512x2 runs the seed's size on the demo).
     lstm_hidden: int = 128  # per-direction hidden size of the temporal LSTM
     lstm_layers: int = 1  # stacked LSTM layers
     bidirectional: bool = True  # read the sequence both ways; the head sees both final states
     num_logits: int = 2  # 2: softmax cross-entropy over (real, fake); 1: sigmoid BCE on a fake logit
     dropout: float = 0.2  # dropout on the pooled frame features and before the head
-    pretrained: bool = False  # torchvision ImageNet weights for the backbone (needs a download)
+    pretrained: str = "none"  # backbone: 'imagenet' (torchvision's, a download), an efficientnet_b0 file, 'none'
 
 
 class PassThrough(nn.Module):
@@ -79,26 +81,55 @@ class CBAM(nn.Module):
         return x * attention_map, attention_map
 
 
-def load_imagenet_backbone(features: nn.Sequential) -> None:
-    """Copy torchvision's ImageNet efficientnet_b0 weights into `features`, key by key.
+class WeightsFileError(ValueError):
+    """A --pretrained FILE that is not torchvision's efficientnet_b0: the message names the file."""
 
-    The download needs internet; offline it fails with a message saying so instead of silently
-    training from random weights."""
+
+def imagenet_state() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet efficientnet_b0 state_dict (a download the first time).
+
+    Offline it fails with a message saying so instead of silently training from random weights."""
     weights = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
     try:
-        state = weights.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False)
     except Exception as e:  # URLError, socket timeout, SSL errors: all mean "no download"
         raise RuntimeError(f"--pretrained: could not download torchvision's ImageNet efficientnet_b0 weights "
                            f"({weights.url}): {e}. Run once with internet, or copy the file into "
-                           f"$TORCH_HOME/hub/checkpoints/, or train from random init without --pretrained.") from e
+                           f"$TORCH_HOME/hub/checkpoints/, or pass --pretrained FILE.") from e
+
+
+def file_state(path: str) -> dict[str, torch.Tensor]:
+    """An efficientnet_b0 state_dict saved with torch.save, read with weights_only=True (no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsFileError(f"--pretrained {path}: no such file") from None
+    except Exception as e:  # not a torch file, or a pickle holding more than tensors
+        raise WeightsFileError(f"--pretrained {path}: not a state_dict readable with weights_only=True "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsFileError(f"--pretrained {path}: holds a {type(state).__name__}, not a state_dict of tensors")
+    return state
+
+
+def load_backbone(features: nn.Sequential, source: str) -> None:
+    """Copy torchvision's efficientnet_b0 weights (source 'imagenet', or a state_dict file) into
+    `features`, key by key: the key sets must match exactly and every shape must agree."""
+    state = imagenet_state() if source == "imagenet" else file_state(source)
     mapped = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    unused = {k for k in state if not k.startswith("features.")}
-    assert unused == {"classifier.1.weight", "classifier.1.bias"}, f"unexpected keys in the checkpoint: {unused}"
     own = features.state_dict()
-    assert set(mapped) == set(own), \
-        f"key mismatch: missing {set(own) - set(mapped)}, unexpected {set(mapped) - set(own)}"
-    for k, v in mapped.items():
-        assert v.shape == own[k].shape, f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+    head = {"classifier.1.weight", "classifier.1.bias"}  # the ImageNet classifier, not used here
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(f"features.{k}" for k in set(mapped) - set(own)) + sorted(
+        k for k in state if not k.startswith("features.") and k not in head)
+    wrong = [f"features.{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items()
+             if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        found = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected),
+                  ("tensors of another shape, file vs B0", wrong)) if keys]
+        raise WeightsFileError(f"--pretrained {source}: not torchvision's efficientnet_b0 (another network or "
+                               f"size): {'; '.join(found)}")
     features.load_state_dict(mapped, strict=True)
 
 
@@ -109,8 +140,8 @@ class DeepfakeDetector(nn.Module):
             raise ValueError(f"attention_stage must be in [0, {len(STAGE_CHANNELS) - 2}], got {cfg.attention_stage}")
         self.cfg = cfg
         self.features = torchvision.models.efficientnet_b0(weights=None).features
-        if cfg.pretrained:
-            load_imagenet_backbone(self.features)
+        if cfg.pretrained != "none":
+            load_backbone(self.features, cfg.pretrained)
         channels = STAGE_CHANNELS[cfg.attention_stage]
         if cfg.attention in ("gate", "none"):
             self.attention = SigmoidGate(channels)
@@ -167,9 +198,10 @@ def fake_probability(logits: torch.Tensor) -> torch.Tensor:
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
                         reduction: str = "mean") -> torch.Tensor:
-    """Class-weighted cross-entropy (2 logits) or BCE (1 logit): sum_i w_{y_i} l_i / sum_i w_{y_i},
-    the same normalisation as F.cross_entropy(weight=...), so both heads give comparable losses.
-    reduction='none' returns the unnormalised w_{y_i} l_i and the weights, for split-wide sums."""
+    """Class-weighted cross-entropy (2 logits) or BCE (1 logit): mean_i w_{y_i} l_i over the batch. The
+    weights (n / 2 n_c, mean 1 over the training samples) make each class count as half of the expected
+    loss, as icpr2020dfdc's balanced real/fake batches do (isplutils/data.py:153-164), whatever a
+    batch's own class mix. reduction='none' returns w_{y_i} l_i and the weights, for split-wide sums."""
     if logits.shape[-1] == 1:
         per_sample = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels.float(), reduction="none")
     else:
@@ -177,7 +209,9 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weight
     weights = class_weights[labels]
     if reduction == "none":
         return per_sample * weights, weights
-    return (per_sample * weights).sum() / weights.sum()
+    # FIX(DFD-BATCH-WEIGHTS): mean over the batch; dividing by the batch's weight sum cancels the weights of a
+    # one-class batch and renormalises every other one by its own class mix.
+    return (per_sample * weights).mean()
 
 
 def attention_loss(attention_map: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = checkpoint["config"]
     data = DataConfig(**config["data"])
     records = read_videos(existing(args.input, "input"), data)
-    model = eval_model(DeepfakeDetector(dataclasses.replace(DetectorConfig(**config["model"]), pretrained=False)),
+    model = eval_model(DeepfakeDetector(dataclasses.replace(DetectorConfig(**config["model"]), pretrained="none")),
                        checkpoint, args.checkpoint, device)  # the weights are the checkpoint's: nothing to download
     dataset = VideoSequenceDataset(records, data.frames, data.image_size, train=False, augment=None,
                                    clips=data.eval_clips, seed=config["run"]["seed"])

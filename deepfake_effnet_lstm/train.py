@@ -1,7 +1,8 @@
 """Train the EfficientNet-B0 + LSTM deepfake detector.
 
     python deepfake_effnet_lstm/train.py                       # synthetic demo (flickering fakes)
-    python deepfake_effnet_lstm/train.py --data-root faces/ --frames 16 --image-size 224 --pretrained
+    python deepfake_effnet_lstm/train.py --data-root faces/ --frames 16 --pretrained   # ImageNet weights, 224 px
+    python deepfake_effnet_lstm/train.py --data-root faces/ --pretrained efficientnet_b0.pth    # offline weights
     python deepfake_effnet_lstm/train.py --resume runs/deepfake_effnet_lstm/last.pt
     torchrun --nproc_per_node 2 deepfake_effnet_lstm/train.py --max-iters 20 --test
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
+from common.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, load_run_checkpoint
 from common.cli import (
     above,
     add_args,
@@ -47,6 +48,7 @@ from common.runtime import (
     DataError,
     DistInfo,
     EpochSampler,
+    NonFiniteLossError,
     assert_replicas_in_sync,
     autocast,
     autocast_dtype,
@@ -63,11 +65,12 @@ from common.runtime import (
 )
 from common.schedulers import PlateauController
 from deepfake_effnet_lstm import plots
-from deepfake_effnet_lstm.data import DataConfig, make_datasets
+from deepfake_effnet_lstm.data import DataConfig, default_image_size, make_datasets
 from deepfake_effnet_lstm.model import (
     STAGE_CHANNELS,
     DeepfakeDetector,
     DetectorConfig,
+    WeightsFileError,
     attention_loss,
     classification_loss,
     fake_probability,
@@ -89,7 +92,7 @@ MODEL_CHECKS = {"attention": ["gate", "cbam", "none"], "attention_stage": betwee
 
 @dataclass
 class TrainConfig:
-    lr: float | None = arg(None, "Adam learning rate (default: 1e-4 as icpr2020dfdc with --data-root, 1e-3 on the "
+    lr: float | None = arg(None, "Adam learning rate (default: 1e-5 with --data-root, icpr2020dfdc's; 1e-3 on the "
                            "synthetic demo, which starts from random weights on tiny frames)", check=above(0.0))
     warmup_steps: int = arg(0, "linear lr warm-up in optimizer steps (0: none, as icpr2020dfdc)", check=at_least(0))
     batch_size: int = arg(8, "sequences per step and per process", check=at_least(1))
@@ -106,7 +109,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    val_interval: int = arg(749, "optimizer steps between validations, as icpr2020dfdc (also at every epoch end and "
+    val_interval: int = arg(500, "optimizer steps between validations, as icpr2020dfdc (also at every epoch end and "
                             "at the last step)", check=at_least(1))
     test: bool = arg(False, "score best.pt on the test split at the end (results.json, test_metrics.json)")
     tensorboard: bool = arg(True, "TensorBoard scalars, PR curves and overlays (when tensorboard is installed)")
@@ -131,7 +134,11 @@ SECTIONS = {"data": DataConfig, "model": DetectorConfig, "train": TrainConfig, "
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser, DataConfig, "data")
-    add_args(parser, DetectorConfig, "model", checks=MODEL_CHECKS)
+    model = add_args(parser, DetectorConfig, "model", checks=MODEL_CHECKS, exclude=["pretrained"])
+    model.add_argument("--pretrained", nargs="?", const="imagenet", default=None, metavar="imagenet|FILE|none",
+                       help="backbone weights: torchvision's ImageNet efficientnet_b0 (bare flag or 'imagenet', a "
+                            "download), an efficientnet_b0 state_dict FILE (offline), or 'none' (random init). "
+                            "Default: none on the synthetic demo; --data-root needs it said")
     add_args(parser, TrainConfig, "optimisation")
     add_args(parser, EvalConfig, "evaluation")
     run_args(parser, DEFAULT_OUT, ckpt_interval=25, log_interval=25)
@@ -145,15 +152,26 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                      f"training videos")
     if args.attention_loss_weight > 0 and args.data_root and not args.mask_root:
         parser.error("--attention-loss-weight needs masks: pass --mask-root (the synthetic data has them)")
+    if args.data_root and args.pretrained is None and not args.resume:
+        parser.error("--data-root: say which backbone weights to fine-tune, as icpr2020dfdc and the seed start from "
+                     "ImageNet: --pretrained (torchvision's, a download) or --pretrained FILE (an efficientnet_b0 "
+                     "state_dict); --pretrained none trains a random backbone on purpose")
     if args.attention_loss_weight > 0 and args.attention == "none":
         parser.error("--attention-loss-weight needs an attention module: --attention gate or cbam")
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    """The Config of parsed flags; the recipe-dependent lr default is written back into `args`, so
-    checkpoints hold it."""
+    """The Config of parsed flags; the recipe-dependent defaults are written back into `args`, so
+    checkpoints hold them: real data fine-tunes as icpr2020dfdc does (lr 1e-5, train_binclass.py:65;
+    224 px, scripts/train_all.sh:18; noise, downscaling and JPEG, isplutils/utils.py:159-194)."""
     if args.lr is None:
-        args.lr = 1e-4 if args.data_root else 1e-3
+        args.lr = 1e-5 if args.data_root else 1e-3
+    if args.image_size is None:
+        args.image_size = default_image_size(args.data_root)
+    if args.aug_icpr is None:
+        args.aug_icpr = bool(args.data_root)
+    if args.pretrained is None:
+        args.pretrained = "none"
     return Config(from_args(DetectorConfig, args), from_args(DataConfig, args), from_args(TrainConfig, args),
                   from_args(EvalConfig, args), RunSettings.from_args(args))
 
@@ -284,16 +302,22 @@ def score(model, loader, cfg: Config) -> dict[str, torch.Tensor]:
             "label": table[:, 4].long(), "video": table[:, 5].long()}
 
 
-def split_metrics(scores: dict[str, torch.Tensor]) -> dict:
-    """The split's class-weighted loss, and the metrics per sequence and per video."""
+def split_metrics(scores: dict[str, torch.Tensor], split: str = "validation") -> dict:
+    """The split's class-weighted loss, and the metrics per sequence and per video. Non-finite model
+    outputs stop the run here, named, before the metrics see them."""
+    bad = ~torch.isfinite(scores["p_fake"]) | ~torch.isfinite(scores["weighted_loss"])
+    if bool(bad.any()):
+        raise NonFiniteLossError(f"{split}: the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} "
+                                 f"sequences (P(fake) and loss): weights or BatchNorm running statistics went "
+                                 f"non-finite (too high a --lr?)")
     loss = float(scores["weighted_loss"].sum() / scores["weight"].sum())
     return {"loss": loss, **binary_metrics(scores["label"], scores["p_fake"], scores["video"])}
 
 
 @torch.no_grad()
-def evaluate(model, loader, cfg: Config) -> dict:
+def evaluate(model, loader, cfg: Config, split: str = "test") -> dict:
     """Loss and metrics of a whole split (every rank calls it)."""
-    return split_metrics(score(model, loader, cfg))
+    return split_metrics(score(model, loader, cfg), split)
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
@@ -305,9 +329,9 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
     cfg = config_from(args)
     datasets, class_weights, _ = make_datasets(cfg.data, cfg.run.seed)
     cfg.class_weights = class_weights.to(device)
-    model = DeepfakeDetector(dataclasses.replace(cfg.model, pretrained=False)).to(device)  # weights: the checkpoint's
+    model = DeepfakeDetector(dataclasses.replace(cfg.model, pretrained="none")).to(device)  # weights: the checkpoint's
     load_model_state(model, checkpoint["model"], path)
-    return evaluate(model, eval_loader(datasets[split], cfg), cfg)
+    return evaluate(model, eval_loader(datasets[split], cfg), cfg, split)
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
@@ -315,7 +339,7 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     on the validation loss (every rank); TensorBoard and overlays on rank 0."""
     model = unwrap(state.model)
     scores = score(model, loader, cfg)
-    metrics = split_metrics(scores)
+    metrics = split_metrics(scores, f"validation at step {state.step}")
     # FIX(DFD-MINLR-STOP): the controller steps on the validation loss and decides when to stop.
     controller = plateau_controller(cfg, state.meters["controller"])
     controller.step(metrics["loss"])
@@ -405,8 +429,8 @@ def main(argv: list[str] | None = None) -> dict:
         seed_everything(cfg.run.seed + dist_info.rank)  # per-rank dropout streams; DDP copies rank 0's initial weights
         datasets, class_weights, info = make_datasets(cfg.data, cfg.run.seed)
         padded = f", {info['padded']} short videos padded" if info["padded"] else ""
-        counts = ", ".join(f"{s} {n}" for s, n in info["videos"].items())
-        run.print(f"videos: {counts} ({info['source']}{padded})")
+        sequences, videos = (", ".join(f"{s} {n}" for s, n in info[k].items()) for k in ("sequences", "videos"))
+        run.print(f"sequences (one per person in a video): {sequences}; videos: {videos} ({info['source']}{padded})")
         run.print(f"class weights (real, fake): {[round(w, 3) for w in class_weights.tolist()]}")
         cfg.class_weights = class_weights.to(device)
         sampler = make_train_sampler(datasets, cfg, dist_info)
@@ -414,7 +438,10 @@ def main(argv: list[str] | None = None) -> dict:
         # FIX(DFD-VAL-DATA): validate on the validation split; the seed validated on the training set.
         val_loader = eval_loader(datasets["val"], cfg)
 
-        model = DeepfakeDetector(cfg.model).to(device)
+        try:
+            model = DeepfakeDetector(cfg.model).to(device)
+        except WeightsFileError as e:  # one line naming the file, printed by run_cli
+            raise CheckpointError(str(e)) from None
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
         scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
         state = State(wrap_ddp(model, dist_info), optimizer, scaler)

@@ -41,10 +41,12 @@ def test_shapes_and_every_parameter_gets_a_gradient(attention, num_logits, bidir
 
 def test_weighted_losses_match_torch():
     logits, labels, w = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1]), torch.tensor([2.0, 0.5])
-    torch.testing.assert_close(M.classification_loss(logits, labels, w), F.cross_entropy(logits, labels, weight=w))
+    # mean of w_y * CE over the batch (DFD-BATCH-WEIGHTS): torch's weight= divides by the batch's weight sum instead
+    expected = (F.cross_entropy(logits, labels, reduction="none") * w[labels]).mean()
+    torch.testing.assert_close(M.classification_loss(logits, labels, w), expected)
     one = torch.randn(6, 1)
     per_sample = F.binary_cross_entropy_with_logits(one.squeeze(1), labels.float(), reduction="none")
-    expected = (per_sample * w[labels]).sum() / w[labels].sum()
+    expected = (per_sample * w[labels]).mean()
     torch.testing.assert_close(M.classification_loss(one, labels, w), expected)
     p = torch.rand(2, 3, 1, 4, 4) * 0.98 + 0.01
     masks = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
@@ -56,7 +58,7 @@ def test_pretrained_key_map_loads_every_backbone_tensor(monkeypatch):
     reference = torchvision.models.efficientnet_b0(weights=None).state_dict()
     monkeypatch.setattr(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
                         lambda self, progress=False: reference)
-    model = M.DeepfakeDetector(M.DetectorConfig(pretrained=True))
+    model = M.DeepfakeDetector(M.DetectorConfig(pretrained="imagenet"))
     for k, v in model.features.state_dict().items():
         torch.testing.assert_close(v, reference["features." + k])
 
@@ -66,7 +68,7 @@ def test_pretrained_offline_fails_with_a_clear_message(monkeypatch):
         raise OSError("network unreachable")
     monkeypatch.setattr(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="--pretrained: could not download"):
-        M.DeepfakeDetector(M.DetectorConfig(pretrained=True))
+        M.DeepfakeDetector(M.DetectorConfig(pretrained="imagenet"))
 
 
 def test_frame_ids_are_evenly_spaced_and_short_videos_pad():

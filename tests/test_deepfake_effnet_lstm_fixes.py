@@ -148,7 +148,7 @@ def test_dfd_minlr_stop_fires(tmp_path, monkeypatch):
     where it stuck (--lr 1e-8, min_lr 1e-9) on a flat validation loss, the run lands on min_lr at
     the first plateau and stops at the next validation."""
     flat = {"loss": 0.5, **T.binary_metrics(torch.tensor([0, 1]), torch.tensor([0.4, 0.6]), torch.arange(2))}
-    monkeypatch.setattr(T, "split_metrics", lambda scores: dict(flat))
+    monkeypatch.setattr(T, "split_metrics", lambda scores, split="": dict(flat))
     out = tmp_path / "run"
     results = T.main([*TINY_ARGS, "--lr", "1e-8", "--min-lr-factor", "0.1", "--max-iters", "6", "--val-interval", "1",
                       "--plateau-patience", "0", "--plateau-cooldown", "0", "--keep-checkpoints", "0",

@@ -185,7 +185,7 @@ def _dfd_case(edit, videos=None):
 
         root = write_dataset(tmp_path / "d", videos or grouped_videos(8), frames=4)
         edit(root)
-        return ["--data-root", str(root)]
+        return ["--data-root", str(root), "--pretrained", "none"]
     return build
 
 
@@ -243,7 +243,8 @@ BAD_INPUTS = [
     ("caer_clip", "fewer frames than listed", _caer_case(lambda r: (r / "train" / "class5_0" / "4.jpg").unlink()),
      DataError, "class5_0"),
     ("caer_clip", "missing face box", _caer_case(_drop_face_box), DataError, "no face box for clip 'train/class2_0'"),
-    ("deepfake_effnet_lstm", "missing data root", lambda t: ["--data-root", str(t / "nowhere")], DataError, "nowhere"),
+    ("deepfake_effnet_lstm", "missing data root", lambda t: ["--data-root", str(t / "nowhere"), "--pretrained", "none"],
+     DataError, "nowhere"),
     ("deepfake_effnet_lstm", "empty index file", _dfd_case(lambda r: (r / "index.csv").write_text("video,label\n")),
      DataError, "no videos listed"),
     ("deepfake_effnet_lstm", "malformed line",
