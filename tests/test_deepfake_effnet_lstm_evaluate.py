@@ -17,6 +17,8 @@ from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, write_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
+
 # the real detector on the synthetic videos, as small as it runs: 16 px frames, LSTM width 8
 SMALL = [*TINY_ARGS, "--image-size", "16", "--lstm-hidden", "8", "--device", "cpu"]
 FRAMES_PER_VIDEO = 8  # frames on disk per fixture video
@@ -31,14 +33,6 @@ VAL_PROBS = {
 VAL_LABELS = {"r0": "real", "r1": "real", "r2": "real", "f0": "fake", "f1": "fake"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Frames of 16 px and a batch of 2: a second intra-op thread only adds synchronisation, which
-    costs seconds per step on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fixture(root):
