@@ -535,3 +535,29 @@ def test_a_device_this_machine_lacks_is_one_error_before_anything_is_written(pro
     with pytest.raises(DeviceError, match="cuda:99 asked for, but this machine has"):
         main([*SPECS[project].tiny, "--device", "cuda:99", "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
+
+
+def test_a_better_validation_replaces_best_pt_and_a_worse_one_does_not(tmp_path, monkeypatch):
+    """Through caer_clip's real main(): validation UAR 0.5, 0.7, 0.6 over three epochs (a stand-in for
+    evaluate() with known scores). best.pt must hold epoch 1's weights (0.7 replaced 0.5; 0.6 did not
+    replace 0.7), and the final test scores it. With the comparison reversed, best.pt would stay at
+    epoch 0 (or move to epoch 2)."""
+    from caer_clip import train as caer_train
+
+    real_evaluate, scripted, seen = caer_train.evaluate, iter([0.5, 0.7, 0.6]), []
+
+    def scripted_evaluate(model, loader, cfg):
+        metrics = real_evaluate(model, loader, cfg)
+        if len(seen) < 3:  # the three validations; then the final test, as it is
+            seen.append(next(scripted))
+            metrics = {**metrics, "uar": seen[-1], "war": seen[-1]}
+        return metrics
+
+    monkeypatch.setattr(caer_train, "evaluate", scripted_evaluate)
+    run = tmp_path / "r"
+    results = caer_train.main([*SPECS["caer_clip"].tiny, "--epochs", "3", "--out", str(run)])
+    assert results["best"]["value"] == 0.7 and results["best"]["epoch"] == 1
+    best = load_run_checkpoint(run / "best.pt", "caer_clip")
+    assert best["best"]["value"] == 0.7 and best["progress"]["step"] == results["best"]["step"]
+    steps = [int(r[0]) for r in log_rows(run)[1:] if r[log_rows(run)[0].index("val_uar")]]
+    assert best["progress"]["step"] == steps[1]  # the second validation's step, not the first or the third
