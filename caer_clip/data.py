@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from caer_clip.clip import load_clip
 from caer_clip.model import CAERModel, ModelConfig, build_model
 from common.cli import arg, at_least, between
-from common.images import DECODE_ERRORS, natural_key, open_image
+from common.images import DECODE_ERRORS, check_one_file_per_frame, natural_key, open_image
 from common.runtime import DataError, EpochSampler, read_text, sample_generator, seed_everything
 
 # OpenAI CLIP's preprocessing statistics (openai/CLIP clip/clip.py, _transform).
@@ -380,14 +380,7 @@ def list_frames(frames_dir: Path, source: str) -> list[str]:
     if not frames_dir.is_dir():
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
-    seen = {}
-    for name in sorted(names, key=natural_key):  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg': one frame twice
-        stem = Path(name).stem
-        frame = int(stem) if stem.isdecimal() else stem
-        if frame in seen:
-            raise DataError(f"{source}: {frames_dir} holds frame {frame} twice ({seen[frame]} and {name}); "
-                            f"keep one file per frame")
-        seen[frame] = name
+    check_one_file_per_frame(names, frames_dir, source)  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg'
     # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
     # was: return sorted(names)
     return sorted(names, key=natural_key)

@@ -60,12 +60,14 @@ def natural_key(name: str) -> list:
 
 
 def check_one_file_per_frame(names: Iterable[str], folder: Path, where: str) -> None:
-    """Refuse two files of one frame ('12.jpg' and '12.png'): they would count as two frames and the
-    sequence would show frame 12 twice."""
+    """Refuse two files of one frame ('12.jpg' and '12.png', or 'frame_2.png' and 'frame_02.png',
+    which the natural order reads as the same number): they would count as two frames and the
+    sequence would show that frame twice."""
     seen = {}
     for name in sorted(names, key=natural_key):
-        stem = Path(name).stem
-        if stem in seen:
-            raise DataError(f"{where}: {folder} holds frame {stem} twice ({seen[stem]} and {name}); "
-                            f"keep one file per frame")
-        seen[stem] = name
+        frame = tuple(natural_key(Path(name).stem))
+        if frame in seen:
+            stem = Path(seen[frame]).stem
+            raise DataError(f"{where}: {folder} holds frame {int(stem) if stem.isdecimal() else stem} twice "
+                            f"({seen[frame]} and {name}); keep one file per frame")
+        seen[frame] = name

@@ -99,22 +99,9 @@ def list_frames(folder: Path, where: str, subject: int | None = None) -> list[Pa
                             f"(subj{', subj'.join(map(str, subjects))}); a sequence must show one: list the video "
                             f"in an index.csv, which reads one sequence per subject")
     check_one_file_per_frame(names, folder, where)
-    check_one_name_per_frame_number(names, folder, where)
     # FIX(DFD-FRAME-SORT): a text sort puts 10.png before 2.png, so unpadded frames reached the LSTM shuffled.
     # was: return sorted(folder / name for name in names)
     return [folder / name for name in sorted(names, key=natural_key)]
-
-
-def check_one_name_per_frame_number(names: list[str], folder: Path, where: str) -> None:
-    """Refuse 'frame_2.png' beside 'frame_02.png': the natural sort reads both as frame 2, so the sequence
-    would show that frame twice (check_one_file_per_frame compares the names as text)."""
-    seen: dict[tuple, str] = {}
-    for name in sorted(names, key=natural_key):
-        number = tuple(natural_key(Path(name).stem))
-        if number in seen:
-            raise DataError(f"{where}: {folder} holds one frame number under two names ({seen[number]} and "
-                            f"{name}); keep one file per frame")
-        seen[number] = name
 
 
 def read_index(index_csv: Path, frames_root: Path, mask_root: Path | None, frames: int,

@@ -212,5 +212,17 @@ def test_same_frame_in_two_files_is_refused(tmp_path):
 def test_dfd_read_index_refuses_a_duplicate_frame(tmp_path):
     root = write_dataset(tmp_path / "data", [{"video": "v", "label": "real"}])
     Image.new("RGB", (8, 8)).save(root / "v" / "0001.jpg")  # 0001.png exists too
-    with pytest.raises(DataError, match=r"index\.csv:2: .*/v holds frame 0001 twice"):
+    with pytest.raises(DataError, match=r"index\.csv:2: .*/v holds frame 1 twice"):
         dfd_data.read_index(root / "index.csv", root, None, frames=2)
+
+
+def test_one_frame_number_under_two_names_is_refused_in_both_video_readers(tmp_path):
+    """'frame_2.png' beside 'frame_02.png': the natural order reads both as frame 2 (before: two
+    frames, the sequence showing that frame twice, in caer_clip and deepfake_effnet_lstm alike)."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for name in ("frame_1.png", "frame_2.png", "frame_02.png"):
+        (folder / name).write_bytes(b"")
+    for reader, where in ((dfd_data.list_frames, "index.csv:2"), (caer_data.list_frames, "list.txt:3")):
+        with pytest.raises(DataError, match=r"holds frame frame_2 twice \(frame_2\.png and frame_02\.png\)"):
+            reader(folder, where)

@@ -124,7 +124,7 @@ def test_dfd_one_frame_number_under_two_names_is_refused(tmp_path):
     folder = root / "real0"
     Image.new("RGB", (8, 8)).save(folder / "frame_2.png")
     Image.new("RGB", (8, 8)).save(folder / "frame_02.png")
-    with pytest.raises(DataError, match=r"one frame number under two names \(frame_2\.png and frame_02\.png\)"):
+    with pytest.raises(DataError, match=r"holds frame frame_2 twice \(frame_2\.png and frame_02\.png\)"):
         D.make_datasets(D.DataConfig(data_root=str(root), frames=2, image_size=8), seed=0)
 
 
