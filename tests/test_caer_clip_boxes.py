@@ -226,7 +226,7 @@ def test_train_main_matches_rapt_keys_and_prints_box_counts(tmp_path, capsys):
         main(["--data-root", str(root), "--body-boxes", "body.json", "--out", str(tmp_path / "run2"), *TINY])
 
 
-# ----------------------------------------------------------------------------- issue 22: what a new user trips on
+# ----------------------------------------------------------------------------- what a new user trips on
 
 
 def test_rapt_per_frame_body_boxes_are_read(tmp_path):

@@ -1,4 +1,4 @@
-"""Each mechanism of caer_clip reaches what it should, as in the originals (issue 20): every test
+"""Each mechanism of caer_clip reaches what it should, as in the originals: every test
 perturbs or removes the mechanism and fails when it is inert. caer_clip/README.md, "Mechanisms",
 names the original's file and line for each."""
 

@@ -1,4 +1,4 @@
-"""caer_clip/predict.py reads lists and box files as train.py does (one reader, issue 22), and its
+"""caer_clip/predict.py reads lists and box files as train.py does (one reader), and its
 picture's box outlines read on any scene."""
 
 import json

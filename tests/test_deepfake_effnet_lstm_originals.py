@@ -1,5 +1,5 @@
-"""deepfake_effnet_lstm against its original, polimi-ispl/icpr2020dfdc @bbd6411 (issue 20), weights files
-from elsewhere (issue 21) and what a new user trips on (issue 22). Each test is red on the code before."""
+"""deepfake_effnet_lstm against its original, polimi-ispl/icpr2020dfdc @bbd6411, weights files
+from elsewhere and what a new user trips on. Each test is red on the code before."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
 
-# ----------------------------------------------------------------------------- issue 20: the original's recipe
+# ----------------------------------------------------------------------------- the original's recipe
 
 
 def _config(argv):
@@ -84,7 +84,7 @@ def test_dfd_mechanism_frame_order_reaches_the_logits():
     assert (logits - reversed_logits).abs().max() > 1e-4 and (logits - shuffled).abs().max() > 1e-4
 
 
-# ----------------------------------------------------------------------------- issue 21: a weights file
+# ----------------------------------------------------------------------------- a weights file
 
 
 def test_dfd_pretrained_file_loads_every_backbone_tensor(tmp_path):
@@ -105,7 +105,7 @@ def test_dfd_pretrained_file_of_another_network_is_one_line(tmp_path, network):
     assert str(path) in message and "\n" not in message and "efficientnet_b0" in message
 
 
-# ----------------------------------------------------------------------------- issue 22: what a new user trips on
+# ----------------------------------------------------------------------------- what a new user trips on
 
 
 def test_dfd_start_line_says_sequences_not_videos(tmp_path, capsys):

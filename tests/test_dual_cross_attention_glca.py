@@ -1,6 +1,6 @@
-"""GLCA's selected queries reach the prediction (issue 19), the paper's GLCA ablations as flags, the
-synthetic pre-training, sizes read from a --pretrained file (issue 21), split sizes and the rollout
-picture's colour scale (issue 22)."""
+"""GLCA's selected queries reach the prediction, the paper's GLCA ablations as flags, the
+synthetic pre-training, sizes read from a --pretrained file, split sizes and the rollout
+picture's colour scale."""
 
 import subprocess
 import sys
@@ -94,7 +94,7 @@ def test_glca_select_flags_choose_the_queries_rollout_last_layer_random():
 def test_glca_mode_flags_cross_local_self_cls_query():
     """--glca-mode: cross reads keys/values of every token; local-self of the selected tokens only
     (the others can change freely); cls-query uses the CLS query alone, so the selection no longer
-    matters (the Cross-ViT-like baseline, the behaviour before issue 19)."""
+    matters (the Cross-ViT-like baseline, the behaviour before GLCA read its selected queries)."""
     images = torch.randn(2, 3, 32, 32)
     scores = torch.randn(2, 64)
     results = {}

@@ -150,7 +150,7 @@ def test_train_on_the_published_hjsad1994_folder_with_on_bad_label(tmp_path):
 
 
 def test_bad_records_of_every_file_named_in_one_error(tmp_path):
-    """Issue 22: the faults of train AND test are reported by one run, each file with its own list;
+    """the faults of train AND test are reported by one run, each file with its own list;
     before, only the first failing file was named and the others' faults came on later runs."""
     write_hjsad_folder(tmp_path / "data")
     test_rows = [hjsad_row("Camera nét", Camera="Positve"), hjsad_row("Giao hàng\nchậm", Shipping="Negative"),

@@ -26,7 +26,7 @@ def test_visualize_records_real_shapes_and_writes_pictures(tmp_path):
     assert shapes["embeddings"] == (4, 256)
     assert set(out["times"]) == {"encoder", "heads", "losses", "backward", "optimizer step"}
     assert all(ms > 0 for ms in out["times"].values())
-    # Issue 22: one measurement in both pictures. The timeline's stages add up to the bar chart's one-pass
+    # one measurement in both pictures. The timeline's stages add up to the bar chart's one-pass
     # step (they were two measurements: 47.0 ms on one picture, 72.0 ms on the other, for one run).
     assert sum(out["times"].values()) == pytest.approx(out["comparison"]["one_ms"], rel=1e-9)
     assert out["comparison"]["ratio"] == pytest.approx(out["comparison"]["one_ms"] / out["comparison"]["two_ms"])
@@ -59,7 +59,7 @@ def test_visualize_reads_a_train_checkpoint(tmp_path, monkeypatch, capsys):
     out = visualize.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "figs"), *SMALL])
     shapes = dict((name, shape) for name, _, shape in out["records"])
     assert shapes["encoder.layers.0"] == (4, 8, 32) and "encoder.layers.1" not in shapes
-    # Issue 22: without --batch-size / --seq-len the measured step has the run's shape (batch 16, max-len 64),
+    # without --batch-size / --seq-len the measured step has the run's shape (batch 16, max-len 64),
     # and the text says so; it said "32 x 32 tokens" for any checkpoint.
     capsys.readouterr()
     out = visualize.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "figs"),

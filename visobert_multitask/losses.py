@@ -89,7 +89,7 @@ def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.
     """Mean over aspects of common `focal_loss` on each aspect's (B, S) logits (batch mean inside),
     as the original (train_multilabel_focal_contrastive.py:59-74), so that `--w-focal` and `--w-con`
     are the ratio of the two terms the seed names (0.8 : 0.2)."""
-    # A sum here (as this project had until issue 20) made the focal term A times heavier than --w-focal says:
+    # A sum here (as this project had before) made the focal term A times heavier than --w-focal says:
     # with 0.8 / 0.2 and 10 aspects the ratio to SupCon was 40:1.
     return torch.stack([focal_loss(logits[:, a], targets[:, a], gamma, alpha[a])
                         for a in range(logits.shape[1])]).mean()
