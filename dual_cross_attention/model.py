@@ -34,7 +34,8 @@ GLCA_READOUTS = ("mean", "local")
 
 @dataclass
 class DCALConfig:
-    preset: str | None = None  # ViT size, a key of PRESETS: fills the sizes below that are left unset
+    preset: str | None = None  # ViT size: fills the sizes below that are left unset
+                               # (default: base = ViT-B/16 as in the paper; tiny on the synthetic data)
     image_size: int | None = None  # square input side in px (default: 448 as in the paper; 32 on the synthetic data)
     patch_size: int | None = None  # patch side; (image_size / patch_size)^2 patch tokens + CLS (default: from --model)
     in_chans: int = 3  # input channels

@@ -33,7 +33,6 @@ from common.cli import (
     at_least,
     between,
     check_resume_config,
-    field_comments,
     from_args,
     parse_with_resume,
     run_args,
@@ -94,11 +93,11 @@ LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_sa", "loss_glca", "loss_pwca
 # model flags: DCALConfig's comments give the help; the checks attach here (model.py imports no CLI code)
 MODEL_CHECKS = {"image_size": at_least(1), "patch_size": at_least(1), "embed_dim": at_least(1), "depth": at_least(1),
                 "drop_path": between(0.0, 1.0), "top_ratio": between(0.0, 1.0), "glca_select": list(GLCA_SELECT),
-                "glca_mode": list(GLCA_MODES), "glca_readout": list(GLCA_READOUTS)}
+                "glca_mode": list(GLCA_MODES), "glca_readout": list(GLCA_READOUTS), "preset": sorted(PRESETS),
+                "num_heads": at_least(1)}
 SIZE_FLAGS = {"embed_dim": "--embed-dim", "depth": "--depth", "num_heads": "--heads", "patch_size": "--patch-size"}
-# not flags of their field's name: preset and num_heads are --model and --heads (added by hand), the others
-# no flags at all (num_classes comes from the data)
-MODEL_FIXED = ["preset", "num_heads", "in_chans", "num_classes", "mlp_ratio", "qkv_bias", "ln_eps"]
+MODEL_FLAGS = {"preset": "--model", "num_heads": "--heads"}  # not --<field-name>
+MODEL_FIXED = ["in_chans", "num_classes", "mlp_ratio", "qkv_bias", "ln_eps"]  # no flags (num_classes: from the data)
 
 
 @dataclass
@@ -194,12 +193,7 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser, DataConfig, "data")
-    model = add_args(parser, DCALConfig, "model", checks=MODEL_CHECKS, exclude=MODEL_FIXED)
-    model.add_argument("--model", dest="preset", default=None, choices=sorted(PRESETS),
-                       help="ViT size, fills the sizes above that are left unset (default: base = ViT-B/16 as in "
-                            "the paper; tiny on the synthetic data)")
-    model.add_argument("--heads", dest="num_heads", default=None, type=at_least(1),
-                       help=field_comments(DCALConfig)["num_heads"])
+    add_args(parser, DCALConfig, "model", checks=MODEL_CHECKS, exclude=MODEL_FIXED, flags=MODEL_FLAGS)
     add_args(parser, TrainConfig, "training")
     run_args(parser, default_out=DEFAULT_OUT, ckpt_interval=200, log_interval=20)
     return parser
