@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import math
 import pickle
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -75,7 +76,6 @@ from dual_cross_attention.model import (
     vit_sizes,
 )
 from dual_cross_attention.plots import save_rollout_png
-from dual_cross_attention.pretrain import cached_pretrained
 
 PROJECT = "dual_cross_attention"
 DEFAULT_OUT = "runs/dual_cross_attention"
@@ -98,6 +98,7 @@ MODEL_CHECKS = {"image_size": at_least(1), "patch_size": at_least(1), "embed_dim
 SIZE_FLAGS = {"embed_dim": "--embed-dim", "depth": "--depth", "num_heads": "--heads", "patch_size": "--patch-size"}
 MODEL_FLAGS = {"preset": "--model", "num_heads": "--heads"}  # not --<field-name>
 MODEL_FIXED = ["in_chans", "num_classes", "mlp_ratio", "qkv_bias", "ln_eps"]  # no flags (num_classes: from the data)
+PRETRAIN = [sys.executable, str(Path(__file__).with_name("pretrain.py"))]  # a tool, run in its own process
 
 
 @dataclass
@@ -275,6 +276,17 @@ def read_pretrained(spec: str) -> dict:
         raise DataError(f"--pretrained {path}: cannot read it as a state_dict ({cause})") from e
     # DeiT / timm training checkpoints wrap the weights
     return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+
+
+def synthetic_pretrained(model: DCALConfig) -> str:
+    """The file of a ViT of these sizes pre-trained on the synthetic pre-training task: pretrain.py trains
+    it on first use (progress on stderr), caches it under runs/pretrained/ and prints its path."""
+    sizes = {"--model": model.preset, "--embed-dim": model.embed_dim, "--depth": model.depth,
+             "--heads": model.num_heads, "--patch-size": model.patch_size, "--image-size": model.image_size}
+    command = [*PRETRAIN, *(f"{flag}={value}" for flag, value in sizes.items())]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if is_main() else subprocess.DEVNULL,
+                          text=True, check=True)
+    return done.stdout.splitlines()[-1]
 
 
 def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
@@ -483,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.train.pretrained != "none" and not resumed:
             spec = cfg.train.pretrained
             if spec == "synthetic":  # built on first use, then read from runs/pretrained/
-                spec = str(cached_pretrained(cfg.model, log=run.print))
+                spec = synthetic_pretrained(cfg.model)
             run.print(f"pretrained {spec}: {load_pretrained(model, read_pretrained(spec))}")
         model.to(cfg.device)
         cfg.schedule = plan_schedule(cfg.train, cfg.data.data_root is None, samplers["train"], dist_info.world_size)
