@@ -104,18 +104,9 @@ class _FileListDataset(torch.utils.data.Dataset):
 MAX_LISTED = 20  # problems shown in one DataError; the rest are counted
 
 
-def raise_problems(problems: list[str], what: str) -> None:
-    """One DataError listing every problem found (the first MAX_LISTED), so a broken index is
-    fixed in one pass instead of one error per run."""
-    if problems:
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"{what}: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
-
-
 def _read_table(path: Path, columns: int, problems: list[str] | None = None) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank line; the last field keeps inner spaces. A line with
-    too few fields is added to `problems`, or raised at once when no list is given. CRLF and a
-    UTF-8 BOM are fine."""
+    """(line number, fields) of every non-blank line, the last field keeping inner spaces (CRLF, BOM fine);
+    a line with too few fields is added to `problems`, or raised at once when no list is given."""
     if not path.is_file():
         raise DataError(f"{path}: missing (CUB-200-2011 layout needs images.txt, image_class_labels.txt, "
                         "train_test_split.txt and images/)")
@@ -125,12 +116,11 @@ def _read_table(path: Path, columns: int, problems: list[str] | None = None) -> 
             continue
         parts = line.strip().split(maxsplit=columns - 1)
         if len(parts) != columns:
-            problem = f"{path}:{line_no}: expected {columns} fields, got {line!r}"
             if problems is None:
-                raise DataError(problem)
-            problems.append(problem)
-            continue
-        rows.append((line_no, parts))
+                raise DataError(f"{path}:{line_no}: expected {columns} fields, got {line!r}")
+            problems.append(f"{path}:{line_no}: expected {columns} fields, got {line!r}")
+        else:
+            rows.append((line_no, parts))
     return rows
 
 
@@ -146,23 +136,19 @@ def _unique_ids(path: Path, rows: list[tuple[int, list[str]]], problems: list[st
 
 
 def _class_id(text: str) -> int | None:
-    """The integer a class id field holds, or None (ASCII digits only: str.isdigit() also passes '²',
-    which int() refuses)."""
+    """The integer of a class id field, or None (ASCII only: str.isdigit() passes '²', int() refuses it)."""
     return int(text) if text.isascii() and text.isdigit() else None
 
 
 def read_cub(root: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
-    """(train, test, class names) of a CUB-200-2011 folder, labels 0-based in classes.txt order.
-
-    images.txt, image_class_labels.txt, train_test_split.txt and the optional classes.txt are
-    checked against each other, and every inconsistency (a missing or duplicate image id, an
-    is_train other than 0/1, a class id that is no integer or not a class, a listed image file
-    that does not exist) is raised in one DataError naming file, line and value."""
+    """(train, test, class names) of a CUB-200-2011 folder, labels 0-based in classes.txt order. The index
+    files are checked against each other; every inconsistency (a missing or duplicate image id, an is_train
+    other than 0/1, a class id that is no integer or no class, a missing image file) is raised in one
+    DataError naming file, line and value."""
     problems: list[str] = []
     files = {name: root / f"{name}.txt" for name in ("images", "image_class_labels", "train_test_split", "classes")}
-    images = _unique_ids(files["images"], _read_table(files["images"], 2, problems), problems)
-    labels = _unique_ids(files["image_class_labels"], _read_table(files["image_class_labels"], 2, problems), problems)
-    split = _unique_ids(files["train_test_split"], _read_table(files["train_test_split"], 2, problems), problems)
+    images, labels, split = (_unique_ids(files[name], _read_table(files[name], 2, problems), problems)
+                             for name in ("images", "image_class_labels", "train_test_split"))
     if not images:
         problems.append(f"{files['images']}: lists no image")
 
@@ -188,21 +174,22 @@ def read_cub(root: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]
                             f"is not an integer")
         elif _class_id(class_id) not in index_of:
             problems.append(f"{files['image_class_labels']}:{line_no}: image id {image_id} has unknown class id "
-                            f"{class_id} (class ids: "
-                            f"{files['classes'].name if files['classes'].is_file() else '>= 1'})")
+                            f"{class_id} (class ids: {'classes.txt' if files['classes'].is_file() else '>= 1'})")
     for image_id, (line_no, is_train) in split.items():
         if is_train not in ("0", "1"):
             problems.append(f"{files['train_test_split']}:{line_no}: image id {image_id}: is_train {is_train!r} "
                             f"is not 0 or 1")
-    for name in ("image_class_labels", "train_test_split"):
-        table = labels if name == "image_class_labels" else split
+    for name, table in (("image_class_labels", labels), ("train_test_split", split)):
         problems += [f"{files[name]}:{line_no}: image id {image_id} is not in images.txt"
                      for image_id, (line_no, _) in table.items() if image_id not in images]
         problems += [f"{files[name]}: no line for image id {image_id} (images.txt:{line_no})"
                      for image_id, (line_no, _) in images.items() if image_id not in table]
     problems += [f"{files['images']}:{line_no}: image id {image_id}: file images/{path} does not exist"
                  for image_id, (line_no, path) in images.items() if not (root / "images" / path).is_file()]
-    raise_problems(problems, f"{root}: the CUB-200-2011 index files disagree")
+    if problems:  # all of them in one error, so a broken index is fixed in one pass
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{root}: the CUB-200-2011 index files disagree: {len(problems)} problem(s):\n  "
+                        + "\n  ".join(problems[:MAX_LISTED]) + more)
 
     splits: dict[str, list[tuple[Path, int]]] = {"1": [], "0": []}
     for image_id, (_, path) in images.items():
@@ -218,11 +205,9 @@ def folder_samples(root: Path, split: str, classes: list[str] | None = None):
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: missing split folder (expected {root}/train/<class>/... and "
-                        f"{root}/val/<class>/... "
-                        f"or {root}/test/<class>/...)")
+                        f"{root}/val/<class>/... or {root}/test/<class>/...)")
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    if classes is None:
-        classes = found
+    classes = found if classes is None else classes
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{split_dir}: unknown class folder(s) {unknown} not present in the train split")
@@ -248,15 +233,6 @@ def stratified_holdout(labels: list[int], fraction: float, seed: int) -> tuple[l
     return [i for i in range(len(labels)) if i not in held_out], sorted(held_out)
 
 
-def carve_validation(train: list[tuple[Path, int]], fraction: float, seed: int, source: Path):
-    """(train, val): a stratified `fraction` of the train split held out to choose best.pt on."""
-    kept, held_out = stratified_holdout([label for _, label in train], fraction, seed)
-    if not held_out:
-        raise DataError(f"{source}: cannot hold out a validation split from the train split: no class has two "
-                        f"training images (--val-fraction 0 validates on the test split instead)")
-    return [train[i] for i in kept], [train[i] for i in held_out]
-
-
 def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val_fraction: float = 0.1):
     """(train, val, test) datasets. Validation (best.pt) is the data's own val split; where there is
     none (CUB-200-2011, a train/test tree) a stratified `val_fraction` of the train split, drawn
@@ -275,10 +251,16 @@ def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val
         source = root / "train"
     else:
         raise DataError(f"{root}: neither a CUB-200-2011 folder (images.txt) nor a train/val class-folder tree")
-    if val is None:
+    if val is None and val_fraction == 0:
+        val = test
+    elif val is None:
         # best.pt is chosen on images held out of the train split, never on the test images it is
         # then scored on (that would make the test score optimistic); --val-fraction 0 opts out.
-        train, val = carve_validation(train, val_fraction, seed, source) if val_fraction > 0 else (train, test)
+        kept, held_out = stratified_holdout([label for _, label in train], val_fraction, seed)
+        if not held_out:
+            raise DataError(f"{source}: cannot hold out a validation split from the train split: no class has two "
+                            f"training images (--val-fraction 0 validates on the test split instead)")
+        train, val = [train[i] for i in kept], [train[i] for i in held_out]
     train_set = _FileListDataset(train, classes, FGVCTransform(resize, crop, train=True), seed)
     val_set = _FileListDataset(val, classes, FGVCTransform(resize, crop, train=False), seed)
     test_set = val_set if test is val else _FileListDataset(test, classes, FGVCTransform(resize, crop, train=False),
@@ -287,8 +269,7 @@ def build_real_datasets(root: str | Path, resize: int, crop: int, seed: int, val
 
 
 def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, int]:
-    """{"train", "val", "test"} datasets and the number of classes: real data under cfg.data_root,
-    else the synthetic set."""
+    """{"train", "val", "test"} datasets and the class count: real data under cfg.data_root, else synthetic."""
     if cfg.data_root is not None:
         train, val, test = build_real_datasets(cfg.data_root, cfg.resize, image_size, seed, cfg.val_fraction)
         return {"train": train, "val": val, "test": test}, len(train.classes)
@@ -308,25 +289,17 @@ def build_datasets(cfg: DataConfig, image_size: int, seed: int) -> tuple[dict, i
 
 
 class SyntheticFineGrained(torch.utils.data.Dataset):
-    """Fine-grained toy data: every image shows one object (an ellipse of a random colour, size and
-    angle) on a cluttered background (smooth colour
-    field, stripes of a random frequency and angle, bars of random colours, noise), and the class
-    is decided only by the small part on the object, `part` pixels square at any pixel position
-    (not on the patch grid, so it straddles patches): a two-colour texture (stripes, checks,
-    diagonals of 1-2 px) like a patch of plumage. Textures are periodic, so a part reads the same
-    wherever it falls on the grid; classes share colours and textures with each other and differ
-    in their combination.
+    """Fine-grained toy data: one object (an ellipse of random colour, size and angle) per image on a
+    cluttered background (smooth colour field, stripes, bars, noise); the class is decided only by the
+    small `part` x `part` px texture on the object (stripes, checks, diagonals of 1-2 px in two
+    colours, like a patch of plumage), at any pixel position, so it straddles patches. Distractors
+    are parts of the same family that belong to no class, placed off the object independently of the
+    label. The model has to find one small region, the setting GLCA's rollout-selected local queries
+    are built for (Zhu et al., CVPR 2022, sec. 3.2); the object carries no class information.
 
-    Distractors are parts of the same family placed off the object, drawn independently of the
-    label, so every class shows the same distractors: the family's patterns that belong to no
-    class. The model has to find one small region, the setting GLCA's rollout-selected local
-    queries are built for (Zhu et al., CVPR 2022, sec. 3.2). The object's colour, shape and
-    place carry no class information.
-
-    Images are drawn once from (seed, split) on a canvas `margin` pixels wider on each side;
-    evaluation shows the centre, training a crop shifted by up to +-margin pixels per
-    (seed, epoch, index) (no flip: a mirrored diagonal is another texture). The part is inside
-    every crop. `part_boxes` (top, left) and `decoy_boxes` (-1 where a distractor found no room)
+    Images are drawn once from (seed, split) on a canvas `margin` px wider on each side: evaluation
+    shows the centre, training a crop shifted by up to +-margin px per (seed, epoch, index) (no flip:
+    a mirrored diagonal is another texture). `part_boxes` (top, left) and `decoy_boxes` (-1: no room)
     are in canvas pixels; subtract `crop_offset(index)` for the image `__getitem__` returns."""
 
     PALETTE = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 0.2]])
@@ -360,9 +333,7 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
             raise ValueError(f"at most {self.max_classes()} synthetic classes ({family} textured parts, one left "
                              f"for decoys)")
         self.num_classes, self.image_size, self.part = num_classes, image_size, part
-        self.margin, self.seed = margin, seed
-        self.train = split in ("train", "pretrain-train")
-        self.epoch = 0
+        self.margin, self.seed, self.train, self.epoch = margin, seed, split in ("train", "pretrain-train"), 0
         u, v = torch.meshgrid(torch.arange(part), torch.arange(part), indexing="ij")
         order = torch.randperm(family, generator=torch.Generator().manual_seed(seed)).tolist()  # the same in all splits
         tiles = []
@@ -454,9 +425,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         +-margin drawn per (seed, epoch, index) in training."""
         if not self.train:
             return self.margin, self.margin
-        shift = torch.randint(0, 2 * self.margin + 1, (2,), generator=sample_generator(self.seed, self.epoch, index))
-        top, left = shift.tolist()
-        return top, left
+        return tuple(torch.randint(0, 2 * self.margin + 1, (2,),
+                                   generator=sample_generator(self.seed, self.epoch, index)).tolist())
 
     def __getitem__(self, index: int):
         top, left = self.crop_offset(index)

@@ -12,6 +12,7 @@ Three branches share one ViT:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -80,11 +81,8 @@ class DCALConfig:
 
 class UncertaintyWeighting(nn.Module):
     """Homoscedastic-uncertainty weighting of the branch losses (Kendall et al. 2018; FairMOT form):
-
         total = 0.5 * sum_i( exp(-s_i) * L_i + s_i ),   s_i = log sigma_i^2 learned, unbounded.
-
-    At the optimum exp(-s_i) = 1 / L_i, so branches with similar losses get similar weights; that
-    is expected, not a bug."""
+    At the optimum exp(-s_i) = 1 / L_i: branches with similar losses get similar weights (not a bug)."""
 
     def __init__(self, num_tasks: int):
         super().__init__()
@@ -102,15 +100,6 @@ class UncertaintyWeighting(nn.Module):
         s = self.log_vars
         stacked = torch.stack([loss.float().reshape(()) for loss in losses])
         return 0.5 * (torch.exp(-s) * stacked + s).sum()
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Attention(nn.Module):
@@ -139,15 +128,14 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=cfg.ln_eps)
         self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.ln_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        hidden = int(dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
         self.drop_path = StochasticDepth(drop_path, "row")  # stochastic depth (Huang et al. 2016), per sample
 
     def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None):
-        """x: (B, N, D) SA tokens, or (2B, N, D) = SA tokens then PWCA tokens when partner (B,), the
-        index of each image's PWCA partner, is given.
-
-        Returns the tokens (same shape) and the SA stream's queries and keys (B, H, N, d), from
-        which the caller recomputes the attention map for the rollout under no_grad."""
+        """x: (B, N, D) SA tokens, or (2B, N, D) SA then PWCA tokens when partner (B,), each image's
+        PWCA partner, is given. Returns the tokens and the SA stream's queries and keys (B, H, N, d),
+        from which the caller recomputes the attention map for the rollout under no_grad."""
         q, k, v = self.attn.split_qkv(self.norm1(x))
         b = x.shape[0] if partner is None else partner.shape[0]
         # FIX(DCAL-ROLLOUT): fused attention; no (B, H, N, N) map kept on the module or for backward.
@@ -186,10 +174,9 @@ class GLCABlock(Block):
 def rollout_step(rollout: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """One layer of attention rollout (Abnar & Zuidema 2020): S_hat_i = S_bar_i @ S_hat_{i-1},
     S_bar = 0.5 * mean_heads(softmax(q k^T / sqrt(d))) + 0.5 * I (the residual connection).
-
-    q, k: (B, H, N, d) of one SA layer; rollout: (B, N, N) running product of the layers below, or
-    None at the first layer. The map is recomputed one head at a time, so only (B, N, N) buffers
-    exist (fused attention never returns it). Rows of S_bar sum to 1, so no renormalisation."""
+    q, k: (B, H, N, d) of one SA layer; rollout: (B, N, N) product of the layers below (None at the
+    first). The map is recomputed one head at a time, so only (B, N, N) buffers exist (fused
+    attention never returns it). Rows of S_bar sum to 1, so no renormalisation."""
     b, heads, n, d = q.shape
     q, k = q.float(), k.float()
     mean_attn = torch.zeros(b, n, n, device=q.device)
@@ -232,9 +219,8 @@ class DCAL(nn.Module):
 
     @torch.no_grad()
     def init_glca_from_last_block(self) -> None:
-        """GLCA starts as a copy of the last SA block and of the final norm (the paper: GLCA and SA
-        share the architecture, GLCA's own weights start from the pretrained block); its
-        classifier keeps its own initialisation."""
+        """GLCA starts as a copy of the last SA block and final norm (the paper: GLCA shares the SA
+        block's architecture, its own weights start from the pretrained block); not its classifier."""
         self.glca_block.load_state_dict(self.blocks[-1].state_dict())
         self.glca_norm.load_state_dict(self.norm.state_dict())
 
@@ -249,15 +235,15 @@ class DCAL(nn.Module):
     def forward(self, images: torch.Tensor, partner: torch.Tensor | None = None,
                 need_rollout: bool = False) -> dict[str, torch.Tensor]:
         """images (B, C, H, W); partner (B,) PWCA partner indices (None: no PWCA, e.g. at evaluation).
-
         Returns logits per branch ('sa', 'glca', 'pwca') and, when asked, the rollout (B, N, N)."""
         x = self.embed(images)
         b = x.shape[0]
-        pair = partner is not None and self.cfg.pwca
-        if pair:
+        partner = partner if self.cfg.pwca else None
+        if partner is not None:
             x = torch.cat([x, x])  # (2B, N, D): the PWCA stream starts from the same embeddings as SA
         glca_input, rollout, last_map = x, None, None
         use_rollout = need_rollout or (self.cfg.glca and self.cfg.glca_select == "rollout")
+        recompute = self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             if last:
@@ -266,10 +252,7 @@ class DCAL(nn.Module):
                 # layers (the last layer's map is computed from this same input), so GLCA can start
                 # as an exact copy of the pretrained last block (DCAL-GLCA-INIT).
                 glca_input = x[:b]
-            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, q, k = checkpoint(blk, x, partner if pair else None, use_reentrant=False)
-            else:
-                x, q, k = blk(x, partner if pair else None)
+            x, q, k = checkpoint(blk, x, partner, use_reentrant=False) if recompute else blk(x, partner)
             if use_rollout:
                 # FIX(DCAL-ROLLOUT): S_hat_i = S_bar_i @ S_hat_{i-1} from the first layer up, under no_grad.
                 rollout = rollout_step(rollout, q.detach(), k.detach())
@@ -286,17 +269,16 @@ class DCAL(nn.Module):
             out["glca"], picks = self.glca_forward(glca_input, patch_scores)
             if need_rollout:
                 out["glca_picks"] = picks
-        if pair:
+        if partner is not None:
             out["pwca"] = self.head(self.norm(x[b:, 0]))  # PWCA shares the SA classifier and target
         if need_rollout:
             out["rollout"] = rollout
         return out
 
     def glca_forward(self, x: torch.Tensor, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, N, D) the input of the last block; patch_scores: (B, N_patches) the ranking of the
-        patches. CLS + the top-R patches become the queries (CLS alone in cls-query mode); the
-        classifier reads the normalised mean of their outputs, so every selected query reaches
-        the logits. Returns the GLCA logits and the picked patch indices (B, R) (0-based patches)."""
+        """x: (B, N, D) the input of the last block; patch_scores: (B, N_patches) ranks the patches.
+        CLS + the top-R patches are the queries (CLS alone in cls-query mode); the classifier reads the
+        normalised mean of their outputs. Returns the GLCA logits and the picks (B, R) (0-based patches)."""
         cls_idx = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
         picks = patch_scores.topk(self.cfg.num_local, dim=-1).indices  # (B, R)
         if self.cfg.glca_mode == "cls-query":
@@ -360,27 +342,22 @@ TORCHVISION_KEYS = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedd
                     "patch_embed.weight": "conv_proj.weight", "patch_embed.bias": "conv_proj.bias",
                     "norm.weight": "encoder.ln.weight", "norm.bias": "encoder.ln.bias",
                     "head.weight": "heads.head.weight", "head.bias": "heads.head.bias"}
-TIMM_KEYS = {"cls_token": "cls_token", "pos_embed": "pos_embed",
-             "patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias",
-             "norm.weight": "norm.weight", "norm.bias": "norm.bias",
-             "head.weight": "head.weight", "head.bias": "head.bias"}
+TIMM_RENAMES = {"patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias"}
 
 
 def pretrained_key_map(depth: int, source: str) -> dict[str, str]:
-    """Our parameter name -> the name in a torchvision `vit_b_16`-style or timm ViT/DeiT state_dict.
-    Both store q, k, v fused in one (3D, D) matrix in the order q, k, v, like ours."""
-    if source == "torchvision":
-        key_map = dict(TORCHVISION_KEYS)
-        for i in range(depth):
-            key_map.update({f"blocks.{i}.{ours}": f"encoder.layers.encoder_layer_{i}.{theirs}"
-                            for ours, theirs in TORCHVISION_BLOCK_KEYS.items()})
-        return key_map
-    if source == "timm":
-        key_map = dict(TIMM_KEYS)
-        for i in range(depth):
-            key_map.update({f"blocks.{i}.{ours}": f"blocks.{i}.{ours}" for ours in TORCHVISION_BLOCK_KEYS})
-        return key_map
-    raise ValueError(f"unknown weight source {source!r}: use 'torchvision' or 'timm'")
+    """Our parameter name -> the name in a torchvision `vit_b_16`-style or timm ViT/DeiT state_dict
+    (timm: our names, but for the patch embedding). Both store q, k, v fused in one (3D, D) matrix
+    in the order q, k, v, like ours."""
+    if source not in ("torchvision", "timm"):
+        raise ValueError(f"unknown weight source {source!r}: use 'torchvision' or 'timm'")
+    tv = source == "torchvision"
+    key_map = {ours: theirs if tv else TIMM_RENAMES.get(ours, ours) for ours, theirs in TORCHVISION_KEYS.items()}
+    for i in range(depth):
+        prefix = f"encoder.layers.encoder_layer_{i}." if tv else f"blocks.{i}."
+        key_map.update({f"blocks.{i}.{ours}": prefix + (theirs if tv else ours)
+                        for ours, theirs in TORCHVISION_BLOCK_KEYS.items()})
+    return key_map
 
 
 def to_timm_state_dict(model: DCAL) -> dict:
@@ -402,11 +379,10 @@ TORCHVISION_HEADS = {768: 12, 1024: 16, 1280: 16}  # torchvision's vit_b / vit_l
 
 
 def vit_sizes(state_dict: dict, source: str | None = None) -> dict:
-    """The ViT sizes a state_dict's shapes imply, as openai/CLIP's build_model reads them: width
-    from the CLS token, depth from the block indices, patch size from the patch-embedding kernel,
-    image size from the position grid, MLP ratio from the first MLP layer. The number of heads is
-    not in the shapes: the source's convention gives it (timm / DeiT: 64-dim heads; torchvision:
-    ViT-B/L/H 12/16/16)."""
+    """The ViT sizes a state_dict's shapes imply, as openai/CLIP's build_model reads them (width: CLS
+    token; depth: block indices; patch: patch-embedding kernel; image size: position grid; MLP ratio:
+    first MLP layer). The heads are not in the shapes: the source's convention gives them (timm / DeiT:
+    64-dim heads; torchvision: ViT-B/L/H 12/16/16)."""
     source = source or detect_source(state_dict)
     names = pretrained_key_map(0, source)  # the keys outside the blocks
     prefix = "blocks." if source == "timm" else "encoder.layers.encoder_layer_"
@@ -458,20 +434,15 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: int, source: str = "timm")
 
 def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) -> dict:
     """Load a torchvision or timm ViT/DeiT state_dict into the SA backbone through an explicit key
-    map: every mapped key must exist with the right shape (pos-embed resampled first, the way the
-    source library resamples it), every source key must be used, and exactly the DCAL-only
-    parameters stay as they are.
-
-    The classifier is loaded only if its shape matches (fine-tuning to another class count
-    starts a fresh head). Returns what was done."""
+    map: every mapped key must exist with the right shape (pos-embed resampled first, as the source
+    library does), every source key must be used; the classifier only if its shape matches (another
+    class count starts a fresh head). Returns what was done."""
     source = source or detect_source(state_dict)
     key_map = pretrained_key_map(model.cfg.depth, source)
     own = model.state_dict()
     head_source = key_map["head.weight"]
     head_loaded = head_source in state_dict and state_dict[head_source].shape == own["head.weight"].shape
-    skipped = set()
-    if not head_loaded:
-        skipped = {key_map.pop("head.weight"), key_map.pop("head.bias")}
+    skipped = set() if head_loaded else {key_map.pop("head.weight"), key_map.pop("head.bias")}
     absent = sorted(src for src in key_map.values() if src not in state_dict)
     unexpected = sorted(set(state_dict) - set(key_map.values()) - skipped)
     if absent or unexpected:
@@ -485,27 +456,10 @@ def load_pretrained(model: DCAL, state_dict: dict, source: str | None = None) ->
         if tensor.shape != own[ours].shape:
             raise ValueError(f"{theirs} has shape {tuple(tensor.shape)}, {ours} needs {tuple(own[ours].shape)}")
         new_state[ours] = tensor
-    expected_missing = {k for k in own if k.startswith(("glca_", "loss_weighting"))} | (
-        set() if head_loaded else {"head.weight", "head.bias"})
-    result = model.load_state_dict(new_state, strict=False)  # the exact missing set is checked below
-    if set(result.missing_keys) != expected_missing or result.unexpected_keys:
-        raise RuntimeError(f"loading left unexpected missing keys {sorted(set(result.missing_keys) ^ expected_missing)}"
-                           f" / unexpected {result.unexpected_keys}")
+    # every DCAL-only tensor (GLCA, loss weights, a fresh head) keeps its own value: strict, no key left out
+    model.load_state_dict({**own, **new_state})
     if model.cfg.glca:
         # FIX(DCAL-GLCA-INIT): GLCA starts from the pretrained last block, not from a random init.
         model.init_glca_from_last_block()
     return {"source": source, "loaded": len(new_state), "head_loaded": head_loaded,
             "pos_embed": f"{state_dict[key_map['pos_embed']].shape[1]} -> {own['pos_embed'].shape[1]} tokens"}
-
-
-def fetch_torchvision_vit_b_16() -> dict:
-    """torchvision's ImageNet-1k vit_b_16 weights (downloaded once into the torch hub cache)."""
-    from torchvision.models import ViT_B_16_Weights
-
-    try:
-        return ViT_B_16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError
-        raise RuntimeError(
-            "--pretrained torchvision: could not download torchvision's vit_b_16 weights (offline?). "
-            f"Fetch {ViT_B_16_Weights.IMAGENET1K_V1.url} on a machine with internet and pass the file "
-            f"with --pretrained PATH. Cause: {e}") from e

@@ -7,8 +7,9 @@ saved as a timm-layout state_dict that `train.py --pretrained FILE` loads like a
 The pre-training task draws its images from its own seed stream and its parts in other colours
 (SyntheticFineGrained.PRETRAIN_PALETTE): none of its classes, distractors or images is one of the
 fine task's. The paper fine-tunes ImageNet-pretrained DeiT / ViT; this gives every variant of the
-synthetic ablation the same pretrained starting point without a download. train.py builds the
-file on first use (`--pretrained synthetic`, the synthetic demo's default) and reuses it after.
+synthetic ablation the same pretrained starting point without a download. `train.py --pretrained
+synthetic` (the synthetic demo's default) runs this script in its own process: the file is trained
+on first use and reused after. Progress goes to stderr; the last line on stdout is the file.
 """
 
 import sys
@@ -24,41 +25,33 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.cli import add_args, from_args
 from common.runtime import EpochSampler, decay_param_groups, make_loader
 from common.schedulers import warmup_cosine_lr
 from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.model import DCAL, PRESETS, DCALConfig, to_timm_state_dict
 
-CACHE = Path("runs/pretrained")
-
 
 @dataclass
 class PretrainRecipe:
     classes: int = 30  # pre-training classes (of the 41 textured parts, in the pre-training colours)
-    train_images: int = 8000
-    val_images: int = 1000
-    epochs: int = 6
-    batch_size: int = 64
+    train_images: int = 8000  # pre-training images
+    val_images: int = 1000  # images the printed val top-1 is measured on
+    epochs: int = 6  # pre-training epochs
+    batch_size: int = 64  # images per step
     lr: float = 2e-3  # peak AdamW lr, linear warm-up over the first epoch, then cosine
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW weight decay of the weight matrices
     seed: int = 1000  # far from the fine task's seeds 0, 1, ...: other images as well as other parts
 
 
-RECIPE = PretrainRecipe()
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def cache_path(model_cfg: DCALConfig, recipe: PretrainRecipe | None = None) -> Path:
-    c, recipe = model_cfg, recipe or RECIPE
-    return CACHE / (f"dual_cross_attention-synthetic-vit-d{c.embed_dim}-l{c.depth}-h{c.num_heads}-p{c.patch_size}"
-                    f"-s{c.image_size}-c{recipe.classes}-n{recipe.train_images}-e{recipe.epochs}.pth")
-
-
-def pretrain(model_cfg: DCALConfig, recipe: PretrainRecipe | None = None, log=print) -> dict:
+def pretrain(model_cfg: DCALConfig, recipe: PretrainRecipe) -> dict:
     """Train a plain ViT of `model_cfg`'s sizes on the pre-training task; its timm state_dict and
-    what it reached. Runs on the CPU, the global RNG saved and restored around it."""
-    recipe = recipe or RECIPE
+    what it reached. Runs on the CPU."""
     cfg = DCALConfig(**{**model_cfg.__dict__, "num_classes": recipe.classes, "glca": False, "pwca": False})
-    rng = torch.get_rng_state()
     torch.manual_seed(recipe.seed)
     model = DCAL(cfg)
     sizes = {"train": recipe.train_images, "val": recipe.val_images}
@@ -88,33 +81,36 @@ def pretrain(model_cfg: DCALConfig, recipe: PretrainRecipe | None = None, log=pr
         correct = sum(int((model(val.images[i:i + 256, :, val.margin:val.margin + cfg.image_size,
                                           val.margin:val.margin + cfg.image_size])["sa"].argmax(-1)
                            == val.labels[i:i + 256]).sum()) for i in range(0, len(val), 256))
-    torch.set_rng_state(rng)
     return {"state_dict": to_timm_state_dict(model), "val_top1": correct / len(val), "seconds": time.time() - start}
 
 
-def cached_pretrained(model_cfg: DCALConfig, log=print) -> Path:
-    """The pre-trained file for these sizes, trained and written (atomically) on first use."""
-    path = cache_path(model_cfg)
-    if path.is_file():
-        return path
-    log(f"pretrain: no {path}; training a plain ViT on the synthetic pre-training task (once, then cached)")
-    result = pretrain(model_cfg, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(result["state_dict"], tmp)
-    os.replace(tmp, path)
-    log(f"pretrain: val top-1 {result['val_top1']:.3f} on {RECIPE.classes} pre-training classes "
-        f"after {result['seconds']:.0f} s; saved {path}")
-    return path
-
-
 def main(argv=None) -> Path:
+    """The pre-trained file for these sizes (printed), trained and written (atomically) on first use."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", choices=sorted(PRESETS), help="ViT size (default: %(default)s)")
+    for flag in ("--embed-dim", "--depth", "--heads", "--patch-size"):
+        parser.add_argument(flag, type=int, default=None, help="overrides --model's (default: from --model)")
     parser.add_argument("--image-size", type=int, default=32, help="input side in px (default: %(default)s)")
-    parser.add_argument("--patch-size", type=int, default=None, help="patch side (default: from --model)")
+    parser.add_argument("--cache", default="runs/pretrained", help="folder of the files (default: %(default)s)")
+    add_args(parser, PretrainRecipe, "recipe", checks={})
     args = parser.parse_args(argv)
-    return cached_pretrained(DCALConfig(preset=args.model, image_size=args.image_size, patch_size=args.patch_size))
+    cfg = DCALConfig(preset=args.model, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+                     patch_size=args.patch_size, image_size=args.image_size)
+    recipe = from_args(PretrainRecipe, args)
+    path = Path(args.cache) / (f"dual_cross_attention-synthetic-vit-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}"
+                               f"-p{cfg.patch_size}-s{cfg.image_size}-c{recipe.classes}-n{recipe.train_images}"
+                               f"-e{recipe.epochs}.pth")
+    if not path.is_file():
+        log(f"pretrain: no {path}; training a plain ViT on the synthetic pre-training task (once, then cached)")
+        result = pretrain(cfg, recipe)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(result["state_dict"], tmp)
+        os.replace(tmp, path)
+        log(f"pretrain: val top-1 {result['val_top1']:.3f} on {recipe.classes} pre-training classes "
+            f"after {result['seconds']:.0f} s; saved {path}")
+    print(path)
+    return path
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import math
 import pickle
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -70,12 +71,10 @@ from dual_cross_attention.model import (
     PRESETS,
     DCALConfig,
     compute_losses,
-    fetch_torchvision_vit_b_16,
     load_pretrained,
     vit_sizes,
 )
 from dual_cross_attention.plots import save_rollout_png
-from dual_cross_attention.pretrain import cached_pretrained
 
 PROJECT = "dual_cross_attention"
 DEFAULT_OUT = "runs/dual_cross_attention"
@@ -98,6 +97,7 @@ MODEL_CHECKS = {"image_size": at_least(1), "patch_size": at_least(1), "embed_dim
 SIZE_FLAGS = {"embed_dim": "--embed-dim", "depth": "--depth", "num_heads": "--heads", "patch_size": "--patch-size"}
 MODEL_FLAGS = {"preset": "--model", "num_heads": "--heads"}  # not --<field-name>
 MODEL_FIXED = ["in_chans", "num_classes", "mlp_ratio", "qkv_bias", "ln_eps"]  # no flags (num_classes: from the data)
+PRETRAIN = [sys.executable, str(Path(__file__).with_name("pretrain.py"))]  # a tool, run in its own process
 
 
 @dataclass
@@ -135,7 +135,6 @@ class TrainConfig:
 
 @dataclass
 class Schedule:
-    """The optimizer steps of a run, from the settings and the size of the data."""
     peak_lr: float
     effective_batch: int  # batch x accumulation x world size
     steps_per_epoch: int
@@ -162,9 +161,7 @@ def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampl
         raise DataError(f"the train split ({train_sampler.num_samples} images over {world_size} process(es)) gives "
                         f"{train_sampler.batches_per_epoch()} micro-batch(es) of {train.batch_size} per process, "
                         f"fewer than --accum-steps {train.accum_steps}: an epoch would hold no optimizer step")
-    total_steps = train.epochs * steps_per_epoch
-    if train.max_iters is not None:
-        total_steps = min(total_steps, train.max_iters)
+    total_steps = min(train.epochs * steps_per_epoch, train.max_iters or math.inf)
     effective_batch = train.batch_size * train.accum_steps * world_size
     # FIX(DCAL-LR): the paper's linear rule on the effective batch; sqrt on the device batch gave ~30x.
     lr = train.lr if train.lr is not None else scaled_lr(train.base_lr, effective_batch, train.ref_batch, train.lr_rule)
@@ -200,16 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: dict | None = None) -> Config:
-    """The Config of the parsed flags, with the recipe's None defaults resolved: the synthetic demo
-    fine-tunes a tiny ViT at 32 px from the synthetic pre-training (pretrain.py), real data fine-tunes
-    ViT-B/16 at 448 px as in the paper. Flags that contradict each other are refused through `parser`, as
-    argparse refuses one.
-    (--warmup-steps needs the epoch length: `plan_schedule`.)"""
+    """The Config of the parsed flags, the recipe's None defaults resolved (synthetic data: a tiny ViT at
+    32 px from the synthetic pre-training; real data: ViT-B/16 at 448 px as in the paper). Flags that
+    contradict each other are refused through `parser`. (--warmup-steps needs the epoch length: plan_schedule.)"""
     synthetic = args.data_root is None
     data = from_args(DataConfig, args)
     preset = args.preset if args.preset is not None else ("tiny" if synthetic else "base")
-    sized = args.preset is not None or args.image_size is not None or any(getattr(args, k) is not None
-                                                                         for k in SIZE_FLAGS)
+    sized = any(getattr(args, k) is not None for k in (*SIZE_FLAGS, "preset", "image_size"))
     # the synthetic demo fine-tunes as the paper does; a model of other sizes starts from scratch unless asked
     pretrained = args.pretrained or ("synthetic" if synthetic and not sized else "none")
     file_sizes = {}
@@ -225,8 +219,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resum
     model = from_args(DCALConfig, {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
     train = from_args(TrainConfig, args)
     train = dataclasses.replace(
-        train,
-        pretrained=pretrained,
+        train, pretrained=pretrained,
         batch_size=train.batch_size if train.batch_size is not None else (32 if synthetic else 16),
         base_lr=train.base_lr if train.base_lr is not None else (SYNTHETIC_BASE_LR if synthetic else 5e-4),
         ref_batch=train.ref_batch if train.ref_batch is not None else (512 if train.lr_rule == "linear" else 16))
@@ -254,9 +247,18 @@ def build_samplers(splits: dict, batch_size: int, seed: int, dist_info) -> dict[
 
 
 def read_pretrained(spec: str) -> dict:
-    """The state_dict of --pretrained: torchvision's download, or a .pth / .safetensors file."""
+    """The state_dict of --pretrained: torchvision's ImageNet-1k vit_b_16 (downloaded once into the torch
+    hub cache), or a .pth / .safetensors file."""
     if spec == "torchvision":
-        return fetch_torchvision_vit_b_16()
+        from torchvision.models import ViT_B_16_Weights
+
+        try:
+            return ViT_B_16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise RuntimeError(
+                "--pretrained torchvision: could not download torchvision's vit_b_16 weights (offline?). "
+                f"Fetch {ViT_B_16_Weights.IMAGENET1K_V1.url} on a machine with internet and pass the file "
+                f"with --pretrained PATH. Cause: {e}") from e
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"--pretrained: {path} does not exist (give 'torchvision', 'synthetic', 'none' or "
@@ -277,10 +279,20 @@ def read_pretrained(spec: str) -> dict:
     return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
 
 
+def synthetic_pretrained(model: DCALConfig) -> str:
+    """The file of a ViT of these sizes pre-trained on the synthetic pre-training task: pretrain.py trains
+    it on first use (progress on stderr), caches it under runs/pretrained/ and prints its path."""
+    sizes = {"--model": model.preset, "--embed-dim": model.embed_dim, "--depth": model.depth,
+             "--heads": model.num_heads, "--patch-size": model.patch_size, "--image-size": model.image_size}
+    command = [*PRETRAIN, *(f"{flag}={value}" for flag, value in sizes.items())]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if is_main() else subprocess.DEVNULL,
+                          text=True, check=True)
+    return done.stdout.splitlines()[-1]
+
+
 def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
-    """The ViT sizes of a --pretrained file (model.vit_sizes), where no flag sets them; a flag (or
-    --model preset) that contradicts the file is refused in one line naming both sizes. The heads
-    are not in the shapes: --heads or --model wins over the source's convention."""
+    """The ViT sizes of a --pretrained file where no flag sets them; a flag (or --model) that contradicts
+    the file is refused in one line naming both. --heads or --model wins over the source's head convention."""
     state_dict = read_pretrained(spec)  # a DataError naming the file when it is no state_dict
     try:
         found = vit_sizes(state_dict)
@@ -297,22 +309,18 @@ def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
 
 
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, decoupled decay on weight matrices; norms, biases, pos/CLS tokens and the
-    uncertainty log-variances (all 1-d or named) are not decayed."""
+    """AdamW, decoupled decay on weight matrices only (not on norms, biases, tokens, loss log-variances)."""
     return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr)
 
 
 def new_meters() -> dict:
-    """What state.meters holds: per-loss sums of detached scalars since the last log row (on the
-    device; synced with `.item()` only when a row is written) and the last validation's numbers."""
+    """state.meters: per-loss sums since the last log row (on the device, no sync) and the last validation."""
     return {"loss_sums": {}, "loss_count": 0, "val": {}}
 
 
 def add_losses(meters: dict, values: dict[str, torch.Tensor]) -> None:
-    sums = meters["loss_sums"]
     for name, value in values.items():
-        value = value.detach().float()
-        sums[name] = sums[name] + value if name in sums else value
+        meters["loss_sums"][name] = meters["loss_sums"].get(name, 0) + value.detach().float()
     meters["loss_count"] += 1
 
 
@@ -327,9 +335,7 @@ def pop_mean_losses(meters: dict) -> dict[str, float]:
 
 
 def backward_micro_batch(model, images, labels, scaler, cfg: Config, sync: bool, step: int):
-    """Forward and backward of one micro-batch; its gradients add up in .grad until the step.
-
-    `sync`: this is the last micro-batch before the optimizer step (DDP all-reduces only then)."""
+    """Forward and backward of one micro-batch; `sync`: the last one before the optimizer step."""
     # FIX(DCAL-ACCUM): loss / accum_steps, and no DDP all-reduce on the non-stepping micro-batches.
     sync_context = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
     with sync_context:
@@ -342,8 +348,8 @@ def backward_micro_batch(model, images, labels, scaler, cfg: Config, sync: bool,
 
 
 def log_training(state: State, run: Run, lr: float, grad_norm, total_steps: int) -> None:
-    """A log.csv row and a printed line: mean losses since the last row (over ranks), lr, grad
-    norm and the learned branch weights. Every rank calls it (the means are all-reduced)."""
+    """A log.csv row and a printed line: mean losses since the last row, lr, grad norm, branch weights.
+    Every rank calls it (the means are all-reduced)."""
     model = unwrap(state.model)
     losses = pop_mean_losses(state.meters)
     weights = model.loss_weighting.effective_weights().tolist() if model.loss_weighting is not None else [1.0]
@@ -357,8 +363,7 @@ def log_training(state: State, run: Run, lr: float, grad_norm, total_steps: int)
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
-    """Score a checkpoint on one split in this one process (data.rebuild_run): for best.pt and "test",
-    the numbers main() reports in results["test"]."""
+    """Score a checkpoint on one split in one process: for best.pt and "test", main()'s results["test"]."""
     checkpoint, model, splits = rebuild_run(path)
     saved = checkpoint["config"]
     device = torch.device(device)
@@ -372,9 +377,8 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
 
 @torch.no_grad()
 def evaluate(model, loader, cfg: Config) -> dict[str, float]:
-    """top1: softmax(SA) + softmax(GLCA), the prediction used at inference (FGVC); top1_sa: SA alone;
-    top1_glca: GLCA alone (absent without the GLCA branch). Gathered over ranks: every rank
-    returns the numbers of the whole split."""
+    """top1: softmax(SA) + softmax(GLCA), the paper's FGVC inference; top1_sa / top1_glca: each branch alone
+    (no glca without the branch). Every rank returns the numbers of the whole split (gathered over ranks)."""
     model.eval()
     preds = {"top1": [], "top1_sa": [], "top1_glca": []}
     targets = []
@@ -383,14 +387,10 @@ def evaluate(model, loader, cfg: Config) -> dict[str, float]:
         with autocast(cfg.device, cfg.dtype):
             # FIX(DCAL-EVAL): no PWCA partner at evaluation; predict from SA + GLCA probabilities.
             out = model(images)
-        prob_sa = out["sa"].float().softmax(-1)
-        preds["top1_sa"].append(prob_sa.argmax(-1))
-        if "glca" in out:
-            prob_glca = out["glca"].float().softmax(-1)
-            preds["top1_glca"].append(prob_glca.argmax(-1))
-            preds["top1"].append((prob_sa + prob_glca).argmax(-1))
-        else:
-            preds["top1"].append(prob_sa.argmax(-1))
+        probs = {name: out[name].float().softmax(-1) for name in ("sa", "glca") if name in out}
+        for name, prob in probs.items():
+            preds[f"top1_{name}"].append(prob.argmax(-1))
+        preds["top1"].append(sum(probs.values()).argmax(-1))
         targets.append(labels)
     model.train()
     y = gather_cat(torch.cat(targets)).cpu()
@@ -398,8 +398,7 @@ def evaluate(model, loader, cfg: Config) -> dict[str, float]:
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict[str, float]:
-    """Every rank: evaluate, a log row, the rollout picture (rank 0), best.pt when top-1 improved
-    (run.save waits for rank 0's write)."""
+    """Every rank: evaluate, a log row, the rollout picture (rank 0), best.pt when top-1 improved."""
     model = unwrap(state.model)
     val = state.meters["val"] = evaluate(model, loader, cfg)
     run.log({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in val.items()}})
@@ -413,12 +412,9 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict[str, float]:
 
 
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
-    """From state's position to the end of its epoch, or of the run; validates every
-    val_interval steps inside the epoch (main() does it at the epoch end). True when a stop signal
-    came: main() saves last.pt and exits.
-
-    Within a step: log row, validation, stop check, periodic checkpoint; so a checkpoint never
-    holds a step whose mid-epoch validation is still to come."""
+    """From state's position to the end of its epoch or of the run; True when a stop signal came. Within a
+    step: log row, validation (every val_interval steps; main() validates at the epoch end), stop check,
+    periodic checkpoint, so a checkpoint never holds a step whose mid-epoch validation is still to come."""
     plan, model, optimizer, scaler = cfg.schedule, state.model, state.optimizer, state.scaler
     epoch_end = min((state.epoch + 1) * plan.steps_per_epoch, plan.total_steps)
     # micro-batches past the last whole optimizer step of the epoch are left out
@@ -483,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.train.pretrained != "none" and not resumed:
             spec = cfg.train.pretrained
             if spec == "synthetic":  # built on first use, then read from runs/pretrained/
-                spec = str(cached_pretrained(cfg.model, log=run.print))
+                spec = synthetic_pretrained(cfg.model)
             run.print(f"pretrained {spec}: {load_pretrained(model, read_pretrained(spec))}")
         model.to(cfg.device)
         cfg.schedule = plan_schedule(cfg.train, cfg.data.data_root is None, samplers["train"], dist_info.world_size)

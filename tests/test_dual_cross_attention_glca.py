@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from common.runtime import ConfigMismatchError
-from dual_cross_attention import pretrain as dcal_pretrain
+from dual_cross_attention import train as dcal_train
 from dual_cross_attention.data import SyntheticFineGrained
 from dual_cross_attention.model import DCAL, DCALConfig, rollout_step, to_timm_state_dict, vit_sizes
 from dual_cross_attention.plots import blend, normalise_per_image
@@ -137,23 +137,23 @@ def test_pretraining_task_has_other_parts_and_images_than_the_fine_task():
     assert not torch.equal(fine.images, pre.images)
 
 
-def test_pretrain_writes_a_timm_file_that_pretrained_loads(tmp_path, monkeypatch, capsys):
-    """pretrain.py on a tiny recipe: the cached file is a timm state_dict; `--pretrained synthetic`
-    builds it once, loads it (SA weights equal the file's, GLCA starts from its last block) and
-    reuses it."""
-    monkeypatch.setattr(dcal_pretrain, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(dcal_pretrain, "RECIPE", dcal_pretrain.PretrainRecipe(
-        classes=4, train_images=32, val_images=8, epochs=1, batch_size=16))
+def test_pretrain_writes_a_timm_file_that_pretrained_loads(tmp_path, monkeypatch, capfd):
+    """pretrain.py on a tiny recipe, run by train.py in its own process: the cached file is a timm
+    state_dict; `--pretrained synthetic` builds it once, loads it (SA weights equal the file's, GLCA
+    starts from its last block) and reuses it."""
+    monkeypatch.setattr(dcal_train, "PRETRAIN", [*dcal_train.PRETRAIN, "--cache", str(tmp_path / "cache"), "--classes",
+                                                 "4", "--train-images", "32", "--val-images", "8", "--epochs", "1",
+                                                 "--batch-size", "16"])
     tiny = ["--synthetic-train", "16", "--synthetic-val", "8", "--synthetic-test", "8", "--synthetic-classes", "4",
             "--image-size", "16", "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8",
             "--max-iters", "1", "--num-overlays", "0", "--lr", "1e-12", "--pretrained", "synthetic"]
     main([*tiny, "--out", str(tmp_path / "a")])
     files = list((tmp_path / "cache").glob("*.pth"))
-    assert len(files) == 1 and "pretrain: val top-1" in capsys.readouterr().out
+    assert len(files) == 1 and "pretrain: val top-1" in capfd.readouterr().err
     state = torch.load(files[0], weights_only=True)
     assert "patch_embed.proj.weight" in state and "blocks.1.mlp.fc2.weight" in state  # timm layout
     main([*tiny, "--out", str(tmp_path / "b")])
-    assert "pretrain:" not in capsys.readouterr().out  # cached
+    assert "pretrain:" not in capfd.readouterr().err  # cached
     best = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
     torch.testing.assert_close(best["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"], atol=1e-6,
                                rtol=0)  # lr 1e-12: one step leaves the loaded weights

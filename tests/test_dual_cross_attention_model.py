@@ -9,10 +9,10 @@ from dual_cross_attention.model import (
     DCALConfig,
     UncertaintyWeighting,
     derangement,
-    fetch_torchvision_vit_b_16,
     load_pretrained,
     resample_pos_embed,
 )
+from dual_cross_attention.train import read_pretrained
 from tests.fixtures_dual_cross_attention import tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
@@ -182,4 +182,4 @@ def test_pretrained_torchvision_fails_with_a_clear_message_offline(monkeypatch):
 
     monkeypatch.setattr(type(ViT_B_16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="could not download.*--pretrained PATH"):
-        fetch_torchvision_vit_b_16()
+        read_pretrained("torchvision")
