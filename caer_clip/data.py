@@ -449,7 +449,7 @@ class ClipDataset(torch.utils.data.Dataset):
         unless fallbacks are allowed (no --body-boxes at all: None, the whole frame, no error)."""
         rec, boxes = self.records[index], self.face_boxes if kind == "face" else self.body_boxes
         # FIX(CAER-BOX-KEYS): boxes are keyed by clip and frame name; the full-path lookup never matched.
-        # was: box = (boxes or {}).get(str(rec.frames_dir / name))
+        # was: box = (boxes or {}).get(str(rec.frames_dir / name))  (face boxes, by full path)
         entry = (boxes or {}).get(rec.key)
         box = entry.get(Path(name).stem) if isinstance(entry, dict) else entry  # a per-clip box: every frame
         problem = "missing" if box is None else box_problem(box, height, width)
