@@ -284,7 +284,8 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
         fields, where = line.split(), f"{path}:{line_no}"
         if not fields or fields[0].startswith("#"):
             continue
-        key = (fields[0].replace("\\", "/").startswith("/") and under_root(fields[0], root)) or clip_key(fields[0])
+        folder = fields[0].replace("\\", "/")
+        key = (folder.startswith("/") and under_root(folder, root)) or clip_key(folder)
         if len(fields) == 1 and unlabelled:
             count = len(list_frames(root / fields[0], where))
             if count == 0:
