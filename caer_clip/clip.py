@@ -1,12 +1,9 @@
-"""CLIP (Radford et al. 2021) in plain PyTorch, with the parameter names of OpenAI's checkpoints.
-
-Only the ViT image encoder and the text transformer, batch-first, attention through
-`F.scaled_dot_product_attention`. The layout follows openai/CLIP clip/model.py, so an OpenAI
-state_dict (TorchScript archive or plain) or an open_clip model of that layout loads by name. The
-architecture is read from the tensor shapes; the head counts and the MLP activation, which a
-state_dict does not hold, follow OpenAI's rules for OpenAI files and are read from the model for
-open_clip. A tiny random configuration with a word-level tokenizer serves the synthetic demo and
-the tests. open_clip is optional, imported only where its weights or its BPE tokenizer are asked for.
+"""CLIP (Radford et al. 2021) in plain PyTorch with the parameter names of OpenAI's checkpoints
+(openai/CLIP clip/model.py): the ViT image encoder and the text transformer, batch-first, attention
+through `F.scaled_dot_product_attention`. The architecture is read from a state_dict's shapes; head
+counts and MLP activation, which it does not hold, follow OpenAI's rules for OpenAI files and are read
+from the model for open_clip (optional, imported only for its weights or BPE tokenizer). A tiny random
+configuration with a word-level tokenizer serves the synthetic demo and the tests.
 """
 
 from __future__ import annotations
@@ -45,23 +42,18 @@ def tiny_config(context_length: int = 32, vocab_size: int = 256) -> CLIPConfig:
                       transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the activation OpenAI's checkpoints were trained with (not exact GELU)."""
-
+class QuickGELU(nn.Module):  # x * sigmoid(1.702 x): what OpenAI's checkpoints were trained with
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back, as in OpenAI CLIP (stable under fp16 autocast)."""
-
+class LayerNorm(nn.LayerNorm):  # in fp32 and cast back, as OpenAI's (stable under fp16 autocast)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).to(x.dtype)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention holding nn.MultiheadAttention's parameter names
-    (in_proj_weight, in_proj_bias, out_proj) so checkpoints load, computed with SDPA."""
+    """Self-attention with nn.MultiheadAttention's parameter names (checkpoints load), computed with SDPA."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -174,8 +166,6 @@ class CLIP(nn.Module):
         return self.encode_text_embeddings(self.token_embedding(tokens), tokens)
 
 
-# ----------------------------------------------------------------------------- weights
-
 # Keys that OpenAI's TorchScript archives hold besides the weights (openai/CLIP build_model).
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -186,54 +176,45 @@ def openai_heads(width: int, tower: str) -> int:
     if width % 64:
         raise ValueError(f"{tower} width {width} is not a multiple of OpenAI's head width 64: the head count is not "
                          "in a state_dict, so it cannot be loaded as an OpenAI checkpoint; load the open_clip "
-                         "model with load_open_clip / clip_from_open_clip, which read it from the model")
+                         "model with load_open_clip, which reads it from the model")
     return width // 64
-
-
-def config_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int | None = None,
-                           transformer_heads: int | None = None, quick_gelu: bool = True) -> CLIPConfig:
-    """Architecture from tensor shapes, as openai/CLIP build_model does (ViT models only). Head counts
-    and activation are not in the tensors: by default OpenAI's (width // 64 heads, QuickGELU)."""
-    if "visual.proj" not in state_dict:
-        raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.proj': a ResNet CLIP?)")
-    vision_width = state_dict["visual.conv1.weight"].shape[0]
-    patch = state_dict["visual.conv1.weight"].shape[-1]
-    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    width = state_dict["ln_final.weight"].shape[0]
-    return CLIPConfig(
-        embed_dim=state_dict["text_projection"].shape[1], image_resolution=patch * grid,
-        vision_layers=len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")}),
-        vision_width=vision_width, vision_patch_size=patch,
-        vision_heads=vision_heads if vision_heads is not None else openai_heads(vision_width, "vision"),
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0], transformer_width=width,
-        transformer_heads=transformer_heads if transformer_heads is not None else openai_heads(width, "text"),
-        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
-        quick_gelu=quick_gelu)
 
 
 def clip_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int | None = None,
                          transformer_heads: int | None = None, quick_gelu: bool = True) -> CLIP:
-    """Build a CLIP whose shapes match `state_dict` and load it, checking the exact key sets. Heads
-    and activation default to OpenAI's; an open_clip model passes its own (clip_from_open_clip)."""
-    state_dict = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
-    model = CLIP(config_from_state_dict(state_dict, vision_heads, transformer_heads, quick_gelu))
+    """A CLIP shaped as `state_dict` (ViT models only, as openai/CLIP build_model reads it) with its
+    weights, the exact key sets and shapes checked. Heads and activation default to OpenAI's."""
+    sd = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
+    if "visual.proj" not in sd:
+        raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.proj': a ResNet CLIP?)")
+    vision_width, patch = sd["visual.conv1.weight"].shape[0], sd["visual.conv1.weight"].shape[-1]
+    width = sd["ln_final.weight"].shape[0]
+    model = CLIP(CLIPConfig(
+        embed_dim=sd["text_projection"].shape[1],
+        image_resolution=patch * round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5),
+        vision_layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+        vision_width=vision_width, vision_patch_size=patch,
+        vision_heads=vision_heads if vision_heads is not None else openai_heads(vision_width, "vision"),
+        context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+        transformer_width=width,
+        transformer_heads=transformer_heads if transformer_heads is not None else openai_heads(width, "text"),
+        transformer_layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        quick_gelu=quick_gelu))
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise KeyError(f"CLIP state_dict does not match: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    for key, value in state_dict.items():
+    for key, value in sd.items():
         if value.shape != expected[key].shape:
             raise ValueError(f"CLIP state_dict: {key} has shape {tuple(value.shape)}, "
                              f"expected {tuple(expected[key].shape)}")
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
     return model
 
 
 def load_openai_file(path: str) -> CLIP:
-    """A local OpenAI checkpoint: the TorchScript archive they publish (e.g. ViT-B-16.pt) or a
-    plain state_dict saved with torch.save. OpenAI's architecture rules (width // 64 heads, QuickGELU)."""
+    """A local OpenAI checkpoint: the TorchScript archive they publish (e.g. ViT-B-16.pt) or a plain
+    state_dict saved with torch.save."""
     try:
         state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:  # not a TorchScript archive: a plain state_dict
@@ -242,8 +223,7 @@ def load_openai_file(path: str) -> CLIP:
 
 
 def convert_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """open_clip's CLIP uses OpenAI's names; it may add the causal mask as a buffer, which ours
-    builds on the fly. Anything else is left for the key check."""
+    """open_clip uses OpenAI's names; the causal mask it may hold as a buffer is built on the fly here."""
     return {k: v for k, v in state_dict.items() if k != "attn_mask"}
 
 
@@ -285,52 +265,47 @@ def open_clip_architecture(reference: nn.Module) -> dict:
             if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
                 refuse(f"{name} blocks have LayerScale (ls_init_value)")
             act = block.mlp.gelu
-            if type(act) is OpenClipQuickGELU:
-                acts.add(True)
-            elif type(act) is nn.GELU and act.approximate == "none":
-                acts.add(False)
-            else:
+            if type(act) is not OpenClipQuickGELU and not (type(act) is nn.GELU and act.approximate == "none"):
                 refuse(f"{name} MLP activation {act!r} (ours: QuickGELU or exact nn.GELU)")
             heads.add(block.attn.num_heads)
+            acts.add(type(act) is OpenClipQuickGELU)
         if len(heads) != 1 or len(acts) != 1:
             refuse(f"{name} blocks differ in heads {sorted(heads)} or activation")
         return heads.pop(), acts.pop()
 
-    vision_heads, vision_quick = tower("image", visual.transformer)
-    transformer_heads, text_quick = tower("text", reference.transformer)
+    (vision_heads, vision_quick), (text_heads, text_quick) = tower("image", visual.transformer), tower(
+        "text", reference.transformer)
     if vision_quick != text_quick:
         refuse("the image and text towers use different activations")
-    return dict(vision_heads=vision_heads, transformer_heads=transformer_heads, quick_gelu=vision_quick)
+    return dict(vision_heads=vision_heads, transformer_heads=text_heads, quick_gelu=vision_quick)
 
 
-def clip_from_open_clip(reference: nn.Module) -> CLIP:
-    """Our CLIP with the weights, head counts and activation of an open_clip CLIP model."""
-    state_dict = convert_open_clip_state_dict(reference.state_dict())
-    return clip_from_state_dict(state_dict, **open_clip_architecture(reference))
+def _open_clip(what: str):
+    try:
+        import open_clip
+    except ImportError as e:
+        raise ImportError(f"{what} needs open_clip_torch: pip install open_clip_torch") from e
+    return open_clip
 
 
 def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") -> CLIP:
-    """Weights from open_clip's pretrained registry (downloads on first use) or a file path.
+    """Our CLIP with the weights, head counts and activation of an open_clip model from its pretrained
+    registry (downloads on first use) or a file path.
 
     The activation belongs to the weights: open_clip/pretrained.py marks the tags trained with
     QuickGELU (OpenAI's, and e.g. the MetaCLIP ones), while open_clip/factory.py create_model only
     warns when the model config disagrees (ViT-B-16 with 'openai' builds nn.GELU). The tag's
     activation is forced here; a QuickGELU config with GELU-trained weights is refused."""
-    try:
-        import open_clip
-    except ImportError as e:
-        raise ImportError("loading open_clip weights needs open_clip_torch: pip install open_clip_torch") from e
+    open_clip = _open_clip("loading open_clip weights")
     tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) if pretrained else {}
     tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     reference = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=tag_quick_gelu)
-    model = clip_from_open_clip(reference)
+    model = clip_from_state_dict(convert_open_clip_state_dict(reference.state_dict()),
+                                 **open_clip_architecture(reference))
     if tag_cfg and model.cfg.quick_gelu != tag_quick_gelu:
         raise ValueError(f"open_clip {name!r} uses QuickGELU but its weights {pretrained!r} were trained with GELU: "
                          "use the model name without '-quickgelu'")
     return model
-
-
-# ----------------------------------------------------------------------------- tokenizers and loading
 
 
 class WordTokenizer:
@@ -359,15 +334,6 @@ class WordTokenizer:
         return out
 
 
-def bpe_tokenizer(name: str = "ViT-B-16"):
-    """CLIP's BPE tokenizer from open_clip: texts -> (N, 77) ids."""
-    try:
-        import open_clip
-    except ImportError as e:
-        raise ImportError("the CLIP BPE tokenizer comes from open_clip_torch: pip install open_clip_torch") from e
-    return open_clip.get_tokenizer(name)
-
-
 def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
     """'tiny' (random, word tokenizer over `texts`), a local OpenAI '.pt' file, or
     'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
@@ -376,5 +342,5 @@ def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
         return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
     if spec.startswith("openai:"):
         name = spec.split(":", 1)[1]
-        return load_open_clip(name, "openai"), bpe_tokenizer(name)
-    return load_openai_file(spec), bpe_tokenizer("ViT-B-16")
+        return load_open_clip(name, "openai"), _open_clip("the CLIP BPE tokenizer").get_tokenizer(name)
+    return load_openai_file(spec), _open_clip("the CLIP BPE tokenizer").get_tokenizer("ViT-B-16")

@@ -1,14 +1,14 @@
 """Clips for CLIP-CAER: RAER / DAiSEE / CAER readers, TSN frame sampling, face and context crops,
 clip-level augmentation, CLIP normalisation, a class-balanced sampler and the synthetic default.
 
-Every sample is (face (T, 3, S, S), context (T, 3, S, S), label, fallbacks): T frames sampled
-over the whole clip, the face crop (face box + margin) and the context image (body box, or the
-whole frame) of each, and the number of box look-ups that fell back (a missing or degenerate face box
-to a centre crop, a missing or degenerate body box to the whole frame).
+A sample is (face (T, 3, S, S), context (T, 3, S, S), label, fallbacks): T frames sampled over the
+whole clip, the face crop (face box + margin) and the context (body box, or the whole frame) of each,
+and how many box look-ups fell back (face to the centre square, context to the whole frame).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -83,7 +83,6 @@ CLIP_CAER_RAER_DESCRIPTORS = {
     "distraction": ["Shifting eyes, restless or fidgety posture, relaxed but unfocused expression,frequently checking "
                     "phone,or averted gaze from study materials"],
 }
-MAX_LISTED = 10  # bad entries or missing clips named in one error message
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -144,93 +143,55 @@ def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) 
     return build_model(model_cfg, clip, tokenizer, descriptors)
 
 
-# ----------------------------------------------------------------------------- records and boxes
-
-
 @dataclass
 class ClipRecord:
     frames_dir: Path  # folder of the clip's frame images
-    key: str  # normalised key of the clip in the box files
+    key: str  # the clip's key in the box files: its folder relative to the data root (clip_key)
     num_frames: int  # frames the list promises
     label: int  # 0-based class index
     source: str  # "file:line" for error messages
 
 
 def clip_key(path: str) -> str:
-    """Normalised clip key: posix separators, no leading './' or '/', no trailing '/', no video
-    extension (CAER keys are relative paths without extension)."""
+    """Posix separators, no './' or '/' at either end, no video extension (CAER keys are relative
+    paths without it)."""
     key = str(path).replace("\\", "/").strip().strip("/")
     while key.startswith("./"):
         key = key[2:]
-    root, ext = os.path.splitext(key)
-    return root if ext.lower() in VIDEO_EXTENSIONS else key
+    stem, ext = os.path.splitext(key)
+    return stem if ext.lower() in VIDEO_EXTENSIONS else key
 
 
-def frame_key(name: str) -> str:
-    """'12.jpg', '12.png' and '12' all name frame 12."""
-    return Path(name).stem
-
-
-def record_key(path: str, root: Path) -> str:
-    """Clip key of a list entry: an absolute path under the data root (CLIP-CAER's lists) becomes the
-    clip folder relative to it, so it matches box files written either way."""
-    text = str(path).replace("\\", "/").strip()
-    return (posixpath.isabs(text) and key_under_root(text, root)) or clip_key(text)
-
-
-def root_prefixes(root: Path) -> set[str]:
-    """The data root as a box file may have written it: absolute, with links resolved, as given and
-    relative to the working directory (RAPT-CLIP's `--root-dir ./RAER`)."""
+def under_root(path: str, root: Path) -> str | None:
+    """The clip key of `path` below the data root, written as a box file may have written the root:
+    absolute, with links resolved, as given, or relative to the working directory (RAPT-CLIP's
+    `--root-dir ./RAER`); None when it is not below it."""
     forms = {Path(os.path.abspath(root)).as_posix(), Path(os.path.realpath(root)).as_posix(),
              posixpath.normpath(Path(root).as_posix())}
-    try:
+    with contextlib.suppress(ValueError):  # Windows: the root on another drive than the working directory
         forms.add(Path(os.path.relpath(os.path.abspath(root))).as_posix())
-    except ValueError:  # Windows: the root on another drive than the working directory
-        pass
-    return {f.rstrip("/") for f in forms} - {"", "."}
-
-
-def key_under_root(text: str, root: Path) -> str | None:
-    path = posixpath.normpath(text)
-    for base in sorted(root_prefixes(root), key=len, reverse=True):
+    path = posixpath.normpath(path)
+    for base in sorted({f.rstrip("/") for f in forms} - {"", "."}, key=len, reverse=True):
         if path.startswith(base + "/"):
             return clip_key(path[len(base) + 1:])
     return None
 
 
-def key_candidates(key: str, root: Path | None) -> list[str]:
+def key_candidates(key: str, root: Path) -> list[str]:
     """The clip folders (relative to the data root) a box file's key may name, most literal first:
     the key as written (this repository's lists, CAER's 'train/x.avi'); the part under the data root
     (CLIP-CAER's absolute paths, RAPT-CLIP's os.path.join(root_dir, rel)); the part after a folder
     named like the data root (RAPT-CLIP keys written from another working directory or machine)."""
     text = str(key).replace("\\", "/").strip()
-    found = [clip_key(text)]
-    if root is not None:
-        found.append(key_under_root(text, root))
-        parts, name = posixpath.normpath(text).split("/"), Path(os.path.abspath(root)).name
-        found += [clip_key("/".join(parts[i + 1:])) for i in range(len(parts) - 1) if parts[i] == name]
+    parts, name = posixpath.normpath(text).split("/"), Path(os.path.abspath(root)).name
+    found = [clip_key(text), under_root(text, root)]
+    found += [clip_key("/".join(parts[i + 1:])) for i in range(len(parts) - 1) if parts[i] == name]
     return [k for k in found if k]
 
 
-def outside_root(key: str) -> bool:
-    """An absolute key (posix or Windows) or one above the root: written for another data root."""
-    text = str(key).replace("\\", "/").strip()
-    return text.startswith(("/", "../")) or re.match(r"[A-Za-z]:/", text) is not None
-
-
-def listing(items: list[str], limit: int = MAX_LISTED) -> str:
-    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
-    return "; ".join(items[:limit]) + more
-
-
-def is_box(value) -> bool:
-    """Four finite numbers [x1, y1, x2, y2] (JSON's NaN and Infinity are not, nor are true / false)."""
-    def finite(v):
-        try:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        except OverflowError:  # an int too large for a float
-            return False
-    return isinstance(value, (list, tuple)) and len(value) == 4 and all(finite(v) for v in value)
+def listing(items: list[str], limit: int = 10) -> str:
+    """The first `limit` items for an error message, and how many more."""
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def shown(value) -> str:
@@ -238,115 +199,84 @@ def shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_boxes(raw, source, kind: str) -> None:
-    """The whole box file at load, so a bad entry fails here naming it and not later inside a DataLoader
-    worker: face files {clip: {frame: box}}; body files {clip: box} (CLIP-CAER, RAPT-CLIP) or per frame
-    {clip: {frame: box}} (the RAPT-CLIP family's later loaders read body_boxes[clip][frame]); a box is 4
-    finite numbers, or null for "no box" (then handled as a missing one). Every bad entry is listed in
-    one DataError."""
+def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], allow_missing: bool):
+    """A face or body box file, checked whole at load so that a bad entry fails here, named, and not
+    later inside a DataLoader worker. Face files are {clip: {frame: box}}; body files {clip: box}
+    (CLIP-CAER, RAPT-CLIP) or per frame {clip: {frame: box}} (the RAPT-CLIP family's later loaders
+    read body_boxes[clip][frame]); a box is 4 finite numbers, null is "no box". Every malformed entry
+    is one DataError, and so are all listed clips and frames without a box (their folders are listed
+    here), unless `allow_missing` (then they are counted fallbacks and the summary names the clips).
+    Returns ({clip key: {frame stem: box} or box}, the summary "face boxes: 15 of 15 clips")."""
+    if not path.is_file():
+        raise DataError(f"box file {path} does not exist")
+    try:
+        raw = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
     layout = "{clip: {frame: [x1, y1, x2, y2]}}" + ("" if kind == "face" else " or {clip: [x1, y1, x2, y2]}")
     if not isinstance(raw, dict):
-        raise DataError(f"{source}: the top level must be an object {layout}, got {type(raw).__name__} "
-                        f"{shown(raw)}")
+        raise DataError(f"{path}: the top level must be an object {layout}, got {type(raw).__name__} {shown(raw)}")
+
+    def malformed(box) -> bool:  # JSON's NaN, Infinity, true and false are no numbers of a box
+        try:
+            return box is not None and not (isinstance(box, list) and len(box) == 4 and all(
+                type(v) in (int, float) and math.isfinite(v) for v in box))
+        except OverflowError:  # an int too large for a float
+            return True
+
     bad = []
     for clip, value in raw.items():
         if isinstance(value, dict):
-            bad += [f"clip {clip!r} frame {name!r}: {shown(box)}" for name, box in value.items()
-                    if box is not None and not is_box(box)]
+            bad += [f"clip {clip!r} frame {name!r}: {shown(box)}" for name, box in value.items() if malformed(box)]
         elif kind == "face":
             bad.append(f"clip {clip!r}: {shown(value)} is not an object {{frame: box}}")
-        elif value is not None and not is_box(value):
+        elif malformed(value):
             bad.append(f"clip {clip!r}: {shown(value)}")
     if bad:
-        raise DataError(f"{source}: {len(bad)} malformed {kind} box entries (layout {layout}, a box is 4 finite "
+        raise DataError(f"{path}: {len(bad)} malformed {kind} box entries (layout {layout}, a box is 4 finite "
                         f"numbers): {listing(bad)}")
-
-
-def match_keys(raw: dict, source, root: Path | None, clip_keys: set[str]) -> dict[str, str]:
-    """Box file key -> clip key: the first candidate that is a listed clip, else the key as written."""
-    keys, owner = {}, {}
-    for key in raw:
-        candidates = key_candidates(key, root)
-        keys[key] = next((k for k in candidates if k in clip_keys), candidates[0])
-        if keys[key] in owner:
-            raise DataError(f"{source}: keys {owner[keys[key]]!r} and {key!r} both name clip {keys[key]!r}")
-        owner[keys[key]] = key
-    return keys
-
-
-def normalise_boxes(raw: dict, source: str, kind: str, root: Path | None = None, clip_keys: set[str] = frozenset()):
-    """{clip key: {frame stem: box}} (per-frame files) or {clip key: box} (per-clip body files); null
-    boxes are left out (missing)."""
-    check_boxes(raw, source, kind)
-    keys = match_keys(raw, source, root, clip_keys)
-    return {keys[clip]: {frame_key(n): b for n, b in value.items() if b is not None} if isinstance(value, dict)
-            else value for clip, value in raw.items() if value is not None}
-
-
-def box_of(boxes: dict | None, key: str, frame: str):
-    """The box of clip `key` at frame name `frame` (a per-clip body box holds for every frame), or None."""
-    entry = None if boxes is None else boxes.get(key)
-    return entry.get(frame_key(frame)) if isinstance(entry, dict) else entry
-
-
-def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], allow_missing: bool):
-    """Boxes of a face or body file keyed by clip, checked against every frame of every listed clip
-    (their folders are listed here): all clips and frames without a box are one DataError naming them,
-    unless `allow_missing` (then they are counted fallbacks, and the summary names the clips).
-    Returns (boxes, summary line "face boxes: 15 of 15 clips")."""
-    raw, clip_keys = load_json(path), {r.key for r in records}
-    boxes = normalise_boxes(raw, str(path), kind, root, clip_keys)
-    unmatched = [k for k in raw if not clip_keys.intersection(key_candidates(k, root))]
-    missing = []  # "'clip' (list:line)" and the frames without a box when only some lack one
+    # Each key to the first of its candidates that is a listed clip, else the key as written.
+    clip_keys, boxes, owner, unmatched = {r.key for r in records}, {}, {}, []
+    for key, value in raw.items():
+        clip = next((k for k in key_candidates(key, root) if k in clip_keys), clip_key(key))
+        if clip in owner:
+            raise DataError(f"{path}: keys {owner[clip]!r} and {key!r} both name clip {clip!r}")
+        owner[clip] = key
+        unmatched += [] if clip in clip_keys else [key]
+        if isinstance(value, dict):  # frames by stem: '12.jpg', '12.png' and '12' are frame 12
+            boxes[clip] = {Path(name).stem: box for name, box in value.items() if box is not None}
+        elif value is not None:
+            boxes[clip] = value
+    missing = []  # "'clip' (list:line)", and the frames without a box when only some lack one
     for rec in {r.key: r for r in records}.values():
-        names = clip_frames(rec)[:rec.num_frames] if isinstance(boxes.get(rec.key), dict) else []
-        gaps = [n for n in names if box_of(boxes, rec.key, n) is None]
-        if rec.key not in boxes or gaps:
-            part = f" frames {', '.join(gaps)}" if gaps and len(gaps) < len(names) else ""
-            missing.append(f"{rec.key!r} ({rec.source}){part}")
+        entry = boxes.get(rec.key)
+        names = list_frames(rec.frames_dir, rec.source, rec.num_frames)[:rec.num_frames] if isinstance(
+            entry, dict) else []
+        gaps = [n for n in names if Path(n).stem not in entry]
+        if entry is None or gaps:
+            missing.append(f"{rec.key!r} ({rec.source})" + (f" frames {', '.join(gaps)}" if 0 < len(gaps) < len(
+                names) else ""))
     summary = f"{kind} boxes: {len(clip_keys) - len(missing)} of {len(clip_keys)} clips"
-    outside = [repr(k) for k in unmatched if outside_root(k)]
+    outside = [repr(k) for k in unmatched if re.match(r"/|\.\./|[A-Za-z]:/", k.replace("\\", "/").strip())]
     if outside:
         summary += (f" ({len(outside)} keys of {path.name} lie outside --data-root {root} and match no clip: "
                     f"{listing(outside, 3)})")
     if missing and allow_missing:
         summary += f" ({len(missing)} fall back: {listing([m.split(' (')[0] for m in missing], 5)})"
-    if missing and not allow_missing:
+    elif missing:
         hint = "" if outside or not unmatched else ("; a key names the clip folder relative to --data-root, keys "
                                                     f"matching no clip: {listing([repr(k) for k in unmatched], 3)}")
+        instead = "centre crop" if kind == "face" else "whole frame"
         raise DataError(f"{path}: no {kind} box for clip {listing(missing)} [{summary}]{hint} "
-                        f"(pass --allow-missing-boxes to fall back to the "
-                        f"{'centre crop' if kind == 'face' else 'whole frame'} instead)")
+                        f"(pass --allow-missing-boxes to fall back to the {instead} instead)")
     return boxes, summary
-
-
-def box_problem(box, height: int, width: int) -> str | None:
-    """Why a well-formed box cannot be cropped from a height x width frame, or None. Boxes reaching
-    past the frame are fine (clamped); nothing of the frame left inside is not."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if x2 == x1 or y2 == y1:
-        return "of zero area"
-    if x2 < x1 or y2 < y1:
-        return "inverted (x2 < x1 or y2 < y1)"
-    if min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
-        return f"outside the {width}x{height} frame"
-    return None
-
-
-def load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"box file {path} does not exist")
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
 
 
 def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: int,
                          unlabelled: bool = False) -> list[ClipRecord]:
-    """RAER / CAER list, the reader of train.py and predict.py: one clip per line, `frames_dir num_frames
-    label`, frames_dir relative to `root` (or absolute); with `unlabelled` (predict.py) a line may hold
-    the folder alone (label -1, every frame). '#' lines and blank lines are skipped."""
+    """RAER / CAER list, one clip per line: `frames_dir num_frames label`, frames_dir relative to
+    `root` or absolute (CLIP-CAER's lists: the key is then the folder below `root`); with `unlabelled`
+    (predict.py) a line may hold the folder alone (label -1, every frame). '#' and blank lines are skipped."""
     if not path.is_file():
         raise DataError(f"annotation list {path} does not exist")
     records = []
@@ -354,11 +284,13 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
         fields, where = line.split(), f"{path}:{line_no}"
         if not fields or fields[0].startswith("#"):
             continue
+        folder = fields[0].replace("\\", "/")
+        key = (folder.startswith("/") and under_root(folder, root)) or clip_key(folder)
         if len(fields) == 1 and unlabelled:
             count = len(list_frames(root / fields[0], where))
             if count == 0:
                 raise DataError(f"{where}: clip folder {root / fields[0]} holds no frames")
-            records.append(ClipRecord(root / fields[0], record_key(fields[0], root), count, -1, where))
+            records.append(ClipRecord(root / fields[0], key, count, -1, where))
             continue
         if len(fields) != 3:
             raise DataError(f"{where}: expected 'frames_dir num_frames label', got {line!r}")
@@ -370,28 +302,10 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
             raise DataError(f"{where}: label {fields[2]} outside [{label_base}, {num_classes - 1 + label_base}]")
         if num_frames < 1:
             raise DataError(f"{where}: num_frames must be >= 1")
-        records.append(ClipRecord(root / fields[0], record_key(fields[0], root), num_frames, label, where))
+        records.append(ClipRecord(root / fields[0], key, num_frames, label, where))
     if not records:
         raise DataError(f"annotation list {path} is empty")
     return records
-
-
-def list_frames(frames_dir: Path, source: str) -> list[str]:
-    if not frames_dir.is_dir():
-        raise DataError(f"{source}: frame folder {frames_dir} does not exist")
-    names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
-    check_one_file_per_frame(names, frames_dir, source)  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg'
-    # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
-    # was: return sorted(names)
-    return sorted(names, key=natural_key)
-
-
-def clip_frames(rec: ClipRecord) -> list[str]:
-    """The frame files of a clip in time order; fewer than the list promises is an error."""
-    names = list_frames(rec.frames_dir, rec.source)
-    if len(names) < rec.num_frames:
-        raise DataError(f"{rec.source}: the list says {rec.num_frames} frames, {rec.frames_dir} holds {len(names)}")
-    return names
 
 
 def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipRecord]:
@@ -406,8 +320,7 @@ def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipReco
         if "ClipID" not in fields or "Engagement" not in fields:
             raise DataError(f"{path}:1: header needs ClipID and Engagement columns, got {fields}")
         for line_no, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            where = f"{path}:{line_no}"
+            row, where = {k.strip(): (v or "").strip() for k, v in row.items() if k}, f"{path}:{line_no}"
             try:
                 label = int(row["Engagement"])
             except ValueError as e:
@@ -425,7 +338,17 @@ def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipReco
     return records
 
 
-# ----------------------------------------------------------------------------- sampling and crops
+def list_frames(frames_dir: Path, source: str, promised: int = 0) -> list[str]:
+    """The frame files of a clip folder in time order; fewer than `promised` (the list's count) is an error."""
+    if not frames_dir.is_dir():
+        raise DataError(f"{source}: frame folder {frames_dir} does not exist")
+    names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
+    check_one_file_per_frame(names, frames_dir, source)  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg'
+    if len(names) < promised:
+        raise DataError(f"{source}: the list says {promised} frames, {frames_dir} holds {len(names)}")
+    # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
+    # was: return sorted(names)
+    return sorted(names, key=natural_key)
 
 
 def sample_indices(num_frames: int, num_segments: int, train: bool, generator: torch.Generator) -> list[int]:
@@ -436,6 +359,19 @@ def sample_indices(num_frames: int, num_segments: int, train: bool, generator: t
     offset = torch.rand(num_segments, generator=generator) if train else torch.full((num_segments,), 0.5)
     index = (edges[:-1] + offset * (edges[1:] - edges[:-1])).floor().long()
     return index.clamp(0, num_frames - 1).tolist()
+
+
+def box_problem(box, height: int, width: int) -> str | None:
+    """Why a box cannot be cropped from a height x width frame, or None. Boxes reaching past the
+    frame are fine (clamped); nothing of the frame left inside is not."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 == x1 or y2 == y1:
+        return "of zero area"
+    if x2 < x1 or y2 < y1:
+        return "inverted (x2 < x1 or y2 < y1)"
+    if min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
+        return f"outside the {width}x{height} frame"
+    return None
 
 
 def expand_box(box, margin: float, height: int, width: int) -> tuple[int, int, int, int] | None:
@@ -467,16 +403,11 @@ def crop_resize(frame: torch.Tensor, box: tuple[int, int, int, int], size: int, 
 
 
 def clip_normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (x - mean) / std
-
-
-# ----------------------------------------------------------------------------- datasets
+    return (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Frames on disk: `records` from a list / CSV, boxes from JSON."""
+    """Frames on disk: `records` from a list / CSV, boxes from read_boxes."""
 
     def __init__(self, records: list[ClipRecord], face_boxes: dict | None, body_boxes: dict | None,
                  cfg: DataConfig, num_frames: int, image_size: int, train: bool, seed: int,
@@ -484,8 +415,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.records, self.face_boxes, self.body_boxes = records, face_boxes, body_boxes
         self.cfg, self.num_frames, self.image_size = cfg, num_frames, image_size
         self.train, self.seed, self.centre_crop_fallback = train, seed, centre_crop_fallback
-        self.epoch = 0
-        self._frame_names: dict[int, list[str]] = {}
+        self.epoch, self._frame_names = 0, {}
         self.box_summary = ""  # "face boxes: N of M clips, ...", set by build_datasets, printed at start
 
     def __len__(self) -> int:
@@ -500,7 +430,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def frame_names(self, index: int) -> list[str]:
         if index not in self._frame_names:
-            self._frame_names[index] = clip_frames(self.records[index])
+            rec = self.records[index]
+            self._frame_names[index] = list_frames(rec.frames_dir, rec.source, rec.num_frames)
         return self._frame_names[index]
 
     def load_frame(self, index: int, name: str) -> torch.Tensor:
@@ -513,56 +444,40 @@ class ClipDataset(torch.utils.data.Dataset):
         except DECODE_ERRORS as e:
             raise DataError(f"{self.records[index].source}: cannot read frame {path}: {e}") from e
 
-    def face_box(self, index: int, name: str):
-        rec = self.records[index]
+    def frame_box(self, index: int, kind: str, name: str, height: int, width: int):
+        """The face (grown by --face-margin) or body box of a frame, clamped to it; None for no box or a
+        degenerate one (zero area, inverted, nothing inside the frame), an error naming clip and frame
+        unless fallbacks are allowed (no --body-boxes at all: None, the whole frame, no error)."""
+        rec, boxes = self.records[index], self.face_boxes if kind == "face" else self.body_boxes
         # FIX(CAER-BOX-KEYS): boxes are keyed by clip and frame name; the full-path lookup never matched.
-        # was: return (self.face_boxes or {}).get(str(rec.frames_dir / name))
-        box = box_of(self.face_boxes, rec.key, name)
-        if box is None and not self.centre_crop_fallback:
-            raise DataError(f"{rec.source}: no face box for clip {rec.key!r} frame {name!r} "
-                            f"(pass --allow-missing-boxes to centre-crop instead)")
-        return box
-
-    def body_box(self, index: int, name: str):
-        """The body box at this frame, None for the whole frame (no --body-boxes, or a counted fallback)."""
-        rec = self.records[index]
-        box = box_of(self.body_boxes, rec.key, name)
-        if box is None and self.body_boxes is not None and not self.centre_crop_fallback:
-            raise DataError(f"{rec.source}: no body box for clip {rec.key!r} frame {name!r} "
-                            f"(pass --allow-missing-boxes to use the whole frame instead)")
-        return box
-
-    def usable_box(self, box, kind: str, index: int, name: str, height: int, width: int):
-        """`box`, or None when it is degenerate (zero area, inverted, outside the frame): a missing box,
-        so an error naming clip and frame unless fallbacks are allowed."""
-        problem = None if box is None else box_problem(box, height, width)
+        # was: box = (boxes or {}).get(str(rec.frames_dir / name))  (face boxes, by full path)
+        entry = (boxes or {}).get(rec.key)
+        box = entry.get(Path(name).stem) if isinstance(entry, dict) else entry  # a per-clip box: every frame
+        problem = "missing" if box is None else box_problem(box, height, width)
         if problem is None:
-            return box
-        rec = self.records[index]
-        if not self.centre_crop_fallback:
-            raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
-                            f"(pass --allow-missing-boxes to treat it as missing)")
-        return None
+            return expand_box(box, self.cfg.face_margin if kind == "face" else 0.0, height, width)
+        if self.centre_crop_fallback or (boxes is None and kind == "body"):
+            return None
+        if box is None:
+            instead = "centre-crop" if kind == "face" else "use the whole frame"
+            raise DataError(f"{rec.source}: no {kind} box for clip {rec.key!r} frame {name!r} "
+                            f"(pass --allow-missing-boxes to {instead} instead)")
+        raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
+                        f"(pass --allow-missing-boxes to treat it as missing)")
 
     def __getitem__(self, index: int):
-        rec = self.records[index]
-        names = self.frame_names(index)
+        rec, names = self.records[index], self.frame_names(index)
         g = sample_generator(self.seed, self.epoch, index)
-        picks = sample_indices(rec.num_frames, self.num_frames, self.train, g)
         faces, contexts, fallbacks = [], [], 0
-        for i in picks:
+        for i in sample_indices(rec.num_frames, self.num_frames, self.train, g):
             frame = self.load_frame(index, names[i])
             _, height, width = frame.shape
-            box = self.usable_box(self.face_box(index, names[i]), "face", index, names[i], height, width)
-            face_box = None if box is None else expand_box(box, self.cfg.face_margin, height, width)
-            if face_box is None:
-                # FIX(CAER-BOX-KEYS): a missing box is counted and centre-cropped, never a silent full frame.
-                # was: face_box = (0, 0, width, height)
-                fallbacks += 1
-                face_box = centre_square(height, width)
-            frame_body = self.usable_box(self.body_box(index, names[i]), "body", index, names[i], height, width)
-            context_box = None if frame_body is None else expand_box(frame_body, 0.0, height, width)
-            fallbacks += int(self.body_boxes is not None and context_box is None)  # the whole frame instead
+            face_box = self.frame_box(index, "face", names[i], height, width)
+            context_box = self.frame_box(index, "body", names[i], height, width)
+            # FIX(CAER-BOX-KEYS): a missing box is counted and centre-cropped, never a silent full frame.
+            # was: face_box = face_box or (0, 0, width, height)
+            fallbacks += (face_box is None) + (context_box is None and self.body_boxes is not None)
+            face_box = face_box or centre_square(height, width)
             faces.append(crop_resize(frame, face_box, self.image_size, letterbox=False))
             contexts.append(crop_resize(frame, context_box or (0, 0, width, height), self.image_size, letterbox=True))
         face, context = torch.stack(faces), torch.stack(contexts)  # (T, 3, S, S) each
@@ -582,8 +497,6 @@ class ClipDataset(torch.utils.data.Dataset):
             face, context = TF.rotate(face, angle), TF.rotate(context, angle)
         return face, context
 
-
-# ----------------------------------------------------------------------------- synthetic clips
 
 # Class -> (face pattern, scene): classes 0-2 differ by the face (scene random), classes 3 and 4
 # share class 2's face and differ from it and from each other only by the scene, so a model
@@ -614,37 +527,31 @@ def render_synthetic_clip(label: int, num_frames: int, size: int, rng: np.random
         frames[f, :, y1:y1 + side, x1:x1 + side] = face
         boxes.append([x1, y1, x1 + side, y1 + side])
     noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
-    frames += 12 * noise
-    return frames.clamp(0, 255).to(torch.uint8), boxes
+    return (frames + 12 * noise).clamp(0, 255).to(torch.uint8), boxes
 
 
 class SyntheticClips(ClipDataset):
-    """In-memory clips rendered once from a seed; read through the same sampling, box look-up,
-    crop and augmentation code as the real datasets."""
+    """In-memory clips rendered once from a seed, read through the same sampling, box look-up, crop
+    and augmentation as the real datasets; frames are named 1.jpg, 2.jpg, ... as RAER's."""
 
     def __init__(self, size: int, cfg: DataConfig, num_frames: int, image_size: int, train: bool,
                  seed: int, split_seed: int, frame_size: int = 48):
         rng = np.random.default_rng(split_seed)
         records, face_boxes, self.frames = [], {}, []
         for i in range(size):
-            label = i % len(SYNTHETIC_CLASSES)
-            clip_frames = int(rng.integers(num_frames, 3 * num_frames + 1))
+            label, clip_frames = i % len(SYNTHETIC_CLASSES), int(rng.integers(num_frames, 3 * num_frames + 1))
             frames, boxes = render_synthetic_clip(label, clip_frames, frame_size, rng)
             key = f"synthetic/{split_seed}/{i:05d}"
             self.frames.append(frames)
-            face_boxes[key] = {f"{f + 1}.jpg": box for f, box in enumerate(boxes)}  # RAER JSON layout
+            face_boxes[key] = {str(f + 1): box for f, box in enumerate(boxes)}  # by frame stem, as read_boxes
             records.append(ClipRecord(Path(key), key, clip_frames, label, f"synthetic clip {key}"))
-        super().__init__(records, normalise_boxes(face_boxes, "synthetic boxes", "face"), None, cfg, num_frames,
-                         image_size, train, seed, centre_crop_fallback=False)
+        super().__init__(records, face_boxes, None, cfg, num_frames, image_size, train, seed, False)
 
     def frame_names(self, index: int) -> list[str]:
         return [f"{f + 1}.jpg" for f in range(len(self.frames[index]))]
 
     def load_frame(self, index: int, name: str) -> torch.Tensor:
-        return self.frames[index][int(frame_key(name)) - 1]
-
-
-# ----------------------------------------------------------------------------- building the splits
+        return self.frames[index][int(Path(name).stem) - 1]
 
 
 def stratified_split(records: list[ClipRecord], fraction: float, seed: int):
@@ -657,8 +564,7 @@ def stratified_split(records: list[ClipRecord], fraction: float, seed: int):
     for ids in by_class.values():
         take = min(len(ids) - 1, max(1, round(fraction * len(ids)))) if len(ids) > 1 else 0
         val_ids.update(rng.permutation(ids)[:take].tolist())
-    return ([r for i, r in enumerate(records) if i not in val_ids],
-            [r for i, r in enumerate(records) if i in val_ids])
+    return [r for i, r in enumerate(records) if i not in val_ids], [r for i, r in enumerate(records) if i in val_ids]
 
 
 def read_split(cfg: DataConfig, name: str) -> list[ClipRecord]:
@@ -688,26 +594,17 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
         train_records, val_records = stratified_split(train_records, cfg.val_fraction, seed)
     # DAiSEE frames are webcam close-ups: a centre crop is a documented fallback, always allowed.
     fallback = cfg.allow_missing_boxes or cfg.dataset == "daisee"
-    # Box files are read and checked whole here, against every listed clip, so a bad entry or a clip
-    # without boxes fails now, naming it, and not later inside a DataLoader worker.
-    records = train_records + val_records + test_records
-    face = body = None
-    summary = []
-    if cfg.dataset != "daisee" or (cfg.face_boxes and (root / cfg.face_boxes).is_file()):
-        face, line = read_boxes(root / cfg.face_boxes, "face", root, records, fallback)
-        summary.append(line)
-    if cfg.body_boxes:
-        body, line = read_boxes(root / cfg.body_boxes, "body", root, records, fallback)
-        summary.append(line)
+    records, boxes, summary = train_records + val_records + test_records, {"face": None, "body": None}, []
+    for kind, name in (("face", cfg.face_boxes), ("body", cfg.body_boxes)):
+        if (name if kind == "body" else cfg.dataset != "daisee" or (name and (root / name).is_file())):
+            boxes[kind], line = read_boxes(root / name, kind, root, records, fallback)
+            summary.append(line)
 
     def make(records, train):
-        dataset = ClipDataset(records, face, body, cfg, num_frames, image_size, train, seed, fallback)
+        dataset = ClipDataset(records, boxes["face"], boxes["body"], cfg, num_frames, image_size, train, seed, fallback)
         dataset.box_summary = ", ".join(summary)
         return dataset
     return make(train_records, True), make(val_records, False), make(test_records, False)
-
-
-# ----------------------------------------------------------------------------- class-balanced sampling
 
 
 class ClassBalancedSampler(EpochSampler):
@@ -718,8 +615,7 @@ class ClassBalancedSampler(EpochSampler):
     def __init__(self, labels: list[int], batch_size: int, power: float = 0.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         super().__init__(len(labels), batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size)
-        self.labels = np.asarray(labels)
-        self.power = power
+        self.labels, self.power = np.asarray(labels), power
 
     def class_counts(self) -> dict[int, int]:
         classes, counts = np.unique(self.labels, return_counts=True)

@@ -107,12 +107,9 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
                step: int | None = None):
     """Returns (total, raw components, weighted components); raises NonFiniteLossError naming the
     component that is NaN/Inf."""
-    def cls_fn(logits, target):  # LDL targets from the learned class texts, as RAPT trainer.py:147-152
-        return classification_loss(logits, target, out["text"], epoch, cfg)
-
-    def moco_fn(video, target):
-        return moco_loss(video, out["text"], queue[0], queue[1], target, cfg.moco_temperature)
-
+    # LDL targets from the learned class texts, as RAPT trainer.py:147-152
+    cls_fn = lambda logits, target: classification_loss(logits, target, out["text"], epoch, cfg)
+    moco_fn = lambda video, target: moco_loss(video, out["text"], queue[0], queue[1], target, cfg.moco_temperature)
     parts = {"cls": mixup_loss(cls_fn, out["logits"], y_a, y_b, lam),
              "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature),
              "dc": dc_loss(out["text"])}

@@ -1,11 +1,10 @@
 """CLIP-CAER (Zhao et al., ICCV 2025; built on DFER-CLIP, Zhao & Patras, BMVC 2023).
 
-Face and context frames go through one shared CLIP image encoder; the face features pass a
-residual adapter; each stream has its own temporal model over the T frames; the two clip
-vectors are concatenated, projected and L2-normalised. Class text features come from a CoOp
-prompt learner (learnable context vectors in front of class descriptor sentences) through the
-frozen CLIP text encoder. Logits = scale * cos(video, text). A momentum copy of the visual head
-fills a queue of video keys, the negatives of the MoCo ranking loss.
+Face and context frames go through one shared CLIP image encoder, the face features through a
+residual adapter, each stream through its own temporal model; the two clip vectors are concatenated,
+projected and L2-normalised. Class text features: a CoOp prompt learner through the frozen CLIP text
+encoder. Logits = scale * cos(video, text). A momentum copy of the visual head fills a queue of video
+keys, the negatives of the MoCo ranking loss.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ class ModelConfig:
     # NOTE(deviation): the official code fixes 100 (pretrained CLIP's learned value); a randomly
     # initialised tiny CLIP collapses to one class at 100, so the synthetic recipe uses 20.
     logit_scale: float = 20.0  # fixed cosine-logit scale
-    # NOTE(deviation): MoCo on in the synthetic demo; RAPT-CLIP removed its MoCo loss (8dbb893), CLIP-CAER never
-    # had one, and both recipes set 0.
     # NOTE(deviation): off by default, as in both originals' final code (CLIP-CAER has no MoCo; RAPT-CLIP
     # removed it in 8dbb893); on the synthetic demo RAPT's MoCoRank at weight 0.1 held UAR at 0.61
     # (two face-only classes never predicted) against 0.96 without it. `--moco-queue 4096` turns it on.

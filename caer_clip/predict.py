@@ -38,7 +38,6 @@ from caer_clip.data import (
     centre_square,
     clip_key,
     dataset_name,
-    expand_box,
     list_frames,
     listing,
     read_annotation_list,
@@ -160,10 +159,8 @@ def sampled_frames(dataset: ClipDataset, index: int) -> tuple[torch.Tensor, torc
     for i in picks:
         frame = dataset.load_frame(index, names[i])  # uint8 (3, H, W)
         _, height, width = frame.shape
-        box = dataset.face_box(index, names[i])
-        box = None if box is None else expand_box(box, dataset.cfg.face_margin, height, width)
         frames.append(frame)
-        boxes.append(box or centre_square(height, width))
+        boxes.append(dataset.frame_box(index, "face", names[i], height, width) or centre_square(height, width))
     first, scale = enlarge(frames[0][None])
     size = first.shape[-2:]
     tiles = torch.cat([F.interpolate(f[None].float(), size=size, mode="nearest") for f in frames]) / 255

@@ -69,12 +69,13 @@ PROJECT = "caer_clip"
 # A resumed run must keep these: the architecture, and the frozen parts (they set the optimizer's groups).
 RESUME_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx", "temporal", "temporal_layers",
                "temporal_heads", "use_context", "moco_queue", "adapter_reduction", "freeze_image_encoder"]
-LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_cls", "loss_mi", "loss_dc", "loss_moco", "share_cls",
-               "share_mi", "share_dc", "share_moco", "train_acc", "val_uar", "val_war", "box_fallbacks"]
+COMPONENTS = ["cls", "mi", "dc", "moco"]  # the weighted loss terms, logged one by one
+LOG_COLUMNS = ["step", "epoch", "lr", "loss", *[f"loss_{c}" for c in COMPONENTS], *[f"share_{c}" for c in COMPONENTS],
+               "train_acc", "val_uar", "val_war", "box_fallbacks"]
 # The originals' recipes: each value with the file and line of the original it comes from. `--recipe`
 # picks one (with --data-root clip-caer by default); it fills only the settings the command line leaves
 # unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
-CLIP_CAER, RAPT = "zgsfer/CLIP-CAER@6869d99", "mngoc3110/RAPT-CLIP@d318d0a"
+ORIGINS = {"clip-caer": "zgsfer/CLIP-CAER@6869d99", "rapt-clip": "mngoc3110/RAPT-CLIP@d318d0a"}
 CROSS_ENTROPY_ONLY = "main.py:388, cross-entropy alone"
 RECIPES = {
     "clip-caer": dict(
@@ -120,7 +121,6 @@ NOT_REPRODUCED = {  # what a recipe cannot or does not take from its original, s
                  "an adapter replacing the face features (here residual: FIX CAER-ADAPTER-RESIDUAL); "
                  "--crop-body (pass --body-boxes)",
 }
-COMPONENTS = ["cls", "mi", "dc", "moco"]  # the weighted loss terms, logged one by one
 MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["cls", "attn"],
                 "temporal_layers": at_least(1), "temporal_heads": at_least(1), "dropout": between(0.0, 1.0),
                 "adapter_ratio": at_least(0.0, float), "adapter_reduction": at_least(1), "logit_scale": above(0.0),
@@ -172,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"recipes (--recipe; for every setting not given):\n{recipes}")
     add_args(p, DataConfig, "data")
-    model = add_args(p, ModelConfig, "model", checks=MODEL_CHECKS, exclude=["num_classes", "use_context"])
-    model.add_argument("--context", dest="use_context", action="store_true", default=True,
-                       help="context stream on (--no-context: face stream only) (default: True)")
-    model.add_argument("--no-context", dest="use_context", action="store_false", help="turn --context off")
+    add_args(p, ModelConfig, "model", checks=MODEL_CHECKS, exclude=["num_classes"], flags={"use_context": "--context"})
     add_args(p, LossConfig, "loss")
     add_args(p, TrainConfig, "optimisation")
     run_args(p, default_out="runs/caer_clip", ckpt_interval=100, log_interval=10)
@@ -187,8 +184,7 @@ def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
     `given` (the flags on the command line). Returns what it set: {setting: (value, source)}."""
     name = ("clip-caer" if args.data_root else "none") if args.recipe == "auto" else args.recipe
     recipe = {k: copy.deepcopy(v) for k, v in RECIPES.get(name, {}).items() if k not in given}
-    clip = recipe.get("clip", (args.clip,))[0]
-    if recipe.get("logit_scale", (0.0,))[0] > ModelConfig.logit_scale and clip == "tiny":
+    if recipe.get("logit_scale", (0.0,))[0] > ModelConfig.logit_scale and recipe.get("clip", (args.clip,))[0] == "tiny":
         # A random tiny CLIP at scale 100 puts every clip in one class (val/test UAR 0.0 after an epoch).
         recipe["logit_scale"] = (ModelConfig.logit_scale, "kept for --clip tiny: scale 100 collapses a random CLIP")
     vars(args).update({k: v for k, (v, _) in recipe.items()})
@@ -205,9 +201,6 @@ def config_from(args: argparse.Namespace) -> Config:
     return Config(model, loss, data, from_args(TrainConfig, args), RunSettings.from_args(args))
 
 
-# ----------------------------------------------------------------------------- data, model, optimiser
-
-
 def build_model_and_data(cfg: Config, device: torch.device):
     """The model (data.build_seeded_model) on `device` and the {train, val, test} datasets."""
     if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
@@ -216,22 +209,6 @@ def build_model_and_data(cfg: Config, device: torch.device):
     model = build_seeded_model(cfg.model, cfg.data, cfg.run.seed).to(device)
     splits = build_datasets(cfg.data, cfg.model.num_frames, model.clip.cfg.image_resolution, cfg.run.seed)
     return model, dict(zip(("train", "val", "test"), splits))
-
-
-def check_split_sizes(splits: dict, batch_size: int, world_size: int) -> None:
-    """A split too small for one batch is an error naming it, not an epoch of nothing."""
-    for name, dataset in splits.items():
-        need = batch_size * world_size if name == "train" else world_size  # training drops partial batches
-        if len(dataset) < need:
-            raise DataError(f"the {name} split holds {len(dataset)} clips, fewer than {need} (batch {batch_size} x "
-                            f"{world_size} processes for training, one clip per process for evaluation)")
-
-
-def train_sampler(dataset, cfg: Config, rank: int, world_size: int) -> EpochSampler:
-    batch, seed = cfg.train.batch_size, cfg.run.seed
-    if cfg.data.balanced_sampler:
-        return ClassBalancedSampler(dataset.labels, batch, cfg.data.balance_power, seed, rank, world_size)
-    return EpochSampler(len(dataset), batch, shuffle=True, seed=seed, rank=rank, world_size=world_size)
 
 
 def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1):
@@ -250,15 +227,8 @@ def base_lrs(cfg: TrainConfig, world_size: int) -> dict[str, float]:
             "prompt": cfg.lr_prompt * scale, "image": cfg.lr_image * scale}
 
 
-def lr_at(step: int, base_lr: float, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    return multistep_lr(step, base_lr, [m * steps_per_epoch for m in cfg.milestones], cfg.lr_gamma, cfg.warmup_steps)
-
-
 def at_max_iters(state: State, cfg: Config) -> bool:
     return cfg.train.max_iters is not None and state.step >= cfg.train.max_iters
-
-
-# ----------------------------------------------------------------------------- meters and log rows
 
 
 def running_sums() -> dict:
@@ -266,19 +236,9 @@ def running_sums() -> dict:
     return {"steps": 0, "loss": torch.zeros(()), **{c: torch.zeros(()) for c in COMPONENTS}, "correct": torch.zeros(())}
 
 
-def new_meters() -> dict:
-    """state.meters of a new run; every checkpoint holds them, so a resumed run writes the rows an
-    uninterrupted one would."""
-    return {"window": running_sums(),  # since the last training row (every --log-interval steps)
-            "epoch": running_sums(),  # since the epoch began
-            "box_fallbacks": 0,  # box look-ups of this epoch's training clips that fell back
-            "val": {},  # the last validation scores
-            "balance": {"streak": {}, "warned": []}}  # LossBalanceMonitor's counters
-
-
 def train_means(state: State, kind: str, lr: float, cfg: Config) -> dict:
-    """A log row of the means since the last row of this kind ("window" or "epoch") and each weighted
-    term's share of the total; its sums start again."""
+    """A log row of the means since the last row of this kind ("window" or "epoch"), each weighted term's
+    share of the total; its sums start again."""
     sums, state.meters[kind] = state.meters[kind], running_sums()
     n = max(1, sums["steps"])
     weighted = {c: float(sums[c]) / n for c in COMPONENTS}
@@ -300,13 +260,10 @@ def loss_summary(row: dict) -> str:
     return f"train loss {row['loss']:.4f} ({parts}) acc {row['train_acc']:.3f}"
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
 @torch.no_grad()
 def evaluate(model, loader, cfg: Config) -> dict:
-    """UAR, WAR, confusion matrix and box fallbacks over every clip of `loader`, gathered from all ranks.
-    `model` is the bare module (unwrap a DDP one): the ranks' shards may differ by one batch."""
+    """UAR, WAR, confusion matrix and box fallbacks of every clip, gathered from all ranks. `model` is the
+    bare module (unwrap a DDP one): the ranks' shards may differ by one batch."""
     model.eval()
     device = next(model.parameters()).device
     dtype = autocast_dtype(device, cfg.run.amp)
@@ -318,10 +275,9 @@ def evaluate(model, loader, cfg: Config) -> dict:
         labels.append(y.to(device))
         fallbacks += fb.to(device).sum()
     preds, labels = gather_cat(torch.cat(preds)).cpu().numpy(), gather_cat(torch.cat(labels)).cpu().numpy()
-    fallbacks = int(gather_cat(fallbacks.view(1)).sum())
     # FIX(CAER-UAR-ALL-CLASSES): mean recall over all classes, not only those present in the split.
     uar_value = uar(labels, preds, cfg.model.num_classes)
-    return {"uar": uar_value, "war": war(labels, preds), "fallbacks": fallbacks,
+    return {"uar": uar_value, "war": war(labels, preds), "fallbacks": int(gather_cat(fallbacks.view(1)).sum()),
             "confusion": confusion_matrix(labels, preds, cfg.model.num_classes)}
 
 
@@ -331,8 +287,7 @@ def scores(metrics: dict) -> dict:
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
-    """What main() reports as results[split] for these weights, from one process: data and model
-    are rebuilt from the checkpoint's own settings."""
+    """main()'s results[split] for these weights, from one process, rebuilt from the checkpoint's settings."""
     checkpoint = load_run_checkpoint(path, PROJECT)
     cfg = config_from(argparse.Namespace(**checkpoint["args"]))
     model, splits = build_model_and_data(cfg, torch.device(device))
@@ -341,9 +296,8 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
 
 
 def validate(state: State, loader, cfg: Config, run: Run, row: dict) -> dict:
-    """Score the validation split, log `row` (the step, or the epoch's training means) with the scores,
-    and write best.pt when they beat every earlier one. Every rank calls it (the scores are gathered,
-    every rank takes part in the save). Returns the row, with "improved"."""
+    """Log `row` (the step, or the epoch's training means) with the validation scores, best.pt when they
+    beat every earlier one; every rank calls it (gathered scores, a shared save). Returns the row + "improved"."""
     metrics = evaluate(unwrap(state.model), loader, cfg)
     row = {**row, "val_uar": metrics["uar"], "val_war": metrics["war"],
            "box_fallbacks": row.get("box_fallbacks", 0) + metrics["fallbacks"]}
@@ -355,9 +309,6 @@ def validate(state: State, loader, cfg: Config, run: Run, row: dict) -> dict:
     return {**row, "improved": improved}
 
 
-# ----------------------------------------------------------------------------- training
-
-
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
     """From the state's position to the end of its epoch, or to --max-iters; True when a stop signal came."""
     tc, model, meters, epoch = cfg.train, unwrap(state.model), state.meters, state.epoch
@@ -366,76 +317,74 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
     if at_max_iters(state, cfg):  # a resumed run that had reached its cap
         return False
     state.model.train()
-    with tqdm(loader, desc=f"epoch {epoch}", leave=False, total=len(loader),
-              disable=not is_main() or not sys.stderr.isatty()) as bar:
-        for face, context, labels, fallbacks in bar:
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr_at(state.step, group["base_lr"], tc, steps_per_epoch)
-            face, context = face.to(device, non_blocking=True), context.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            # Mixup randomness from (seed, epoch, batch): identical after a resume.
-            mix_gen = sample_generator(cfg.run.seed, epoch, 10**9 + state.batch_in_epoch)
-            # FIX(CAER-MIXUP-TARGET): y_b = y[perm], not the permutation index; one perm for both streams.
-            (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
-            with autocast(device, dtype):
-                out = state.model(face, context)
-            queue = (model.queue, model.queue_labels) if cfg.model.moco_queue > 0 else None
-            epoch_progress = epoch + state.batch_in_epoch / steps_per_epoch
-            loss, _, weighted = total_loss(out, y_a, y_b, lam, epoch, epoch_progress, cfg.loss, queue, state.step)
-            state.scaler.scale(loss).backward()
-            state.scaler.unscale_(state.optimizer)
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-            state.optimizer.zero_grad(set_to_none=True)
-            if queue is not None and "key" in out:  # keys exist in training mode only
-                model.enqueue(gather_cat(out["key"].detach().float()), gather_cat(y_a if lam >= 0.5 else y_b))
-            correct = (out["logits"].argmax(-1) == labels).sum()
-            for sums in (meters["window"], meters["epoch"]):  # on the device: no host sync before a log row
-                sums["steps"] += 1
-                for name, value in (("loss", loss), *weighted.items(), ("correct", correct)):
-                    sums[name] = sums[name] + value.detach().float()
-            meters["box_fallbacks"] += int(fallbacks.sum())
-            state.step += 1
-            state.batch_in_epoch += 1
-            lr = state.optimizer.param_groups[0]["lr"]
-            if state.step % cfg.run.log_interval == 0:
-                row = train_means(state, "window", lr, cfg)
-                run.log(row)
-                if is_main():  # above the progress bar, not through it
-                    bar.write(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
-                bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{meters['val'].get('uar', float('nan')):.3f}",
-                                lr=f"{lr:.1e}")
-            if tc.val_interval and state.step % tc.val_interval == 0 and state.batch_in_epoch < steps_per_epoch:
-                validate(state, val_loader, cfg, run, {"step": state.step, "epoch": epoch, "lr": lr})
-                state.model.train()
-            if cfg.run.ckpt_interval and state.step % cfg.run.ckpt_interval == 0:
-                run.save("last.pt", state)
-            if run.should_stop():
-                return True
-            if at_max_iters(state, cfg):
-                return False
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not is_main() or not sys.stderr.isatty())
+    for face, context, labels, fallbacks in bar:
+        for group in state.optimizer.param_groups:
+            group["lr"] = multistep_lr(state.step, group["base_lr"], [m * steps_per_epoch for m in tc.milestones],
+                                       tc.lr_gamma, tc.warmup_steps)
+        face, context = face.to(device, non_blocking=True), context.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        # Mixup randomness from (seed, epoch, batch): identical after a resume.
+        mix_gen = sample_generator(cfg.run.seed, epoch, 10**9 + state.batch_in_epoch)
+        # FIX(CAER-MIXUP-TARGET): y_b = y[perm], not the permutation index; one perm for both streams.
+        (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
+        with autocast(device, dtype):
+            out = state.model(face, context)
+        queue = (model.queue, model.queue_labels) if cfg.model.moco_queue > 0 else None
+        epoch_progress = epoch + state.batch_in_epoch / steps_per_epoch
+        loss, _, weighted = total_loss(out, y_a, y_b, lam, epoch, epoch_progress, cfg.loss, queue, state.step)
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        if queue is not None and "key" in out:  # keys exist in training mode only
+            model.enqueue(gather_cat(out["key"].detach().float()), gather_cat(y_a if lam >= 0.5 else y_b))
+        correct = (out["logits"].argmax(-1) == labels).sum()
+        for sums in (meters["window"], meters["epoch"]):  # on the device: no host sync before a log row
+            sums["steps"] += 1
+            for name, value in (("loss", loss), *weighted.items(), ("correct", correct)):
+                sums[name] = sums[name] + value.detach().float()
+        meters["box_fallbacks"] += int(fallbacks.sum())
+        state.step += 1
+        state.batch_in_epoch += 1
+        lr = state.optimizer.param_groups[0]["lr"]
+        if state.step % cfg.run.log_interval == 0:
+            row = train_means(state, "window", lr, cfg)
+            run.log(row)
+            if is_main():  # above the progress bar, not through it
+                bar.write(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{meters['val'].get('uar', float('nan')):.3f}",
+                            lr=f"{lr:.1e}")
+        if tc.val_interval and state.step % tc.val_interval == 0 and state.batch_in_epoch < steps_per_epoch:
+            validate(state, val_loader, cfg, run, {"step": state.step, "epoch": epoch, "lr": lr})
+            state.model.train()
+        if cfg.run.ckpt_interval and state.step % cfg.run.ckpt_interval == 0:
+            run.save("last.pt", state)
+        if run.should_stop():
+            return True
+        if at_max_iters(state, cfg):
+            return False
     return False
 
 
 def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_per_epoch: int, world_size: int,
              device) -> str:
     """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
-    tc = cfg.train
-    lines = []
+    tc, lines = cfg.train, []
     if recipe:  # every value the recipe set, with the file and line of the original
-        origin = CLIP_CAER if cfg.train.recipe == "clip-caer" else RAPT
         values = "; ".join(f"{k} {v:.4g} ({src})" if isinstance(v, float) else f"{k} {v} ({src})"
                            for k, (v, src) in recipe.items())
-        lines += [textwrap.fill(f"recipe {cfg.train.recipe} ({origin}) for the settings not given: {values}", 110,
-                                subsequent_indent="  "),
-                  textwrap.fill(f"not reproduced: {NOT_REPRODUCED[cfg.train.recipe]}", 110, subsequent_indent="  ")]
+        lines = [textwrap.fill(text, 110, subsequent_indent="  ") for text in (
+            f"recipe {tc.recipe} ({ORIGINS[tc.recipe]}) for the settings not given: {values}",
+            f"not reproduced: {NOT_REPRODUCED[tc.recipe]}")]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return "\n".join(lines + [
-        f"caer_clip: {dataset_name(cfg.data)} data, {'/'.join(str(len(d)) for d in splits.values())} train/val/test "
-        f"clips, CLIP '{cfg.model.clip}', T={cfg.model.num_frames}, "
-        f"context {'on' if cfg.model.use_context else 'off'}, "
+        f"caer_clip: {dataset_name(cfg.data)} data, "
+        f"{'/'.join(str(len(d)) for d in splits.values())} train/val/test clips, CLIP '{cfg.model.clip}', "
+        f"T={cfg.model.num_frames}, context {'on' if cfg.model.use_context else 'off'}, "
         f"{tc.epochs} epochs x {steps_per_epoch} steps, batch {tc.batch_size} x {world_size}, device {device}",
         f"lr rule '{tc.lr_rule}' (reference batch {tc.lr_ref_batch}); per-group lrs: "
         + ", ".join(sorted({f"{g['name']} {g['base_lr']:.2e}" for g in optimizer.param_groups})),
@@ -451,27 +400,40 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = {} if resumed else apply_recipe(args, explicit_dests(parser, argv))
     cfg = config_from(args)
     dist_info = setup_distributed(cfg.run.device)
-    device = dist_info.device
+    device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     config = asdict(cfg)
-    config["run"]["world_size"] = dist_info.world_size
+    config["run"]["world_size"] = world_size
     if resumed:
         check_resume_config(resumed, config, RESUME_KEYS, args.resume)
     run = Run(PROJECT, args, config, "runs/caer_clip", resumed, best_metric="val_uar", best_mode="max")
     with run:
         model, splits = build_model_and_data(cfg, device)
-        check_split_sizes(splits, cfg.train.batch_size, dist_info.world_size)
-        sampler = train_sampler(splits["train"], cfg, dist_info.rank, dist_info.world_size)
-        groups = param_groups(model, base_lrs(cfg.train, dist_info.world_size), cfg.train.weight_decay)
+        for name, dataset in splits.items():  # a split too small for one batch: an error naming it
+            need = cfg.train.batch_size * world_size if name == "train" else world_size  # training drops partial
+            if len(dataset) < need:
+                raise DataError(f"the {name} split holds {len(dataset)} clips, fewer than {need} (batch "
+                                f"{cfg.train.batch_size} x {world_size} processes for training, one clip per process "
+                                "for evaluation)")
+        if cfg.data.balanced_sampler:
+            sampler = ClassBalancedSampler(splits["train"].labels, cfg.train.batch_size, cfg.data.balance_power,
+                                           cfg.run.seed, rank, world_size)
+        else:
+            sampler = EpochSampler(len(splits["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
+                                   rank=rank, world_size=world_size)
+        groups = param_groups(model, base_lrs(cfg.train, world_size), cfg.train.weight_decay)
         optimizer = (torch.optim.SGD(groups, lr=0.0, momentum=cfg.train.momentum) if cfg.train.optimizer == "sgd"
                      else torch.optim.AdamW(groups, lr=0.0))
         scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
-        state = State(wrap_ddp(model, dist_info), optimizer, scaler, meters=new_meters())
-        run.restore(state)
+        meters = {"window": running_sums(),  # since the last training row (every --log-interval steps)
+                  "epoch": running_sums(),  # since the epoch began
+                  "box_fallbacks": 0,  # box look-ups of this epoch's training clips that fell back
+                  "val": {},  # the last validation scores
+                  "balance": {"streak": {}, "warned": []}}  # LossBalanceMonitor's counters
+        state = State(wrap_ddp(model, dist_info), optimizer, scaler, meters=meters)
+        run.restore(state)  # a checkpoint holds the meters too: a resumed run writes the rows it would have
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
-        run.print(describe(cfg, recipe, splits, model, optimizer, sampler.batches_per_epoch(), dist_info.world_size,
-                           device))
-        val_loader, test_loader = (eval_loader(splits[s], cfg, dist_info.rank, dist_info.world_size)
-                                   for s in ("val", "test"))
+        run.print(describe(cfg, recipe, splits, model, optimizer, sampler.batches_per_epoch(), world_size, device))
+        val_loader, test_loader = (eval_loader(splits[s], cfg, rank, world_size) for s in ("val", "test"))
         run.restore_rng()  # after everything above that draws random numbers
         for epoch in range(state.epoch, cfg.train.epochs):
             sampler.set_epoch(epoch, state.batch_in_epoch)

@@ -323,14 +323,14 @@ def test_nan_inside_a_loss_stops_the_run_naming_the_component(project, inject, c
 
 def _readers(tmp: Path):
     """(file the reader reads, call) for every reader of an annotation/index/label file or image."""
-    from caer_clip.data import load_json, read_annotation_list, read_daisee_csv
+    from caer_clip.data import read_annotation_list, read_boxes, read_daisee_csv
     from deepfake_effnet_lstm.data import load_image, read_index
     from dual_cross_attention.data import _read_table, load_rgb
     from visobert_multitask.data import read_aspect_columns, read_visfd
 
     return [
         (tmp / "list.txt", lambda p: read_annotation_list(p, tmp, 1, 5)),
-        (tmp / "boxes.json", load_json),
+        (tmp / "boxes.json", lambda p: read_boxes(p, "face", tmp, [], False)),
         (tmp / "labels.csv", lambda p: read_daisee_csv(p, tmp, "frames")),
         (tmp / "images.txt", lambda p: _read_table(p, 2)),
         (tmp / "img.jpg", load_rgb),
