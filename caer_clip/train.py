@@ -43,8 +43,9 @@ from common.cli import (
     from_args,
     parse_with_resume,
     run_args,
+    run_cli,
 )
-from common.lifecycle import Run, RunSettings, State, run_cli
+from common.lifecycle import Run, RunSettings, State
 from common.metrics import confusion_matrix
 from common.mixup import mixup
 from common.runtime import (

@@ -25,9 +25,10 @@ import tokenize
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from common.checkpoint import load_run_checkpoint
-from common.runtime import AMP_MODES, ConfigMismatchError
+from common.checkpoint import CheckpointError, load_run_checkpoint
+from common.runtime import AMP_MODES, ConfigMismatchError, DataError, DeviceError, NonFiniteLossError, RunDirError
 
 
 def arg(default, help: str, *, check: Callable | None = None, choices: Sequence | None = None,
@@ -159,9 +160,6 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     return set(vars(seen))
 
 
-# ----------------------------------------------------------------------------- the flags every train.py shares
-
-
 def device_name(text: str) -> str:
     """`--device`: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run
     starts, so a command line for a GPU machine can be checked anywhere)."""
@@ -235,3 +233,17 @@ def _flatten(config: dict, prefix: str = "") -> dict:
         flat[prefix + key] = value
         flat.setdefault(key, value)  # also reachable by its bare name
     return flat
+
+
+def run_cli(main) -> None:
+    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
+    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
+    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
+    traceback: that is a bug."""
+    try:
+        main()
+    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,
+            FileNotFoundError) as e:
+        print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        raise SystemExit(1) from None

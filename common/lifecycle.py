@@ -62,13 +62,11 @@ from common.checkpoint import (
     load_run_checkpoint,
     read_checkpoint_file,
     save_atomic,
+    storable,
 )
 from common.runfolder import claim_run_dir
 from common.runtime import (
     ConfigMismatchError,
-    DataError,
-    DeviceError,
-    NonFiniteLossError,
     RunDirError,
     is_main,
     rng_state,
@@ -116,12 +114,11 @@ class Run:
                  resumed: dict | None = None, best_metric: str = "", best_mode: str = "max"):
         self.project, self.args, self.config, self.resumed = project, args, config, resumed
         self.best = {"metric": best_metric, "mode": best_mode, "value": None, "step": -1, "epoch": -1}
-        self.log_rows, self.last_size = 0, 0
-        self._columns: list[str] = []
-        self._stop_signal: int | None = None
-        self._old_handlers: dict = {}
+        self.log_rows, self.last_size, self._columns = 0, 0, []
+        self._stop_signal, self._old_handlers = None, {}  # the signal that came; the handlers to restore
         self._owner_pid = os.getpid()  # DataLoader workers inherit the handlers; only this process acts
-        saved, world = resumed["progress"].get("world_size", 1) if resumed else world_size(), world_size()
+        world = world_size()
+        saved = resumed["progress"].get("world_size", 1) if resumed else world
         if saved != world:
             how = f"with torchrun --nproc_per_node {saved} ..." if saved > 1 else "it without torchrun"
             raise ConfigMismatchError(f"--resume {args.resume}: written by {saved} process(es), this run has {world}; "
@@ -134,8 +131,6 @@ class Run:
             dist.broadcast_object_list(claimed, src=0)
         self.dir, self._lock, self._clear_on_open = claimed[0]
         self._lock = self._lock if is_main() else None
-
-    # -- resume and open
 
     def restore(self, state: State) -> bool:
         """Load the resumed checkpoint into `state` (weights, optimiser, scaler, position, meters).
@@ -168,7 +163,14 @@ class Run:
             if free < need:
                 raise RunDirError(f"run folder {self.dir}: only {free:.1f} MB free, need at least {need:.0f} MB "
                                   f"for checkpoints of {checkpoint_size / 2**20:.1f} MB")
-            kept_rows = self._kept_log_rows()  # checked before anything in the folder changes
+            log, kept_rows = self.dir / "log.csv", []  # a resumed run keeps the rows its checkpoint had seen
+            if self.resumed is not None and not self._clear_on_open and log.exists():
+                with open(log, newline="") as f:
+                    text = f.read()
+                rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a torn last line is dropped
+                if rows and rows[0] != self._columns:  # checked before anything in the folder changes
+                    raise ConfigMismatchError(f"{log}: columns {rows[0]} differ from {self._columns}")
+                kept_rows = rows[1 : 1 + self.log_rows]
             if self._clear_on_open:
                 for item in self.dir.iterdir():
                     if item.name != ".lock":
@@ -179,26 +181,13 @@ class Run:
                 self._drop_abandoned_checkpoints()
             with open(self.dir / "config.json", "w") as f:
                 json.dump(self.config, f, indent=2, sort_keys=True, default=str)
-            with open(self.dir / "log.csv", "w", newline="") as f:
+            with open(log, "w", newline="") as f:
                 csv.writer(f).writerows([self._columns, *kept_rows])
             self.log_rows = len(kept_rows)
         if threading.current_thread() is threading.main_thread():  # signal.signal works there only
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         self.print(f"run folder {self.dir} ({f'resumed from {self.args.resume}' if self.resumed else 'new run'})")
-
-    def _kept_log_rows(self) -> list[list[str]]:
-        """The rows of log.csv a resumed run keeps: as many as its checkpoint had seen (the rows
-        written after it are written again). A torn last line, cut by a kill, is dropped."""
-        path = self.dir / "log.csv"
-        if self.resumed is None or self._clear_on_open or not path.exists():
-            return []
-        with open(path, newline="") as f:
-            text = f.read()
-        rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))
-        if rows and rows[0] != self._columns:
-            raise ConfigMismatchError(f"{path}: columns {rows[0]} differ from {self._columns}")
-        return rows[1 : 1 + self.log_rows]
 
     def _drop_abandoned_checkpoints(self) -> None:
         """Resumed from an older checkpoint (a step<N>.pt): the later periodic checkpoints, and a
@@ -219,8 +208,6 @@ class Run:
             best.unlink()
             self.best.update(value=None, step=-1, epoch=-1)
             self.print(f"removed {best} (step {best_step}, after the resumed step {step})")
-
-    # -- during the run
 
     def print(self, *args, **kwargs) -> None:
         if is_main():
@@ -256,11 +243,11 @@ class Run:
         if is_main():
             progress = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                         "log_rows": self.log_rows, "world_size": world}
-            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": _plain(vars(self.args)),
-                          "config": _plain(self.config), "model": unwrap(state.model).state_dict(),
+            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": storable(vars(self.args)),
+                          "config": storable(self.config), "model": unwrap(state.model).state_dict(),
                           "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
                           "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-                          "progress": progress, "best": dict(self.best), "rng": rngs, "extra": _plain(state.meters)}
+                          "progress": progress, "best": dict(self.best), "rng": rngs, "extra": storable(state.meters)}
             path, free = self.dir / name, shutil.disk_usage(self.dir).free
             if free < self.last_size:
                 raise RunDirError(f"not enough space to write {path}: the last checkpoint took "
@@ -290,8 +277,6 @@ class Run:
             return False
         load_model_state(model, load_run_checkpoint(path, self.project, map_location)["model"], path)
         return True
-
-    # -- stopping
 
     def _on_signal(self, signum, frame) -> None:
         if os.getpid() != self._owner_pid:
@@ -323,15 +308,13 @@ class Run:
         self.close()
         raise SystemExit(128 + self._stop_signal)
 
-    # -- the end
-
     def finish(self, results: dict) -> None:
         """results.json (rank 0), then release the folder. A stop signal that came during the final
         test let it finish: results.json is complete, and the exit status (128 + signal) still tells
         the scheduler that the job was stopped."""
         if is_main():
             with open(self.dir / "results.json", "w") as f:
-                json.dump(_plain(results), f, indent=2, sort_keys=True, default=str)
+                json.dump(storable(results), f, indent=2, sort_keys=True, default=str)
         self.close()
         if self._stop_signal is not None:
             self.print(f"{signal.Signals(self._stop_signal).name} received during the final test; it finished and "
@@ -358,34 +341,6 @@ class Run:
         self.close()
 
 
-def _plain(value):
-    """A copy in the types torch.load(weights_only=True) and JSON accept: paths and other objects
-    as strings, sets as sorted lists; tensors and plain values as they are."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return value
-    return str(value)
-
-
 def _fmt(value):
     value = value.item() if isinstance(value, torch.Tensor) else value
     return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def run_cli(main) -> None:
-    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
-    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
-    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
-    traceback: that is a bug."""
-    try:
-        main()
-    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,
-            FileNotFoundError) as e:
-        print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        raise SystemExit(1) from None
