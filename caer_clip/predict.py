@@ -45,7 +45,7 @@ from caer_clip.data import (
     sample_indices,
 )
 from caer_clip.model import ModelConfig
-from common.lifecycle import run_cli
+from common.cli import run_cli
 from common.runtime import (
     DataError,
     EpochSampler,

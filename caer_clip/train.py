@@ -28,6 +28,7 @@ from caer_clip.data import (
     dataset_name,
 )
 from caer_clip.losses import LossConfig, total_loss
+from caer_clip.metrics import LossBalanceMonitor, multistep_lr, uar, war
 from caer_clip.model import ModelConfig, param_groups
 from caer_clip.plots import save_confusion
 from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
@@ -42,14 +43,14 @@ from common.cli import (
     from_args,
     parse_with_resume,
     run_args,
+    run_cli,
 )
-from common.lifecycle import Run, RunSettings, State, run_cli
-from common.metrics import confusion_matrix, uar, war
+from common.lifecycle import Run, RunSettings, State
+from common.metrics import confusion_matrix
 from common.mixup import mixup
 from common.runtime import (
     DataError,
     EpochSampler,
-    LossBalanceMonitor,
     assert_replicas_in_sync,
     autocast,
     autocast_dtype,
@@ -63,7 +64,7 @@ from common.runtime import (
     unwrap,
     wrap_ddp,
 )
-from common.schedulers import multistep_lr, scaled_lr
+from common.schedulers import scaled_lr
 
 PROJECT = "caer_clip"
 # A resumed run must keep these: the architecture, and the frozen parts (they set the optimizer's groups).

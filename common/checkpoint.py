@@ -130,14 +130,24 @@ def save_atomic(path: Path, state: dict) -> int:
         tmp.unlink(missing_ok=True)
         if isinstance(e, (OSError, RuntimeError)):
             free = shutil.disk_usage(path.parent).free / 2**20
+            full = free < 1 or getattr(e, "errno", None) == 28 or "No space left" in str(e) \
+                or "unexpected pos" in str(e)  # torch's zip writer on a full disk
             raise RunDirError(f"writing {path} failed ({free:.1f} MB free on its disk; "
-                              f"{'the disk is full' if free < 1 or _no_space(e) else str(e).splitlines()[0]}); "
+                              f"{'the disk is full' if full else str(e).splitlines()[0]}); "
                               f"the previous {path.name} is kept") from e
         raise
     return path.stat().st_size
 
 
-def _no_space(e: BaseException) -> bool:
-    return getattr(e, "errno", None) == 28 or "No space left" in str(e) or "unexpected pos" in str(e)
-
-
+def storable(value):
+    """A copy in the types torch.load(weights_only=True) and JSON accept: paths and other objects
+    as strings, sets as sorted lists; tensors and plain values as they are."""
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(storable(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(storable(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return str(value)

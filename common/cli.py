@@ -1,28 +1,15 @@
 """Command lines built from config dataclasses: one place for every default, checks at parse time.
 
-A field declares its flag once, in its dataclass:
-
     @dataclass
     class OptimConfig:
         batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
-        lr: float | None = arg(None, "peak lr (default: from the recipe)", check=above(0.0))
 
 `add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` with that
 default (shown by --help), `from_args(OptimConfig, namespace)` builds the dataclass back. A bad
-value is refused by argparse itself, before anything runs:
-`error: argument --batch-size: must be >= 1`.
-
-A model file that must copy alone (imports only torch, numpy, einops and the standard library)
-declares plain fields with a comment each, and train.py attaches the checks:
-
-    @dataclass
-    class ModelConfig:
-        depth: int = 12  # transformer blocks
-
-    add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})
-
-Given `checks` (even `{}`), a plain field's comment becomes its help; without `checks`, and for a
-field with neither `arg()` nor a comment, the field is no flag.
+value is refused by argparse itself, before anything runs: `error: argument --batch-size: must be >= 1`.
+A model file that must copy alone declares plain fields with a comment each (`depth: int = 12  #
+transformer blocks`) and train.py attaches the checks: `add_args(parser, ModelConfig, "model",
+checks={"depth": at_least(1)})`.
 """
 
 from __future__ import annotations
@@ -38,19 +25,17 @@ import tokenize
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from common.checkpoint import load_run_checkpoint
-from common.runtime import AMP_MODES, ConfigMismatchError
+from common.checkpoint import CheckpointError, load_run_checkpoint
+from common.runtime import AMP_MODES, ConfigMismatchError, DataError, DeviceError, NonFiniteLossError, RunDirError
 
 
 def arg(default, help: str, *, check: Callable | None = None, choices: Sequence | None = None,
-        flag: str | None = None, short_off: str | None = None):
-    """A dataclass field that is also a command-line flag.
-
-    check: a converter from `at_least` / `above` / `between` (its type and range).
-    flag: the flag's name when it is not `--<field-name>`.
-    short_off: for a bool defaulting to True, an extra `--no-x` style alias (e.g. '--no-context')."""
-    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "short_off": short_off}
+        flag: str | None = None):
+    """A dataclass field that is also a command-line flag: `check` is a converter from `at_least` /
+    `above` / `between` (its type and range), `flag` the flag's name when it is not `--<field-name>`."""
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -121,16 +106,16 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dict | None = None,
              exclude: Sequence[str] = (), flags: dict[str, str] | None = None) -> argparse._ArgumentGroup:
-    """One argument group with a flag per field of the dataclass `cls`: help from `arg()` or the
-    field's comment; `checks` maps a field to a converter (`at_least(1)`) or a list of choices,
-    `flags` a field to its flag name when it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
+    """One argument group with a flag per field of the dataclass `cls`: help from `arg()`, or given
+    `checks` (even `{}`) from the field's comment; a field with neither is no flag. `checks` maps a
+    field to a converter (`at_least(1)`) or a list of choices, `flags` a field to its flag name when
+    it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         comment = comments.get(f.name, "").replace("%", "%%") if checks is not None else None  # argparse formats help
-        meta = dict(f.metadata) or {"help": comment, "check": None, "choices": None,
-                                    "flag": (flags or {}).get(f.name), "short_off": None}
+        meta = dict(f.metadata) or {"help": comment, "check": None, "choices": None, "flag": (flags or {}).get(f.name)}
         if not meta.get("help") or f.name in exclude:
             continue  # not a flag (derived later)
         extra = (checks or {}).get(f.name)
@@ -144,16 +129,11 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dic
         shown = not (default is None or default is False or default == "")  # 0 and 0.0 are shown
         help_text = meta["help"] + (" (default: %(default)s)" if shown else "")
         if kind is bool:
-            if meta["short_off"]:
-                group.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
-                group.add_argument(meta["short_off"], dest=f.name, action="store_false",
-                                   help=f"turn {flag} off")
-            else:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                   help=meta["help"] + f" (default: {'on' if default else 'off'})")
-            continue
-        group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,
-                           choices=meta["choices"], nargs="+" if is_list else None, help=help_text)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=meta["help"] + f" (default: {'on' if default else 'off'})")
+        else:
+            group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,
+                               choices=meta["choices"], nargs="+" if is_list else None, help=help_text)
     return group
 
 
@@ -178,9 +158,6 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
             probe.add_argument(*action.option_strings, **kwargs)
     seen, _ = probe.parse_known_args(argv)
     return set(vars(seen))
-
-
-# ----------------------------------------------------------------------------- the flags every train.py shares
 
 
 def device_name(text: str) -> str:
@@ -256,3 +233,17 @@ def _flatten(config: dict, prefix: str = "") -> dict:
         flat[prefix + key] = value
         flat.setdefault(key, value)  # also reachable by its bare name
     return flat
+
+
+def run_cli(main) -> None:
+    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
+    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
+    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
+    traceback: that is a bug."""
+    try:
+        main()
+    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,
+            FileNotFoundError) as e:
+        print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        raise SystemExit(1) from None

@@ -33,11 +33,7 @@
         run.load_best(model)                         # the test split is scored with best.pt's weights
         run.finish({"best": run.best})               # results.json, lock released
 
-What it keeps (RUNS.md says it for users): a default `--out` takes the next free
-`runs/<project>[-N]`, an explicit used folder is refused unless resumed or `--overwrite`n, and
-one process at a time holds `.lock`; one checkpoint schema (common/checkpoint.py); log.csv resumes
-by the row count stored in each checkpoint; stop signals finish the step, save last.pt and exit
-non-zero; a barrier after every checkpoint another rank reads.
+What it keeps for the user (run folders, resume, stop signals, checkpoints) is said in RUNS.md.
 """
 
 from __future__ import annotations
@@ -66,6 +62,7 @@ from common.checkpoint import (
     load_run_checkpoint,
     read_checkpoint_file,
     save_atomic,
+    storable,
 )
 from common.runfolder import claim_run_dir
 from common.runtime import (
@@ -75,9 +72,8 @@ from common.runtime import (
     rng_state,
     set_rng_state,
     unwrap,
+    world_size,
 )
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 @dataclass
@@ -90,9 +86,6 @@ class State:
     epoch: int = 0  # the epoch in progress (= epochs finished)
     batch_in_epoch: int = 0  # batches of `epoch` already trained: a mid-epoch resume starts after them
     meters: dict = field(default_factory=dict)  # running sums, counters and controller states the loop carries
-
-    def progress(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
 
 
 @dataclass
@@ -111,18 +104,6 @@ class RunSettings:
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------- the run
-
-
 class Run:
     """Folder, lock, checkpoints, log, best metric and stop signals of one training run.
 
@@ -133,67 +114,63 @@ class Run:
                  resumed: dict | None = None, best_metric: str = "", best_mode: str = "max"):
         self.project, self.args, self.config, self.resumed = project, args, config, resumed
         self.best = {"metric": best_metric, "mode": best_mode, "value": None, "step": -1, "epoch": -1}
-        self.log_rows, self.last_size = 0, 0
-        self._columns: list[str] | None = None
-        self._stop_signal: int | None = None
-        self._old_handlers: dict = {}
+        self.log_rows, self.last_size, self._columns = 0, 0, []
+        self._stop_signal, self._old_handlers = None, {}  # the signal that came; the handlers to restore
         self._owner_pid = os.getpid()  # DataLoader workers inherit the handlers; only this process acts
-        world = dist.get_world_size() if _distributed() else 1
-        if resumed is not None and resumed["progress"].get("world_size", 1) != world:
-            saved = resumed["progress"]["world_size"]
+        world = world_size()
+        saved = resumed["progress"].get("world_size", 1) if resumed else world
+        if saved != world:
+            how = f"with torchrun --nproc_per_node {saved} ..." if saved > 1 else "it without torchrun"
             raise ConfigMismatchError(f"--resume {args.resume}: written by {saved} process(es), this run has {world}; "
-                                      f"the data shards and the position in the epoch depend on it (resume with "
-                                      f"torchrun --nproc_per_node {saved} ...)" if saved > 1 else
-                                      f"--resume {args.resume}: written by 1 process, this run has {world}; resume "
-                                      f"it without torchrun")
+                                      f"the data shards and the position in the epoch depend on it (resume {how})")
         claimed = [None]  # rank 0 picks and locks the folder; the others are told which one it is
         if is_main():
             claimed[0] = claim_run_dir(args.out, default_out, args.resume, args.overwrite,
                                        resumed.get("config") if resumed else None)
-        if _distributed():
+        if world > 1:
             dist.broadcast_object_list(claimed, src=0)
         self.dir, self._lock, self._clear_on_open = claimed[0]
         self._lock = self._lock if is_main() else None
-
-    # -- resume and open
 
     def restore(self, state: State) -> bool:
         """Load the resumed checkpoint into `state` (weights, optimiser, scaler, position, meters).
         False for a fresh run. Call `restore_rng()` after everything that draws random numbers."""
         if self.resumed is None:
             return False
-        path, saved = self.args.resume, self.resumed
+        path, saved, progress = self.args.resume, self.resumed, self.resumed["progress"]
         load_model_state(state.model, saved["model"], path)
         if saved["optimizer"] is not None:
             load_optimizer_state(state.optimizer, saved["optimizer"], path)
         if state.scaler is not None and saved["scaler"]:
             state.scaler.load_state_dict(saved["scaler"])
-        progress = saved["progress"]
         state.step, state.epoch = progress["step"], progress.get("epoch", 0)
-        state.batch_in_epoch = progress.get("batch_in_epoch", 0)
-        state.meters = saved["extra"]
-        self.best = dict(saved["best"])
-        self.log_rows = progress.get("log_rows", 0)
+        state.batch_in_epoch, state.meters = progress.get("batch_in_epoch", 0), saved["extra"]
+        self.best, self.log_rows = dict(saved["best"]), progress.get("log_rows", 0)
         return True
 
     def restore_rng(self) -> None:
         if self.resumed is not None:
-            states = self.resumed["rng"]
-            rank = dist.get_rank() if _distributed() else 0
+            states, rank = self.resumed["rng"], dist.get_rank() if world_size() > 1 else 0
             set_rng_state(states[rank] if rank < len(states) else states[0])
 
     def open(self, log_columns: list[str], checkpoint_size: int) -> None:
         """Check free space against the checkpoint size, then write config.json and start (or
         truncate) log.csv, and catch the stop signals. Nothing was written before this call."""
-        self._columns = list(log_columns)
-        self.last_size = checkpoint_size
+        self._columns, self.last_size = list(log_columns), checkpoint_size
         if is_main():
             need = 2 * checkpoint_size / 2**20 + 1  # a new checkpoint is written beside the old one
             free = shutil.disk_usage(self.dir).free / 2**20
             if free < need:
                 raise RunDirError(f"run folder {self.dir}: only {free:.1f} MB free, need at least {need:.0f} MB "
                                   f"for checkpoints of {checkpoint_size / 2**20:.1f} MB")
-            kept_rows = self._kept_log_rows()  # checked before anything in the folder changes
+            log, kept_rows = self.dir / "log.csv", []  # a resumed run keeps the rows its checkpoint had seen
+            if self.resumed is not None and not self._clear_on_open and log.exists():
+                with open(log, newline="") as f:
+                    text = f.read()
+                rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a torn last line is dropped
+                if rows and rows[0] != self._columns:  # checked before anything in the folder changes
+                    raise ConfigMismatchError(f"{log}: columns {rows[0]} differ from {self._columns}")
+                kept_rows = rows[1 : 1 + self.log_rows]
             if self._clear_on_open:
                 for item in self.dir.iterdir():
                     if item.name != ".lock":
@@ -204,40 +181,20 @@ class Run:
                 self._drop_abandoned_checkpoints()
             with open(self.dir / "config.json", "w") as f:
                 json.dump(self.config, f, indent=2, sort_keys=True, default=str)
-            with open(self.dir / "log.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(self._columns)
-                writer.writerows(kept_rows)
+            with open(log, "w", newline="") as f:
+                csv.writer(f).writerows([self._columns, *kept_rows])
             self.log_rows = len(kept_rows)
         if threading.current_thread() is threading.main_thread():  # signal.signal works there only
-            for sig in STOP_SIGNALS:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        where = f"resumed from {self.args.resume}" if self.resumed else "new run"
-        self.print(f"run folder {self.dir} ({where})")
-
-    def _kept_log_rows(self) -> list[list[str]]:
-        """The rows of log.csv a resumed run keeps: as many as its checkpoint had seen (the rows
-        written after it are written again). A torn last line, cut by a kill, is dropped."""
-        path = self.dir / "log.csv"
-        if self.resumed is None or self._clear_on_open or not path.exists():
-            return []
-        with open(path, newline="") as f:
-            text = f.read()
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
-        rows = list(csv.reader(io.StringIO(text)))
-        if rows and rows[0] != self._columns:
-            raise ConfigMismatchError(f"{path}: columns {rows[0]} differ from {self._columns}")
-        return rows[1 : 1 + self.log_rows]
+        self.print(f"run folder {self.dir} ({f'resumed from {self.args.resume}' if self.resumed else 'new run'})")
 
     def _drop_abandoned_checkpoints(self) -> None:
         """Resumed from an older checkpoint (a step<N>.pt): the later periodic checkpoints, and a
         best.pt, belong to the branch this run abandons. best.pt is read first: a damaged one is
         an error naming it before anything is deleted."""
-        step = self.resumed["progress"]["step"]
-        best = self.dir / "best.pt"
+        step, best, resumed = self.resumed["progress"]["step"], self.dir / "best.pt", Path(self.args.resume)
         best_step = -1
-        resumed = Path(self.args.resume)
         if resumed.name != "last.pt" and best.is_file() and best.resolve() != resumed.resolve():
             try:
                 best_step = read_checkpoint_file(best)["best"]["step"]
@@ -251,8 +208,6 @@ class Run:
             best.unlink()
             self.best.update(value=None, step=-1, epoch=-1)
             self.print(f"removed {best} (step {best_step}, after the resumed step {step})")
-
-    # -- during the run
 
     def print(self, *args, **kwargs) -> None:
         if is_main():
@@ -281,26 +236,26 @@ class Run:
     def save(self, name: str, state: State) -> None:
         """Write a checkpoint of `state` (rank 0) and wait until it is complete on every rank, so no
         rank can read a checkpoint that is still being written. Every rank must call it."""
-        rngs = [rng_state()]
-        if _distributed():
-            rngs = [None] * dist.get_world_size()
+        world, rngs = world_size(), [rng_state()]
+        if world > 1:
+            rngs = [None] * world
             dist.all_gather_object(rngs, rng_state())
         if is_main():
-            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": _plain(vars(self.args)),
-                          "config": _plain(self.config), "model": unwrap(state.model).state_dict(),
+            progress = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                        "log_rows": self.log_rows, "world_size": world}
+            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": storable(vars(self.args)),
+                          "config": storable(self.config), "model": unwrap(state.model).state_dict(),
                           "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
                           "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-                          "progress": {**state.progress(), "log_rows": self.log_rows,
-                                       "world_size": dist.get_world_size() if _distributed() else 1},
-                          "best": dict(self.best), "rng": rngs, "extra": _plain(state.meters)}
-            path = self.dir / name
-            free = shutil.disk_usage(self.dir).free
+                          "progress": progress, "best": dict(self.best), "rng": rngs, "extra": storable(state.meters)}
+            path, free = self.dir / name, shutil.disk_usage(self.dir).free
             if free < self.last_size:
                 raise RunDirError(f"not enough space to write {path}: the last checkpoint took "
                                   f"{self.last_size / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the previous "
                                   f"{name} is kept")
             self.last_size = save_atomic(path, checkpoint)
-        barrier()
+        if world > 1:
+            dist.barrier()
 
     def save_periodic(self, state: State) -> None:
         """`step<N>.pt` beside last.pt, keeping the newest --keep-checkpoints of them."""
@@ -315,14 +270,13 @@ class Run:
         """Every rank loads best.pt (complete: saves end with a barrier). False when this run has
         no best.pt (no validation ran): the current weights are then what gets tested."""
         path = self.dir / "best.pt"
-        barrier()
+        if world_size() > 1:
+            dist.barrier()
         if not path.is_file():
             self.print("no best.pt in this run (no validation ran): testing the current weights")
             return False
         load_model_state(model, load_run_checkpoint(path, self.project, map_location)["model"], path)
         return True
-
-    # -- stopping
 
     def _on_signal(self, signum, frame) -> None:
         if os.getpid() != self._owner_pid:
@@ -337,9 +291,8 @@ class Run:
         """True once a stop signal reached any rank; all ranks agree on the same step (under
         torchrun one tiny all-reduce per call, i.e. per step)."""
         flag = self._stop_signal is not None
-        if _distributed():
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            t = torch.tensor([float(flag)], device=device)
+        if world_size() > 1:
+            t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item())
             if flag and self._stop_signal is None:
@@ -348,14 +301,12 @@ class Run:
 
     def exit_stopped(self, step: int) -> None:
         """After last.pt is saved: say how to resume, release the folder and exit non-zero."""
-        name = signal.Signals(self._stop_signal).name
-        launcher = f"torchrun --nproc_per_node {dist.get_world_size()}" if _distributed() else "python"
-        self.print(f"stopped by {name} at step {step}; last.pt is saved. Continue with:\n"
-                   f"    {launcher} {self.project}/train.py --resume {self.dir / 'last.pt'}")
+        world = world_size()
+        launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
+        self.print(f"stopped by {signal.Signals(self._stop_signal).name} at step {step}; last.pt is saved. "
+                   f"Continue with:\n    {launcher} {self.project}/train.py --resume {self.dir / 'last.pt'}")
         self.close()
         raise SystemExit(128 + self._stop_signal)
-
-    # -- the end
 
     def finish(self, results: dict) -> None:
         """results.json (rank 0), then release the folder. A stop signal that came during the final
@@ -363,12 +314,11 @@ class Run:
         the scheduler that the job was stopped."""
         if is_main():
             with open(self.dir / "results.json", "w") as f:
-                json.dump(_plain(results), f, indent=2, sort_keys=True, default=str)
+                json.dump(storable(results), f, indent=2, sort_keys=True, default=str)
         self.close()
         if self._stop_signal is not None:
-            name = signal.Signals(self._stop_signal).name
-            self.print(f"{name} received during the final test; it finished and {self.dir / 'results.json'} is "
-                       f"written. Nothing is left to resume.")
+            self.print(f"{signal.Signals(self._stop_signal).name} received during the final test; it finished and "
+                       f"{self.dir / 'results.json'} is written. Nothing is left to resume.")
             raise SystemExit(128 + self._stop_signal)
 
     def close(self) -> None:
@@ -391,39 +341,6 @@ class Run:
         self.close()
 
 
-def _plain(value):
-    """A copy in the types torch.load(weights_only=True) and JSON accept: paths and other objects
-    as strings, sets as sorted lists; tensors and plain values as they are."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return value
-    return str(value)
-
-
 def _fmt(value):
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
-def run_cli(main) -> None:
-    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
-    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
-    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
-    traceback: that is a bug."""
-    from common.runtime import DataError, DeviceError, NonFiniteLossError
-
-    try:
-        main()
-    except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,
-            FileNotFoundError) as e:
-        print(f"{Path(sys.argv[0]).parent.name}/{Path(sys.argv[0]).name}: error: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        raise SystemExit(1) from None
+    value = value.item() if isinstance(value, torch.Tensor) else value
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,10 +1,5 @@
-"""Which folder a run writes to, and the lock that keeps a second process out of it.
-
-A default `--out` takes the next free `runs/<project>`, `runs/<project>-2`, ...; an explicit folder
-that holds a run is refused unless this run continues it (`--resume`) or replaces it
-(`--overwrite`, only where a config.json says it is a run folder). One process at a time holds
-`<folder>/.lock`, which names its process, host and start time; the lock of a process that is gone
-is taken over.
+"""Which folder a run writes to (the next free `runs/<project>[-N]`, or an explicit one that holds no
+other run), and the `<folder>/.lock` that keeps a second process out of it (RUNS.md, "The run folder").
 """
 
 from __future__ import annotations

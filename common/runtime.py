@@ -1,10 +1,6 @@
-"""Run plumbing shared by the four train.py scripts.
-
-Seeding, device and autocast choice, optional torchrun/DDP set-up, a deterministic resumable
-sampler, RNG states for checkpoints, a non-finite check and a loss-balance monitor. Each piece is
-a plain function or a small class that can be copied out. The run lifecycle (folders,
-checkpoints, resume, signals) is in common/lifecycle.py.
-"""
+"""Run plumbing of the four train.py: the errors they raise on purpose, seeding, device and autocast,
+optional torchrun/DDP, a resumable sharded sampler, RNG states for checkpoints, the non-finite check.
+The run lifecycle (folders, checkpoints, resume, signals) is in common/lifecycle.py."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ import hashlib
 import math
 import os
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +49,6 @@ def read_text(path: str | os.PathLike) -> str:
                         f"save the file as UTF-8") from e
 
 
-# ----------------------------------------------------------------------------- seeding
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -73,15 +65,10 @@ def seed_worker(worker_id: int) -> None:
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator that depends only on (seed, epoch, sample index).
-
-    Augmentations drawn from it are identical whatever the number of workers and across a
-    resume, which is what makes a resumed run reproduce an uninterrupted one exactly."""
+    """A generator that depends only on (seed, epoch, sample index): augmentations drawn from it are
+    the same whatever the number of workers and across a resume (exact resume)."""
     digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-
-
-# ----------------------------------------------------------------------------- device / AMP
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -122,9 +109,6 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.a
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-# ----------------------------------------------------------------------------- distributed
-
-
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -138,34 +122,33 @@ class DistInfo:
 
 
 def setup_distributed(device_name: str = "auto") -> DistInfo:
-    """Single process unless launched by torchrun (RANK/WORLD_SIZE set).
-
-    Under torchrun: NCCL with one GPU per process on CUDA, gloo on CPU."""
+    """Single process unless launched by torchrun (RANK/WORLD_SIZE set); under torchrun NCCL with one
+    GPU per process on CUDA, gloo on CPU."""
+    device = pick_device(device_name)
     if "RANK" not in os.environ:
-        return DistInfo(device=pick_device(device_name))
+        return DistInfo(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        backend = "nccl"
-    else:
-        backend = "gloo"
     if not dist.is_initialized():
-        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first
-        # imported, and DDP's constructor imports it lazily (via torch._dynamo -> fsdp -> _shard). Imported
-        # after init, it would pin the live default group for the life of the interpreter: then
-        # destroy_process_group() cannot free it, its gloo worker threads are never joined, and one that
-        # releases its last collective's tensors while Python is finalizing aborts the process
-        # ("terminate called without an active exception"). Imported first, it binds None.
+        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
+        # (DDP imports it lazily). Imported after init, it pins the default group for the life of the
+        # interpreter: destroy_process_group() cannot free it, its gloo threads are never joined, and the
+        # process aborts at exit ("terminate called without an active exception"). Imported first, it binds None.
         import torch.distributed.nn.functional as _nn_functional  # noqa: F401  (an alias: no local `torch`)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+def world_size() -> int:
+    """Processes of this torchrun job; 1 without torchrun."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return world_size() == 1 or dist.get_rank() == 0
 
 
 def cleanup_distributed() -> None:
@@ -189,7 +172,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if world_size() > 1:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
@@ -197,13 +180,12 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a per-rank tensor along dim 0 over all ranks, shards of unequal length allowed.
-
-    Evaluation metrics are computed on the gathered whole, never on rank 0's shard alone."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """A per-rank tensor concatenated along dim 0 over all ranks, shards of unequal length allowed:
+    evaluation metrics are computed on the gathered whole, never on rank 0's shard alone."""
+    if world_size() == 1:
         return tensor
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
     longest = int(max(s.item() for s in sizes))
     padded = tensor.new_zeros((longest, *tensor.shape[1:]))
@@ -216,26 +198,22 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 def assert_replicas_in_sync(model: torch.nn.Module) -> None:
     """Under DDP, check that every rank ends with the same parameters (one all_gather of a
     checksum). A mismatch means a rank skipped a step or an unsynchronised update crept in."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return
-    params = [p.detach().double().flatten() for p in unwrap(model).parameters()]
-    flat = torch.cat(params)
+    flat = torch.cat([p.detach().double().flatten() for p in unwrap(model).parameters()])
     position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
     checksum = torch.stack([flat.sum(), (flat * position).sum()])  # the second sum also catches swaps
-    sums = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    sums = [torch.zeros_like(checksum) for _ in range(world_size())]
     dist.all_gather(sums, checksum)
     if any(not torch.equal(sums[0], s) for s in sums[1:]):
         raise RuntimeError(f"DDP replicas diverged: parameter checksums per rank {[s.tolist() for s in sums]}")
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Deterministic, resumable, optionally sharded sampler.
-
-    The order of an epoch depends only on (seed, epoch). With world_size > 1 each rank takes
-    a disjoint shard (rank::world_size), so no sample is seen twice in an epoch; `drop_last`
-    makes all shards the same length (training), without it shards may differ by one
-    (evaluation, followed by `gather_cat`). `start_batch` skips batches already consumed before
-    a resume, without loading them."""
+    """Deterministic, resumable, optionally sharded sampler. The order of an epoch depends only on
+    (seed, epoch); each rank takes a disjoint shard (rank::world_size). `drop_last` makes all shards
+    the same length (training); without it shards may differ by one (evaluation, then `gather_cat`).
+    `start_batch` skips the batches consumed before a resume, without loading them."""
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True):
@@ -243,8 +221,7 @@ class EpochSampler(torch.utils.data.Sampler):
             raise DataError("the split is empty: no samples to iterate over")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.drop_last = drop_last
-        self.epoch, self.start_batch = 0, 0
+        self.drop_last, self.epoch, self.start_batch = drop_last, 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -284,25 +261,15 @@ def make_loader(dataset, sampler: EpochSampler, workers: int, seed: int, epoch: 
         pin_memory=torch.cuda.is_available())
 
 
-# ----------------------------------------------------------------------------- optimizer helpers
-
-
-def decay_param_groups(model: torch.nn.Module, weight_decay: float,
-                       no_decay_names: tuple[str, ...] = ("pos", "cls", "token", "bias", "norm")) -> list[dict]:
+def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens and learned
     loss weights (any 1-d tensor) do not."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or any(key in name for key in no_decay_names):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            matrix = p.ndim >= 2 and not any(key in name for key in ("pos", "cls", "token", "bias", "norm"))
+            (decay if matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ----------------------------------------------------------------------------- RNG state (for checkpoints)
 
 
 def rng_state() -> dict:
@@ -324,13 +291,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ----------------------------------------------------------------------------- logging
-
-
 def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -> None:
-    """Stop the run, naming every loss component that is NaN or Inf. Never mask them.
-
-    One host sync per call: all components are stacked and tested at once."""
+    """Stop the run, naming every loss component that is NaN or Inf (never mask them); one host sync
+    per call: all components are stacked and tested at once."""
     names = list(components)
     values = torch.stack([components[n].detach().float().reshape(()) for n in names])
     finite = torch.isfinite(values)
@@ -338,30 +301,3 @@ def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -
         bad = [f"{n}={values[i].item()}" for i, n in enumerate(names) if not finite[i]]
         where = f" at step {step}" if step is not None else ""
         raise NonFiniteLossError(f"non-finite loss component(s){where}: {', '.join(bad)}")
-
-
-class LossBalanceMonitor:
-    """Share of each weighted loss component in the total, with a warning when an auxiliary term
-    stays larger than the main term for `patience` consecutive updates (CAER-LOSS-WEIGHTS in
-    FIXES.md: a loss weighted 5 swamped cross-entropy unseen, because only the total was logged)."""
-
-    def __init__(self, main: str, patience: int = 20):
-        self.main, self.patience = main, patience
-        self.streak: dict[str, int] = {}
-        self.warned: set[str] = set()
-
-    def update(self, weighted: dict[str, float]) -> dict[str, float]:
-        """`weighted`: component name -> weighted value (floats, at log cadence). Returns shares."""
-        total = sum(abs(v) for v in weighted.values()) or 1.0
-        shares = {f"share_{k}": abs(v) / total for k, v in weighted.items()}
-        main_value = abs(weighted[self.main])
-        for name, value in weighted.items():
-            if name == self.main:
-                continue
-            self.streak[name] = self.streak.get(name, 0) + 1 if abs(value) > main_value else 0
-            if self.streak[name] >= self.patience and name not in self.warned:
-                self.warned.add(name)
-                warnings.warn(f"loss balance: '{name}' ({abs(value):.4g}) has exceeded the main loss "
-                              f"'{self.main}' ({main_value:.4g}) for {self.streak[name]} consecutive logs; "
-                              f"its weight may be swamping the main objective", stacklevel=2)
-        return shares

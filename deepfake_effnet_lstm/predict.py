@@ -26,8 +26,8 @@ import dataclasses
 import torch
 from einops import rearrange
 
+from common.cli import run_cli
 from common.images import natural_key
-from common.lifecycle import run_cli
 from common.runtime import DataError, EpochSampler, autocast, autocast_dtype, make_loader
 from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
 from deepfake_effnet_lstm.data import (

@@ -41,9 +41,10 @@ from common.cli import (
     from_args,
     parse_with_resume,
     run_args,
+    run_cli,
 )
-from common.lifecycle import Run, RunSettings, State, run_cli
-from common.metrics import accuracy, average_precision, precision_recall_f1, roc_auc
+from common.lifecycle import Run, RunSettings, State
+from common.metrics import accuracy, precision_recall_f1
 from common.runtime import (
     DataError,
     DistInfo,
@@ -63,9 +64,9 @@ from common.runtime import (
     unwrap,
     wrap_ddp,
 )
-from common.schedulers import PlateauController
 from deepfake_effnet_lstm import plots
 from deepfake_effnet_lstm.data import DataConfig, default_image_size, make_datasets
+from deepfake_effnet_lstm.metrics import PlateauController, average_precision, roc_auc
 from deepfake_effnet_lstm.model import (
     STAGE_CHANNELS,
     DeepfakeDetector,

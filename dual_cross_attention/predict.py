@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from einops import rearrange
 from torchvision.utils import draw_bounding_boxes
 
-from common.lifecycle import run_cli
+from common.cli import run_cli
 from common.runtime import DataError, autocast, autocast_dtype
 from common.tools.predict import (
     batches,

@@ -25,7 +25,7 @@ import statistics
 
 import torch
 
-from common.lifecycle import run_cli
+from common.cli import run_cli
 from common.runtime import DataError
 from dual_cross_attention.data import SyntheticFineGrained, rebuild_run
 

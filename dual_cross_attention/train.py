@@ -37,8 +37,9 @@ from common.cli import (
     from_args,
     parse_with_resume,
     run_args,
+    run_cli,
 )
-from common.lifecycle import Run, RunSettings, State, run_cli
+from common.lifecycle import Run, RunSettings, State
 from common.metrics import accuracy
 from common.runtime import (
     ConfigMismatchError,

@@ -1,4 +1,6 @@
-"""common/metrics.py: small hand-computed cases (always) and scikit-learn on random cases."""
+"""common/metrics.py, and the metrics one project adds on it (caer_clip/metrics.py: UAR, WAR;
+deepfake_effnet_lstm/metrics.py: ROC-AUC, average precision): small hand-computed cases (always)
+and scikit-learn on random cases."""
 
 import warnings
 
@@ -6,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import (
-    accuracy,
-    average_precision,
-    confusion_matrix,
-    precision_recall_f1,
-    roc_auc,
-    uar,
-    war,
-)
+from caer_clip.metrics import uar, war
+from common.metrics import accuracy, confusion_matrix, precision_recall_f1
+from deepfake_effnet_lstm.metrics import average_precision, roc_auc
 
 
 def test_confusion_matrix_and_uar_count_absent_classes():
@@ -108,7 +104,7 @@ def test_ranking_metrics_refuse_infinite_scores_as_sklearn_does():
 
 
 def test_rank_helper_treats_tied_infinities_as_ties():
-    from common.metrics import _average_ranks
+    from deepfake_effnet_lstm.metrics import _average_ranks
     inf = float("inf")
     assert _average_ranks(np.array([inf, 0.0, inf, -inf, -inf])).tolist() == [4.5, 3.0, 4.5, 1.5, 1.5]
 

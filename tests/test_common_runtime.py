@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from caer_clip.metrics import LossBalanceMonitor
 from common.checkpoint import load_model_state, load_optimizer_state, save_atomic
 from common.cli import check_resume_config
 from common.runtime import (
     ConfigMismatchError,
     DataError,
     EpochSampler,
-    LossBalanceMonitor,
     NonFiniteLossError,
     check_finite,
     decay_param_groups,

@@ -1,4 +1,5 @@
-"""common/schedulers.py and common/mixup.py against hand-computed values."""
+"""common/schedulers.py, common/mixup.py and the schedules one project keeps (caer_clip/metrics.py,
+deepfake_effnet_lstm/metrics.py) against hand-computed values."""
 
 import math
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from caer_clip.metrics import multistep_lr
 from common.mixup import mixup, mixup_loss
-from common.schedulers import PlateauController, multistep_lr, scaled_lr, warmup_cosine_lr
+from common.schedulers import scaled_lr, warmup_cosine_lr
+from deepfake_effnet_lstm.metrics import PlateauController
 
 
 def test_warmup_cosine_hand_computed():

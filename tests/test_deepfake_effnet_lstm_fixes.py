@@ -10,10 +10,10 @@ import torchvision
 from PIL import Image
 
 from common.lifecycle import Run
-from common.schedulers import PlateauController
 from deepfake_effnet_lstm import data as D
 from deepfake_effnet_lstm import model as M
 from deepfake_effnet_lstm import train as T
+from deepfake_effnet_lstm.metrics import PlateauController
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS, grouped_videos, write_dataset
 
 
@@ -126,7 +126,7 @@ def test_dfd_auc_scores_rank_probabilities_and_survive_one_class_windows():
     videos = torch.arange(4)
     fixed = T.binary_metrics(labels, probs, videos)
     assert fixed["roc_auc"] == 1.0 and fixed["ap"] == 1.0
-    from common.metrics import roc_auc
+    from deepfake_effnet_lstm.metrics import roc_auc
     assert roc_auc(labels, (probs >= 0.5).long()) == 0.5  # the seed's value on argmax labels
     one_class = T.binary_metrics(torch.ones(3, dtype=torch.long), torch.tensor([0.2, 0.7, 0.9]), torch.arange(3))
     assert math.isnan(one_class["roc_auc"]) and one_class["acc"] == pytest.approx(2 / 3)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from common.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model_state, load_run_checkpoint
-from common.lifecycle import run_cli
+from common.cli import run_cli
 from common.runtime import DataError
 from tests.fixtures_caer_clip import TINY_TRAIN as CAER_TINY
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS as DFD_TINY

@@ -21,7 +21,7 @@ import unicodedata
 import torch
 
 from common.checkpoint import CheckpointError
-from common.lifecycle import run_cli
+from common.cli import run_cli
 from common.runtime import DataError, autocast, autocast_dtype, read_text
 from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
 from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit, build_tokenizer, eval_loader

@@ -32,8 +32,9 @@ from common.cli import (
     from_args,
     parse_with_resume,
     run_args,
+    run_cli,
 )
-from common.lifecycle import Run, RunSettings, State, run_cli
+from common.lifecycle import Run, RunSettings, State
 from common.metrics import precision_recall_f1
 from common.runtime import (
     DataError,

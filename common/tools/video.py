@@ -374,6 +374,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from common.lifecycle import run_cli
+    from common.cli import run_cli
 
     run_cli(main)
