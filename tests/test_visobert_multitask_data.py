@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from common.runtime import DataError
-from common.text import WordTokenizer
 from visobert_multitask.data import (
     ABSENT,
     NEGATIVE,
     NEUTRAL,
     POSITIVE,
     ReviewDataset,
+    WordTokenizer,
     load_splits,
     make_collate,
     parse_label_string,

@@ -1,4 +1,4 @@
-"""Aspect x sentiment review data: two real label formats, a checkpoint's tokenizer, synthetic reviews.
+"""Aspect x sentiment review data: two real label formats, the tokenizers, synthetic reviews.
 
 Label encoding used everywhere in this project: `labels` is an (N, A) int64 tensor, one state per
 aspect: 0 = absent (the review does not mention the aspect), 1 = positive, 2 = negative,
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from common.runtime import DataError, EpochSampler, make_loader, read_text
-from common.text import WordTokenizer
 
 STATES = ("absent", "positive", "negative", "neutral")
 ABSENT, POSITIVE, NEGATIVE, NEUTRAL = range(4)
@@ -71,7 +70,6 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]
     record starts (the header is line 1). A quoted field may hold line breaks, so record k is not
     line k + 1: the seed's data has ~2,200 such reviews. Bytes that are not UTF-8 raise a DataError
     naming the file and line (common.runtime.read_text); a BOM is dropped there."""
-    path = Path(path)
     reader = csv.reader(io.StringIO(read_text(path)))  # splits lines on \n only; a \r before it is csv's
     records, start = [], 1
     try:
@@ -86,24 +84,21 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]
 
 
 class BadRecords:
-    """Collects every bad record of one file, then raises them together (`raise_if_any`).
-
-    Bad label cells go to `skipped` instead when on_bad_label is "skip"; structural faults (field
-    count, empty text, malformed label string, unknown aspect) are always errors."""
+    """Every bad record of one file, raised together in line order by `raise_if_any`. Bad label cells
+    are counted in `skipped` instead when on_bad_label is "skip"; structural faults are always errors."""
 
     def __init__(self, path: Path, on_bad_label: str = "error"):
         if on_bad_label not in BAD_LABEL_CHOICES:
             raise ValueError(f"on_bad_label must be one of {BAD_LABEL_CHOICES}, not {on_bad_label!r}")
         self.path, self.on_bad_label = path, on_bad_label
-        self.errors: list[str] = []
+        self.errors: list[tuple[int, str]] = []  # (line, message naming file and line)
         self.label_errors = 0
-        self.skipped: Counter = Counter()
+        self.skipped: Counter = Counter()  # column -> bad label cells read as unlabelled
 
     def record(self, line: int, message: str) -> None:
-        self.errors.append(f"{self.path}:{line}: {message}")
+        self.errors.append((line, f"{self.path}:{line}: {message}"))
 
-    def bad_label(self, line: int, column: str, value: str, message: str) -> None:
-        """A label cell that is not a polarity: an error, or (skip) one more unlabelled cell of `column`."""
+    def bad_label(self, line: int, column: str, message: str) -> None:
         if self.on_bad_label == "skip":
             self.skipped[column] += 1
         else:
@@ -113,81 +108,64 @@ class BadRecords:
     def raise_if_any(self) -> None:
         if not self.errors:
             return
-        listed = self.errors[:MAX_LISTED]
+        listed = [message for _, message in sorted(self.errors, key=lambda error: error[0])][:MAX_LISTED]
         more = f"\n  and {len(self.errors) - len(listed)} more" if len(self.errors) > len(listed) else ""
         hint = (f"; --on-bad-label skip reads the {self.label_errors} bad label cell(s) as unlabelled"
                 if self.label_errors else "")
         raise DataError(f"{self.path}: {len(self.errors)} bad record(s){hint}:\n  " + "\n  ".join(listed) + more)
 
 
-def _normalise_text(text: str) -> str:
-    # Vietnamese text arrives both precomposed and decomposed (tone mark as a combining
-    # character); NFC makes the two spell the same token.
-    return unicodedata.normalize("NFC", text).strip()
-
-
-def _polarity_state(value: str) -> int | None:
-    return POLARITY_TO_STATE.get(value.strip().lower())
-
-
-def _text_column(header: list[str], path: Path, text_column: str | None) -> int:
+def read_reviews(path: Path, text_column: str | None, bad: BadRecords):
+    """Header and (line, cells, text) of every well-formed record; blank lines are skipped, and records
+    with the wrong field count or no text go to `bad`."""
+    header, records = read_records(path)
     lowered = [h.lower() for h in header]
     candidates = [text_column.lower()] if text_column else list(TEXT_COLUMNS)
-    for name in candidates:
-        if name in lowered:
-            return lowered.index(name)
-    raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}; "
-                    f"name the text column with --text-column")
-
-
-def _read_review(cells: list[str], header: list[str], text_idx: int, line: int, bad: BadRecords) -> str | None:
-    """The review text of a record, or None (fault recorded) when the record is malformed."""
-    if len(cells) != len(header):
-        bad.record(line, f"{len(cells)} fields, header has {len(header)}")
-        return None
-    text = _normalise_text(cells[text_idx])
-    if not text:
-        bad.record(line, f"empty review text in column {header[text_idx]!r}")
-        return None
-    return text
+    text_idx = next((lowered.index(name) for name in candidates if name in lowered), None)
+    if text_idx is None:
+        raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}; "
+                        f"name the text column with --text-column")
+    reviews = []
+    for line, cells in records:
+        if not any(cell.strip() for cell in cells):
+            continue  # blank line
+        if len(cells) != len(header):
+            bad.record(line, f"{len(cells)} fields, header has {len(header)}")
+            continue
+        # Vietnamese text arrives both precomposed and decomposed (tone mark as a combining
+        # character); NFC makes the two spell the same token.
+        text = unicodedata.normalize("NFC", cells[text_idx]).strip()
+        if text:
+            reviews.append((line, cells, text))
+        else:
+            bad.record(line, f"empty review text in column {header[text_idx]!r}")
+    return header, text_idx, reviews
 
 
 def read_aspect_columns(path: str | Path, aspects: tuple[str, ...] | None = None,
                         text_column: str | None = None, on_bad_label: str = "error") -> ReviewSplit:
     """Format (a): one column per aspect. Without `aspects`, every non-text column is an aspect."""
-    path = Path(path)
-    header, records = read_records(path)
-    text_idx = _text_column(header, path, text_column)
+    path, bad = Path(path), BadRecords(Path(path), on_bad_label)
+    header, text_idx, reviews = read_reviews(path, text_column, bad)
     columns = {h: i for i, h in enumerate(header) if i != text_idx}
-    if aspects is None:
-        aspects = tuple(columns)
+    aspects = tuple(columns) if aspects is None else aspects
     if not aspects:
         raise DataError(f"{path}:1: no aspect columns in header {header}; expected text plus one column per aspect")
     missing = [a for a in aspects if a not in columns]
     if missing:
         raise DataError(f"{path}:1: aspect column(s) {missing} not in header {header}")
-    bad = BadRecords(path, on_bad_label)
-    texts, labels = [], []
-    for line, cells in records:
-        if not any(cell.strip() for cell in cells):
-            continue  # blank line
-        text = _read_review(cells, header, text_idx, line, bad)
-        if text is None:
-            continue
-        states = []
-        for aspect in aspects:
+    labels = torch.zeros(len(reviews), len(aspects), dtype=torch.long)  # ABSENT unless a cell says otherwise
+    for row, (line, cells, _) in enumerate(reviews):
+        for a, aspect in enumerate(aspects):
             value = cells[columns[aspect]]
-            state = ABSENT if not value.strip() else _polarity_state(value)
-            if state is None:
-                bad.bad_label(line, aspect, value, f"unknown polarity {value!r} in column {aspect!r}; "
-                                                   f"expected Positive, Negative, Neutral or empty")
-                state = ABSENT  # unlabelled (only kept under skip: otherwise the file raises below)
-            states.append(state)
-        texts.append(text)
-        labels.append(states)
+            state = POLARITY_TO_STATE.get(value.strip().lower()) if value.strip() else ABSENT
+            if state is None:  # unlabelled, kept as absent only under skip: otherwise the file raises below
+                bad.bad_label(line, aspect, f"unknown polarity {value!r} in column {aspect!r}; "
+                                            f"expected Positive, Negative, Neutral or empty")
+            else:
+                labels[row, a] = state
     bad.raise_if_any()
-    return ReviewSplit(texts, torch.tensor(labels, dtype=torch.long).view(-1, len(aspects)), tuple(aspects),
-                       str(path), dict(bad.skipped))
+    return ReviewSplit([text for _, _, text in reviews], labels, tuple(aspects), str(path), dict(bad.skipped))
 
 
 def parse_label_string(label: str, where: str) -> dict[str, str | None]:
@@ -221,100 +199,77 @@ def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
     sentiment F1. So OTHERS becomes an aspect column only if some item gives it a polarity, and
     without `aspects` the columns are the aspects seen with a polarity: UIT-ViSFD's 10, as its paper
     scores them. A review whose only item is `{OTHERS}` stays in, with every aspect absent."""
-    path = Path(path)
-    header, records = read_records(path)
-    text_idx = _text_column(header, path, text_column)
+    path, bad = Path(path), BadRecords(Path(path), on_bad_label)
+    header, _, reviews = read_reviews(path, text_column, bad)
     lowered = [h.lower() for h in header]
     if "label" not in lowered:
         raise DataError(f"{path}:1: no 'label' column in header {header}")
     label_idx = lowered.index("label")
-    bad = BadRecords(path, on_bad_label)
-    parsed, texts, others_without_polarity = [], [], 0
-    for line, cells in records:
-        if not any(cell.strip() for cell in cells):
-            continue
-        text = _read_review(cells, header, text_idx, line, bad)
-        if text is None:
-            continue
+    parsed, others_without_polarity = [], 0  # parsed: (line, text, {aspect: polarity}) of the labelled items
+    for line, cells, text in reviews:
         try:
             items = parse_label_string(cells[label_idx], f"{path}:{line}")
         except DataError as e:
-            bad.errors.append(str(e))
+            bad.errors.append((line, str(e)))
             continue
-        labelled = {}  # aspect -> polarity string, the items that are labels
-        for aspect, polarity in items.items():
-            if polarity is not None:
-                labelled[aspect] = polarity
-            elif aspect == "OTHERS":
+        for aspect in [a for a, polarity in items.items() if polarity is None]:
+            del items[aspect]
+            if aspect == "OTHERS":
                 others_without_polarity += 1  # see the rule in the docstring
             else:
-                bad.bad_label(line, aspect, "{" + aspect + "}",
-                              f"aspect {aspect} has no polarity in column 'label' "
-                              f"('{{{aspect}#Positive}}', '#Negative' or '#Neutral')")
-        texts.append(text)
-        parsed.append((line, labelled))
+                bad.bad_label(line, aspect, f"aspect {aspect} has no polarity in column 'label' "
+                                            f"('{{{aspect}#Positive}}', '#Negative' or '#Neutral')")
+        parsed.append((line, text, items))
     if aspects is None:  # the aspects labelled in this file, in the dataset's own order first
-        seen = {a for _, items in parsed for a in items}
+        seen = {a for _, _, items in parsed for a in items}
         aspects = tuple([a for a in VISFD_ASPECTS if a in seen] + sorted(seen - set(VISFD_ASPECTS)))
     index = {a: i for i, a in enumerate(aspects)}
     labels = torch.zeros(len(parsed), len(aspects), dtype=torch.long)
-    for row, (line, items) in enumerate(parsed):
+    for row, (line, _, items) in enumerate(parsed):
         for aspect, polarity in items.items():
+            state = POLARITY_TO_STATE.get(polarity.strip().lower())
             if aspect not in index:
                 bad.record(line, f"unknown aspect {aspect!r} in column 'label'; known aspects: {list(aspects)}")
-                continue
-            state = _polarity_state(polarity)
-            if state is None:
-                bad.bad_label(line, aspect, polarity, f"unknown polarity {polarity!r} for aspect {aspect} in "
-                                                      f"column 'label'; expected Positive, Negative, Neutral")
-                continue  # unlabelled: stays absent
-            labels[row, index[aspect]] = state
+            elif state is None:  # unlabelled: stays absent
+                bad.bad_label(line, aspect, f"unknown polarity {polarity!r} for aspect {aspect} in "
+                                            f"column 'label'; expected Positive, Negative, Neutral")
+            else:
+                labels[row, index[aspect]] = state
     bad.raise_if_any()
-    return ReviewSplit(texts, labels, tuple(aspects), str(path), dict(bad.skipped)), others_without_polarity
-
-
-def detect_format(path: str | Path) -> str:
-    try:
-        header = next(csv.reader(io.StringIO(read_text(path))), [])
-    except csv.Error as e:
-        raise DataError(f"{path}:1: unreadable CSV header ({e})") from e
-    return "visfd" if "label" in [h.strip().lower() for h in header] else "columns"
-
-
-def find_split_file(root: Path, split: str) -> Path:
-    """The split's file in `root`, under any of the names of SPLIT_FILE_STEMS (any letter case)."""
-    stems = SPLIT_FILE_STEMS[split]
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder (--data-root)")
-    found = sorted(p for p in root.iterdir() if p.suffix.lower() == ".csv" and p.stem.lower() in stems and p.is_file())
-    if len(found) > 1:
-        raise DataError(f"{root}: {len(found)} files for the {split} split, {[p.name for p in found]}; keep one")
-    if not found:
-        raise DataError(f"{root}: no {split} split; expected one of {[s + '.csv' for s in stems]} (any letter case)")
-    return found[0]
+    split = ReviewSplit([text for _, text, _ in parsed], labels, tuple(aspects), str(path), dict(bad.skipped))
+    return split, others_without_polarity
 
 
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
-    """train/val/test from `root`. The aspect list comes from the training file (or `aspects`), and
-    the other splits must use the same aspects (if the training file fails, each other file is checked
-    against its own). The faults of every file are raised together, in one DataError. Prints what was
-    read other than as written: bad label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}`
-    items without polarity."""
+    """train/val/test from `root`, each file under any name of SPLIT_FILE_STEMS. The aspect list comes
+    from the training file (or `aspects`), and the other splits must use the same aspects (if the
+    training file fails, each other file is checked against its own). The faults of every file are
+    raised together, in one DataError. Prints what was read other than as written: bad label cells
+    read as unlabelled (on_bad_label="skip") and `{OTHERS}` items without polarity."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (--data-root)")
     splits, others_without_polarity, failed = {}, 0, []
-    for split in ("train", "val", "test"):
+    for split, stems in SPLIT_FILE_STEMS.items():
         # Every file is read even when an earlier one failed, so one error names the faults of all of them.
+        found = sorted(f for f in root.iterdir() if f.suffix.lower() == ".csv" and f.stem.lower() in stems
+                       and f.is_file())
         try:
-            path = find_split_file(root, split)
-            fmt = detect_format(path) if data_format == "auto" else data_format
+            if not found:
+                raise DataError(f"{root}: no {split} split; expected one of {[s + '.csv' for s in stems]} "
+                                f"(any letter case)")
+            if len(found) > 1:
+                raise DataError(f"{root}: {len(found)} files for the {split} split, {[f.name for f in found]}; "
+                                f"keep one")
+            fmt = data_format
+            if fmt == "auto":
+                fmt = "visfd" if "label" in [h.lower() for h in read_records(found[0])[0]] else "columns"
             if fmt == "visfd":
-                splits[split], count = read_visfd(path, aspects, text_column, on_bad_label)
+                splits[split], count = read_visfd(found[0], aspects, text_column, on_bad_label)
                 others_without_polarity += count
             else:
-                splits[split] = read_aspect_columns(path, aspects, text_column, on_bad_label)
+                splits[split] = read_aspect_columns(found[0], aspects, text_column, on_bad_label)
         except DataError as e:
             failed.append(str(e))
             continue
@@ -337,6 +292,43 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
+
+class WordTokenizer:
+    """The tiny encoder's tokenizer: lower-cased, NFC-normalised word and punctuation tokens, a token's
+    id its position in `vocab`. Words not in `vocab` become `<unk>` (validation, test and user text
+    meet words the training text lacks); past `max_len` ids a text is cut keeping `<s>` and `</s>`,
+    as XLM-R's own tokenizer does."""
+
+    SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # XLM-R's order, so position ids come out alike
+    WORD = re.compile(r"\w+|[^\w\s]")
+    MAX_SIZE = 30000  # vocabulary cap of `from_texts`, specials included
+
+    def __init__(self, vocab: list[str]):
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        missing = [s for s in self.SPECIALS if s not in self.index]
+        if missing:
+            raise ValueError(f"WordTokenizer: the vocabulary lacks the special token(s) {missing}")
+        self.bos_id, self.pad_id, self.eos_id, self.unk_id = (self.index[s] for s in self.SPECIALS)
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> WordTokenizer:
+        """Specials first, then the words, most frequent first (ties by word: independent of hash order)."""
+        counts = Counter(tok for text in texts for tok in cls.split(text))
+        words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return cls(list(cls.SPECIALS) + words[: cls.MAX_SIZE - len(cls.SPECIALS)])
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls.WORD.findall(unicodedata.normalize("NFC", text).lower())
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        ids = [self.index.get(tok, self.unk_id) for tok in self.split(text)]
+        return [self.bos_id] + ids[: max_len - 2] + [self.eos_id]
 
 
 class HFTokenizer:
@@ -405,8 +397,7 @@ def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATC
 
 # ----------------------------------------------------------------------------- synthetic reviews
 
-SYN_ASPECTS = ("BATTERY", "CAMERA", "DESIGN", "FEATURES", "GENERAL", "PERFORMANCE", "PRICE", "SCREEN",
-               "SER&ACC", "STORAGE")
+SYN_ASPECTS = VISFD_ASPECTS[:-1]  # UIT-ViSFD's 10 aspects, OTHERS left out
 ASPECT_WORDS = {
     "BATTERY": ("pin", "thời lượng pin", "sạc"),
     "CAMERA": ("camera", "chụp ảnh", "quay phim"),
