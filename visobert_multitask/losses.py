@@ -1,9 +1,6 @@
-"""The aspect-level focal loss and the multi-label contrastive terms of this project, and the
-training loss of one batch built from them (`compute_losses`, what train.py and bench.py step on).
-
-The generic pieces are in common/losses.py (`focal_loss`, `supcon_loss`); here is what is specific
-to aspect x sentiment labels: the states the model predicts per aspect, per-aspect alpha from
-label frequencies, and which reviews count as positives of each other.
+"""The training loss of one batch (`compute_losses`): focal loss per aspect + a multi-label
+contrastive term. common/losses.py has the generic `focal_loss` and `supcon_loss`; here is what is
+specific to aspect x sentiment labels: per-aspect alpha and which reviews are positives of each other.
 """
 
 from __future__ import annotations
@@ -67,7 +64,7 @@ def focal_alpha(targets: torch.Tensor, num_states: int, power: float = 0.5) -> t
     # NOTE(deviation): default power 0.5 over 4 states. With "absent" as a state (~80% of slots) plain
     # inverse frequency gives absent ~0.1 and neutral ~2: the model then calls aspects present that are
     # not (synthetic demo: detection F1 0.48 with power 1, 1.00 with power 0.5, same budget).
-    counts = torch.stack([torch.bincount(targets[:, a], minlength=num_states) for a in range(targets.shape[1])])
+    counts = F.one_hot(targets, num_states).sum(0)  # (A, S) reviews per state of each aspect
     weights = counts.float().clamp_min(1.0).reciprocal() ** power  # (A, S)
     return weights / weights.mean(dim=1, keepdim=True)
 
@@ -78,8 +75,7 @@ def original_alpha(targets: torch.Tensor) -> torch.Tensor:
     Per aspect, over ITS 3 classes, total / (3 x count) with total the number of reviews and a
     missing class counted once, not normalised. The original read an unlabelled aspect as Neutral
     (:109), so "absent" and "neutral" are one class there: both states get that class's alpha."""
-    squashed = torch.where(targets == ABSENT, torch.full_like(targets, NEUTRAL), targets)  # the original's classes
-    counts = torch.stack([torch.bincount(squashed[:, a], minlength=NUM_STATES) for a in range(targets.shape[1])])
+    counts = F.one_hot(targets.masked_fill(targets == ABSENT, NEUTRAL), NUM_STATES).sum(0)  # the original's classes
     alpha = len(targets) / (3.0 * counts.float().clamp_min(1.0))  # (A, S); column ABSENT holds nothing now
     alpha[:, ABSENT] = alpha[:, NEUTRAL]
     return alpha
@@ -88,9 +84,7 @@ def original_alpha(targets: torch.Tensor) -> torch.Tensor:
 def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0):
     """Mean over aspects of common `focal_loss` on each aspect's (B, S) logits (batch mean inside),
     as the original (train_multilabel_focal_contrastive.py:59-74), so that `--w-focal` and `--w-con`
-    are the ratio of the two terms the seed names (0.8 : 0.2)."""
-    # A sum here (as this project had before) made the focal term A times heavier than --w-focal says:
-    # with 0.8 / 0.2 and 10 aspects the ratio to SupCon was 40:1.
+    are the ratio of the two terms the seed names (0.8 : 0.2); a sum would make it A times that."""
     return torch.stack([focal_loss(logits[:, a], targets[:, a], gamma, alpha[a])
                         for a in range(logits.shape[1])]).mean()
 
@@ -123,7 +117,7 @@ def soft_match_weights(targets: torch.Tensor, base_weight: float = 0.1) -> torch
     or negative) for both; summed over aspects, divided by 2A, plus `base_weight` on every pair; 0 on
     the diagonal. "absent" is read as neutral, as the original's loader did (dataset_multilabel.py:74-75),
     so two reviews that leave the same aspect unmentioned match on it."""
-    squashed = torch.where(targets == ABSENT, torch.full_like(targets, NEUTRAL), targets)  # the original's classes
+    squashed = targets.masked_fill(targets == ABSENT, NEUTRAL)  # the original's classes
     same = (squashed[:, None, :] == squashed[None, :, :]).float()  # (N, N, A)
     opinion = (squashed != NEUTRAL).float()  # (N, A)
     both_opinion = opinion[:, None, :] * opinion[None, :, :]  # (N, N, A)
@@ -162,25 +156,19 @@ def contrastive_term(embeddings: torch.Tensor, targets: torch.Tensor, cfg: LossC
 
 def loss_terms(logits: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor,
                cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Weighted focal + contrastive from the heads' outputs; the dict holds the total and each component."""
-    out = {}
-    if cfg.loss in ("both", "focal"):
-        out["focal"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
-    if cfg.loss in ("both", "contrastive"):
-        out["supcon"] = contrastive_term(embeddings, targets, cfg)
-    if cfg.loss == "contrastive":
-        out["probe"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    """Weighted focal + contrastive from the heads' outputs; the dict holds the total and each component
+    (under --loss contrastive the focal term trains the probe only, and is named so)."""
+    focal = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    if cfg.loss == "focal":
+        return {"focal": focal, "loss": focal}
+    con = contrastive_term(embeddings, targets, cfg)
     if cfg.loss == "both":
-        out["loss"] = cfg.w_focal * out["focal"] + cfg.w_con * out["supcon"]
-    elif cfg.loss == "focal":
-        out["loss"] = out["focal"]
-    else:
-        out["loss"] = cfg.w_con * out["supcon"] + out["probe"]
-    return out
+        return {"focal": focal, "supcon": con, "loss": cfg.w_focal * focal + cfg.w_con * con}
+    return {"supcon": con, "probe": focal, "loss": cfg.w_con * con + focal}
 
 
 def compute_losses(model, batch: dict, alpha: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Weighted focal + contrastive for one batch; the dict holds the total and each component."""
+    """`loss_terms` of one batch, from one forward pass."""
     # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
     targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
     ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -62,27 +62,13 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.heads, self.p_drop = cfg.heads, cfg.attention_dropout
-        self.query = nn.Linear(cfg.hidden, cfg.hidden)
-        self.key = nn.Linear(cfg.hidden, cfg.hidden)
-        self.value = nn.Linear(cfg.hidden, cfg.hidden)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads)
-                   for proj in (self.query, self.key, self.value))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.p_drop if self.training else 0.0)
-        return rearrange(out, "b h t d -> b t (h d)")
-
-
 class Block(nn.Module):
     """Post-LN transformer block, as BERT / XLM-R: x = LN(x + f(x)) after each sub-layer."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn = SelfAttention(cfg)
+        self.heads, self.p_drop = cfg.heads, cfg.attention_dropout
+        self.attn = nn.ModuleDict({name: nn.Linear(cfg.hidden, cfg.hidden) for name in ("query", "key", "value")})
         self.attn_out = nn.Linear(cfg.hidden, cfg.hidden)
         self.attn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.mlp_in = nn.Linear(cfg.hidden, cfg.intermediate)
@@ -91,7 +77,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn_out(self.attn(x, keep))))
+        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads) for proj in self.attn.values())
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.p_drop if self.training else 0.0)
+        x = self.attn_norm(x + self.dropout(self.attn_out(rearrange(attn, "b h t d -> b t (h d)"))))
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
 
 

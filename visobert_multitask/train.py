@@ -57,6 +57,7 @@ from common.schedulers import warmup_cosine_lr
 from visobert_multitask.data import (
     ABSENT,
     EVAL_BATCH,
+    NEUTRAL,
     ReviewDataset,
     ReviewSplit,
     build_tokenizer,
@@ -82,6 +83,8 @@ LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr
                "f1_inflated"]
 LOSS_TERMS = ("loss", "focal", "supcon", "probe")  # what compute_losses may return, summed per log window
 SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
+SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
+                "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
 # The tiny encoder's flags (the other ModelConfig fields come from the data or a pretrained --encoder).
 MODEL_CHECKS = {"hidden": at_least(1), "layers": at_least(1), "heads": at_least(1), "intermediate": at_least(1)}
 
@@ -193,8 +196,7 @@ def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
     """The settings whose defaults depend on the encoder or on the data size, filled in place."""
     t, pretrained = cfg.train, cfg.encoder.encoder is not None
     t.batches_per_epoch = batches_per_epoch
-    t.total_steps = t.epochs * batches_per_epoch if t.max_iters is None else min(t.max_iters,
-                                                                                t.epochs * batches_per_epoch)
+    t.total_steps = min(t.epochs * batches_per_epoch, t.max_iters or math.inf)
     t.epochs = math.ceil(t.total_steps / batches_per_epoch)  # the epochs that hold it (fewer under --max-iters)
     t.lr = t.lr if t.lr is not None else (2e-5 if pretrained else 1e-3)
     t.warmup_steps = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.06 * t.total_steps))
@@ -238,21 +240,14 @@ def lr_at(step: int, t: TrainConfig) -> float:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def inflated_f1(labels: torch.Tensor, pred: torch.Tensor) -> float:
-    """The original's number: absent mapped to neutral on both sides, per-aspect WEIGHTED F1 over
-    three classes, averaged over aspects. Absent slots are most of the data and trivially right."""
-    def squash(states):
-        return (torch.where(states == 0, torch.full_like(states, 3), states) - 1).numpy()
-    y, p = squash(labels), squash(pred)
-    return float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
-
-
 def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
     """Aspect detection and sentiment scored separately, as in ABSA papers on UIT-ViSFD.
 
     det_f1: F1 of "present" per aspect (present vs absent), macro-averaged over aspects.
     sent_f1: 3-class macro F1 over the (review, aspect) slots where the aspect IS present, the
-    sentiment read from the three sentiment logits (sentiment given the true aspect)."""
+    sentiment read from the three sentiment logits (sentiment given the true aspect).
+    f1_inflated: the original's number, absent read as neutral on both sides, per-aspect WEIGHTED F1
+    over three classes, averaged over aspects; absent slots are most of the data and trivially right."""
     pred = predicted_states(logits)
     present, present_pred = labels != ABSENT, pred != ABSENT
     sentiment_pred = logits[..., 1:].argmax(dim=-1) + 1  # (N, A) best sentiment state, ignoring "absent"
@@ -266,8 +261,10 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
                            "support": int(slots.sum())})
     sent_f1 = precision_recall_f1(labels[present] - 1, sentiment_pred[present] - 1, 3, "macro")[2]
     det_f1 = float(np.mean([row["det_f1"] for row in per_aspect]))
+    y, p = ((states.masked_fill(states == ABSENT, NEUTRAL) - 1).numpy() for states in (labels, pred))  # 3 classes
+    inflated = float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
     # FIX(VSB-HONEST-F1): select on detection + sentiment F1; the absent=neutral F1 stays, labelled inflated.
-    return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated_f1(labels, pred),
+    return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated,
             "score": 0.5 * (det_f1 + sent_f1), "per_aspect": per_aspect}
 
 
@@ -337,11 +334,9 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         optimizer.zero_grad(set_to_none=True)
         state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
 
-        window = state.meters["window"]  # loss sums since the last training log row
-        for name in LOSS_TERMS:
-            if name in losses:
-                window[name] = window.get(name, 0.0) + losses[name].detach().float()
-        window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
+        window = state.meters["window"]  # sums since the last training log row
+        for name, value in {**losses, "grad_norm": grad_norm}.items():
+            window[name] = window.get(name, 0.0) + value.detach().float()
         window["n"] += 1
         if state.step % cfg.run.log_interval == 0:
             # Averaged over the window and over ranks (one all-reduce per logged value).
@@ -470,21 +465,14 @@ def _log_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in LOG_COLUMNS}
 
 
-SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
-                "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
-
-
 def _summary(metrics: dict) -> str:
     """The scores in one short line; SCORE_LEGEND, printed once, says what each one is."""
-    return (f"detect {metrics['det_f1']:.4f} | sentiment {metrics['sent_f1']:.4f} | "
-            f"inflated {metrics['f1_inflated']:.4f}")
+    return "detect {det_f1:.4f} | sentiment {sent_f1:.4f} | inflated {f1_inflated:.4f}".format(**metrics)
 
 
 def per_aspect_table(metrics: dict) -> str:
-    lines = [f"{'aspect':<14}{'detect F1':>10}{'sentiment F1':>14}{'present':>9}"]
-    lines += [f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}"
-              for r in metrics["per_aspect"]]
-    return "\n".join(lines)
+    return "\n".join([f"{'aspect':<14}{'detect F1':>10}{'sentiment F1':>14}{'present':>9}"] + [
+        f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}" for r in metrics["per_aspect"]])
 
 
 if __name__ == "__main__":
