@@ -1,22 +1,16 @@
 """Aspect x sentiment review data: two real label formats, the tokenizers, synthetic reviews.
 
-Label encoding used everywhere in this project: `labels` is an (N, A) int64 tensor, one state per
-aspect: 0 = absent (the review does not mention the aspect), 1 = positive, 2 = negative,
-3 = neutral. The model predicts these four states per aspect (`losses.NUM_STATES`).
+`labels` is an (N, A) int64 tensor, one state per aspect: 0 = absent (the review does not mention
+it), 1 = positive, 2 = negative, 3 = neutral; the model predicts these four (`losses.NUM_STATES`).
 
-Formats read, each file as its source publishes it (UTF-8 with or without BOM, LF or CRLF, line
-breaks inside quoted fields):
-  (a) columns: a CSV with a text column and one column per aspect holding Positive / Negative /
-      Neutral or an empty cell (the format of the seed's own project, hjsad1994/BERT
-      `multi_label/data/*_multilabel.csv`, text column `data`);
-  (b) UIT-ViSFD: a CSV with a text column (`comment`) and a `label` column of
-      `{ASPECT#Polarity};{ASPECT#Polarity};...` strings; aspects not listed are absent. The
-      dataset writes `{OTHERS}` without a polarity; see `read_visfd` for what that means here.
-
-A bad record never stops the reader at the first one: every bad record of a file is listed in one
-DataError (file, physical line where the record starts, column, value). A label cell that is not a
-polarity (the seed's data has 'Postive' and 'Posititve') is an error by default; with
-on_bad_label="skip" it is read as unlabelled (absent), as the seed's own loader does, and counted.
+CSV files are read as their sources publish them (UTF-8 with or without BOM, LF or CRLF, line breaks
+inside quoted fields): (a) columns, a text column and one column per aspect holding Positive /
+Negative / Neutral or nothing (hjsad1994/BERT `multi_label/data/*_multilabel.csv`, text column
+`data`); (b) UIT-ViSFD, a text column (`comment`) and a `label` column of
+`{ASPECT#Polarity};...` strings, aspects not listed absent. Every bad record of a file is listed in
+one DataError (file, physical line where the record starts, column, value). A label cell that is not
+a polarity (the seed's data has 'Postive' and 'Posititve') is an error, or with on_bad_label="skip"
+read as unlabelled (absent), as the seed's own loader does, and counted.
 """
 
 from __future__ import annotations
@@ -48,7 +42,6 @@ SPLIT_FILE_STEMS = {"train": ("train", "train_multilabel"),
                     "val": ("val", "dev", "valid", "validation", "validation_multilabel"),
                     "test": ("test", "test_multilabel")}
 LABEL_STRING = re.compile(r"\{([^{}#]+)(?:#([^{}#]+))?\}")
-BAD_LABEL_CHOICES = ("error", "skip")
 MAX_LISTED = 20  # bad records quoted in one DataError; the rest are counted
 EVAL_BATCH = 64  # reviews per evaluation batch (no gradients: larger than training's)
 
@@ -88,8 +81,8 @@ class BadRecords:
     are counted in `skipped` instead when on_bad_label is "skip"; structural faults are always errors."""
 
     def __init__(self, path: Path, on_bad_label: str = "error"):
-        if on_bad_label not in BAD_LABEL_CHOICES:
-            raise ValueError(f"on_bad_label must be one of {BAD_LABEL_CHOICES}, not {on_bad_label!r}")
+        if on_bad_label not in ("error", "skip"):
+            raise ValueError(f"on_bad_label must be 'error' or 'skip', not {on_bad_label!r}")
         self.path, self.on_bad_label = path, on_bad_label
         self.errors: list[tuple[int, str]] = []  # (line, message naming file and line)
         self.label_errors = 0
@@ -116,8 +109,8 @@ class BadRecords:
 
 
 def read_reviews(path: Path, text_column: str | None, bad: BadRecords):
-    """Header and (line, cells, text) of every well-formed record; blank lines are skipped, and records
-    with the wrong field count or no text go to `bad`."""
+    """Header, text column and (line, cells, text) of every well-formed record; blank lines are
+    skipped, records with the wrong field count or no text go to `bad`."""
     header, records = read_records(path)
     lowered = [h.lower() for h in header]
     candidates = [text_column.lower()] if text_column else list(TEXT_COLUMNS)
@@ -172,17 +165,13 @@ def parse_label_string(label: str, where: str) -> dict[str, str | None]:
     """`{SCREEN#Positive};{CAMERA#Negative};{OTHERS};` -> {'SCREEN': 'Positive', ...}.
 
     Anything besides `{...}` items and `;` separators is malformed and raises, naming `where`."""
-    items, leftover, last = {}, [], 0
+    items = {}
     for match in LABEL_STRING.finditer(label):
-        leftover.append(label[last:match.start()])
-        last = match.end()
         aspect, polarity = match.group(1).strip().upper(), match.group(2)
         if aspect in items:
             raise DataError(f"{where}: aspect {aspect} labelled twice in {label!r}")
         items[aspect] = polarity.strip() if polarity is not None else None
-    leftover.append(label[last:])
-    junk = "".join(leftover).replace(";", "").strip()
-    if junk or not items:
+    if LABEL_STRING.sub("", label).replace(";", "").strip() or not items:  # text outside the {...} items
         raise DataError(f"{where}: malformed label string {label!r}; expected '{{ASPECT#Polarity}};...'")
     return items
 
@@ -190,15 +179,11 @@ def parse_label_string(label: str, where: str) -> dict[str, str | None]:
 def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
                text_column: str | None = None, on_bad_label: str = "error") -> tuple[ReviewSplit, int]:
     """Format (b): UIT-ViSFD label strings. Returns the split and how many `{OTHERS}` items had no
-    polarity.
-
-    Rule for `{OTHERS}` without a polarity: it is not a label here, and is dropped. UIT-ViSFD marks
-    with it that a review talks about something outside its 10 aspects, without a sentiment, while
-    every state this project trains and scores past "absent" is a sentiment: reading it as Neutral
-    (as this reader once did) invented ~1,700 Neutral labels in Train alone and put them into the
-    sentiment F1. So OTHERS becomes an aspect column only if some item gives it a polarity, and
-    without `aspects` the columns are the aspects seen with a polarity: UIT-ViSFD's 10, as its paper
-    scores them. A review whose only item is `{OTHERS}` stays in, with every aspect absent."""
+    polarity: those say the review talks about something outside the 10 aspects, without a sentiment,
+    so they are no label here and are dropped (read as Neutral they invented ~1,700 Neutral labels in
+    Train that the sentiment F1 scored). Without `aspects` the columns are the aspects seen with a
+    polarity, UIT-ViSFD's 10 as its paper scores them; a review whose only item is `{OTHERS}` stays
+    in, every aspect absent."""
     path, bad = Path(path), BadRecords(Path(path), on_bad_label)
     header, _, reviews = read_reviews(path, text_column, bad)
     lowered = [h.lower() for h in header]
@@ -242,11 +227,10 @@ def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
 
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
-    """train/val/test from `root`, each file under any name of SPLIT_FILE_STEMS. The aspect list comes
-    from the training file (or `aspects`), and the other splits must use the same aspects (if the
-    training file fails, each other file is checked against its own). The faults of every file are
-    raised together, in one DataError. Prints what was read other than as written: bad label cells
-    read as unlabelled (on_bad_label="skip") and `{OTHERS}` items without polarity."""
+    """train/val/test from `root`, each file under any name of SPLIT_FILE_STEMS. The aspects come from
+    the training file (or `aspects`) and bind the other splits (each checked against its own if the
+    training file fails). The faults of every file are raised together, in one DataError. Prints what
+    was read other than as written: skipped bad label cells and `{OTHERS}` items without polarity."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (--data-root)")
@@ -281,13 +265,11 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
     if others_without_polarity:
         print(f"[data] {others_without_polarity} '{{OTHERS}}' items without polarity dropped (not a sentiment "
               f"label; OTHERS is not an aspect column unless some item gives it a polarity)")
-    skipped = {name: s.skipped for name, s in splits.items() if s.skipped}
+    skipped = [f"{name} ({Path(s.source).name}): " + ", ".join(f"{col} {n}" for col, n in sorted(s.skipped.items()))
+               for name, s in splits.items() if s.skipped]
     if skipped:
-        total = sum(n for counts in skipped.values() for n in counts.values())
-        per_split = "; ".join(f"{name} ({Path(splits[name].source).name}): "
-                              + ", ".join(f"{col} {n}" for col, n in sorted(counts.items()))
-                              for name, counts in skipped.items())
-        print(f"[data] --on-bad-label skip: {total} bad label cell(s) read as unlabelled: {per_split}")
+        total = sum(sum(s.skipped.values()) for s in splits.values())
+        print(f"[data] --on-bad-label skip: {total} bad label cell(s) read as unlabelled: {'; '.join(skipped)}")
     return splits
 
 

@@ -56,11 +56,8 @@ def predicted_states(logits: torch.Tensor) -> torch.Tensor:
 
 
 def focal_alpha(targets: torch.Tensor, num_states: int, power: float = 0.5) -> torch.Tensor:
-    """Per-aspect alpha (A, S) = (1 / frequency) ** power, normalised to mean 1 per aspect.
-
-    power 1 is plain inverse frequency over the 4 states (not the original's rule, which is
-    `original_alpha`); 0 is no alpha. A state never seen in the labels is counted once, so its alpha
-    is large but finite."""
+    """Per-aspect alpha (A, S) = (1 / frequency) ** power, normalised to mean 1 per aspect: power 1 is
+    plain inverse frequency over the 4 states, 0 no alpha. A state never seen is counted once."""
     # NOTE(deviation): default power 0.5 over 4 states. With "absent" as a state (~80% of slots) plain
     # inverse frequency gives absent ~0.1 and neutral ~2: the model then calls aspects present that are
     # not (synthetic demo: detection F1 0.48 with power 1, 1.00 with power 0.5, same budget).
@@ -70,11 +67,9 @@ def focal_alpha(targets: torch.Tensor, num_states: int, power: float = 0.5) -> t
 
 
 def original_alpha(targets: torch.Tensor) -> torch.Tensor:
-    """The original's alpha (hjsad1994/BERT dataset_multilabel.py:98-123), on this project's states.
-
-    Per aspect, over ITS 3 classes, total / (3 x count) with total the number of reviews and a
-    missing class counted once, not normalised. The original read an unlabelled aspect as Neutral
-    (:109), so "absent" and "neutral" are one class there: both states get that class's alpha."""
+    """The original's alpha (hjsad1994/BERT dataset_multilabel.py:98-123): per aspect over ITS 3 classes,
+    reviews / (3 x count), a missing class counted once, not normalised. The original read an
+    unlabelled aspect as Neutral (:109), so "absent" and "neutral" both get that class's alpha."""
     counts = F.one_hot(targets.masked_fill(targets == ABSENT, NEUTRAL), NUM_STATES).sum(0)  # the original's classes
     alpha = len(targets) / (3.0 * counts.float().clamp_min(1.0))  # (A, S); column ABSENT holds nothing now
     alpha[:, ABSENT] = alpha[:, NEUTRAL]
@@ -90,11 +85,8 @@ def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.
 
 
 def positive_weights(targets: torch.Tensor) -> torch.Tensor:
-    """(N, A) targets -> (N, N) positive weights for SupCon.
-
-    Rule: Jaccard overlap of the sets of PRESENT (aspect, polarity) pairs,
-    |L_i & L_j| / |L_i | L_j|; 1 for identical label sets, 0 when they share nothing (and for two
-    reviews that mention no aspect at all: nothing says they are alike)."""
+    """(N, A) targets -> (N, N) SupCon positive weights: the Jaccard overlap |L_i & L_j| / |L_i | L_j| of
+    the sets of PRESENT (aspect, polarity) pairs; 0 for two reviews that mention no aspect at all."""
     # FIX(VSB-ABSENT-STATE): shared silence is not similarity; positives share present (aspect, polarity).
     # was: return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
     present = F.one_hot(targets, NUM_STATES)[..., 1:].flatten(1).float()  # (N, A*3) present (aspect, polarity) pairs
@@ -110,13 +102,10 @@ def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperatu
 
 
 def soft_match_weights(targets: torch.Tensor, base_weight: float = 0.1) -> torch.Tensor:
-    """(N, A) targets -> (N, N) pair weights of the original's contrastive loss
-    (hjsad1994/BERT model_multilabel_contrastive_v2.py:54-82), on the original's own classes.
-
-    Per aspect, 1 when two reviews have the same class and 2 when that class is an opinion (positive
-    or negative) for both; summed over aspects, divided by 2A, plus `base_weight` on every pair; 0 on
-    the diagonal. "absent" is read as neutral, as the original's loader did (dataset_multilabel.py:74-75),
-    so two reviews that leave the same aspect unmentioned match on it."""
+    """(N, A) targets -> (N, N) pair weights of the original's contrastive loss (hjsad1994/BERT
+    model_multilabel_contrastive_v2.py:54-82): per aspect 1 when two reviews have the same class, 2 when
+    it is an opinion (positive or negative) for both; summed, divided by 2A, plus `base_weight`; 0 on the
+    diagonal. "absent" is neutral there (dataset_multilabel.py:74-75): shared silence matches."""
     squashed = targets.masked_fill(targets == ABSENT, NEUTRAL)  # the original's classes
     same = (squashed[:, None, :] == squashed[None, :, :]).float()  # (N, N, A)
     opinion = (squashed != NEUTRAL).float()  # (N, A)

@@ -1,12 +1,10 @@
-"""ViSoBERT-style encoder (XLM-R / RoBERTa layout) with an aspect x sentiment head and a projection
-head for supervised contrastive learning.
-
-ViSoBERT (Nguyen et al., EMNLP 2023; HF `uitnlp/visobert`) is an XLM-R encoder: 12 post-LN blocks,
-hidden 768, a SentencePiece vocabulary of ~15k. The layout here follows XLM-R exactly
-(padding-aware position ids that start at padding_idx + 1, a token-type embedding, post-LN
-blocks, exact-erf GELU), so a checkpoint loads through `load_hf_encoder` with an explicit key map.
-The heads follow the seed's model (hjsad1994/BERT, multi_label/): Linear(H,512) -> ReLU ->
-Dropout(0.3) -> per-aspect logits, and Linear(H,256) -> L2 norm.
+"""ViSoBERT-style encoder with an aspect x sentiment head and a projection head for supervised
+contrastive learning. ViSoBERT (Nguyen et al., EMNLP 2023; HF `uitnlp/visobert`) is an XLM-R encoder
+(12 post-LN blocks, hidden 768, ~15k SentencePiece vocabulary); the layout here is XLM-R's exactly
+(padding-aware position ids from padding_idx + 1, a token-type embedding, exact-erf GELU), so a
+checkpoint loads through `load_hf_encoder` with an explicit key map. The heads follow the seed's model
+(hjsad1994/BERT, multi_label/): Linear(H,512) -> ReLU -> Dropout(0.3) -> per-aspect logits, and
+Linear(H,256) -> L2 norm.
 """
 
 from __future__ import annotations
@@ -133,7 +131,8 @@ class AspectSentimentModel(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    # BERT / XLM-R initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm, zero padding row.
+    # BERT / XLM-R initialisation: N(0, 0.02) weights, zero biases, zero padding row (LayerNorm's
+    # own init is already XLM-R's: unit weight, zero bias).
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
@@ -142,9 +141,6 @@ def _init_weights(module: nn.Module) -> None:
         if module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------- pretrained weights

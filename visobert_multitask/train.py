@@ -59,7 +59,6 @@ from visobert_multitask.data import (
     EVAL_BATCH,
     NEUTRAL,
     ReviewDataset,
-    ReviewSplit,
     build_tokenizer,
     eval_loader,
     load_splits,
@@ -81,7 +80,6 @@ PROJECT = "visobert_multitask"
 RESUME_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
 LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1",
                "f1_inflated"]
-LOSS_TERMS = ("loss", "focal", "supcon", "probe")  # what compute_losses may return, summed per log window
 SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
 SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
                 "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
@@ -172,7 +170,7 @@ def config_from(args: argparse.Namespace) -> Config:
 # ----------------------------------------------------------------------------- data, model, schedule
 
 
-def build_data(cfg: Config) -> dict[str, ReviewSplit]:
+def build_data(cfg: Config) -> dict:
     d = cfg.data
     if d.data_root:
         aspects = tuple(a.strip() for a in d.aspects.split(",")) if d.aspects else None
@@ -186,10 +184,9 @@ def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
         if len(split.texts) < world_size:
             raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
                             f"process(es); every process needs at least one")
-    train = splits["train"]
-    if len(train.texts) // world_size < batch_size:
-        raise DataError(f"train split ({train.source}): {len(train.texts)} reviews make no full batch of "
-                        f"--batch-size {batch_size} on each of {world_size} process(es)")
+    if len(splits["train"].texts) // world_size < batch_size:
+        raise DataError(f"train split ({splits['train'].source}): {len(splits['train'].texts)} reviews make no full "
+                        f"batch of --batch-size {batch_size} on each of {world_size} process(es)")
 
 
 def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
@@ -200,8 +197,7 @@ def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
     t.epochs = math.ceil(t.total_steps / batches_per_epoch)  # the epochs that hold it (fewer under --max-iters)
     t.lr = t.lr if t.lr is not None else (2e-5 if pretrained else 1e-3)
     t.warmup_steps = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.06 * t.total_steps))
-    # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
-    # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
+    # Without dropout the tiny encoder from scratch reaches the demo's sentiment F1 in ~2/3 of the steps.
     if cfg.encoder.dropout is None:
         cfg.encoder.dropout = 0.1 if pretrained else 0.0
 
@@ -275,8 +271,7 @@ def scores(metrics: dict) -> dict[str, float]:
 
 @torch.no_grad()
 def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, A, S) and labels (N, A) of a whole split in eval mode, gathered over ranks; the
-    model is handed back in training mode."""
+    """Logits (N, A, S) and labels (N, A) of a split in eval mode, gathered over ranks; ends in train mode."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -342,7 +337,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
             # Averaged over the window and over ranks (one all-reduce per logged value).
             row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
             run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": lr, **row})
-            parts = " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS[1:] if name in row)
+            parts = " ".join(f"{name} {row[name]:.4f}" for name in ("focal", "supcon", "probe") if name in row)
             run.print(f"step {state.step} epoch {state.epoch}: train loss {row['loss']:.4f} ({parts}) "
                       f"lr {lr:.2e} grad norm {row['grad_norm']:.3f}")
             state.meters["window"] = {"n": 0}
@@ -447,9 +442,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
-    """Score `split` with a checkpoint in this one process, rebuilding data, tokenizer (the word
-    vocabulary from the checkpoint) and model from the checkpoint alone: the same flat scores
-    main() reports in results["test"] for its best.pt."""
+    """Score `split` with a checkpoint alone (data, word vocabulary, model rebuilt from it) in this one
+    process: for its best.pt the flat scores main() reports in results["test"]."""
     checkpoint = load_run_checkpoint(path, PROJECT)
     cfg = config_from(argparse.Namespace(**checkpoint["args"]))
     cfg.device, cfg.aspects = torch.device(device), checkpoint["config"]["aspects"]
