@@ -59,10 +59,9 @@ class ReviewSplit:
 
 
 def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """CSV header and (line, cells) per record, `line` being the physical line of the file where the
-    record starts (the header is line 1). A quoted field may hold line breaks, so record k is not
-    line k + 1: the seed's data has ~2,200 such reviews. Bytes that are not UTF-8 raise a DataError
-    naming the file and line (common.runtime.read_text); a BOM is dropped there."""
+    """CSV header and (line, cells) per record, `line` the physical line where the record starts (header:
+    1): quoted fields may hold line breaks (~2,200 of the seed's reviews do), so record k is not line
+    k + 1. Bytes that are not UTF-8 raise a DataError naming file and line; a BOM is dropped."""
     reader = csv.reader(io.StringIO(read_text(path)))  # splits lines on \n only; a \r before it is csv's
     records, start = [], 1
     try:
@@ -227,9 +226,8 @@ def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
 
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
-    """train/val/test from `root`, each file under any name of SPLIT_FILE_STEMS. The aspects come from
-    the training file (or `aspects`) and bind the other splits (each checked against its own if the
-    training file fails). The faults of every file are raised together, in one DataError. Prints what
+    """train/val/test from `root` (file names: SPLIT_FILE_STEMS). The training file's aspects (or `aspects`)
+    bind the other splits; the faults of every file are raised together, in one DataError. Prints what
     was read other than as written: skipped bad label cells and `{OTHERS}` items without polarity."""
     root = Path(root)
     if not root.is_dir():
@@ -273,14 +271,13 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
     return splits
 
 
-# ----------------------------------------------------------------------------- tokenizer
+# ----------------------------------------------------------------------------- tokenizers, dataset
 
 
 class WordTokenizer:
-    """The tiny encoder's tokenizer: lower-cased, NFC-normalised word and punctuation tokens, a token's
-    id its position in `vocab`. Words not in `vocab` become `<unk>` (validation, test and user text
-    meet words the training text lacks); past `max_len` ids a text is cut keeping `<s>` and `</s>`,
-    as XLM-R's own tokenizer does."""
+    """The tiny encoder's tokenizer: lower-cased NFC word and punctuation tokens, id = position in `vocab`.
+    Words not in `vocab` become `<unk>` (other texts meet words the training text lacks); past `max_len`
+    ids a text is cut keeping `<s>` and `</s>`, as XLM-R's own tokenizer does."""
 
     SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # XLM-R's order, so position ids come out alike
     WORD = re.compile(r"\w+|[^\w\s]")
@@ -343,21 +340,11 @@ def build_tokenizer(encoder: str | None, vocab: list[str] | None = None, texts: 
     return WordTokenizer(vocab) if vocab is not None else WordTokenizer.from_texts(texts)
 
 
-# ----------------------------------------------------------------------------- dataset
-
-
-class ReviewDataset(torch.utils.data.Dataset):
-    """Token ids computed once; padding happens per batch in `collate` (to the longest review)."""
-
-    def __init__(self, split: ReviewSplit, tokenizer, max_len: int):
-        self.ids = [torch.tensor(tokenizer.encode(t, max_len), dtype=torch.long) for t in split.texts]
-        self.labels = split.labels
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        return self.ids[i], self.labels[i]
+def encode_reviews(split: ReviewSplit, tokenizer, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(token ids, labels) per review, a dataset for the loaders: ids computed once, padded per batch
+    in `collate` (to the longest review)."""
+    return [(torch.tensor(tokenizer.encode(text, max_len), dtype=torch.long), labels)
+            for text, labels in zip(split.texts, split.labels)]
 
 
 def make_collate(pad_id: int):
@@ -369,7 +356,7 @@ def make_collate(pad_id: int):
     return collate
 
 
-def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATCH, workers: int = 0, seed: int = 0,
+def eval_loader(dataset: list, pad_id: int, batch_size: int = EVAL_BATCH, workers: int = 0, seed: int = 0,
                 rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
     """In order, sharded over processes without dropping a review (the evaluation gathers the shards)."""
     sampler = EpochSampler(len(dataset), batch_size, shuffle=False, rank=rank, world_size=world_size,
@@ -380,47 +367,32 @@ def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATC
 # ----------------------------------------------------------------------------- synthetic reviews
 
 SYN_ASPECTS = VISFD_ASPECTS[:-1]  # UIT-ViSFD's 10 aspects, OTHERS left out
-ASPECT_WORDS = {
-    "BATTERY": ("pin", "thời lượng pin", "sạc"),
-    "CAMERA": ("camera", "chụp ảnh", "quay phim"),
-    "DESIGN": ("thiết kế", "kiểu dáng", "màu sắc"),
-    "FEATURES": ("vân tay", "face id", "loa"),
-    "GENERAL": ("máy", "điện thoại", "sản phẩm"),
-    "PERFORMANCE": ("hiệu năng", "chơi game", "cấu hình"),
-    "PRICE": ("giá", "giá tiền", "giá cả"),
-    "SCREEN": ("màn hình", "độ sáng màn", "cảm ứng"),
-    "SER&ACC": ("nhân viên", "shop", "phụ kiện"),
-    "STORAGE": ("bộ nhớ", "dung lượng", "thẻ nhớ"),
+# Per aspect: the words that name it, then its positive and its negative opinion words (indexed by
+# state). Most clauses use a word tied to its aspect ("pin trâu", "giá chát"), as Vietnamese reviews
+# do; the rest use generic words ("tốt", "tệ") whose aspect only word order tells.
+ASPECT_LEXICON = {
+    "BATTERY": (("pin", "thời lượng pin", "sạc"), ("trâu", "bền bỉ"), ("hao", "chai")),
+    "CAMERA": (("camera", "chụp ảnh", "quay phim"), ("nét", "sống động"), ("mờ", "nhòe")),
+    "DESIGN": (("thiết kế", "kiểu dáng", "màu sắc"), ("sang trọng", "thời trang"), ("thô kệch", "quê mùa")),
+    "FEATURES": (("vân tay", "face id", "loa"), ("nhạy bén", "tiện lợi"), ("chập chờn", "rè")),
+    "GENERAL": (("máy", "điện thoại", "sản phẩm"), ("đáng tiền", "hài lòng"), ("hối hận", "thất vọng")),
+    "PERFORMANCE": (("hiệu năng", "chơi game", "cấu hình"), ("mượt", "mạnh mẽ"), ("giật", "lag")),
+    "PRICE": (("giá", "giá tiền", "giá cả"), ("rẻ", "hợp lý"), ("đắt", "chát")),
+    "SCREEN": (("màn hình", "độ sáng màn", "cảm ứng"), ("rực rỡ", "sáng"), ("ám vàng", "tối")),
+    "SER&ACC": (("nhân viên", "shop", "phụ kiện"), ("nhiệt tình", "chu đáo"), ("cọc cằn", "thờ ơ")),
+    "STORAGE": (("bộ nhớ", "dung lượng", "thẻ nhớ"), ("dư dả", "rộng rãi"), ("chật chội", "đầy")),
 }
-# Opinion words: most clauses use a word tied to its aspect ("pin trâu", "giá chát"), as Vietnamese
-# reviews do; the rest use generic words ("tốt", "tệ") whose aspect only word order tells.
-ASPECT_OPINIONS = {
-    "BATTERY": (("trâu", "bền bỉ"), ("hao", "chai")),
-    "CAMERA": (("nét", "sống động"), ("mờ", "nhòe")),
-    "DESIGN": (("sang trọng", "thời trang"), ("thô kệch", "quê mùa")),
-    "FEATURES": (("nhạy bén", "tiện lợi"), ("chập chờn", "rè")),
-    "GENERAL": (("đáng tiền", "hài lòng"), ("hối hận", "thất vọng")),
-    "PERFORMANCE": (("mượt", "mạnh mẽ"), ("giật", "lag")),
-    "PRICE": (("rẻ", "hợp lý"), ("đắt", "chát")),
-    "SCREEN": (("rực rỡ", "sáng"), ("ám vàng", "tối")),
-    "SER&ACC": (("nhiệt tình", "chu đáo"), ("cọc cằn", "thờ ơ")),
-    "STORAGE": (("dư dả", "rộng rãi"), ("chật chội", "đầy")),
-}
-SENTIMENT_WORDS = {
-    POSITIVE: ("tốt", "tuyệt vời", "xịn"),
-    NEGATIVE: ("tệ", "kém", "dở"),
-    NEUTRAL: ("bình thường", "tạm được", "tạm ổn", "trung bình"),
-}
+SENTIMENT_WORDS = {POSITIVE: ("tốt", "tuyệt vời", "xịn"), NEGATIVE: ("tệ", "kém", "dở"),
+                   NEUTRAL: ("bình thường", "tạm được", "tạm ổn", "trung bình")}
 INTENSIFIERS = ("", "", "rất", "khá", "hơi", "quá")
 CONNECTIVES = (", ", " và ", " nhưng ", ". ", " mà ")
 FILLERS = ("mình mới mua", "dùng được một tuần", "nói chung là", "mua cho mẹ", "nhận xét sau hai tháng")
 
 
 def synthetic_split(n: int, seed: int) -> ReviewSplit:
-    """Vietnamese-like reviews: 1-3 aspects per review (most aspects absent), an opinion word per
-    aspect (aspect-specific 70% of the time, generic otherwise), aspects that often share the
-    review's mood, and negation ("không" + positive word = negative, + negative word = positive),
-    so the polarity of a clause cannot be read off one word alone."""
+    """Vietnamese-like reviews: 1-3 aspects each (most aspects absent), an opinion word per aspect
+    (aspect-specific 70% of the time), aspects that often share the review's mood, and negation
+    ("không" + opinion flips it), so a clause's polarity cannot be read off one word alone."""
     rng = np.random.default_rng(seed)
     texts, labels = [], np.zeros((n, len(SYN_ASPECTS)), dtype=np.int64)
     for i in range(n):
@@ -434,11 +406,11 @@ def synthetic_split(n: int, seed: int) -> ReviewSplit:
             negate = state != NEUTRAL and rng.random() < 0.2
             said = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}[state] if negate else state
             if said != NEUTRAL and rng.random() < 0.7:
-                word = ASPECT_OPINIONS[SYN_ASPECTS[a]][said - 1][rng.integers(2)]
+                word = ASPECT_LEXICON[SYN_ASPECTS[a]][said][rng.integers(2)]
             else:
                 word = SENTIMENT_WORDS[said][rng.integers(len(SENTIMENT_WORDS[said]))]
             intensifier = "" if negate else INTENSIFIERS[rng.integers(len(INTENSIFIERS))]
-            parts = [ASPECT_WORDS[SYN_ASPECTS[a]][rng.integers(3)], "không" if negate else intensifier, word]
+            parts = [ASPECT_LEXICON[SYN_ASPECTS[a]][0][rng.integers(3)], "không" if negate else intensifier, word]
             clauses.append(" ".join(p for p in parts if p))
             labels[i, a] = state
         text = clauses[0]

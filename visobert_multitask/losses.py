@@ -77,9 +77,8 @@ def original_alpha(targets: torch.Tensor) -> torch.Tensor:
 
 
 def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0):
-    """Mean over aspects of common `focal_loss` on each aspect's (B, S) logits (batch mean inside),
-    as the original (train_multilabel_focal_contrastive.py:59-74), so that `--w-focal` and `--w-con`
-    are the ratio of the two terms the seed names (0.8 : 0.2); a sum would make it A times that."""
+    """Mean over aspects of `focal_loss` on each aspect's (B, S) logits, as the original
+    (train_multilabel_focal_contrastive.py:59-74): --w-focal : --w-con is the terms' ratio (a sum: A x it)."""
     return torch.stack([focal_loss(logits[:, a], targets[:, a], gamma, alpha[a])
                         for a in range(logits.shape[1])]).mean()
 
@@ -115,10 +114,9 @@ def soft_match_weights(targets: torch.Tensor, base_weight: float = 0.1) -> torch
 
 
 def soft_match_contrastive(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """The original's loss (model_multilabel_contrastive_v2.py:84-99): per anchor
-    -log(sum_j w_ij exp(s_ij) / sum_{j != i} exp(s_ij)) with s the cosine / temperature, averaged over
-    the batch (an anchor whose weights are all 0 adds 0 but still counts, as there). Unlike SupCon the
-    weights are not normalised and sit inside the log: one well-placed pair satisfies an anchor."""
+    """The original's loss (model_multilabel_contrastive_v2.py:84-99): per anchor -log(sum_j w_ij exp(s_ij)
+    / sum_{j != i} exp(s_ij)), s = cosine / temperature, averaged over the batch (an anchor with all weights
+    0 adds 0 but counts, as there). Unlike SupCon the weights sit unnormalised inside the log."""
     n = embeddings.shape[0]
     if n <= 1:
         return embeddings.sum() * 0.0

@@ -117,8 +117,7 @@ class AspectSentimentModel(nn.Module):
         return hidden[:, 0]  # (B, H)
 
     def heads(self, sentence: torch.Tensor, return_embeddings: bool = False, detach_classifier_input: bool = False):
-        """Both heads on one sentence vector. `detach_classifier_input` trains the classifier on
-        features it cannot change (the contrastive-only ablation's probe)."""
+        """Both heads on one sentence vector; `detach_classifier_input`: the classifier as a probe."""
         logits = self.classifier(sentence.detach() if detach_classifier_input else sentence)
         logits = rearrange(logits, "b (a s) -> b a s", a=self.cfg.num_aspects)  # (B, A, S)
         if not return_embeddings:
@@ -197,10 +196,8 @@ def load_hf_encoder(encoder: Encoder, hf_state: dict[str, torch.Tensor]) -> list
 
 
 def fetch_pretrained(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Download (or read from the local cache) an XLM-R / RoBERTa checkpoint with transformers.
-
-    Returns the ModelConfig fields the checkpoint fixes and its state dict; transformers is used
-    for fetching only, the forward pass is ours."""
+    """The ModelConfig fields and the state dict of an XLM-R / RoBERTa checkpoint, downloaded (or read
+    from the local cache) with transformers, which is used for fetching only: the forward pass is ours."""
     try:
         from transformers import AutoModel
     except ImportError as e:

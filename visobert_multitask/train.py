@@ -58,8 +58,8 @@ from visobert_multitask.data import (
     ABSENT,
     EVAL_BATCH,
     NEUTRAL,
-    ReviewDataset,
     build_tokenizer,
+    encode_reviews,
     eval_loader,
     load_splits,
     make_collate,
@@ -85,9 +85,6 @@ SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentime
                 "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
 # The tiny encoder's flags (the other ModelConfig fields come from the data or a pretrained --encoder).
 MODEL_CHECKS = {"hidden": at_least(1), "layers": at_least(1), "heads": at_least(1), "intermediate": at_least(1)}
-
-
-# ----------------------------------------------------------------------------- settings
 
 
 @dataclass
@@ -167,9 +164,6 @@ def config_from(args: argparse.Namespace) -> Config:
                   train=from_args(TrainConfig, args), run=RunSettings.from_args(args))
 
 
-# ----------------------------------------------------------------------------- data, model, schedule
-
-
 def build_data(cfg: Config) -> dict:
     d = cfg.data
     if d.data_root:
@@ -179,8 +173,7 @@ def build_data(cfg: Config) -> dict:
 
 
 def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
-    """Every process needs a full training batch and at least one review of each evaluated split."""
-    for name, split in splits.items():
+    for name, split in splits.items():  # every process needs a review of each split and a full training batch
         if len(split.texts) < world_size:
             raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
                             f"process(es); every process needs at least one")
@@ -222,8 +215,7 @@ def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelC
 
 
 def training_alpha(splits: dict, power: float = 0.5, rule: str = "power") -> torch.Tensor:
-    """Per-aspect focal alpha (A, S) from the training labels, by `rule` (--alpha-rule): power =
-    `focal_alpha`, original = `original_alpha`, the original's total / (3 x count)."""
+    """Per-aspect focal alpha (A, S) from the training labels by --alpha-rule (`focal_alpha`, `original_alpha`)."""
     # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
     train_labels = splits["train"].labels
     return original_alpha(train_labels) if rule == "original" else focal_alpha(train_labels, NUM_STATES, power)
@@ -231,9 +223,6 @@ def training_alpha(splits: dict, power: float = 0.5, rule: str = "power") -> tor
 
 def lr_at(step: int, t: TrainConfig) -> float:
     return warmup_cosine_lr(step, t.lr, t.warmup_steps, t.total_steps)
-
-
-# ----------------------------------------------------------------------------- evaluation
 
 
 def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
@@ -290,8 +279,7 @@ def evaluate(model, loader, cfg: Config) -> dict:
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
-    """Score the validation split, log it, keep best.pt when it improved. Every rank calls it: the
-    predictions are gathered over ranks, so all ranks agree on the best."""
+    """Score the validation split (gathered over ranks: every rank agrees), log it, keep best.pt if better."""
     epoch = state.epoch if state.batch_in_epoch else state.epoch - 1  # at an epoch's end state points at the next
     metrics = evaluate(unwrap(state.model), loader, cfg)
     state.meters["val"] = scores(metrics)
@@ -303,12 +291,8 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     return metrics
 
 
-# ----------------------------------------------------------------------------- training
-
-
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
-    """From state's position to the end of its epoch (or of the schedule); True when a stop signal
-    came: the step it arrived in is finished, nothing else is."""
+    """From state's position to the end of its epoch (or schedule); True when a stop signal came (its step done)."""
     t, optimizer, scaler = cfg.train, state.optimizer, state.scaler
     for batch in loader:
         if state.step >= t.total_steps:  # --max-iters ends the schedule inside this epoch
@@ -354,9 +338,6 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
     return False
 
 
-# ----------------------------------------------------------------------------- main
-
-
 def main(argv: list[str] | None = None) -> dict:
     start_time = time.time()
     parser = build_parser()
@@ -373,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.aspects = splits["train"].aspects
     tokenizer = build_tokenizer(cfg.encoder.encoder, resumed["extra"]["vocab"] if resumed else None,
                                 splits["train"].texts)
-    datasets = {k: ReviewDataset(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    datasets = {k: encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
     # Shuffled, sharded over processes, resumable mid-epoch (set_epoch); val/test in order, nothing dropped.
     sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
                            rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
@@ -451,7 +432,7 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
     tokenizer = build_tokenizer(cfg.encoder.encoder, checkpoint["extra"]["vocab"])
     model = AspectSentimentModel(ModelConfig(**checkpoint["config"]["model"]))
     load_model_state(model, checkpoint["model"], path)
-    loader = eval_loader(ReviewDataset(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
+    loader = eval_loader(encode_reviews(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
     return scores(evaluate(model.to(cfg.device), loader, cfg))
 
 
