@@ -380,7 +380,7 @@ def visobert(tmp_path_factory):
 
 def visobert_reference(checkpoint_path: Path, texts: list[str]) -> torch.Tensor:
     """(N, A, 4) probabilities, one review at a time (no padding), with the checkpoint's vocabulary."""
-    from common.text import WordTokenizer
+    from visobert_multitask.data import WordTokenizer
     from visobert_multitask.model import AspectSentimentModel, ModelConfig
 
     checkpoint = load_run_checkpoint(checkpoint_path, "visobert_multitask")

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from common.runtime import DataError
-from common.text import WordTokenizer
 from visobert_multitask.data import (
     ABSENT,
     NEGATIVE,
     NEUTRAL,
     POSITIVE,
-    ReviewDataset,
+    WordTokenizer,
+    encode_reviews,
     load_splits,
     make_collate,
     parse_label_string,
@@ -105,7 +105,7 @@ def test_tokenizer_specials_truncation_and_collate_padding():
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.unk_id in ids
     assert len(tok.encode("pin " * 50, 8)) == 8
     split = synthetic_split(5, seed=0)
-    ds = ReviewDataset(split, WordTokenizer.from_texts(split.texts), max_len=32)
+    ds = encode_reviews(split, WordTokenizer.from_texts(split.texts), max_len=32)
     batch = make_collate(tok.pad_id)([ds[i] for i in range(5)])
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert (batch["input_ids"][~batch["attention_mask"]] == tok.pad_id).all()

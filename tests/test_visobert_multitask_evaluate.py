@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from common.runtime import EpochSampler, make_loader
 from visobert_multitask import train as T
-from visobert_multitask.data import ReviewDataset, build_tokenizer, eval_loader, make_collate
+from visobert_multitask.data import build_tokenizer, encode_reviews, eval_loader, make_collate
 from visobert_multitask.losses import compute_losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest.py)
@@ -79,7 +79,7 @@ def _evaluate_stub(root, reviews, aspects):
     cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
     tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
     # batches of 4 for 6 reviews: two batches, so results are gathered across batches
-    loader = eval_loader(ReviewDataset(splits["val"], tokenizer, cfg.data.max_len), tokenizer.pad_id, 4,
+    loader = eval_loader(encode_reviews(splits["val"], tokenizer, cfg.data.max_len), tokenizer.pad_id, 4,
                          cfg.run.workers, cfg.run.seed)
     table = {tuple(tokenizer.encode(f"review {word}", cfg.data.max_len)):
              torch.stack([_slot_logits(predicted, sentiment) for _, predicted, sentiment in slots])
@@ -148,7 +148,7 @@ def _real_setup(argv):
     splits = T.build_data(cfg)
     cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
     tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
-    datasets = {k: ReviewDataset(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    datasets = {k: encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
     sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed)
     loader = make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, 0, make_collate(tokenizer.pad_id))
     T.fill_recipe(cfg, sampler.batches_per_epoch())

@@ -1,22 +1,16 @@
-"""Aspect x sentiment review data: two real label formats, a checkpoint's tokenizer, synthetic reviews.
+"""Aspect x sentiment review data: two real label formats, the tokenizers, synthetic reviews.
 
-Label encoding used everywhere in this project: `labels` is an (N, A) int64 tensor, one state per
-aspect: 0 = absent (the review does not mention the aspect), 1 = positive, 2 = negative,
-3 = neutral. The model predicts these four states per aspect (`losses.NUM_STATES`).
+`labels` is an (N, A) int64 tensor, one state per aspect: 0 = absent (the review does not mention
+it), 1 = positive, 2 = negative, 3 = neutral; the model predicts these four (`losses.NUM_STATES`).
 
-Formats read, each file as its source publishes it (UTF-8 with or without BOM, LF or CRLF, line
-breaks inside quoted fields):
-  (a) columns: a CSV with a text column and one column per aspect holding Positive / Negative /
-      Neutral or an empty cell (the format of the seed's own project, hjsad1994/BERT
-      `multi_label/data/*_multilabel.csv`, text column `data`);
-  (b) UIT-ViSFD: a CSV with a text column (`comment`) and a `label` column of
-      `{ASPECT#Polarity};{ASPECT#Polarity};...` strings; aspects not listed are absent. The
-      dataset writes `{OTHERS}` without a polarity; see `read_visfd` for what that means here.
-
-A bad record never stops the reader at the first one: every bad record of a file is listed in one
-DataError (file, physical line where the record starts, column, value). A label cell that is not a
-polarity (the seed's data has 'Postive' and 'Posititve') is an error by default; with
-on_bad_label="skip" it is read as unlabelled (absent), as the seed's own loader does, and counted.
+CSV files are read as their sources publish them (UTF-8 with or without BOM, LF or CRLF, line breaks
+inside quoted fields): (a) columns, a text column and one column per aspect holding Positive /
+Negative / Neutral or nothing (hjsad1994/BERT `multi_label/data/*_multilabel.csv`, text column
+`data`); (b) UIT-ViSFD, a text column (`comment`) and a `label` column of
+`{ASPECT#Polarity};...` strings, aspects not listed absent. Every bad record of a file is listed in
+one DataError (file, physical line where the record starts, column, value). A label cell that is not
+a polarity (the seed's data has 'Postive' and 'Posititve') is an error, or with on_bad_label="skip"
+read as unlabelled (absent), as the seed's own loader does, and counted.
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ import numpy as np
 import torch
 
 from common.runtime import DataError, EpochSampler, make_loader, read_text
-from common.text import WordTokenizer
 
 STATES = ("absent", "positive", "negative", "neutral")
 ABSENT, POSITIVE, NEGATIVE, NEUTRAL = range(4)
@@ -49,7 +42,6 @@ SPLIT_FILE_STEMS = {"train": ("train", "train_multilabel"),
                     "val": ("val", "dev", "valid", "validation", "validation_multilabel"),
                     "test": ("test", "test_multilabel")}
 LABEL_STRING = re.compile(r"\{([^{}#]+)(?:#([^{}#]+))?\}")
-BAD_LABEL_CHOICES = ("error", "skip")
 MAX_LISTED = 20  # bad records quoted in one DataError; the rest are counted
 EVAL_BATCH = 64  # reviews per evaluation batch (no gradients: larger than training's)
 
@@ -67,11 +59,9 @@ class ReviewSplit:
 
 
 def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """CSV header and (line, cells) per record, `line` being the physical line of the file where the
-    record starts (the header is line 1). A quoted field may hold line breaks, so record k is not
-    line k + 1: the seed's data has ~2,200 such reviews. Bytes that are not UTF-8 raise a DataError
-    naming the file and line (common.runtime.read_text); a BOM is dropped there."""
-    path = Path(path)
+    """CSV header and (line, cells) per record, `line` the physical line where the record starts (header:
+    1): quoted fields may hold line breaks (~2,200 of the seed's reviews do), so record k is not line
+    k + 1. Bytes that are not UTF-8 raise a DataError naming file and line; a BOM is dropped."""
     reader = csv.reader(io.StringIO(read_text(path)))  # splits lines on \n only; a \r before it is csv's
     records, start = [], 1
     try:
@@ -86,24 +76,21 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]
 
 
 class BadRecords:
-    """Collects every bad record of one file, then raises them together (`raise_if_any`).
-
-    Bad label cells go to `skipped` instead when on_bad_label is "skip"; structural faults (field
-    count, empty text, malformed label string, unknown aspect) are always errors."""
+    """Every bad record of one file, raised together in line order by `raise_if_any`. Bad label cells
+    are counted in `skipped` instead when on_bad_label is "skip"; structural faults are always errors."""
 
     def __init__(self, path: Path, on_bad_label: str = "error"):
-        if on_bad_label not in BAD_LABEL_CHOICES:
-            raise ValueError(f"on_bad_label must be one of {BAD_LABEL_CHOICES}, not {on_bad_label!r}")
+        if on_bad_label not in ("error", "skip"):
+            raise ValueError(f"on_bad_label must be 'error' or 'skip', not {on_bad_label!r}")
         self.path, self.on_bad_label = path, on_bad_label
-        self.errors: list[str] = []
+        self.errors: list[tuple[int, str]] = []  # (line, message naming file and line)
         self.label_errors = 0
-        self.skipped: Counter = Counter()
+        self.skipped: Counter = Counter()  # column -> bad label cells read as unlabelled
 
     def record(self, line: int, message: str) -> None:
-        self.errors.append(f"{self.path}:{line}: {message}")
+        self.errors.append((line, f"{self.path}:{line}: {message}"))
 
-    def bad_label(self, line: int, column: str, value: str, message: str) -> None:
-        """A label cell that is not a polarity: an error, or (skip) one more unlabelled cell of `column`."""
+    def bad_label(self, line: int, column: str, message: str) -> None:
         if self.on_bad_label == "skip":
             self.skipped[column] += 1
         else:
@@ -113,98 +100,77 @@ class BadRecords:
     def raise_if_any(self) -> None:
         if not self.errors:
             return
-        listed = self.errors[:MAX_LISTED]
+        listed = [message for _, message in sorted(self.errors, key=lambda error: error[0])][:MAX_LISTED]
         more = f"\n  and {len(self.errors) - len(listed)} more" if len(self.errors) > len(listed) else ""
         hint = (f"; --on-bad-label skip reads the {self.label_errors} bad label cell(s) as unlabelled"
                 if self.label_errors else "")
         raise DataError(f"{self.path}: {len(self.errors)} bad record(s){hint}:\n  " + "\n  ".join(listed) + more)
 
 
-def _normalise_text(text: str) -> str:
-    # Vietnamese text arrives both precomposed and decomposed (tone mark as a combining
-    # character); NFC makes the two spell the same token.
-    return unicodedata.normalize("NFC", text).strip()
-
-
-def _polarity_state(value: str) -> int | None:
-    return POLARITY_TO_STATE.get(value.strip().lower())
-
-
-def _text_column(header: list[str], path: Path, text_column: str | None) -> int:
+def read_reviews(path: Path, text_column: str | None, bad: BadRecords):
+    """Header, text column and (line, cells, text) of every well-formed record; blank lines are
+    skipped, records with the wrong field count or no text go to `bad`."""
+    header, records = read_records(path)
     lowered = [h.lower() for h in header]
     candidates = [text_column.lower()] if text_column else list(TEXT_COLUMNS)
-    for name in candidates:
-        if name in lowered:
-            return lowered.index(name)
-    raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}; "
-                    f"name the text column with --text-column")
-
-
-def _read_review(cells: list[str], header: list[str], text_idx: int, line: int, bad: BadRecords) -> str | None:
-    """The review text of a record, or None (fault recorded) when the record is malformed."""
-    if len(cells) != len(header):
-        bad.record(line, f"{len(cells)} fields, header has {len(header)}")
-        return None
-    text = _normalise_text(cells[text_idx])
-    if not text:
-        bad.record(line, f"empty review text in column {header[text_idx]!r}")
-        return None
-    return text
+    text_idx = next((lowered.index(name) for name in candidates if name in lowered), None)
+    if text_idx is None:
+        raise DataError(f"{path}:1: no text column; looked for {candidates} in header {header}; "
+                        f"name the text column with --text-column")
+    reviews = []
+    for line, cells in records:
+        if not any(cell.strip() for cell in cells):
+            continue  # blank line
+        if len(cells) != len(header):
+            bad.record(line, f"{len(cells)} fields, header has {len(header)}")
+            continue
+        # Vietnamese text arrives both precomposed and decomposed (tone mark as a combining
+        # character); NFC makes the two spell the same token.
+        text = unicodedata.normalize("NFC", cells[text_idx]).strip()
+        if text:
+            reviews.append((line, cells, text))
+        else:
+            bad.record(line, f"empty review text in column {header[text_idx]!r}")
+    return header, text_idx, reviews
 
 
 def read_aspect_columns(path: str | Path, aspects: tuple[str, ...] | None = None,
                         text_column: str | None = None, on_bad_label: str = "error") -> ReviewSplit:
     """Format (a): one column per aspect. Without `aspects`, every non-text column is an aspect."""
-    path = Path(path)
-    header, records = read_records(path)
-    text_idx = _text_column(header, path, text_column)
+    path, bad = Path(path), BadRecords(Path(path), on_bad_label)
+    header, text_idx, reviews = read_reviews(path, text_column, bad)
     columns = {h: i for i, h in enumerate(header) if i != text_idx}
-    if aspects is None:
-        aspects = tuple(columns)
+    aspects = tuple(columns) if aspects is None else aspects
     if not aspects:
         raise DataError(f"{path}:1: no aspect columns in header {header}; expected text plus one column per aspect")
     missing = [a for a in aspects if a not in columns]
     if missing:
         raise DataError(f"{path}:1: aspect column(s) {missing} not in header {header}")
-    bad = BadRecords(path, on_bad_label)
-    texts, labels = [], []
-    for line, cells in records:
-        if not any(cell.strip() for cell in cells):
-            continue  # blank line
-        text = _read_review(cells, header, text_idx, line, bad)
-        if text is None:
-            continue
-        states = []
-        for aspect in aspects:
+    labels = torch.zeros(len(reviews), len(aspects), dtype=torch.long)  # ABSENT unless a cell says otherwise
+    for row, (line, cells, _) in enumerate(reviews):
+        for a, aspect in enumerate(aspects):
             value = cells[columns[aspect]]
-            state = ABSENT if not value.strip() else _polarity_state(value)
-            if state is None:
-                bad.bad_label(line, aspect, value, f"unknown polarity {value!r} in column {aspect!r}; "
-                                                   f"expected Positive, Negative, Neutral or empty")
-                state = ABSENT  # unlabelled (only kept under skip: otherwise the file raises below)
-            states.append(state)
-        texts.append(text)
-        labels.append(states)
+            state = POLARITY_TO_STATE.get(value.strip().lower()) if value.strip() else ABSENT
+            if state is None:  # unlabelled, kept as absent only under skip: otherwise the file raises below
+                bad.bad_label(line, aspect, f"unknown polarity {value!r} in column {aspect!r}; "
+                                            f"expected Positive, Negative, Neutral or empty")
+            else:
+                labels[row, a] = state
     bad.raise_if_any()
-    return ReviewSplit(texts, torch.tensor(labels, dtype=torch.long).view(-1, len(aspects)), tuple(aspects),
-                       str(path), dict(bad.skipped))
+    return ReviewSplit([text for _, _, text in reviews], labels, tuple(aspects), str(path), dict(bad.skipped))
 
 
 def parse_label_string(label: str, where: str) -> dict[str, str | None]:
     """`{SCREEN#Positive};{CAMERA#Negative};{OTHERS};` -> {'SCREEN': 'Positive', ...}.
 
     Anything besides `{...}` items and `;` separators is malformed and raises, naming `where`."""
-    items, leftover, last = {}, [], 0
+    items = {}
     for match in LABEL_STRING.finditer(label):
-        leftover.append(label[last:match.start()])
-        last = match.end()
         aspect, polarity = match.group(1).strip().upper(), match.group(2)
         if aspect in items:
             raise DataError(f"{where}: aspect {aspect} labelled twice in {label!r}")
         items[aspect] = polarity.strip() if polarity is not None else None
-    leftover.append(label[last:])
-    junk = "".join(leftover).replace(";", "").strip()
-    if junk or not items:
+    if LABEL_STRING.sub("", label).replace(";", "").strip() or not items:  # text outside the {...} items
         raise DataError(f"{where}: malformed label string {label!r}; expected '{{ASPECT#Polarity}};...'")
     return items
 
@@ -212,109 +178,80 @@ def parse_label_string(label: str, where: str) -> dict[str, str | None]:
 def read_visfd(path: str | Path, aspects: tuple[str, ...] | None = None,
                text_column: str | None = None, on_bad_label: str = "error") -> tuple[ReviewSplit, int]:
     """Format (b): UIT-ViSFD label strings. Returns the split and how many `{OTHERS}` items had no
-    polarity.
-
-    Rule for `{OTHERS}` without a polarity: it is not a label here, and is dropped. UIT-ViSFD marks
-    with it that a review talks about something outside its 10 aspects, without a sentiment, while
-    every state this project trains and scores past "absent" is a sentiment: reading it as Neutral
-    (as this reader once did) invented ~1,700 Neutral labels in Train alone and put them into the
-    sentiment F1. So OTHERS becomes an aspect column only if some item gives it a polarity, and
-    without `aspects` the columns are the aspects seen with a polarity: UIT-ViSFD's 10, as its paper
-    scores them. A review whose only item is `{OTHERS}` stays in, with every aspect absent."""
-    path = Path(path)
-    header, records = read_records(path)
-    text_idx = _text_column(header, path, text_column)
+    polarity: those say the review talks about something outside the 10 aspects, without a sentiment,
+    so they are no label here and are dropped (read as Neutral they invented ~1,700 Neutral labels in
+    Train that the sentiment F1 scored). Without `aspects` the columns are the aspects seen with a
+    polarity, UIT-ViSFD's 10 as its paper scores them; a review whose only item is `{OTHERS}` stays
+    in, every aspect absent."""
+    path, bad = Path(path), BadRecords(Path(path), on_bad_label)
+    header, _, reviews = read_reviews(path, text_column, bad)
     lowered = [h.lower() for h in header]
     if "label" not in lowered:
         raise DataError(f"{path}:1: no 'label' column in header {header}")
     label_idx = lowered.index("label")
-    bad = BadRecords(path, on_bad_label)
-    parsed, texts, others_without_polarity = [], [], 0
-    for line, cells in records:
-        if not any(cell.strip() for cell in cells):
-            continue
-        text = _read_review(cells, header, text_idx, line, bad)
-        if text is None:
-            continue
+    parsed, others_without_polarity = [], 0  # parsed: (line, text, {aspect: polarity}) of the labelled items
+    for line, cells, text in reviews:
         try:
             items = parse_label_string(cells[label_idx], f"{path}:{line}")
         except DataError as e:
-            bad.errors.append(str(e))
+            bad.errors.append((line, str(e)))
             continue
-        labelled = {}  # aspect -> polarity string, the items that are labels
-        for aspect, polarity in items.items():
-            if polarity is not None:
-                labelled[aspect] = polarity
-            elif aspect == "OTHERS":
+        for aspect in [a for a, polarity in items.items() if polarity is None]:
+            del items[aspect]
+            if aspect == "OTHERS":
                 others_without_polarity += 1  # see the rule in the docstring
             else:
-                bad.bad_label(line, aspect, "{" + aspect + "}",
-                              f"aspect {aspect} has no polarity in column 'label' "
-                              f"('{{{aspect}#Positive}}', '#Negative' or '#Neutral')")
-        texts.append(text)
-        parsed.append((line, labelled))
+                bad.bad_label(line, aspect, f"aspect {aspect} has no polarity in column 'label' "
+                                            f"('{{{aspect}#Positive}}', '#Negative' or '#Neutral')")
+        parsed.append((line, text, items))
     if aspects is None:  # the aspects labelled in this file, in the dataset's own order first
-        seen = {a for _, items in parsed for a in items}
+        seen = {a for _, _, items in parsed for a in items}
         aspects = tuple([a for a in VISFD_ASPECTS if a in seen] + sorted(seen - set(VISFD_ASPECTS)))
     index = {a: i for i, a in enumerate(aspects)}
     labels = torch.zeros(len(parsed), len(aspects), dtype=torch.long)
-    for row, (line, items) in enumerate(parsed):
+    for row, (line, _, items) in enumerate(parsed):
         for aspect, polarity in items.items():
+            state = POLARITY_TO_STATE.get(polarity.strip().lower())
             if aspect not in index:
                 bad.record(line, f"unknown aspect {aspect!r} in column 'label'; known aspects: {list(aspects)}")
-                continue
-            state = _polarity_state(polarity)
-            if state is None:
-                bad.bad_label(line, aspect, polarity, f"unknown polarity {polarity!r} for aspect {aspect} in "
-                                                      f"column 'label'; expected Positive, Negative, Neutral")
-                continue  # unlabelled: stays absent
-            labels[row, index[aspect]] = state
+            elif state is None:  # unlabelled: stays absent
+                bad.bad_label(line, aspect, f"unknown polarity {polarity!r} for aspect {aspect} in "
+                                            f"column 'label'; expected Positive, Negative, Neutral")
+            else:
+                labels[row, index[aspect]] = state
     bad.raise_if_any()
-    return ReviewSplit(texts, labels, tuple(aspects), str(path), dict(bad.skipped)), others_without_polarity
-
-
-def detect_format(path: str | Path) -> str:
-    try:
-        header = next(csv.reader(io.StringIO(read_text(path))), [])
-    except csv.Error as e:
-        raise DataError(f"{path}:1: unreadable CSV header ({e})") from e
-    return "visfd" if "label" in [h.strip().lower() for h in header] else "columns"
-
-
-def find_split_file(root: Path, split: str) -> Path:
-    """The split's file in `root`, under any of the names of SPLIT_FILE_STEMS (any letter case)."""
-    stems = SPLIT_FILE_STEMS[split]
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder (--data-root)")
-    found = sorted(p for p in root.iterdir() if p.suffix.lower() == ".csv" and p.stem.lower() in stems and p.is_file())
-    if len(found) > 1:
-        raise DataError(f"{root}: {len(found)} files for the {split} split, {[p.name for p in found]}; keep one")
-    if not found:
-        raise DataError(f"{root}: no {split} split; expected one of {[s + '.csv' for s in stems]} (any letter case)")
-    return found[0]
+    split = ReviewSplit([text for _, text, _ in parsed], labels, tuple(aspects), str(path), dict(bad.skipped))
+    return split, others_without_polarity
 
 
 def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str, ...] | None = None,
                 text_column: str | None = None, on_bad_label: str = "error") -> dict[str, ReviewSplit]:
-    """train/val/test from `root`. The aspect list comes from the training file (or `aspects`), and
-    the other splits must use the same aspects (if the training file fails, each other file is checked
-    against its own). The faults of every file are raised together, in one DataError. Prints what was
-    read other than as written: bad label cells read as unlabelled (on_bad_label="skip") and `{OTHERS}`
-    items without polarity."""
+    """train/val/test from `root` (file names: SPLIT_FILE_STEMS). The training file's aspects (or `aspects`)
+    bind the other splits; the faults of every file are raised together, in one DataError. Prints what
+    was read other than as written: skipped bad label cells and `{OTHERS}` items without polarity."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (--data-root)")
     splits, others_without_polarity, failed = {}, 0, []
-    for split in ("train", "val", "test"):
+    for split, stems in SPLIT_FILE_STEMS.items():
         # Every file is read even when an earlier one failed, so one error names the faults of all of them.
+        found = sorted(f for f in root.iterdir() if f.suffix.lower() == ".csv" and f.stem.lower() in stems
+                       and f.is_file())
         try:
-            path = find_split_file(root, split)
-            fmt = detect_format(path) if data_format == "auto" else data_format
+            if not found:
+                raise DataError(f"{root}: no {split} split; expected one of {[s + '.csv' for s in stems]} "
+                                f"(any letter case)")
+            if len(found) > 1:
+                raise DataError(f"{root}: {len(found)} files for the {split} split, {[f.name for f in found]}; "
+                                f"keep one")
+            fmt = data_format
+            if fmt == "auto":
+                fmt = "visfd" if "label" in [h.lower() for h in read_records(found[0])[0]] else "columns"
             if fmt == "visfd":
-                splits[split], count = read_visfd(path, aspects, text_column, on_bad_label)
+                splits[split], count = read_visfd(found[0], aspects, text_column, on_bad_label)
                 others_without_polarity += count
             else:
-                splits[split] = read_aspect_columns(path, aspects, text_column, on_bad_label)
+                splits[split] = read_aspect_columns(found[0], aspects, text_column, on_bad_label)
         except DataError as e:
             failed.append(str(e))
             continue
@@ -326,17 +263,51 @@ def load_splits(root: str | Path, data_format: str = "auto", aspects: tuple[str,
     if others_without_polarity:
         print(f"[data] {others_without_polarity} '{{OTHERS}}' items without polarity dropped (not a sentiment "
               f"label; OTHERS is not an aspect column unless some item gives it a polarity)")
-    skipped = {name: s.skipped for name, s in splits.items() if s.skipped}
+    skipped = [f"{name} ({Path(s.source).name}): " + ", ".join(f"{col} {n}" for col, n in sorted(s.skipped.items()))
+               for name, s in splits.items() if s.skipped]
     if skipped:
-        total = sum(n for counts in skipped.values() for n in counts.values())
-        per_split = "; ".join(f"{name} ({Path(splits[name].source).name}): "
-                              + ", ".join(f"{col} {n}" for col, n in sorted(counts.items()))
-                              for name, counts in skipped.items())
-        print(f"[data] --on-bad-label skip: {total} bad label cell(s) read as unlabelled: {per_split}")
+        total = sum(sum(s.skipped.values()) for s in splits.values())
+        print(f"[data] --on-bad-label skip: {total} bad label cell(s) read as unlabelled: {'; '.join(skipped)}")
     return splits
 
 
-# ----------------------------------------------------------------------------- tokenizer
+# ----------------------------------------------------------------------------- tokenizers, dataset
+
+
+class WordTokenizer:
+    """The tiny encoder's tokenizer: lower-cased NFC word and punctuation tokens, id = position in `vocab`.
+    Words not in `vocab` become `<unk>` (other texts meet words the training text lacks); past `max_len`
+    ids a text is cut keeping `<s>` and `</s>`, as XLM-R's own tokenizer does."""
+
+    SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # XLM-R's order, so position ids come out alike
+    WORD = re.compile(r"\w+|[^\w\s]")
+    MAX_SIZE = 30000  # vocabulary cap of `from_texts`, specials included
+
+    def __init__(self, vocab: list[str]):
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        missing = [s for s in self.SPECIALS if s not in self.index]
+        if missing:
+            raise ValueError(f"WordTokenizer: the vocabulary lacks the special token(s) {missing}")
+        self.bos_id, self.pad_id, self.eos_id, self.unk_id = (self.index[s] for s in self.SPECIALS)
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> WordTokenizer:
+        """Specials first, then the words, most frequent first (ties by word: independent of hash order)."""
+        counts = Counter(tok for text in texts for tok in cls.split(text))
+        words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return cls(list(cls.SPECIALS) + words[: cls.MAX_SIZE - len(cls.SPECIALS)])
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls.WORD.findall(unicodedata.normalize("NFC", text).lower())
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        ids = [self.index.get(tok, self.unk_id) for tok in self.split(text)]
+        return [self.bos_id] + ids[: max_len - 2] + [self.eos_id]
 
 
 class HFTokenizer:
@@ -369,21 +340,11 @@ def build_tokenizer(encoder: str | None, vocab: list[str] | None = None, texts: 
     return WordTokenizer(vocab) if vocab is not None else WordTokenizer.from_texts(texts)
 
 
-# ----------------------------------------------------------------------------- dataset
-
-
-class ReviewDataset(torch.utils.data.Dataset):
-    """Token ids computed once; padding happens per batch in `collate` (to the longest review)."""
-
-    def __init__(self, split: ReviewSplit, tokenizer, max_len: int):
-        self.ids = [torch.tensor(tokenizer.encode(t, max_len), dtype=torch.long) for t in split.texts]
-        self.labels = split.labels
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        return self.ids[i], self.labels[i]
+def encode_reviews(split: ReviewSplit, tokenizer, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(token ids, labels) per review, a dataset for the loaders: ids computed once, padded per batch
+    in `collate` (to the longest review)."""
+    return [(torch.tensor(tokenizer.encode(text, max_len), dtype=torch.long), labels)
+            for text, labels in zip(split.texts, split.labels)]
 
 
 def make_collate(pad_id: int):
@@ -395,7 +356,7 @@ def make_collate(pad_id: int):
     return collate
 
 
-def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATCH, workers: int = 0, seed: int = 0,
+def eval_loader(dataset: list, pad_id: int, batch_size: int = EVAL_BATCH, workers: int = 0, seed: int = 0,
                 rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
     """In order, sharded over processes without dropping a review (the evaluation gathers the shards)."""
     sampler = EpochSampler(len(dataset), batch_size, shuffle=False, rank=rank, world_size=world_size,
@@ -405,49 +366,33 @@ def eval_loader(dataset: ReviewDataset, pad_id: int, batch_size: int = EVAL_BATC
 
 # ----------------------------------------------------------------------------- synthetic reviews
 
-SYN_ASPECTS = ("BATTERY", "CAMERA", "DESIGN", "FEATURES", "GENERAL", "PERFORMANCE", "PRICE", "SCREEN",
-               "SER&ACC", "STORAGE")
-ASPECT_WORDS = {
-    "BATTERY": ("pin", "thời lượng pin", "sạc"),
-    "CAMERA": ("camera", "chụp ảnh", "quay phim"),
-    "DESIGN": ("thiết kế", "kiểu dáng", "màu sắc"),
-    "FEATURES": ("vân tay", "face id", "loa"),
-    "GENERAL": ("máy", "điện thoại", "sản phẩm"),
-    "PERFORMANCE": ("hiệu năng", "chơi game", "cấu hình"),
-    "PRICE": ("giá", "giá tiền", "giá cả"),
-    "SCREEN": ("màn hình", "độ sáng màn", "cảm ứng"),
-    "SER&ACC": ("nhân viên", "shop", "phụ kiện"),
-    "STORAGE": ("bộ nhớ", "dung lượng", "thẻ nhớ"),
+SYN_ASPECTS = VISFD_ASPECTS[:-1]  # UIT-ViSFD's 10 aspects, OTHERS left out
+# Per aspect: the words that name it, then its positive and its negative opinion words (indexed by
+# state). Most clauses use a word tied to its aspect ("pin trâu", "giá chát"), as Vietnamese reviews
+# do; the rest use generic words ("tốt", "tệ") whose aspect only word order tells.
+ASPECT_LEXICON = {
+    "BATTERY": (("pin", "thời lượng pin", "sạc"), ("trâu", "bền bỉ"), ("hao", "chai")),
+    "CAMERA": (("camera", "chụp ảnh", "quay phim"), ("nét", "sống động"), ("mờ", "nhòe")),
+    "DESIGN": (("thiết kế", "kiểu dáng", "màu sắc"), ("sang trọng", "thời trang"), ("thô kệch", "quê mùa")),
+    "FEATURES": (("vân tay", "face id", "loa"), ("nhạy bén", "tiện lợi"), ("chập chờn", "rè")),
+    "GENERAL": (("máy", "điện thoại", "sản phẩm"), ("đáng tiền", "hài lòng"), ("hối hận", "thất vọng")),
+    "PERFORMANCE": (("hiệu năng", "chơi game", "cấu hình"), ("mượt", "mạnh mẽ"), ("giật", "lag")),
+    "PRICE": (("giá", "giá tiền", "giá cả"), ("rẻ", "hợp lý"), ("đắt", "chát")),
+    "SCREEN": (("màn hình", "độ sáng màn", "cảm ứng"), ("rực rỡ", "sáng"), ("ám vàng", "tối")),
+    "SER&ACC": (("nhân viên", "shop", "phụ kiện"), ("nhiệt tình", "chu đáo"), ("cọc cằn", "thờ ơ")),
+    "STORAGE": (("bộ nhớ", "dung lượng", "thẻ nhớ"), ("dư dả", "rộng rãi"), ("chật chội", "đầy")),
 }
-# Opinion words: most clauses use a word tied to its aspect ("pin trâu", "giá chát"), as Vietnamese
-# reviews do; the rest use generic words ("tốt", "tệ") whose aspect only word order tells.
-ASPECT_OPINIONS = {
-    "BATTERY": (("trâu", "bền bỉ"), ("hao", "chai")),
-    "CAMERA": (("nét", "sống động"), ("mờ", "nhòe")),
-    "DESIGN": (("sang trọng", "thời trang"), ("thô kệch", "quê mùa")),
-    "FEATURES": (("nhạy bén", "tiện lợi"), ("chập chờn", "rè")),
-    "GENERAL": (("đáng tiền", "hài lòng"), ("hối hận", "thất vọng")),
-    "PERFORMANCE": (("mượt", "mạnh mẽ"), ("giật", "lag")),
-    "PRICE": (("rẻ", "hợp lý"), ("đắt", "chát")),
-    "SCREEN": (("rực rỡ", "sáng"), ("ám vàng", "tối")),
-    "SER&ACC": (("nhiệt tình", "chu đáo"), ("cọc cằn", "thờ ơ")),
-    "STORAGE": (("dư dả", "rộng rãi"), ("chật chội", "đầy")),
-}
-SENTIMENT_WORDS = {
-    POSITIVE: ("tốt", "tuyệt vời", "xịn"),
-    NEGATIVE: ("tệ", "kém", "dở"),
-    NEUTRAL: ("bình thường", "tạm được", "tạm ổn", "trung bình"),
-}
+SENTIMENT_WORDS = {POSITIVE: ("tốt", "tuyệt vời", "xịn"), NEGATIVE: ("tệ", "kém", "dở"),
+                   NEUTRAL: ("bình thường", "tạm được", "tạm ổn", "trung bình")}
 INTENSIFIERS = ("", "", "rất", "khá", "hơi", "quá")
 CONNECTIVES = (", ", " và ", " nhưng ", ". ", " mà ")
 FILLERS = ("mình mới mua", "dùng được một tuần", "nói chung là", "mua cho mẹ", "nhận xét sau hai tháng")
 
 
 def synthetic_split(n: int, seed: int) -> ReviewSplit:
-    """Vietnamese-like reviews: 1-3 aspects per review (most aspects absent), an opinion word per
-    aspect (aspect-specific 70% of the time, generic otherwise), aspects that often share the
-    review's mood, and negation ("không" + positive word = negative, + negative word = positive),
-    so the polarity of a clause cannot be read off one word alone."""
+    """Vietnamese-like reviews: 1-3 aspects each (most aspects absent), an opinion word per aspect
+    (aspect-specific 70% of the time), aspects that often share the review's mood, and negation
+    ("không" + opinion flips it), so a clause's polarity cannot be read off one word alone."""
     rng = np.random.default_rng(seed)
     texts, labels = [], np.zeros((n, len(SYN_ASPECTS)), dtype=np.int64)
     for i in range(n):
@@ -461,11 +406,11 @@ def synthetic_split(n: int, seed: int) -> ReviewSplit:
             negate = state != NEUTRAL and rng.random() < 0.2
             said = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}[state] if negate else state
             if said != NEUTRAL and rng.random() < 0.7:
-                word = ASPECT_OPINIONS[SYN_ASPECTS[a]][said - 1][rng.integers(2)]
+                word = ASPECT_LEXICON[SYN_ASPECTS[a]][said][rng.integers(2)]
             else:
                 word = SENTIMENT_WORDS[said][rng.integers(len(SENTIMENT_WORDS[said]))]
             intensifier = "" if negate else INTENSIFIERS[rng.integers(len(INTENSIFIERS))]
-            parts = [ASPECT_WORDS[SYN_ASPECTS[a]][rng.integers(3)], "không" if negate else intensifier, word]
+            parts = [ASPECT_LEXICON[SYN_ASPECTS[a]][0][rng.integers(3)], "không" if negate else intensifier, word]
             clauses.append(" ".join(p for p in parts if p))
             labels[i, a] = state
         text = clauses[0]

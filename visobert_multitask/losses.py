@@ -1,9 +1,6 @@
-"""The aspect-level focal loss and the multi-label contrastive terms of this project, and the
-training loss of one batch built from them (`compute_losses`, what train.py and bench.py step on).
-
-The generic pieces are in common/losses.py (`focal_loss`, `supcon_loss`); here is what is specific
-to aspect x sentiment labels: the states the model predicts per aspect, per-aspect alpha from
-label frequencies, and which reviews count as positives of each other.
+"""The training loss of one batch (`compute_losses`): focal loss per aspect + a multi-label
+contrastive term. common/losses.py has the generic `focal_loss` and `supcon_loss`; here is what is
+specific to aspect x sentiment labels: per-aspect alpha and which reviews are positives of each other.
 """
 
 from __future__ import annotations
@@ -59,48 +56,36 @@ def predicted_states(logits: torch.Tensor) -> torch.Tensor:
 
 
 def focal_alpha(targets: torch.Tensor, num_states: int, power: float = 0.5) -> torch.Tensor:
-    """Per-aspect alpha (A, S) = (1 / frequency) ** power, normalised to mean 1 per aspect.
-
-    power 1 is plain inverse frequency over the 4 states (not the original's rule, which is
-    `original_alpha`); 0 is no alpha. A state never seen in the labels is counted once, so its alpha
-    is large but finite."""
+    """Per-aspect alpha (A, S) = (1 / frequency) ** power, normalised to mean 1 per aspect: power 1 is
+    plain inverse frequency over the 4 states, 0 no alpha. A state never seen is counted once."""
     # NOTE(deviation): default power 0.5 over 4 states. With "absent" as a state (~80% of slots) plain
     # inverse frequency gives absent ~0.1 and neutral ~2: the model then calls aspects present that are
     # not (synthetic demo: detection F1 0.48 with power 1, 1.00 with power 0.5, same budget).
-    counts = torch.stack([torch.bincount(targets[:, a], minlength=num_states) for a in range(targets.shape[1])])
+    counts = F.one_hot(targets, num_states).sum(0)  # (A, S) reviews per state of each aspect
     weights = counts.float().clamp_min(1.0).reciprocal() ** power  # (A, S)
     return weights / weights.mean(dim=1, keepdim=True)
 
 
 def original_alpha(targets: torch.Tensor) -> torch.Tensor:
-    """The original's alpha (hjsad1994/BERT dataset_multilabel.py:98-123), on this project's states.
-
-    Per aspect, over ITS 3 classes, total / (3 x count) with total the number of reviews and a
-    missing class counted once, not normalised. The original read an unlabelled aspect as Neutral
-    (:109), so "absent" and "neutral" are one class there: both states get that class's alpha."""
-    squashed = torch.where(targets == ABSENT, torch.full_like(targets, NEUTRAL), targets)  # the original's classes
-    counts = torch.stack([torch.bincount(squashed[:, a], minlength=NUM_STATES) for a in range(targets.shape[1])])
+    """The original's alpha (hjsad1994/BERT dataset_multilabel.py:98-123): per aspect over ITS 3 classes,
+    reviews / (3 x count), a missing class counted once, not normalised. The original read an
+    unlabelled aspect as Neutral (:109), so "absent" and "neutral" both get that class's alpha."""
+    counts = F.one_hot(targets.masked_fill(targets == ABSENT, NEUTRAL), NUM_STATES).sum(0)  # the original's classes
     alpha = len(targets) / (3.0 * counts.float().clamp_min(1.0))  # (A, S); column ABSENT holds nothing now
     alpha[:, ABSENT] = alpha[:, NEUTRAL]
     return alpha
 
 
 def aspect_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0):
-    """Mean over aspects of common `focal_loss` on each aspect's (B, S) logits (batch mean inside),
-    as the original (train_multilabel_focal_contrastive.py:59-74), so that `--w-focal` and `--w-con`
-    are the ratio of the two terms the seed names (0.8 : 0.2)."""
-    # A sum here (as this project had before) made the focal term A times heavier than --w-focal says:
-    # with 0.8 / 0.2 and 10 aspects the ratio to SupCon was 40:1.
+    """Mean over aspects of `focal_loss` on each aspect's (B, S) logits, as the original
+    (train_multilabel_focal_contrastive.py:59-74): --w-focal : --w-con is the terms' ratio (a sum: A x it)."""
     return torch.stack([focal_loss(logits[:, a], targets[:, a], gamma, alpha[a])
                         for a in range(logits.shape[1])]).mean()
 
 
 def positive_weights(targets: torch.Tensor) -> torch.Tensor:
-    """(N, A) targets -> (N, N) positive weights for SupCon.
-
-    Rule: Jaccard overlap of the sets of PRESENT (aspect, polarity) pairs,
-    |L_i & L_j| / |L_i | L_j|; 1 for identical label sets, 0 when they share nothing (and for two
-    reviews that mention no aspect at all: nothing says they are alike)."""
+    """(N, A) targets -> (N, N) SupCon positive weights: the Jaccard overlap |L_i & L_j| / |L_i | L_j| of
+    the sets of PRESENT (aspect, polarity) pairs; 0 for two reviews that mention no aspect at all."""
     # FIX(VSB-ABSENT-STATE): shared silence is not similarity; positives share present (aspect, polarity).
     # was: return (targets[:, None, :] == targets[None, :, :]).float().mean(dim=-1)
     present = F.one_hot(targets, NUM_STATES)[..., 1:].flatten(1).float()  # (N, A*3) present (aspect, polarity) pairs
@@ -116,14 +101,11 @@ def supcon_multilabel(embeddings: torch.Tensor, weights: torch.Tensor, temperatu
 
 
 def soft_match_weights(targets: torch.Tensor, base_weight: float = 0.1) -> torch.Tensor:
-    """(N, A) targets -> (N, N) pair weights of the original's contrastive loss
-    (hjsad1994/BERT model_multilabel_contrastive_v2.py:54-82), on the original's own classes.
-
-    Per aspect, 1 when two reviews have the same class and 2 when that class is an opinion (positive
-    or negative) for both; summed over aspects, divided by 2A, plus `base_weight` on every pair; 0 on
-    the diagonal. "absent" is read as neutral, as the original's loader did (dataset_multilabel.py:74-75),
-    so two reviews that leave the same aspect unmentioned match on it."""
-    squashed = torch.where(targets == ABSENT, torch.full_like(targets, NEUTRAL), targets)  # the original's classes
+    """(N, A) targets -> (N, N) pair weights of the original's contrastive loss (hjsad1994/BERT
+    model_multilabel_contrastive_v2.py:54-82): per aspect 1 when two reviews have the same class, 2 when
+    it is an opinion (positive or negative) for both; summed, divided by 2A, plus `base_weight`; 0 on the
+    diagonal. "absent" is neutral there (dataset_multilabel.py:74-75): shared silence matches."""
+    squashed = targets.masked_fill(targets == ABSENT, NEUTRAL)  # the original's classes
     same = (squashed[:, None, :] == squashed[None, :, :]).float()  # (N, N, A)
     opinion = (squashed != NEUTRAL).float()  # (N, A)
     both_opinion = opinion[:, None, :] * opinion[None, :, :]  # (N, N, A)
@@ -132,10 +114,9 @@ def soft_match_weights(targets: torch.Tensor, base_weight: float = 0.1) -> torch
 
 
 def soft_match_contrastive(embeddings: torch.Tensor, weights: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """The original's loss (model_multilabel_contrastive_v2.py:84-99): per anchor
-    -log(sum_j w_ij exp(s_ij) / sum_{j != i} exp(s_ij)) with s the cosine / temperature, averaged over
-    the batch (an anchor whose weights are all 0 adds 0 but still counts, as there). Unlike SupCon the
-    weights are not normalised and sit inside the log: one well-placed pair satisfies an anchor."""
+    """The original's loss (model_multilabel_contrastive_v2.py:84-99): per anchor -log(sum_j w_ij exp(s_ij)
+    / sum_{j != i} exp(s_ij)), s = cosine / temperature, averaged over the batch (an anchor with all weights
+    0 adds 0 but counts, as there). Unlike SupCon the weights sit unnormalised inside the log."""
     n = embeddings.shape[0]
     if n <= 1:
         return embeddings.sum() * 0.0
@@ -162,25 +143,19 @@ def contrastive_term(embeddings: torch.Tensor, targets: torch.Tensor, cfg: LossC
 
 def loss_terms(logits: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor,
                cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Weighted focal + contrastive from the heads' outputs; the dict holds the total and each component."""
-    out = {}
-    if cfg.loss in ("both", "focal"):
-        out["focal"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
-    if cfg.loss in ("both", "contrastive"):
-        out["supcon"] = contrastive_term(embeddings, targets, cfg)
-    if cfg.loss == "contrastive":
-        out["probe"] = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    """Weighted focal + contrastive from the heads' outputs; the dict holds the total and each component
+    (under --loss contrastive the focal term trains the probe only, and is named so)."""
+    focal = aspect_focal_loss(logits, targets, alpha, cfg.gamma)
+    if cfg.loss == "focal":
+        return {"focal": focal, "loss": focal}
+    con = contrastive_term(embeddings, targets, cfg)
     if cfg.loss == "both":
-        out["loss"] = cfg.w_focal * out["focal"] + cfg.w_con * out["supcon"]
-    elif cfg.loss == "focal":
-        out["loss"] = out["focal"]
-    else:
-        out["loss"] = cfg.w_con * out["supcon"] + out["probe"]
-    return out
+        return {"focal": focal, "supcon": con, "loss": cfg.w_focal * focal + cfg.w_con * con}
+    return {"supcon": con, "probe": focal, "loss": cfg.w_con * con + focal}
 
 
 def compute_losses(model, batch: dict, alpha: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Weighted focal + contrastive for one batch; the dict holds the total and each component."""
+    """`loss_terms` of one batch, from one forward pass."""
     # FIX(VSB-ABSENT-STATE): the head learns the data states; the original trained "not mentioned" as Neutral.
     targets = batch["labels"]  # (B, A): 0 absent, 1 positive, 2 negative, 3 neutral
     ids, mask = batch["input_ids"], batch["attention_mask"]

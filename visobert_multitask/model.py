@@ -1,12 +1,10 @@
-"""ViSoBERT-style encoder (XLM-R / RoBERTa layout) with an aspect x sentiment head and a projection
-head for supervised contrastive learning.
-
-ViSoBERT (Nguyen et al., EMNLP 2023; HF `uitnlp/visobert`) is an XLM-R encoder: 12 post-LN blocks,
-hidden 768, a SentencePiece vocabulary of ~15k. The layout here follows XLM-R exactly
-(padding-aware position ids that start at padding_idx + 1, a token-type embedding, post-LN
-blocks, exact-erf GELU), so a checkpoint loads through `load_hf_encoder` with an explicit key map.
-The heads follow the seed's model (hjsad1994/BERT, multi_label/): Linear(H,512) -> ReLU ->
-Dropout(0.3) -> per-aspect logits, and Linear(H,256) -> L2 norm.
+"""ViSoBERT-style encoder with an aspect x sentiment head and a projection head for supervised
+contrastive learning. ViSoBERT (Nguyen et al., EMNLP 2023; HF `uitnlp/visobert`) is an XLM-R encoder
+(12 post-LN blocks, hidden 768, ~15k SentencePiece vocabulary); the layout here is XLM-R's exactly
+(padding-aware position ids from padding_idx + 1, a token-type embedding, exact-erf GELU), so a
+checkpoint loads through `load_hf_encoder` with an explicit key map. The heads follow the seed's model
+(hjsad1994/BERT, multi_label/): Linear(H,512) -> ReLU -> Dropout(0.3) -> per-aspect logits, and
+Linear(H,256) -> L2 norm.
 """
 
 from __future__ import annotations
@@ -62,27 +60,13 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.heads, self.p_drop = cfg.heads, cfg.attention_dropout
-        self.query = nn.Linear(cfg.hidden, cfg.hidden)
-        self.key = nn.Linear(cfg.hidden, cfg.hidden)
-        self.value = nn.Linear(cfg.hidden, cfg.hidden)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads)
-                   for proj in (self.query, self.key, self.value))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.p_drop if self.training else 0.0)
-        return rearrange(out, "b h t d -> b t (h d)")
-
-
 class Block(nn.Module):
     """Post-LN transformer block, as BERT / XLM-R: x = LN(x + f(x)) after each sub-layer."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn = SelfAttention(cfg)
+        self.heads, self.p_drop = cfg.heads, cfg.attention_dropout
+        self.attn = nn.ModuleDict({name: nn.Linear(cfg.hidden, cfg.hidden) for name in ("query", "key", "value")})
         self.attn_out = nn.Linear(cfg.hidden, cfg.hidden)
         self.attn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.mlp_in = nn.Linear(cfg.hidden, cfg.intermediate)
@@ -91,7 +75,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn_out(self.attn(x, keep))))
+        q, k, v = (rearrange(proj(x), "b t (h d) -> b h t d", h=self.heads) for proj in self.attn.values())
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.p_drop if self.training else 0.0)
+        x = self.attn_norm(x + self.dropout(self.attn_out(rearrange(attn, "b h t d -> b t (h d)"))))
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
 
 
@@ -131,8 +117,7 @@ class AspectSentimentModel(nn.Module):
         return hidden[:, 0]  # (B, H)
 
     def heads(self, sentence: torch.Tensor, return_embeddings: bool = False, detach_classifier_input: bool = False):
-        """Both heads on one sentence vector. `detach_classifier_input` trains the classifier on
-        features it cannot change (the contrastive-only ablation's probe)."""
+        """Both heads on one sentence vector; `detach_classifier_input`: the classifier as a probe."""
         logits = self.classifier(sentence.detach() if detach_classifier_input else sentence)
         logits = rearrange(logits, "b (a s) -> b a s", a=self.cfg.num_aspects)  # (B, A, S)
         if not return_embeddings:
@@ -145,7 +130,8 @@ class AspectSentimentModel(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    # BERT / XLM-R initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm, zero padding row.
+    # BERT / XLM-R initialisation: N(0, 0.02) weights, zero biases, zero padding row (LayerNorm's
+    # own init is already XLM-R's: unit weight, zero bias).
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
@@ -154,9 +140,6 @@ def _init_weights(module: nn.Module) -> None:
         if module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------- pretrained weights
@@ -213,10 +196,8 @@ def load_hf_encoder(encoder: Encoder, hf_state: dict[str, torch.Tensor]) -> list
 
 
 def fetch_pretrained(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Download (or read from the local cache) an XLM-R / RoBERTa checkpoint with transformers.
-
-    Returns the ModelConfig fields the checkpoint fixes and its state dict; transformers is used
-    for fetching only, the forward pass is ours."""
+    """The ModelConfig fields and the state dict of an XLM-R / RoBERTa checkpoint, downloaded (or read
+    from the local cache) with transformers, which is used for fetching only: the forward pass is ours."""
     try:
         from transformers import AutoModel
     except ImportError as e:

@@ -24,7 +24,7 @@ from common.checkpoint import CheckpointError
 from common.cli import run_cli
 from common.runtime import DataError, autocast, autocast_dtype, read_text
 from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
-from visobert_multitask.data import STATES, ReviewDataset, ReviewSplit, build_tokenizer, eval_loader
+from visobert_multitask.data import STATES, ReviewSplit, build_tokenizer, encode_reviews, eval_loader
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
 
 PROJECT = "visobert_multitask"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = eval_model(AspectSentimentModel(ModelConfig(**config["model"])), checkpoint, args.checkpoint, device)
     reviews = ReviewSplit(texts, torch.zeros(len(texts), len(aspects), dtype=torch.long), tuple(aspects), source)
     # The evaluation loader of train.py: batches of --batch-size, padded to the longest review of each.
-    loader = eval_loader(ReviewDataset(reviews, tokenizer, config["max_len"]), tokenizer.pad_id, args.batch_size)
+    loader = eval_loader(encode_reviews(reviews, tokenizer, config["max_len"]), tokenizer.pad_id, args.batch_size)
     with autocast(device, autocast_dtype(device, checkpoint["args"]["amp"])):
         logits = torch.cat([model(b["input_ids"].to(device), b["attention_mask"].to(device)).float() for b in loader])
     probs = logits.softmax(dim=-1)  # (N, A, 4), the states in data.STATES order

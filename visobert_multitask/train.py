@@ -58,9 +58,9 @@ from common.schedulers import warmup_cosine_lr
 from visobert_multitask.data import (
     ABSENT,
     EVAL_BATCH,
-    ReviewDataset,
-    ReviewSplit,
+    NEUTRAL,
     build_tokenizer,
+    encode_reviews,
     eval_loader,
     load_splits,
     make_collate,
@@ -81,13 +81,11 @@ PROJECT = "visobert_multitask"
 RESUME_KEYS = ["encoder", "aspects", "max_len"] + [f"model.{k}" for k in asdict(ModelConfig())]
 LOG_COLUMNS = ["step", "epoch", "split", "loss", "focal", "supcon", "probe", "lr", "grad_norm", "det_f1", "sent_f1",
                "f1_inflated"]
-LOSS_TERMS = ("loss", "focal", "supcon", "probe")  # what compute_losses may return, summed per log window
 SCORES = ("det_f1", "sent_f1", "f1_inflated", "score")  # results["val"] / results["test"]
+SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
+                "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
 # The tiny encoder's flags (the other ModelConfig fields come from the data or a pretrained --encoder).
 MODEL_CHECKS = {"hidden": at_least(1), "layers": at_least(1), "heads": at_least(1), "intermediate": at_least(1)}
-
-
-# ----------------------------------------------------------------------------- settings
 
 
 @dataclass
@@ -167,10 +165,7 @@ def config_from(args: argparse.Namespace) -> Config:
                   train=from_args(TrainConfig, args), run=RunSettings.from_args(args))
 
 
-# ----------------------------------------------------------------------------- data, model, schedule
-
-
-def build_data(cfg: Config) -> dict[str, ReviewSplit]:
+def build_data(cfg: Config) -> dict:
     d = cfg.data
     if d.data_root:
         aspects = tuple(a.strip() for a in d.aspects.split(",")) if d.aspects else None
@@ -179,28 +174,24 @@ def build_data(cfg: Config) -> dict[str, ReviewSplit]:
 
 
 def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
-    """Every process needs a full training batch and at least one review of each evaluated split."""
-    for name, split in splits.items():
+    for name, split in splits.items():  # every process needs a review of each split and a full training batch
         if len(split.texts) < world_size:
             raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
                             f"process(es); every process needs at least one")
-    train = splits["train"]
-    if len(train.texts) // world_size < batch_size:
-        raise DataError(f"train split ({train.source}): {len(train.texts)} reviews make no full batch of "
-                        f"--batch-size {batch_size} on each of {world_size} process(es)")
+    if len(splits["train"].texts) // world_size < batch_size:
+        raise DataError(f"train split ({splits['train'].source}): {len(splits['train'].texts)} reviews make no full "
+                        f"batch of --batch-size {batch_size} on each of {world_size} process(es)")
 
 
 def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
     """The settings whose defaults depend on the encoder or on the data size, filled in place."""
     t, pretrained = cfg.train, cfg.encoder.encoder is not None
     t.batches_per_epoch = batches_per_epoch
-    t.total_steps = t.epochs * batches_per_epoch if t.max_iters is None else min(t.max_iters,
-                                                                                t.epochs * batches_per_epoch)
+    t.total_steps = min(t.epochs * batches_per_epoch, t.max_iters or math.inf)
     t.epochs = math.ceil(t.total_steps / batches_per_epoch)  # the epochs that hold it (fewer under --max-iters)
     t.lr = t.lr if t.lr is not None else (2e-5 if pretrained else 1e-3)
     t.warmup_steps = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.06 * t.total_steps))
-    # The tiny encoder trains from scratch on a few thousand reviews in a few minutes: without
-    # dropout it reaches the demo's sentiment F1 in ~2/3 of the steps.
+    # Without dropout the tiny encoder from scratch reaches the demo's sentiment F1 in ~2/3 of the steps.
     if cfg.encoder.dropout is None:
         cfg.encoder.dropout = 0.1 if pretrained else 0.0
 
@@ -225,8 +216,7 @@ def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelC
 
 
 def training_alpha(splits: dict, power: float = 0.5, rule: str = "power") -> torch.Tensor:
-    """Per-aspect focal alpha (A, S) from the training labels, by `rule` (--alpha-rule): power =
-    `focal_alpha`, original = `original_alpha`, the original's total / (3 x count)."""
+    """Per-aspect focal alpha (A, S) from the training labels by --alpha-rule (`focal_alpha`, `original_alpha`)."""
     # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
     train_labels = splits["train"].labels
     return original_alpha(train_labels) if rule == "original" else focal_alpha(train_labels, NUM_STATES, power)
@@ -236,24 +226,14 @@ def lr_at(step: int, t: TrainConfig) -> float:
     return warmup_cosine_lr(step, t.lr, t.warmup_steps, t.total_steps)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def inflated_f1(labels: torch.Tensor, pred: torch.Tensor) -> float:
-    """The original's number: absent mapped to neutral on both sides, per-aspect WEIGHTED F1 over
-    three classes, averaged over aspects. Absent slots are most of the data and trivially right."""
-    def squash(states):
-        return (torch.where(states == 0, torch.full_like(states, 3), states) - 1).numpy()
-    y, p = squash(labels), squash(pred)
-    return float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
-
-
 def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
     """Aspect detection and sentiment scored separately, as in ABSA papers on UIT-ViSFD.
 
     det_f1: F1 of "present" per aspect (present vs absent), macro-averaged over aspects.
     sent_f1: 3-class macro F1 over the (review, aspect) slots where the aspect IS present, the
-    sentiment read from the three sentiment logits (sentiment given the true aspect)."""
+    sentiment read from the three sentiment logits (sentiment given the true aspect).
+    f1_inflated: the original's number, absent read as neutral on both sides, per-aspect WEIGHTED F1
+    over three classes, averaged over aspects; absent slots are most of the data and trivially right."""
     pred = predicted_states(logits)
     present, present_pred = labels != ABSENT, pred != ABSENT
     sentiment_pred = logits[..., 1:].argmax(dim=-1) + 1  # (N, A) best sentiment state, ignoring "absent"
@@ -267,8 +247,10 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
                            "support": int(slots.sum())})
     sent_f1 = precision_recall_f1(labels[present] - 1, sentiment_pred[present] - 1, 3, "macro")[2]
     det_f1 = float(np.mean([row["det_f1"] for row in per_aspect]))
+    y, p = ((states.masked_fill(states == ABSENT, NEUTRAL) - 1).numpy() for states in (labels, pred))  # 3 classes
+    inflated = float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
     # FIX(VSB-HONEST-F1): select on detection + sentiment F1; the absent=neutral F1 stays, labelled inflated.
-    return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated_f1(labels, pred),
+    return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated,
             "score": 0.5 * (det_f1 + sent_f1), "per_aspect": per_aspect}
 
 
@@ -279,8 +261,7 @@ def scores(metrics: dict) -> dict[str, float]:
 
 @torch.no_grad()
 def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, A, S) and labels (N, A) of a whole split in eval mode, gathered over ranks; the
-    model is handed back in training mode."""
+    """Logits (N, A, S) and labels (N, A) of a split in eval mode, gathered over ranks; ends in train mode."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -299,8 +280,7 @@ def evaluate(model, loader, cfg: Config) -> dict:
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
-    """Score the validation split, log it, keep best.pt when it improved. Every rank calls it: the
-    predictions are gathered over ranks, so all ranks agree on the best."""
+    """Score the validation split (gathered over ranks: every rank agrees), log it, keep best.pt if better."""
     epoch = state.epoch if state.batch_in_epoch else state.epoch - 1  # at an epoch's end state points at the next
     metrics = evaluate(unwrap(state.model), loader, cfg)
     state.meters["val"] = scores(metrics)
@@ -312,12 +292,8 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     return metrics
 
 
-# ----------------------------------------------------------------------------- training
-
-
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
-    """From state's position to the end of its epoch (or of the schedule); True when a stop signal
-    came: the step it arrived in is finished, nothing else is."""
+    """From state's position to the end of its epoch (or schedule); True when a stop signal came (its step done)."""
     t, optimizer, scaler = cfg.train, state.optimizer, state.scaler
     for batch in loader:
         if state.step >= t.total_steps:  # --max-iters ends the schedule inside this epoch
@@ -338,17 +314,15 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         optimizer.zero_grad(set_to_none=True)
         state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
 
-        window = state.meters["window"]  # loss sums since the last training log row
-        for name in LOSS_TERMS:
-            if name in losses:
-                window[name] = window.get(name, 0.0) + losses[name].detach().float()
-        window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
+        window = state.meters["window"]  # sums since the last training log row
+        for name, value in {**losses, "grad_norm": grad_norm}.items():
+            window[name] = window.get(name, 0.0) + value.detach().float()
         window["n"] += 1
         if state.step % cfg.run.log_interval == 0:
             # Averaged over the window and over ranks (one all-reduce per logged value).
             row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
             run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": lr, **row})
-            parts = " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS[1:] if name in row)
+            parts = " ".join(f"{name} {row[name]:.4f}" for name in ("focal", "supcon", "probe") if name in row)
             run.print(f"step {state.step} epoch {state.epoch}: train loss {row['loss']:.4f} ({parts}) "
                       f"lr {lr:.2e} grad norm {row['grad_norm']:.3f}")
             state.meters["window"] = {"n": 0}
@@ -363,9 +337,6 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         if run.should_stop():
             return True
     return False
-
-
-# ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -384,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.aspects = splits["train"].aspects
     tokenizer = build_tokenizer(cfg.encoder.encoder, resumed["extra"]["vocab"] if resumed else None,
                                 splits["train"].texts)
-    datasets = {k: ReviewDataset(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    datasets = {k: encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
     # Shuffled, sharded over processes, resumable mid-epoch (set_epoch); val/test in order, nothing dropped.
     sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
                            rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
@@ -453,9 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[str, float]:
-    """Score `split` with a checkpoint in this one process, rebuilding data, tokenizer (the word
-    vocabulary from the checkpoint) and model from the checkpoint alone: the same flat scores
-    main() reports in results["test"] for its best.pt."""
+    """Score `split` with a checkpoint alone (data, word vocabulary, model rebuilt from it) in this one
+    process: for its best.pt the flat scores main() reports in results["test"]."""
     checkpoint = load_run_checkpoint(path, PROJECT)
     cfg = config_from(argparse.Namespace(**checkpoint["args"]))
     cfg.device, cfg.aspects = torch.device(device), checkpoint["config"]["aspects"]
@@ -463,7 +433,7 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
     tokenizer = build_tokenizer(cfg.encoder.encoder, checkpoint["extra"]["vocab"])
     model = AspectSentimentModel(ModelConfig(**checkpoint["config"]["model"]))
     load_model_state(model, checkpoint["model"], path)
-    loader = eval_loader(ReviewDataset(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
+    loader = eval_loader(encode_reviews(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
     return scores(evaluate(model.to(cfg.device), loader, cfg))
 
 
@@ -471,21 +441,14 @@ def _log_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in LOG_COLUMNS}
 
 
-SCORE_LEGEND = ("scores: detect = aspect-detection macro F1, sentiment = sentiment macro F1 on present "
-                "aspects,\n        inflated = the original's absent=neutral weighted F1 (not used to select)")
-
-
 def _summary(metrics: dict) -> str:
     """The scores in one short line; SCORE_LEGEND, printed once, says what each one is."""
-    return (f"detect {metrics['det_f1']:.4f} | sentiment {metrics['sent_f1']:.4f} | "
-            f"inflated {metrics['f1_inflated']:.4f}")
+    return "detect {det_f1:.4f} | sentiment {sent_f1:.4f} | inflated {f1_inflated:.4f}".format(**metrics)
 
 
 def per_aspect_table(metrics: dict) -> str:
-    lines = [f"{'aspect':<14}{'detect F1':>10}{'sentiment F1':>14}{'present':>9}"]
-    lines += [f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}"
-              for r in metrics["per_aspect"]]
-    return "\n".join(lines)
+    return "\n".join([f"{'aspect':<14}{'detect F1':>10}{'sentiment F1':>14}{'present':>9}"] + [
+        f"{r['aspect']:<14}{r['det_f1']:>10.4f}{r['sent_f1']:>14.4f}{r['support']:>9d}" for r in metrics["per_aspect"]])
 
 
 if __name__ == "__main__":
