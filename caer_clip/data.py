@@ -414,10 +414,6 @@ class ClipDataset(torch.utils.data.Dataset):
             return expand_box(box, self.cfg.face_margin if kind == "face" else 0.0, height, width)
         if self.centre_crop_fallback or (boxes is None and kind == "body"):
             return None
-        if box is None:
-            instead = "centre-crop" if kind == "face" else "use the whole frame"
-            raise DataError(f"{rec.source}: no {kind} box for clip {rec.key!r} frame {name!r} "
-                            f"(pass --allow-missing-boxes to {instead} instead)")
         raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
                         f"(pass --allow-missing-boxes to treat it as missing)")
 
