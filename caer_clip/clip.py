@@ -151,7 +151,7 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text_projection, std=cfg.transformer_width**-0.5)
         init_transformer(self.transformer, cfg.transformer_width)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # openai/CLIP's name
         return self.visual(images)
 
     def encode_text_embeddings(self, token_embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -166,8 +166,9 @@ class CLIP(nn.Module):
         return self.encode_text_embeddings(self.token_embedding(tokens), tokens)
 
 
-# Keys that OpenAI's TorchScript archives hold besides the weights (openai/CLIP build_model).
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Not weights: what OpenAI's TorchScript archives hold besides them (openai/CLIP build_model), and the causal
+# mask open_clip keeps as a buffer (built on the fly here).
+_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def openai_heads(width: int, tower: str) -> int:
@@ -184,7 +185,7 @@ def clip_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int 
                          transformer_heads: int | None = None, quick_gelu: bool = True) -> CLIP:
     """A CLIP shaped as `state_dict` (ViT models only, as openai/CLIP build_model reads it) with its
     weights, the exact key sets and shapes checked. Heads and activation default to OpenAI's."""
-    sd = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
+    sd = {k: v for k, v in state_dict.items() if k not in _NOT_WEIGHTS}
     if "visual.proj" not in sd:
         raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.proj': a ResNet CLIP?)")
     vision_width, patch = sd["visual.conv1.weight"].shape[0], sd["visual.conv1.weight"].shape[-1]
@@ -220,11 +221,6 @@ def load_openai_file(path: str) -> CLIP:
     except RuntimeError:  # not a TorchScript archive: a plain state_dict
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     return clip_from_state_dict(state_dict)
-
-
-def convert_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """open_clip uses OpenAI's names; the causal mask it may hold as a buffer is built on the fly here."""
-    return {k: v for k, v in state_dict.items() if k != "attn_mask"}
 
 
 def open_clip_architecture(reference: nn.Module) -> dict:
@@ -300,8 +296,7 @@ def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") ->
     tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) if pretrained else {}
     tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     reference = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=tag_quick_gelu)
-    model = clip_from_state_dict(convert_open_clip_state_dict(reference.state_dict()),
-                                 **open_clip_architecture(reference))
+    model = clip_from_state_dict(reference.state_dict(), **open_clip_architecture(reference))  # OpenAI's names
     if tag_cfg and model.cfg.quick_gelu != tag_quick_gelu:
         raise ValueError(f"open_clip {name!r} uses QuickGELU but its weights {pretrained!r} were trained with GELU: "
                          "use the model name without '-quickgelu'")

@@ -34,55 +34,12 @@ from common.runtime import DataError, EpochSampler, read_text, sample_generator,
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Class names and short descriptor sentences per dataset (several per class, averaged as in the
-# RAPT-CLIP prompt ensemble). RAER labels are 1-based in its lists, CAER 0-based, DAiSEE from the
-# Engagement column (0-3).
-CLASS_DESCRIPTORS = {
-    "raer": {
-        "neutrality": ["a calm face with a steady gaze", "a relaxed student looking at the desk"],
-        "enjoyment": ["a smiling face with raised cheeks", "a cheerful student laughing"],
-        "confusion": ["a frowning face with knitted brows", "a puzzled student tilting the head"],
-        "fatigue": ["a face with drooping eyelids and a yawn", "a tired student resting the head on a hand"],
-        "distraction": ["a face turned away from the lesson", "a student looking at a phone or elsewhere"],
-    },
-    "daisee": {
-        "very low engagement": ["a face looking away with closed eyes", "a student ignoring the screen"],
-        "low engagement": ["a face glancing at the screen now and then", "a student only half attending"],
-        "high engagement": ["a face watching the screen", "a student following the video"],
-        "very high engagement": ["a face focused intently on the screen", "a student absorbed in the video"],
-    },
-    "caer": {
-        "anger": ["a face with lowered brows and pressed lips", "a person shouting in anger"],
-        "disgust": ["a face with a wrinkled nose and raised upper lip", "a person recoiling in disgust"],
-        "fear": ["a face with wide eyes and stretched lips", "a person frightened and backing away"],
-        "happy": ["a smiling face with raised cheeks", "a person laughing happily"],
-        "neutral": ["a face at rest", "a person with a calm expression"],
-        "sad": ["a face with drooping mouth corners", "a person looking down in sadness"],
-        "surprise": ["a face with raised brows and an open mouth", "a person startled by something"],
-    },
-    "synthetic": {
-        "bars across": ["a face with horizontal stripes", "a person with a striped face across"],
-        "bars down": ["a face with vertical stripes", "a person with a striped face down"],
-        "checks": ["a face with a checker pattern", "a person with a checkered face"],
-        "checks in green": ["a checkered face in a green room", "a person with checks in green light"],
-        "checks in blue": ["a checkered face in a blue room", "a person with checks in blue light"],
-    },
-}
-# CLIP-CAER's RAER class descriptors, one sentence per class: data quoted from zgsfer/CLIP-CAER
-# models/Text_last.py:69-79 (`class_descriptor_5`, the one train.sh:27 selects), the final '.' left to
-# the prompt (PromptLearner adds it; the original's prompt is the sentence with its own '.').
-CLIP_CAER_RAER_DESCRIPTORS = {
-    "neutrality": ["Relaxed mouth,open eyes,neutral eyebrows,no noticeable emotional changes,engaged with study "
-                   "materials, or natural body posture"],
-    "enjoyment": ["Upturned mouth corners,sparkling eyes,relaxed eyebrows,focused on course content,or occasionally "
-                  "nodding in agreement"],
-    "confusion": ["Furrowed eyebrows, slightly open mouth, wandering or puzzled gaze, chin rests on the palm,or eyes "
-                  "lock on learning material"],
-    "fatigue": ["Mouth opens in a yawn, eyelids droop, head tilts forward, eyes lock on learning material, or hand "
-                "writing"],
-    "distraction": ["Shifting eyes, restless or fidgety posture, relaxed but unfocused expression,frequently checking "
-                    "phone,or averted gaze from study materials"],
-}
+# Class names and descriptor sentences per dataset: "short" this repository's (several per class, averaged
+# as in the RAPT-CLIP prompt ensemble); "clip-caer" RAER's, quoted from zgsfer/CLIP-CAER models/Text_last.py:69-79
+# (`class_descriptor_5`, which train.sh:27 selects), the final '.' left to the prompt (PromptLearner adds it).
+# RAER labels are 1-based in its lists, CAER 0-based, DAiSEE from the Engagement column (0-3).
+CLASS_TEXT = json.loads(read_text(Path(__file__).with_name("class_text.json")))
+CLASS_DESCRIPTORS = CLASS_TEXT["short"]
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -125,8 +82,7 @@ def class_descriptors(cfg: DataConfig) -> dict[str, list[str]]:
     if cfg.class_text == "clip-caer":
         if dataset_name(cfg) != "raer":
             raise DataError(f"--class-text clip-caer: CLIP-CAER's sentences describe RAER, not {dataset_name(cfg)}")
-        return CLIP_CAER_RAER_DESCRIPTORS
-    return CLASS_DESCRIPTORS[dataset_name(cfg)]
+    return CLASS_TEXT[cfg.class_text][dataset_name(cfg)]
 
 
 def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> CAERModel:
@@ -458,10 +414,6 @@ class ClipDataset(torch.utils.data.Dataset):
             return expand_box(box, self.cfg.face_margin if kind == "face" else 0.0, height, width)
         if self.centre_crop_fallback or (boxes is None and kind == "body"):
             return None
-        if box is None:
-            instead = "centre-crop" if kind == "face" else "use the whole frame"
-            raise DataError(f"{rec.source}: no {kind} box for clip {rec.key!r} frame {name!r} "
-                            f"(pass --allow-missing-boxes to {instead} instead)")
         raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
                         f"(pass --allow-missing-boxes to treat it as missing)")
 

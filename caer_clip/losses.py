@@ -1,11 +1,8 @@
-"""CLIP-CAER losses: semantic label-distribution learning (LDL), mutual information between learned
-and hand-crafted class texts (MI), decorrelation of class prototypes (DC), MoCo ranking of the video
-against its class text and a queue of video keys, and the weighted total (RAPT-CLIP utils/loss.py
-defines the terms; the fixes below are this repository's).
-
-Total = L_cls + ramp * (w_mi * MI + w_dc * DC + w_moco * MoCo), L_cls = CE / label-smoothing CE,
-or LDL after `ldl_warmup` epochs; with mixup lam * L(y_a) + (1 - lam) * L(y_b).
-"""
+"""CLIP-CAER losses (RAPT-CLIP utils/loss.py defines the terms; the fixes are this repository's):
+total = L_cls + ramp * (w_mi * MI + w_dc * DC + w_moco * MoCo). L_cls: CE, label-smoothing CE, or semantic
+label-distribution learning (LDL) after `ldl_warmup` epochs; MI: learned vs hand-crafted class texts; DC:
+decorrelated class prototypes; MoCo: the video ranked against its class text and a queue of video keys.
+With mixup each term on mixed labels is lam * L(y_a) + (1 - lam) * L(y_b)."""
 
 from __future__ import annotations
 
@@ -110,13 +107,11 @@ def total_loss(out: dict[str, torch.Tensor], y_a: torch.Tensor, y_b: torch.Tenso
     # LDL targets from the learned class texts, as RAPT trainer.py:147-152
     cls_fn = lambda logits, target: classification_loss(logits, target, out["text"], epoch, cfg)
     moco_fn = lambda video, target: moco_loss(video, out["text"], queue[0], queue[1], target, cfg.moco_temperature)
+    moco = queue is not None and "key" in out  # keys exist in training mode only
     parts = {"cls": mixup_loss(cls_fn, out["logits"], y_a, y_b, lam),
-             "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature),
-             "dc": dc_loss(out["text"])}
-    if queue is not None and "key" in out:  # with mixup lam * L(y_a) + (1 - lam) * L(y_b), as RAPT trainer.py:190
-        parts["moco"] = mixup_loss(moco_fn, out["video"], y_a, y_b, lam)
-    else:
-        parts["moco"] = out["logits"].new_zeros(())
+             "mi": mi_loss(out["text"], out["handcrafted"], cfg.mi_temperature), "dc": dc_loss(out["text"]),
+             # on mixed labels as RAPT trainer.py:190
+             "moco": mixup_loss(moco_fn, out["video"], y_a, y_b, lam) if moco else out["logits"].new_zeros(())}
     # FIX(CAER-LOSS-WEIGHTS): auxiliary terms ramp in after a warm-up, not at full weight from step 0.
     # was: ramp = 1.0
     ramp = aux_ramp(epoch_progress, cfg.aux_warmup, cfg.aux_delay)

@@ -14,6 +14,7 @@ import argparse
 import copy
 import textwrap
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,7 +29,6 @@ from caer_clip.data import (
     dataset_name,
 )
 from caer_clip.losses import LossConfig, total_loss
-from caer_clip.metrics import LossBalanceMonitor, multistep_lr, uar, war
 from caer_clip.model import ModelConfig, param_groups
 from caer_clip.plots import save_confusion
 from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
@@ -46,7 +46,7 @@ from common.cli import (
     run_cli,
 )
 from common.lifecycle import Run, RunSettings, State
-from common.metrics import confusion_matrix
+from common.metrics import accuracy, confusion_matrix, precision_recall_f1
 from common.mixup import mixup
 from common.runtime import (
     DataError,
@@ -196,10 +196,10 @@ def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
 def config_from(args: argparse.Namespace) -> Config:
     # FIX(CAER-MIXUP-PLUMB): each section from all its flags by name; --mixup-alpha etc. were dropped.
     loss = from_args(LossConfig, args)
-    data = from_args(DataConfig, args)
-    model = from_args(ModelConfig, args)
-    model.num_classes = len(CLASS_DESCRIPTORS[dataset_name(data)])
-    return Config(model, loss, data, from_args(TrainConfig, args), RunSettings.from_args(args))
+    cfg = Config(from_args(ModelConfig, args), loss, from_args(DataConfig, args), from_args(TrainConfig, args),
+                 RunSettings.from_args(args))
+    cfg.model.num_classes = len(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
+    return cfg
 
 
 def build_model_and_data(cfg: Config, device: torch.device):
@@ -228,6 +228,14 @@ def base_lrs(cfg: TrainConfig, world_size: int) -> dict[str, float]:
             "prompt": cfg.lr_prompt * scale, "image": cfg.lr_image * scale}
 
 
+def multistep_lr(step: int, base_lr: float, milestones: list[int], gamma: float = 0.1, warmup_steps: int = 0) -> float:
+    """base_lr * gamma^(milestones <= step) after a linear warm-up: the originals' MultiStepLR (CLIP-CAER
+    main.py:274 at the train.sh:23 milestones) as a pure function of the step."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr * gamma ** sum(step >= m for m in milestones)
+
+
 def at_max_iters(state: State, cfg: Config) -> bool:
     return cfg.train.max_iters is not None and state.step >= cfg.train.max_iters
 
@@ -237,21 +245,33 @@ def running_sums() -> dict:
     return {"steps": 0, "loss": torch.zeros(()), **{c: torch.zeros(()) for c in COMPONENTS}, "correct": torch.zeros(())}
 
 
+def loss_shares(weighted: dict[str, float], balance: dict | None = None, main: str = "cls",
+                patience: int = 20) -> dict[str, float]:
+    """Each weighted loss term's share of their total. With `balance` ({"streak": {}, "warned": []}, kept in
+    the checkpoint), a warning, once per term, when an auxiliary term outweighs `main` for `patience` calls
+    in a row (CAER-LOSS-WEIGHTS in FIXES.md: a term weighted 5 swamped cross-entropy unseen)."""
+    total = sum(map(abs, weighted.values())) or 1.0
+    for name, value in weighted.items() if balance is not None else ():
+        if name == main:
+            continue
+        streak = balance["streak"][name] = balance["streak"].get(name, 0) + 1 if abs(value) > abs(weighted[main]) else 0
+        if streak >= patience and name not in balance["warned"]:
+            balance["warned"] = sorted({*balance["warned"], name})
+            warnings.warn(f"loss balance: '{name}' ({abs(value):.4g}) has exceeded the main loss '{main}' "
+                          f"({abs(weighted[main]):.4g}) for {streak} consecutive logs; its weight may be swamping "
+                          "the main objective", stacklevel=2)
+    return {f"share_{name}": abs(value) / total for name, value in weighted.items()}
+
+
 def train_means(state: State, kind: str, lr: float, cfg: Config) -> dict:
-    """A log row of the means since the last row of this kind ("window" or "epoch"), each weighted term's
-    share of the total; its sums start again."""
+    """A log row of the means since the last row of this kind ("window": a warning when an auxiliary term
+    outweighs cross-entropy for 20 rows in a row; or "epoch"); its sums start again."""
     sums, state.meters[kind] = state.meters[kind], running_sums()
     n = max(1, sums["steps"])
     weighted = {c: float(sums[c]) / n for c in COMPONENTS}
-    total = sum(map(abs, weighted.values())) or 1.0
-    if kind == "window":  # warns when an auxiliary term outweighs cross-entropy for 20 rows in a row
-        balance, monitor = state.meters["balance"], LossBalanceMonitor("cls")
-        monitor.streak, monitor.warned = balance["streak"], set(balance["warned"])
-        monitor.update(weighted)
-        balance["warned"] = sorted(monitor.warned)
     return {"step": state.step, "epoch": state.epoch, "lr": lr, "loss": float(sums["loss"]) / n,
             **{f"loss_{c}": v for c, v in weighted.items()},
-            **{f"share_{c}": abs(v) / total for c, v in weighted.items()},
+            **loss_shares(weighted, state.meters["balance"] if kind == "window" else None),
             "train_acc": float(sums["correct"]) / max(1, n * cfg.train.batch_size)}
 
 
@@ -259,6 +279,12 @@ def loss_summary(row: dict) -> str:
     """A log row's training loss, its weighted components and accuracy, for the printed lines."""
     parts = " ".join(f"{c} {row[f'loss_{c}']:.4f}" for c in COMPONENTS)
     return f"train loss {row['loss']:.4f} ({parts}) acc {row['train_acc']:.3f}"
+
+
+def uar(y_true, y_pred, num_classes: int, zero_division: float = 0.0) -> float:
+    """Unweighted average recall, the CAER / RAER / DAiSEE score (WAR is accuracy): mean recall over ALL
+    `num_classes` classes, one absent from y_true scoring `zero_division` (nan leaves it out, as scikit-learn)."""
+    return precision_recall_f1(y_true, y_pred, num_classes, "macro", zero_division)[1]
 
 
 @torch.no_grad()
@@ -278,7 +304,7 @@ def evaluate(model, loader, cfg: Config) -> dict:
     preds, labels = gather_cat(torch.cat(preds)).cpu().numpy(), gather_cat(torch.cat(labels)).cpu().numpy()
     # FIX(CAER-UAR-ALL-CLASSES): mean recall over all classes, not only those present in the split.
     uar_value = uar(labels, preds, cfg.model.num_classes)
-    return {"uar": uar_value, "war": war(labels, preds), "fallbacks": int(gather_cat(fallbacks.view(1)).sum()),
+    return {"uar": uar_value, "war": accuracy(labels, preds), "fallbacks": int(gather_cat(fallbacks.view(1)).sum()),
             "confusion": confusion_matrix(labels, preds, cfg.model.num_classes)}
 
 
@@ -429,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "epoch": running_sums(),  # since the epoch began
                   "box_fallbacks": 0,  # box look-ups of this epoch's training clips that fell back
                   "val": {},  # the last validation scores
-                  "balance": {"streak": {}, "warned": []}}  # LossBalanceMonitor's counters
+                  "balance": {"streak": {}, "warned": []}}  # loss_shares' counters
         state = State(wrap_ddp(model, dist_info), optimizer, scaler, meters=meters)
         run.restore(state)  # a checkpoint holds the meters too: a resumed run writes the rows it would have
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from caer_clip.metrics import LossBalanceMonitor
+from caer_clip.train import loss_shares
 from common.checkpoint import load_model_state, load_optimizer_state, save_atomic
 from common.cli import check_resume_config
 from common.runtime import (
@@ -82,20 +82,20 @@ def test_check_finite_names_the_bad_component():
 
 def test_loss_balance_monitor_warns_when_auxiliary_swamps_main():
     """Seed 000: an auxiliary loss weighted 5 stays far above CE; the monitor says so."""
-    monitor = LossBalanceMonitor(main="ce", patience=3)
+    monitor = {"streak": {}, "warned": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
-            monitor.update({"ce": 1.6, "dc": 5 * 0.9})
+            loss_shares({"ce": 1.6, "dc": 5 * 0.9}, monitor, main="ce", patience=3)
         assert not caught
-        shares = monitor.update({"ce": 1.6, "dc": 5 * 0.9})
+        shares = loss_shares({"ce": 1.6, "dc": 5 * 0.9}, monitor, main="ce", patience=3)
     assert len(caught) == 1 and "'dc'" in str(caught[0].message)
     assert shares["share_dc"] == pytest.approx(4.5 / 6.1)
-    balanced = LossBalanceMonitor(main="ce", patience=3)
+    balanced = {"streak": {}, "warned": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(10):
-            balanced.update({"ce": 1.6, "dc": 0.1})
+            loss_shares({"ce": 1.6, "dc": 0.1}, balanced, main="ce", patience=3)
     assert not caught
 
 

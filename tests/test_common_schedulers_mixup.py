@@ -1,4 +1,4 @@
-"""common/schedulers.py, common/mixup.py and the schedules one project keeps (caer_clip/metrics.py,
+"""common/schedulers.py, common/mixup.py and the schedules one project keeps (caer_clip/train.py,
 deepfake_effnet_lstm/metrics.py) against hand-computed values."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from caer_clip.metrics import multistep_lr
+from caer_clip.train import multistep_lr
 from common.mixup import mixup, mixup_loss
 from common.schedulers import scaled_lr, warmup_cosine_lr
 from deepfake_effnet_lstm.metrics import PlateauController
