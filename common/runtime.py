@@ -184,7 +184,8 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Modul
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module inside DDP (checkpoints hold unwrapped weights)."""
+    """The bare module inside DDP and torch.compile (checkpoints hold unwrapped weights)."""
+    model = getattr(model, "_orig_mod", model)  # compile_model's wrapper
     return model.module if hasattr(model, "module") else model
 
 
@@ -365,3 +366,16 @@ class LossBalanceMonitor:
                               f"'{self.main}' ({main_value:.4g}) for {self.streak[name]} consecutive logs; "
                               f"its weight may be swamping the main objective", stacklevel=2)
         return shares
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """`--compile`: torch.compile of the module the training loop calls (forward and backward), else the
+    module itself. Wrap in DDP first, as torch's DDP + compile notes ask (the graph is split at the
+    gradient buckets, so the all-reduce still overlaps the backward). The first steps pay the compile:
+    tens of seconds per model on a CPU, again for each new input shape. unwrap() sees through it, so
+    checkpoints hold the bare module's keys (no `_orig_mod.`) and resume with or without --compile;
+    evaluation calls the bare module, eager."""
+    return torch.compile(model) if enabled else model
