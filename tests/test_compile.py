@@ -5,10 +5,10 @@ and continues without it.
 Inductor, torch.compile's default backend, writes and builds C++ kernels: 50 to 200 s per tiny model on
 a loaded 2-core CPU (each README's bench). So dual_cross_attention alone goes through inductor, in its
 own processes (its drop path off: inductor draws random numbers with its own kernels, not eager's).
-visobert_multitask goes through `aot_eager` in this process: the same graph capture (dynamo) and traced
-backward (AOT autograd), run with eager kernels. caer_clip and deepfake_effnet_lstm go through `eager`:
-dynamo's graph capture alone (AOT autograd's trace of EfficientNet-B0 took 150 s of this file's 6 min).
-Both keep eager's dropout draws.
+visobert_multitask, and dual_cross_attention with gradient checkpointing, go through `aot_eager` in
+this process: the same graph capture (dynamo) and traced backward (AOT autograd), run with eager
+kernels. caer_clip and deepfake_effnet_lstm go through `eager`: dynamo's graph capture alone (AOT
+autograd's trace of EfficientNet-B0 took 150 s of this file's 6 min). Both keep eager's dropout draws.
 """
 
 from __future__ import annotations
@@ -50,14 +50,17 @@ def dcal_compiled(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("project,backend", [("caer_clip", "eager"), ("deepfake_effnet_lstm", "eager"),
-                                             ("visobert_multitask", "aot_eager")])
-def test_compiled_steps_log_the_eager_losses(project, backend, tmp_path, monkeypatch):
+@pytest.mark.parametrize("project,backend,flags", [
+    ("caer_clip", "eager", SPECS["caer_clip"].tiny),
+    ("deepfake_effnet_lstm", "eager", SPECS["deepfake_effnet_lstm"].tiny),
+    ("visobert_multitask", "aot_eager", SPECS["visobert_multitask"].tiny),
+    ("dual_cross_attention", "aot_eager", [*DCAL, "--grad-checkpoint"])])  # checkpointed blocks traced by dynamo
+def test_compiled_steps_log_the_eager_losses(project, backend, flags, tmp_path, monkeypatch):
     main = importlib.import_module(f"{project}.train").main
-    main([*SPECS[project].tiny, *STEPS, "--out", str(tmp_path / "eager")])
+    main([*flags, *STEPS, "--out", str(tmp_path / "eager")])
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
     torch._dynamo.reset()
-    main([*SPECS[project].tiny, *STEPS, "--compile", "--out", str(tmp_path / "compiled")])
+    main([*flags, *STEPS, "--compile", "--out", str(tmp_path / "compiled")])
     eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
     assert len(eager) >= 3 and compiled == pytest.approx(eager, rel=1e-4)
 
