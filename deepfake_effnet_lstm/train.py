@@ -440,7 +440,10 @@ def main(argv: list[str] | None = None) -> dict:
         val_loader = eval_loader(datasets["val"], cfg)
 
         try:
-            model = DeepfakeDetector(cfg.model).to(device)
+            # channels_last on CUDA (bench.py: EfficientNet-B0 frames fwd+bwd 0.52x the time even on CPU); the CPU
+            # keeps the contiguous layout and its results bit for bit
+            layout = torch.channels_last if device.type == "cuda" else torch.preserve_format
+            model = DeepfakeDetector(cfg.model).to(device, memory_format=layout)
         except WeightsFileError as e:  # one line naming the file, printed by run_cli
             raise CheckpointError(str(e)) from None
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")  # see bench.py
