@@ -7,10 +7,12 @@
 For each project:
   demo-bf16   the demo (`<project>/train.py`, defaults) under autocast bfloat16
   demo-fp16   the same under float16 with the GradScaler's loss scaling
+  compile     the bf16 demo with --compile (torch.compile of the training step; the optimiser is fused on CUDA)
   torchrun    `torchrun --nproc_per_node <all local GPUs>` on the demo, NCCL (two epochs at least)
   bench       the project's bench.py at real sizes (caer_clip: CLIP ViT-B/16 with 16 frames;
               dual_cross_attention: ViT-B/16 at 448 px with and without gradient checkpointing;
-              deepfake_effnet_lstm: 224 px frames; visobert_multitask: the base-size encoder)
+              deepfake_effnet_lstm: 224 px frames; visobert_multitask: the base-size encoder), with its
+              compiled / eager and fused / plain optimiser ratios under bf16
 Each step runs in its own process with a time limit; a failing step is reported and the next one
 runs. The report lists per step the command, exit status, wall time and what it measured
 (results.json of a training run, the last lines a bench printed).
@@ -28,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 PROJECTS = ("caer_clip", "dual_cross_attention", "deepfake_effnet_lstm", "visobert_multitask")
-KINDS = ("demo-bf16", "demo-fp16", "torchrun", "bench")
+KINDS = ("demo-bf16", "demo-fp16", "compile", "torchrun", "bench")
 BENCH_FLAGS = {
     "caer_clip": ["--device", "cuda", "--b16-batch", "2", "--b16-frames", "16"],
     "dual_cross_attention": [],  # on CUDA it measures ViT-B/16 at 448 px, with and without checkpointing
@@ -44,9 +46,9 @@ def plan(projects, kinds, out: Path, gpus: int) -> list[dict]:
         train = [f"{project}/train.py"]
         for kind in kinds:
             run_dir = out / f"{project}-{kind}"
-            if kind in ("demo-bf16", "demo-fp16"):
-                cmd = [sys.executable, *train, "--amp", kind[-4:], "--device", "cuda", "--out", str(run_dir),
-                       "--overwrite"]
+            if kind in ("demo-bf16", "demo-fp16", "compile"):
+                cmd = [sys.executable, *train, "--amp", "fp16" if kind == "demo-fp16" else "bf16", "--device", "cuda",
+                       "--out", str(run_dir), "--overwrite", *(["--compile"] if kind == "compile" else [])]
             elif kind == "torchrun":
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                        *train, "--out", str(run_dir), "--overwrite"]

@@ -4,7 +4,9 @@
    same weights): forward-time ratio, target <= 1.10 (skipped when open_clip is not installed);
 2. a training-step breakdown (data, forward, loss, backward, optimizer) at the default tiny size
    and at ViT-B/16 size;
-3. frames per second of the data pipeline with 0 and 2 DataLoader workers.
+3. frames per second of the data pipeline with 0 and 2 DataLoader workers;
+4. at the default tiny size: the training step compiled / eager (`--compile`, the compile timed apart;
+   bf16 on CUDA) and the optimiser step fused / foreach / plain.
 
 Every figure is timed as common/tools/bench.py times it (median wall time, CUDA synchronised).
 
@@ -25,7 +27,7 @@ from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, SyntheticClips
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, build_model, param_groups
 from common.runtime import EpochSampler, make_loader, pick_device
-from common.tools.bench import StageTimer, method, time_in_turn, time_it
+from common.tools.bench import StageTimer, compile_and_optimiser_ratios, method, time_in_turn, time_it
 
 
 @torch.no_grad()
@@ -60,6 +62,8 @@ def step_breakdown(name: str, model_cfg: ModelConfig, clip: CLIP, tokenizer, bat
     groups = param_groups(model, dict.fromkeys(["temporal", "projection", "adapter", "prompt", "image"], 1e-3), 1e-4)
     optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
     loss_cfg = LossConfig()
+    # FIX(CAER-BENCH-QUEUE): no MoCo queue by default (--moco-queue 0): model.queue raised AttributeError.
+    queue = (model.queue, model.queue_labels) if model_cfg.moco_queue > 0 else None
     timer = StageTimer()
     for step in range(steps + 1):  # step 0 warms up
         timer.start(record=step > 0)
@@ -68,17 +72,31 @@ def step_breakdown(name: str, model_cfg: ModelConfig, clip: CLIP, tokenizer, bat
         timer.lap("data")
         out = model(face, context)
         timer.lap("forward")
-        loss, _, _ = total_loss(out, labels, labels, 1.0, 0, 1.0, loss_cfg, (model.queue, model.queue_labels))
+        loss, _, _ = total_loss(out, labels, labels, 1.0, 0, 1.0, loss_cfg, queue)
         timer.lap("loss")
         loss.backward()
         timer.lap("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.enqueue(out["key"], labels)
+        if queue is not None:
+            model.enqueue(out["key"], labels)
         timer.lap("optimizer")
         timer.stop()
     parts = " | ".join(f"{k} {1000 * v:.1f}" for k, v in timer.medians().items())
     print(f"   {name}: {1000 * timer.total():.1f} ms/step ({parts} ms)")
+
+
+def compile_and_fused(clip: CLIP, tokenizer, batch: int, device: torch.device, repeats: int, compile_step: bool):
+    """The training step compiled / eager and the SGD step fused / plain (common/tools/bench.py)."""
+    model_cfg = ModelConfig()
+    model = build_model(model_cfg, clip, tokenizer, list(CLASS_DESCRIPTORS["synthetic"].values())).to(device)
+    data = SyntheticClips(batch, DataConfig(), model_cfg.num_frames, clip.cfg.image_resolution, True, 0, 1)
+    face, context, labels, _ = (t.to(device) for t in next(iter(make_loader(data, EpochSampler(batch, batch), 0, 0))))
+    queue = (model.queue, model.queue_labels) if model_cfg.moco_queue > 0 else None
+    groups = param_groups(model, dict.fromkeys(["temporal", "projection", "adapter", "prompt", "image"], 1e-3), 1e-4)
+    compile_and_optimiser_ratios(
+        model, lambda m: total_loss(m(face, context), labels, labels, 1.0, 0, 1.0, LossConfig(), queue)[0],
+        lambda **kw: torch.optim.SGD(groups, lr=1e-3, momentum=0.9, **kw), device, repeats, compile_step)
 
 
 def pipeline_fps(workers: int, batches: int, frames: int, batch: int = 8) -> float:
@@ -95,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed training steps per size")
     p.add_argument("--b16-batch", type=int, default=1, help="clips per step at ViT-B/16 size")
     p.add_argument("--b16-frames", type=int, default=2, help="frames per clip at ViT-B/16 size")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the compiled step too (the compile takes minutes on a CPU)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     print(f"caer_clip bench on {device} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
@@ -112,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"3. data pipeline (synthetic clips, T=4, 32 px, face + context crops), per batch of 8: {method(10)}")
     for workers in (0, 2):
         print(f"   workers {workers}: {pipeline_fps(workers, 10, 4):8.0f} frames/s")
+
+    print(f"4. --compile and the optimiser, default tiny CLIP, batch 16, T=4 ({method(args.steps)}, in turn):")
+    tokenizer = WordTokenizer(texts, tiny_config().context_length, tiny_config().vocab_size)
+    compile_and_fused(CLIP(tiny_config()), tokenizer, 16, device, args.steps, args.compile)
 
 
 if __name__ == "__main__":

@@ -193,10 +193,13 @@ def run_args(parser: argparse.ArgumentParser, default_out: str, ckpt_interval: i
                         "(0: epoch ends only; default: %(default)s)")
     g.add_argument("--keep-checkpoints", type=at_least(0), default=2,
                    help="periodic checkpoints kept besides last.pt and best.pt (default: %(default)s)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the training step: the first steps pay the compile (minutes per model "
+                        "on a 2-core CPU: each README's bench); a checkpoint resumes with or without it (default: off)")
 
 
 # Settings that say where and how a run executes, not what it computes: never taken from a checkpoint.
-PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers")
+PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers", "compile")
 
 
 def parse_with_resume(parser: argparse.ArgumentParser, argv, project: str):

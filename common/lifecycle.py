@@ -98,6 +98,7 @@ class RunSettings:
     log_interval: int = 10
     ckpt_interval: int = 0
     keep_checkpoints: int = 2
+    compile: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunSettings:

@@ -9,7 +9,9 @@
 2. the training step broken into host->device copy, forward, loss, backward and optimizer step;
 3. peak memory of one training step at T = 8, 16, 32 frames: on CUDA `max_memory_allocated`; on
    CPU the peak resident set size (ru_maxrss) of a fresh child process per T, so one T's peak does
-   not hide the next (it includes the ~0.3-0.5 GB of the Python + torch runtime itself).
+   not hide the next (it includes the ~0.3-0.5 GB of the Python + torch runtime itself);
+4. the training step compiled / eager (`--compile`) and the optimiser step fused / foreach / plain;
+5. EfficientNet-B0 forward + backward on the folded frames, channels_last / contiguous memory.
 
 Every time is measured as common/tools/bench.py measures it (median wall time, CUDA synchronised).
 """
@@ -20,14 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the project, when run as a script
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
 
 import torch
 
-from common.runtime import EpochSampler, make_loader, pick_device
-from common.tools.bench import StageTimer, method, time_it
+from common.runtime import EpochSampler, autocast, make_loader, pick_device
+from common.tools.bench import StageTimer, compile_and_optimiser_ratios, method, time_in_turn, time_it
 from deepfake_effnet_lstm.data import DataConfig, make_datasets
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, classification_loss
 
@@ -58,6 +61,28 @@ def train_step_breakdown(model, optimizer, batch: dict, device: torch.device, st
         timer.lap("optimizer")
         timer.stop()
     return {**timer.medians(), "step": timer.total()}
+
+
+def channels_last_ratio(model, frames: torch.Tensor, repeats: int) -> float:
+    """EfficientNet-B0 forward + backward of the folded frames [B*T, 3, H, W] (autocast bf16 on CUDA),
+    channels_last weights and input over contiguous ones, timed in turn."""
+    device = frames.device
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    images = frames.flatten(0, 1)  # (b t) c h w
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images_last = images.contiguous(memory_format=torch.channels_last)
+
+    def forward_backward(module, x):
+        with autocast(device, dtype):
+            pooled, _ = module.frame_features(x)
+        pooled.float().square().mean().backward()
+
+    t = time_in_turn({"contiguous": lambda: forward_backward(model, images),
+                      "channels_last": lambda: forward_backward(last, images_last)}, repeats)
+    print(f"   channels_last / contiguous {t['channels_last'] / t['contiguous']:.2f} (contiguous "
+          f"{1000 * t['contiguous']:.1f} ms, channels_last {1000 * t['channels_last']:.1f} ms, {images.shape[0]} "
+          f"frames of {images.shape[-1]} px)")
+    return t["channels_last"] / t["contiguous"]
 
 
 def peak_memory_mb(frames: int, args, device: torch.device) -> float:
@@ -92,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-frames", default="8,16,32", help="T values for the peak-memory part")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the compiled training step too (the compile takes minutes on a CPU)")
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,6 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     for frames in (int(t) for t in args.memory_frames.split(",")):
         results[f"peak_mb_T{frames}"] = peak_memory_mb(frames, args, device)
         print(f"  T = {frames:3d}: {results[f'peak_mb_T{frames}']:8.0f} MB")
+
+    print(f"--compile and the optimiser (batch {args.batch_size}, T {args.frames}; {method(args.steps)}, in turn):")
+    frames, labels = batch["frames"].to(device), batch["label"].to(device)
+    results.update(compile_and_optimiser_ratios(
+        model, lambda m: classification_loss(m(frames), labels, torch.ones(2, device=device)),
+        lambda **kw: torch.optim.Adam(model.parameters(), lr=1e-4, **kw), device, args.steps, args.compile))
+    print(f"channels-last memory, EfficientNet-B0 frames forward + backward ({method(args.steps)}, in turn):")
+    results["channels_last_over_contiguous"] = channels_last_ratio(model, frames, args.steps)
     return results
 
 

@@ -8,6 +8,8 @@
 3. Activation memory with and without gradient checkpointing, batch 4 at 448 px (CPU: bytes the
    autograd graph holds at the end of the forward; CUDA: torch.cuda.max_memory_allocated).
 4. Memory over 30 consecutive training steps (it must stay flat).
+5. The DCAL training step compiled / eager (`--compile`, the compile timed apart; bf16 on CUDA) and the
+   AdamW step fused / foreach / plain.
 CPU sizes are cut down (batch, image size) so the run stays within a few minutes; each line says
 what it ran. Times are measured as common/tools/bench.py measures them (median wall time, CUDA synchronised,
 the compared models timed in turn).
@@ -25,7 +27,7 @@ import warnings
 import torch
 
 from common.runtime import decay_param_groups
-from common.tools.bench import method, time_in_turn
+from common.tools.bench import compile_and_optimiser_ratios, method, time_in_turn
 from dual_cross_attention.model import DCAL, DCALConfig, compute_losses, derangement
 
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6, patch_size=16)
@@ -111,6 +113,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (the median counts)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the compiled step too (the compile takes minutes on a CPU)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
@@ -192,6 +196,16 @@ def main(argv=None):
           f"{'allocated' if cuda else 'live tensor'} MiB after steps 1/10/30: "
           + " / ".join(f"{readings[i] / 2**20:.1f}" for i in (0, 9, 29))
           + f" (growth from step 2 to 30: {(readings[29] - readings[1]) / 2**20:+.2f} MiB)")
+
+    # 5. --compile and the fused optimiser
+    size, batch = (448, 8) if cuda else (224, 2)
+    model = DCAL(DCALConfig(**{**base, "image_size": size})).to(device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 200, (batch,), device=device)
+    print(f"[5] DCAL {arch} {size}px batch {batch}, --compile and the optimiser ({method(args.repeats)}, in turn):")
+    compile_and_optimiser_ratios(model, lambda m: compute_losses(m, images, labels, use_pwca=True)[0],
+                                 lambda **kw: torch.optim.AdamW(decay_param_groups(model, 0.05), lr=1e-4, **kw),
+                                 device, args.repeats, args.compile)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from common.runtime import (
     autocast_dtype,
     check_finite,
     cleanup_distributed,
+    compile_model,
     decay_param_groups,
     gather_cat,
     is_main,
@@ -310,8 +311,9 @@ def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
 
 
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, decoupled decay on weight matrices only (not on norms, biases, tokens, loss log-variances)."""
-    return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr)
+    """AdamW, decoupled decay on weight matrices only (not on norms, biases, tokens, loss log-variances);
+    fused (one kernel) on CUDA, plain on CPU."""
+    return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr, fused=next(model.parameters()).is_cuda)
 
 
 def new_meters() -> dict:
@@ -486,8 +488,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.schedule = plan_schedule(cfg.train, cfg.data.data_root is None, samplers["train"], dist_info.world_size)
         # FIX(DCAL-WD): decoupled decay on matrices only; Adam's L2 pulled every norm and bias to 0.
         optimizer = build_optimizer(model, cfg.schedule.peak_lr, cfg.train.weight_decay)
-        state = State(wrap_ddp(model, dist_info), optimizer, make_grad_scaler(cfg.device, cfg.dtype),
-                      meters=new_meters())
+        state = State(compile_model(wrap_ddp(model, dist_info), cfg.run.compile), optimizer,
+                      make_grad_scaler(cfg.device, cfg.dtype), meters=new_meters())
         run.restore(state)  # weights, optimiser, position and meters of --resume
         state.meters["loss_sums"] = {k: v.to(cfg.device) for k, v in state.meters["loss_sums"].items()}
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))

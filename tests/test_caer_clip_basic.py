@@ -109,3 +109,17 @@ def test_model_files_copy_alone_and_tools_do_not_import_train(tmp_path):
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "caer_clip.train" not in modules and "train" not in modules, tool
+
+
+@pytest.mark.parametrize("moco_queue", [0, 8])
+def test_caer_bench_step_breakdown_runs_with_and_without_moco(moco_queue, capsys):
+    """CAER-BENCH-QUEUE: bench.py's training step at the default model (no MoCo queue) raised
+    AttributeError on model.queue, so the bench never reached its step breakdown."""
+    from caer_clip.bench import step_breakdown
+    from caer_clip.model import ModelConfig
+
+    texts = ["a calm face", "a smiling face", "x", "a photo of ."]
+    step_breakdown("tiny", ModelConfig(num_frames=2, moco_queue=moco_queue), CLIP(tiny_config()),
+                   WordTokenizer(texts, tiny_config().context_length, tiny_config().vocab_size), 2,
+                   torch.device("cpu"), 1)
+    assert "ms/step" in capsys.readouterr().out

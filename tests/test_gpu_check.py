@@ -14,6 +14,7 @@ def test_dry_run_parses_every_command_with_its_own_parser(tmp_path):
     assert len(rows) == len(gpu_check.PROJECTS) * len(gpu_check.KINDS)
     for project in gpu_check.PROJECTS:
         assert f"{project}/train.py --amp fp16" in report and f"{project}/bench.py" in report
+        assert f"{project}-compile --overwrite --compile" in report  # the bf16 demo compiled (optimiser fused)
     assert "--nproc_per_node=" in report
 
 

@@ -11,10 +11,11 @@ SMALL = ["--batch-size", "4", "--seq-len", "8", "--iters", "1"]
 
 @pytest.mark.slow
 def test_bench_reports_both_steps_for_the_tiny_config(capsys):
-    results = bench.main(["--configs", "tiny", "--warmup", "0", *SMALL])
+    results = bench.main(["--configs", "tiny", "--warmup", "0", "--no-compile", *SMALL])  # compile: minutes
     r = results["tiny"]
     assert r["one_ms"] > 0 and r["two_ms"] > 0 and r["ratio"] == pytest.approx(r["one_ms"] / r["two_ms"])
     assert r["one_tok_s"] > 0 and "ratio" in capsys.readouterr().out
+    assert r["fused_over_plain"] > 0 and r["foreach_over_plain"] > 0
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ from common.runtime import (
     autocast_dtype,
     check_finite,
     cleanup_distributed,
+    compile_model,
     decay_param_groups,
     gather_cat,
     make_grad_scaler,
@@ -376,8 +377,10 @@ def main(argv: list[str] | None = None) -> dict:
             except (KeyError, ValueError) as e:
                 raise DataError(f"--encoder {cfg.encoder.encoder}: {e}") from None
         # NOTE(deviation): no decay on biases, norms, embeddings (STYLE.md); the original decays every parameter.
-        optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-        ddp_model = wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal")
+        optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                      fused=cfg.device.type == "cuda")  # plain on CPU: see bench.py
+        ddp_model = compile_model(wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal"),
+                                  cfg.run.compile)
         # meters: the open window of the training log, the last validation scores, and the word
         # vocabulary (a list of str), so a checkpoint is scored with the token ids it trained on.
         state = State(ddp_model, optimizer, make_grad_scaler(cfg.device, cfg.dtype),

@@ -83,3 +83,47 @@ class StageTimer:
 
     def total(self) -> float:
         return statistics.median(self.totals)
+
+
+def compile_and_optimiser_ratios(model, loss_of: Callable, make_optimizer: Callable, device, repeats: int = 5,
+                                 compile_step: bool = True) -> dict[str, float]:
+    """What `--compile` and a fused optimiser buy on `device`, measured in one run and printed.
+
+    `loss_of(module)` is the forward and loss of one fixed batch; `make_optimizer(**kw)` builds the
+    project's optimiser over `model` with extra keyword arguments (fused=True, foreach=True). A training
+    step (forward under autocast, bf16 on CUDA, backward, plain optimiser step) is timed eager and through
+    torch.compile(model), in turn; the compile (the first compiled step) is timed apart and its pay-back
+    given in steps. Then the optimiser step alone: plain (for-loop), foreach and fused, in turn."""
+    import torch
+
+    from common.runtime import autocast, autocast_dtype
+
+    dtype = autocast_dtype(device, "bf16") if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    optimizer = make_optimizer(foreach=False)
+
+    def step(module):
+        with autocast(device, dtype):
+            loss = loss_of(module)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    out = {}
+    if compile_step:
+        compiled = torch.compile(model)
+        out["compile_s"] = timed_call(lambda: step(compiled))
+        t = time_in_turn({"eager": lambda: step(model), "compiled": lambda: step(compiled)}, repeats)
+        out["compiled_over_eager"] = t["compiled"] / t["eager"]
+        saved = t["eager"] - t["compiled"]
+        payback = f"pays back after {out['compile_s'] / saved:.0f} steps" if saved > 0 else "never pays back here"
+        print(f"   training step: compiled / eager {out['compiled_over_eager']:.2f} (eager {1000 * t['eager']:.1f} "
+              f"ms, compiled {1000 * t['compiled']:.1f} ms); compile {out['compile_s']:.1f} s, {payback}")
+    with autocast(device, dtype):
+        loss = loss_of(model)
+    loss.backward()  # the gradients every optimiser below steps with
+    t = time_in_turn({kind: make_optimizer(**{kind: True} if kind != "plain" else {"foreach": False}).step
+                      for kind in ("plain", "foreach", "fused")}, repeats)
+    out.update(fused_over_plain=t["fused"] / t["plain"], foreach_over_plain=t["foreach"] / t["plain"])
+    print(f"   optimiser step alone: fused / plain {out['fused_over_plain']:.2f}, foreach / plain "
+          f"{out['foreach_over_plain']:.2f} (plain {1000 * t['plain']:.2f} ms, fused {1000 * t['fused']:.2f} ms)")
+    return out
