@@ -11,9 +11,9 @@ from PIL import Image
 from caer_clip.clip import load_clip
 from caer_clip.data import CLASS_DESCRIPTORS, DataConfig
 from caer_clip.model import ModelConfig, build_model
+from tests.run_helpers import TINY
 
-TINY_TRAIN = ["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-test", "10", "--batch-size", "4",
-              "--epochs", "1", "--moco-queue", "16", "--log-interval", "2"]
+TINY_TRAIN = [*TINY["caer_clip"], "--log-interval", "2"]
 
 
 def tiny_model(dataset: str = "synthetic", **overrides):

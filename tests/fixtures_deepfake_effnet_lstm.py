@@ -4,9 +4,9 @@ from pathlib import Path
 
 from PIL import Image
 
-TINY_ARGS = ["--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-frames", "4",
-             "--frames", "2", "--image-size", "32", "--batch-size", "2", "--eval-clips", "1",
-             "--no-overlays", "--no-tensorboard", "--log-interval", "2", "--pretrained", "none"]
+from tests.run_helpers import TINY
+
+TINY_ARGS = [*TINY["deepfake_effnet_lstm"], "--pretrained", "none"]
 
 
 def write_dataset(root: Path, videos: list[dict], frames: int = 4, size: int = 8, masks: bool = False) -> Path:

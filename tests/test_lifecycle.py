@@ -29,7 +29,7 @@ from common.checkpoint import (
 )
 from common.lifecycle import Run, State
 from common.runtime import ConfigMismatchError, RunDirError
-from tests.run_helpers import ENV, REPO, assert_same_run, log_rows, ok, script, train
+from tests.run_helpers import ENV, REPO, TINY, assert_same_run, log_rows, ok, script, train
 
 HOOKS = str(REPO / "tests" / "scripts" / "lifecycle_hooks.py")
 
@@ -51,27 +51,20 @@ COMMON_BAD = [(["--batch-size", "0"], "--batch-size"), (["--epochs", "0"], "--ep
 
 SPECS: dict[str, Spec] = {
     "caer_clip": Spec(
-        tiny=["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-test", "10", "--batch-size", "4",
-              "--epochs", "2", "--moco-queue", "16"],
+        tiny=[*TINY["caer_clip"], "--epochs", "2"],
         three_epochs=["--epochs", "3"], val_row=("val_uar", "*"),
         bad_args=COMMON_BAD + [(["--lr-image", "0"], "--lr-image"), (["--num-frames", "0"], "--num-frames"),
                                (["--val-fraction", "1.5"], "--val-fraction")]),
     "dual_cross_attention": Spec(
-        tiny=["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--synthetic-classes", "4",
-              "--image-size", "16", "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8",
-              "--epochs", "2", "--log-interval", "4"],
+        tiny=[*TINY["dual_cross_attention"], "--log-interval", "4"],
         three_epochs=["--epochs", "3"], val_row=("val_top1", "*"),
         bad_args=COMMON_BAD + [(["--accum-steps", "0"], "--accum-steps"), (["--top-ratio", "1.5"], "--top-ratio")]),
     "deepfake_effnet_lstm": Spec(
-        tiny=["--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-frames", "4",
-              "--frames", "2", "--image-size", "32", "--batch-size", "2", "--eval-clips", "1", "--no-overlays",
-              "--no-tensorboard", "--log-interval", "2", "--max-iters", "8", "--test"],
+        tiny=[*TINY["deepfake_effnet_lstm"], "--max-iters", "8", "--test"],
         three_epochs=["--epochs", "3", "--max-iters", "100"], val_row=("split", "val"),
         bad_args=COMMON_BAD + [(["--frames", "0"], "--frames"), (["--val-fraction", "2"], "--val-fraction")]),
     "visobert_multitask": Spec(
-        tiny=["--synthetic-train", "128", "--synthetic-val", "32", "--synthetic-test", "32", "--hidden", "32",
-              "--layers", "1", "--heads", "2", "--intermediate", "64", "--epochs", "2", "--batch-size", "32",
-              "--log-interval", "2"],
+        tiny=TINY["visobert_multitask"],
         three_epochs=["--epochs", "3"], val_row=("split", "val"),
         bad_args=COMMON_BAD + [(["--max-len", "0"], "--max-len"), (["--w-con", "-1"], "--w-con")]),
 }

@@ -21,6 +21,7 @@ from common.runtime import DataError
 from tests.fixtures_caer_clip import TINY_TRAIN as CAER_TINY
 from tests.fixtures_deepfake_effnet_lstm import TINY_ARGS as DFD_TINY
 from tests.fixtures_deepfake_effnet_lstm import grouped_videos, write_dataset
+from tests.run_helpers import TINY
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAS_MATPLOTLIB, reason="pictures need matplotlib")
@@ -365,9 +366,7 @@ def test_deepfake_effnet_lstm_errors(deepfake, tmp_path):
 
 # ----------------------------------------------------------------------------- visobert_multitask
 
-VISOBERT_TINY = ["--synthetic-train", "128", "--synthetic-val", "32", "--synthetic-test", "32", "--hidden", "32",
-                 "--layers", "1", "--heads", "2", "--intermediate", "64", "--epochs", "1", "--batch-size", "32",
-                 "--log-interval", "2"]
+VISOBERT_TINY = [*TINY["visobert_multitask"], "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from common.runtime import ConfigMismatchError, DataError, NonFiniteLossError, RunDirError
-from tests.run_helpers import REPO, assert_same_run, script, train
+from tests.run_helpers import REPO, TINY, assert_same_run, script, train
 
 
 @dataclass
@@ -36,23 +36,16 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     "dual_cross_attention": Spec(
-        tiny=["--synthetic-train", "64", "--synthetic-val", "32", "--synthetic-test", "32", "--synthetic-classes", "4",
-              "--image-size", "16",
-              "--embed-dim", "32", "--depth", "2", "--heads", "2", "--batch-size", "8", "--epochs", "2"],
+        tiny=TINY["dual_cross_attention"],
         other_size=["--embed-dim", "48"], mismatch_key="embed_dim"),
     "caer_clip": Spec(
-        tiny=["--synthetic-train", "20", "--synthetic-val", "10", "--synthetic-test", "10", "--batch-size", "4",
-              "--epochs", "1", "--moco-queue", "16"],
+        tiny=TINY["caer_clip"],
         other_size=["--temporal-layers", "2"], mismatch_key="temporal_layers"),
     "deepfake_effnet_lstm": Spec(
-        tiny=["--synthetic-train", "8", "--synthetic-val", "4", "--synthetic-test", "4", "--synthetic-frames", "4",
-              "--frames", "2", "--image-size", "32", "--batch-size", "2", "--eval-clips", "1", "--no-overlays",
-              "--no-tensorboard", "--log-interval", "2", "--max-iters", "4"],
+        tiny=[*TINY["deepfake_effnet_lstm"], "--max-iters", "4"],
         other_size=["--lstm-hidden", "64"], mismatch_key="lstm_hidden"),
     "visobert_multitask": Spec(
-        tiny=["--synthetic-train", "128", "--synthetic-val", "32", "--synthetic-test", "32", "--hidden", "32",
-              "--layers", "1", "--heads", "2", "--intermediate", "64", "--epochs", "2", "--batch-size", "32",
-              "--log-interval", "2"],
+        tiny=TINY["visobert_multitask"],
         other_size=["--layers", "2"], mismatch_key="model.layers"),
 }
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.run_helpers import VISOBERT_TINY_MODEL
 from visobert_multitask import losses as vsb_losses
 from visobert_multitask import train as vsb_train
 from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE, synthetic_splits
@@ -25,7 +26,7 @@ from visobert_multitask.losses import (
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, hf_key_map, load_hf_encoder
 from visobert_multitask.train import aspect_metrics, training_alpha
 
-TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64", "--max-len", "16", "--device", "cpu"]
+TINY = VISOBERT_TINY_MODEL
 
 
 def _settings_and_model():

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import load_run_checkpoint
+from tests.run_helpers import VISOBERT_TINY_MODEL
 from visobert_multitask import train as vsb_train
 from visobert_multitask.data import ABSENT, NEGATIVE, NEUTRAL, POSITIVE
 from visobert_multitask.losses import (
@@ -24,7 +25,7 @@ from visobert_multitask.losses import (
 )
 from visobert_multitask.model import AspectSentimentModel
 
-TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64", "--max-len", "16", "--device", "cpu"]
+TINY = VISOBERT_TINY_MODEL
 LABELS = torch.tensor([[POSITIVE, ABSENT, NEGATIVE], [POSITIVE, NEGATIVE, ABSENT], [ABSENT, NEUTRAL, NEGATIVE],
                        [NEGATIVE, ABSENT, ABSENT], [ABSENT, ABSENT, ABSENT], [POSITIVE, ABSENT, NEGATIVE]])
 
