@@ -384,6 +384,12 @@ class ClipDataset(torch.utils.data.Dataset):
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
 
+    def sampler(self, batch_size: int, rank: int = 0, world_size: int = 1) -> EpochSampler:
+        """The training order: class-balanced with --balanced-sampler, else a shuffle of every clip."""
+        if self.cfg.balanced_sampler:
+            return ClassBalancedSampler(self.labels, batch_size, self.cfg.balance_power, self.seed, rank, world_size)
+        return EpochSampler(len(self), batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world_size)
+
     def frame_names(self, index: int) -> list[str]:
         if index not in self._frame_names:
             rec = self.records[index]
@@ -561,12 +567,12 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
 
 class ClassBalancedSampler(EpochSampler):
     """Epochs of `len(labels)` indices where class c gets a share ~ count_c ** power (power 0:
-    equal shares), drawn with replacement inside each class. Order depends only on (seed,
-    epoch), so it shards and resumes exactly like EpochSampler."""
+    equal shares), drawn with replacement inside each class, in an order that depends only on (seed,
+    epoch); EpochSampler's unshuffled path shards and resumes that list."""
 
     def __init__(self, labels: list[int], batch_size: int, power: float = 0.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        super().__init__(len(labels), batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        super().__init__(len(labels), batch_size, shuffle=False, seed=seed, rank=rank, world_size=world_size)
         self.labels, self.power = np.asarray(labels), power
 
     def class_counts(self) -> dict[int, int]:
@@ -591,7 +597,5 @@ class ClassBalancedSampler(EpochSampler):
             repeats = max(1, math.ceil(count / len(members)))
             order = torch.cat([torch.randperm(len(members), generator=g) for _ in range(repeats)])[:count]
             picks.extend(members[order.numpy()].tolist())
-        order = [picks[i] for i in torch.randperm(len(picks), generator=g).tolist()]
-        per_rank = len(order) // self.world_size
-        shard = order[: per_rank * self.world_size][self.rank :: self.world_size]
-        return shard[: len(shard) // self.batch_size * self.batch_size]
+        order = torch.randperm(len(picks), generator=g).tolist()
+        return [picks[order[i]] for i in super()._indices()]  # EpochSampler's shard of the positions 0..n-1
