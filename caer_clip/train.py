@@ -275,8 +275,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         for group in state.optimizer.param_groups:
             group["lr"] = multistep_lr(state.step, group["base_lr"], [m * steps_per_epoch for m in tc.milestones],
                                        tc.lr_gamma, tc.warmup_steps)
-        face, context = face.to(device, non_blocking=True), context.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        face, context, labels = (t.to(device, non_blocking=True) for t in (face, context, labels))
         # Mixup randomness from (seed, epoch, batch): identical after a resume.
         mix_gen = runtime.sample_generator(cfg.run.seed, epoch, 10**9 + state.batch_in_epoch)
         # FIX(CAER-MIXUP-TARGET): y_b = y[perm], not the permutation index; one perm for both streams.
