@@ -228,18 +228,15 @@ def open_clip_architecture(reference: nn.Module) -> dict:
     builds heads = vision_cfg.width // vision_cfg.head_width and text_cfg.heads, and QuickGELU only when
     the config says quick_gelu), as keyword arguments of clip_from_state_dict. Anything this CLIP
     does not compute is refused here: the key and shape checks cannot see a change of function."""
-    from open_clip.model import CLIP as OpenClipCLIP
-    from open_clip.transformer import QuickGELU as OpenClipQuickGELU
-    from open_clip.transformer import ResidualAttentionBlock as OpenClipBlock
-    from open_clip.transformer import VisionTransformer as OpenClipViT
+    import open_clip
 
     def refuse(what: str):
         raise ValueError(f"cannot load this open_clip model correctly: {what}")
 
-    if type(reference) is not OpenClipCLIP:
+    if type(reference) is not open_clip.model.CLIP:
         refuse(f"{type(reference).__name__} is not open_clip's CLIP (custom / HF text tower, CoCa)")
     visual = reference.visual
-    if type(visual) is not OpenClipViT:
+    if type(visual) is not open_clip.transformer.VisionTransformer:
         refuse(f"image tower {type(visual).__name__} is not open_clip's VisionTransformer (timm trunk or ResNet)")
     # open_clip/transformer.py VisionTransformer._pool / text_global_pool: ours takes the CLS token and the
     # argmax (EOT) token, text under a causal mask
@@ -252,28 +249,22 @@ def open_clip_architecture(reference: nn.Module) -> dict:
     for module in reference.modules():
         if isinstance(module, nn.LayerNorm) and (module.eps != 1e-5 or not module.elementwise_affine):
             refuse(f"LayerNorm eps {module.eps} / affine {module.elementwise_affine} (ours: 1e-5, affine)")
-
-    def tower(name: str, transformer: nn.Module) -> tuple[int, bool]:
-        heads, acts = set(), set()
-        for block in transformer.resblocks:
-            if type(block) is not OpenClipBlock or not isinstance(block.attn, nn.MultiheadAttention):
+    heads, quick_gelu = {"image": set(), "text": set()}, set()  # one value each, or refused
+    for name, tower in (("image", visual.transformer), ("text", reference.transformer)):
+        for block in tower.resblocks:
+            act, plain = block.mlp.gelu, type(block) is open_clip.transformer.ResidualAttentionBlock
+            if not plain or not isinstance(block.attn, nn.MultiheadAttention):
                 refuse(f"{name} block {type(block).__name__} is not open_clip's standard ResidualAttentionBlock")
             if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
                 refuse(f"{name} blocks have LayerScale (ls_init_value)")
-            act = block.mlp.gelu
-            if type(act) is not OpenClipQuickGELU and not (type(act) is nn.GELU and act.approximate == "none"):
+            quick = type(act) is open_clip.transformer.QuickGELU
+            if not quick and not (type(act) is nn.GELU and act.approximate == "none"):
                 refuse(f"{name} MLP activation {act!r} (ours: QuickGELU or exact nn.GELU)")
-            heads.add(block.attn.num_heads)
-            acts.add(type(act) is OpenClipQuickGELU)
-        if len(heads) != 1 or len(acts) != 1:
-            refuse(f"{name} blocks differ in heads {sorted(heads)} or activation")
-        return heads.pop(), acts.pop()
-
-    (vision_heads, vision_quick), (text_heads, text_quick) = tower("image", visual.transformer), tower(
-        "text", reference.transformer)
-    if vision_quick != text_quick:
-        refuse("the image and text towers use different activations")
-    return dict(vision_heads=vision_heads, transformer_heads=text_heads, quick_gelu=vision_quick)
+            heads[name].add(block.attn.num_heads)
+            quick_gelu.add(quick)
+    if len(heads["image"]) != 1 or len(heads["text"]) != 1 or len(quick_gelu) != 1:
+        refuse(f"blocks differ in heads {heads} or in activation (QuickGELU: {quick_gelu})")
+    return dict(vision_heads=heads["image"].pop(), transformer_heads=heads["text"].pop(), quick_gelu=quick_gelu.pop())
 
 
 def _open_clip(what: str):

@@ -79,9 +79,8 @@ def dataset_name(cfg: DataConfig) -> str:
 
 def class_descriptors(cfg: DataConfig) -> dict[str, list[str]]:
     """Class name -> descriptor sentences of the dataset (the names are the same for every --class-text)."""
-    if cfg.class_text == "clip-caer":
-        if dataset_name(cfg) != "raer":
-            raise DataError(f"--class-text clip-caer: CLIP-CAER's sentences describe RAER, not {dataset_name(cfg)}")
+    if cfg.class_text == "clip-caer" and dataset_name(cfg) != "raer":
+        raise DataError(f"--class-text clip-caer: CLIP-CAER's sentences describe RAER, not {dataset_name(cfg)}")
     return CLASS_TEXT[cfg.class_text][dataset_name(cfg)]
 
 
@@ -203,28 +202,27 @@ def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], all
             boxes[clip] = {Path(name).stem: box for name, box in value.items() if box is not None}
         elif value is not None:
             boxes[clip] = value
-    missing = []  # "'clip' (list:line)", and the frames without a box when only some lack one
+    missing = {}  # clip key -> " (list:line)", and the frames without a box when only some lack one
     for rec in {r.key: r for r in records}.values():
         entry = boxes.get(rec.key)
-        names = list_frames(rec.frames_dir, rec.source, rec.num_frames)[:rec.num_frames] if isinstance(
-            entry, dict) else []
+        frames = list_frames(rec.frames_dir, rec.source, rec.num_frames) if isinstance(entry, dict) else []
+        names = frames[:rec.num_frames]
         gaps = [n for n in names if Path(n).stem not in entry]
         if entry is None or gaps:
-            missing.append(f"{rec.key!r} ({rec.source})" + (f" frames {', '.join(gaps)}" if 0 < len(gaps) < len(
-                names) else ""))
+            missing[rec.key] = f" ({rec.source})" + (f" frames {', '.join(gaps)}" if len(gaps) < len(names) else "")
     summary = f"{kind} boxes: {len(clip_keys) - len(missing)} of {len(clip_keys)} clips"
     outside = [repr(k) for k in unmatched if re.match(r"/|\.\./|[A-Za-z]:/", k.replace("\\", "/").strip())]
     if outside:
         summary += (f" ({len(outside)} keys of {path.name} lie outside --data-root {root} and match no clip: "
                     f"{listing(outside, 3)})")
     if missing and allow_missing:
-        summary += f" ({len(missing)} fall back: {listing([m.split(' (')[0] for m in missing], 5)})"
+        summary += f" ({len(missing)} fall back: {listing([repr(k) for k in missing], 5)})"
     elif missing:
         hint = "" if outside or not unmatched else ("; a key names the clip folder relative to --data-root, keys "
                                                     f"matching no clip: {listing([repr(k) for k in unmatched], 3)}")
         instead = "centre crop" if kind == "face" else "whole frame"
-        raise DataError(f"{path}: no {kind} box for clip {listing(missing)} [{summary}]{hint} "
-                        f"(pass --allow-missing-boxes to fall back to the {instead} instead)")
+        raise DataError(f"{path}: no {kind} box for clip {listing([repr(k) + m for k, m in missing.items()])} "
+                        f"[{summary}]{hint} (pass --allow-missing-boxes to fall back to the {instead} instead)")
     return boxes, summary
 
 
@@ -383,6 +381,12 @@ class ClipDataset(torch.utils.data.Dataset):
     @property
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
+
+    def sampler(self, batch_size: int, rank: int = 0, world_size: int = 1) -> EpochSampler:
+        """The training order: class-balanced with --balanced-sampler, else a shuffle of every clip."""
+        if self.cfg.balanced_sampler:
+            return ClassBalancedSampler(self.labels, batch_size, self.cfg.balance_power, self.seed, rank, world_size)
+        return EpochSampler(len(self), batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world_size)
 
     def frame_names(self, index: int) -> list[str]:
         if index not in self._frame_names:
@@ -561,12 +565,12 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
 
 class ClassBalancedSampler(EpochSampler):
     """Epochs of `len(labels)` indices where class c gets a share ~ count_c ** power (power 0:
-    equal shares), drawn with replacement inside each class. Order depends only on (seed,
-    epoch), so it shards and resumes exactly like EpochSampler."""
+    equal shares), drawn with replacement inside each class, in an order that depends only on (seed,
+    epoch); EpochSampler's unshuffled path shards and resumes that list."""
 
     def __init__(self, labels: list[int], batch_size: int, power: float = 0.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        super().__init__(len(labels), batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        super().__init__(len(labels), batch_size, shuffle=False, seed=seed, rank=rank, world_size=world_size)
         self.labels, self.power = np.asarray(labels), power
 
     def class_counts(self) -> dict[int, int]:
@@ -591,7 +595,5 @@ class ClassBalancedSampler(EpochSampler):
             repeats = max(1, math.ceil(count / len(members)))
             order = torch.cat([torch.randperm(len(members), generator=g) for _ in range(repeats)])[:count]
             picks.extend(members[order.numpy()].tolist())
-        order = [picks[i] for i in torch.randperm(len(picks), generator=g).tolist()]
-        per_rank = len(order) // self.world_size
-        shard = order[: per_rank * self.world_size][self.rank :: self.world_size]
-        return shard[: len(shard) // self.batch_size * self.batch_size]
+        order = torch.randperm(len(picks), generator=g).tolist()
+        return [picks[order[i]] for i in super()._indices()]  # EpochSampler's shard of the positions 0..n-1

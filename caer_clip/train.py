@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` and the
 
 import argparse
 import copy
+import json
 import textwrap
 import time
 import warnings
@@ -20,51 +21,16 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from caer_clip.data import (
-    CLASS_DESCRIPTORS,
-    ClassBalancedSampler,
-    DataConfig,
-    build_datasets,
-    build_seeded_model,
-    dataset_name,
-)
+from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, build_datasets, build_seeded_model, dataset_name
 from caer_clip.losses import LossConfig, total_loss
 from caer_clip.model import ModelConfig, param_groups
 from caer_clip.plots import save_confusion
+from common import cli, runtime
 from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
-from common.cli import (
-    above,
-    add_args,
-    arg,
-    at_least,
-    between,
-    check_resume_config,
-    explicit_dests,
-    from_args,
-    parse_with_resume,
-    run_args,
-    run_cli,
-)
+from common.cli import above, arg, at_least, between
 from common.lifecycle import Run, RunSettings, State
 from common.metrics import accuracy, confusion_matrix, precision_recall_f1
 from common.mixup import mixup
-from common.runtime import (
-    DataError,
-    EpochSampler,
-    assert_replicas_in_sync,
-    autocast,
-    autocast_dtype,
-    cleanup_distributed,
-    compile_model,
-    gather_cat,
-    is_main,
-    make_grad_scaler,
-    make_loader,
-    sample_generator,
-    setup_distributed,
-    unwrap,
-    wrap_ddp,
-)
 from common.schedulers import scaled_lr
 
 PROJECT = "caer_clip"
@@ -74,55 +40,11 @@ RESUME_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx
 COMPONENTS = ["cls", "mi", "dc", "moco"]  # the weighted loss terms, logged one by one
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", *[f"loss_{c}" for c in COMPONENTS], *[f"share_{c}" for c in COMPONENTS],
                "train_acc", "val_uar", "val_war", "box_fallbacks"]
-# The originals' recipes: each value with the file and line of the original it comes from. `--recipe`
-# picks one (with --data-root clip-caer by default); it fills only the settings the command line leaves
-# unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
-ORIGINS = {"clip-caer": "zgsfer/CLIP-CAER@6869d99", "rapt-clip": "mngoc3110/RAPT-CLIP@d318d0a"}
-CROSS_ENTROPY_ONLY = "main.py:388, cross-entropy alone"
-RECIPES = {
-    "clip-caer": dict(
-        clip=("openai:ViT-B-32", "main.py:205 loads ViT-B-32.pt"), num_frames=(16, "main.py:282 num_segments=16"),
-        class_text=("clip-caer", "models/Text_last.py:69-79, train.sh:27 --text-type class_descriptor"),
-        n_ctx=(8, "train.sh:24"), class_specific_ctx=(True, "train.sh:26"),
-        temporal=("cls", "models/Generate_Model_v5.py:17"), temporal_layers=(1, "train.sh:29"),
-        temporal_heads=(8, "models/Generate_Model_v5.py:20"),
-        adapter_ratio=(0.0, "models/Generate_Model_v5.py: no adapter"),
-        logit_scale=(100.0, "models/Generate_Model_v5.py:64 / 0.01"),
-        cls_loss=("ce", "train.sh:12 --label-smoothing False, main.py:258"), use_ldl=(False, CROSS_ENTROPY_ONLY),
-        w_mi=(0.0, CROSS_ENTROPY_ONLY), w_dc=(0.0, CROSS_ENTROPY_ONLY), w_moco=(0.0, CROSS_ENTROPY_ONLY),
-        moco_queue=(0, CROSS_ENTROPY_ONLY), mixup_alpha=(0.0, CROSS_ENTROPY_ONLY),
-        flip=(True, "dataloader/video_dataloader.py:249"), rotate_degrees=(4.0, "dataloader/video_dataloader.py:247"),
-        epochs=(20, "train.sh:5"), batch_size=(8, "train.sh:6"), optimizer=("sgd", "main.py:262"),
-        lr=(1e-2, "train.sh:17, temporal nets"), lr_image=(1e-5, "train.sh:18"), lr_prompt=(1e-3, "train.sh:19"),
-        lr_proj=(1e-5, "main.py:266 project_fc at --lr-image-encoder"), momentum=(0.9, "train.sh:21"),
-        weight_decay=(1e-4, "train.sh:20"), milestones=([10, 15], "train.sh:23"), lr_gamma=(0.1, "main.py:276"),
-        warmup_steps=(0, "main.py:274 MultiStepLR alone"), grad_clip=(0.0, "main.py:396-398 no clipping")),
-    "rapt-clip": dict(
-        clip=("openai:ViT-B-16", "train.sh:38"), num_frames=(16, "train.sh:29"), n_ctx=(8, "train.sh:44"),
-        class_specific_ctx=(True, "train.sh:46"), temporal=("attn", "train.sh:42 --temporal-type attn_pool"),
-        temporal_layers=(1, "train.sh:28"), temporal_heads=(8, "models/Generate_Model.py:55"),
-        logit_scale=(1 / 0.07, "train.sh:54 --temperature 0.07, models/Generate_Model.py:122-125 / temperature"),
-        cls_loss=("ce", "main.py:215"), use_ldl=(True, "train.sh:55 --use-ldl"),
-        w_mi=(0.1, "train.sh:51"), w_dc=(0.1, "train.sh:48"), aux_delay=(5.0, "train.sh:49,52 --mi/dc-warmup 5"),
-        aux_warmup=(10.0, "train.sh:50,53 --mi/dc-ramp 10"), w_moco=(0.0, "main.py:220 no MoCo since 8dbb893"),
-        moco_queue=(0, "main.py:220 no MoCo since 8dbb893"),
-        mixup_alpha=(0.2, "train.sh:61; main.py:277-283 never passed it on (FIX CAER-MIXUP-PLUMB)"),
-        balanced_sampler=(True, "train.sh:58, utils/builders.py:134-147 1/count per clip"),
-        flip=(True, "dataloader/video_dataloader.py:243"), rotate_degrees=(4.0, "dataloader/video_dataloader.py:241"),
-        epochs=(25, "train.sh:17"), batch_size=(4, "train.sh:18"), optimizer=("adamw", "train.sh:20"),
-        lr=(2e-5, "train.sh:21"), lr_proj=(2e-5, "main.py:229 project_fc at --lr"), lr_image=(1e-6, "train.sh:22"),
-        lr_prompt=(2e-4, "train.sh:23"), lr_adapter=(1e-4, "train.sh:24"), weight_decay=(5e-4, "train.sh:25"),
-        milestones=([10, 20], "train.sh:26"), lr_gamma=(0.1, "train.sh:27"),
-        warmup_steps=(0, "main.py:240 MultiStepLR alone"), grad_clip=(1.0, "train.sh:60")),
-}
-NOT_REPRODUCED = {  # what a recipe cannot or does not take from its original, said at start
-    "clip-caer": "face margin 20 px (dataloader/video_dataloader.py:218; here --face-margin, a share of the box); "
-                 "best epoch on the test list (here a validation split: FIX CAER-VAL-SPLIT)",
-    "rapt-clip": "its prompt-ensemble sentences (models/Text.py; here this repository's); LDL at temperature 1 "
-                 "from epoch 0 (here --ldl-temperature 0.1 after --ldl-warmup: FIX CAER-LDL-NORM, CAER-LDL-WARMUP); "
-                 "an adapter replacing the face features (here residual: FIX CAER-ADAPTER-RESIDUAL); "
-                 "--crop-body (pass --body-boxes)",
-}
+# The originals' recipes, in recipes.json: the commit each was read at, what it cannot or does not take from
+# its original (said at start), and every setting as [value, the file and line of the original it comes from].
+# `--recipe` picks one (with --data-root clip-caer by default); it fills only the settings the command line
+# leaves unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
+RECIPES = json.loads(runtime.read_text(Path(__file__).with_name("recipes.json")))
 MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["cls", "attn"],
                 "temporal_layers": at_least(1), "temporal_heads": at_least(1), "dropout": between(0.0, 1.0),
                 "adapter_ratio": at_least(0.0, float), "adapter_reduction": at_least(1), "logit_scale": above(0.0),
@@ -168,16 +90,17 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    recipes = "\n".join(textwrap.fill(f"{name}: " + ", ".join(f"{k}={v}" for k, (v, _) in recipe.items()), 96,
-                                       initial_indent="  ", subsequent_indent="    ")
+    recipes = "\n".join(textwrap.fill(f"{name}: " + ", ".join(f"{k}={v}" for k, (v, _) in recipe["settings"].items()),
+                                       96, initial_indent="  ", subsequent_indent="    ")
                          for name, recipe in RECIPES.items())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"recipes (--recipe; for every setting not given):\n{recipes}")
-    add_args(p, DataConfig, "data")
-    add_args(p, ModelConfig, "model", checks=MODEL_CHECKS, exclude=["num_classes"], flags={"use_context": "--context"})
-    add_args(p, LossConfig, "loss")
-    add_args(p, TrainConfig, "optimisation")
-    run_args(p, default_out="runs/caer_clip", ckpt_interval=100, log_interval=10)
+    cli.add_args(p, DataConfig, "data")
+    cli.add_args(p, ModelConfig, "model", checks=MODEL_CHECKS, exclude=["num_classes"],
+                 flags={"use_context": "--context"})
+    cli.add_args(p, LossConfig, "loss")
+    cli.add_args(p, TrainConfig, "optimisation")
+    cli.run_args(p, default_out="runs/caer_clip", ckpt_interval=100, log_interval=10)
     return p
 
 
@@ -185,7 +108,8 @@ def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
     """The recipe --recipe names (auto: clip-caer with --data-root, else none) for every setting not in
     `given` (the flags on the command line). Returns what it set: {setting: (value, source)}."""
     name = ("clip-caer" if args.data_root else "none") if args.recipe == "auto" else args.recipe
-    recipe = {k: copy.deepcopy(v) for k, v in RECIPES.get(name, {}).items() if k not in given}
+    settings = RECIPES[name]["settings"] if name in RECIPES else {}
+    recipe = {k: copy.deepcopy(v) for k, v in settings.items() if k not in given}
     if recipe.get("logit_scale", (0.0,))[0] > ModelConfig.logit_scale and recipe.get("clip", (args.clip,))[0] == "tiny":
         # A random tiny CLIP at scale 100 puts every clip in one class (val/test UAR 0.0 after an epoch).
         recipe["logit_scale"] = (ModelConfig.logit_scale, "kept for --clip tiny: scale 100 collapses a random CLIP")
@@ -196,9 +120,9 @@ def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
 
 def config_from(args: argparse.Namespace) -> Config:
     # FIX(CAER-MIXUP-PLUMB): each section from all its flags by name; --mixup-alpha etc. were dropped.
-    loss = from_args(LossConfig, args)
-    cfg = Config(from_args(ModelConfig, args), loss, from_args(DataConfig, args), from_args(TrainConfig, args),
-                 RunSettings.from_args(args))
+    loss = cli.from_args(LossConfig, args)
+    cfg = Config(cli.from_args(ModelConfig, args), loss, cli.from_args(DataConfig, args),
+                 cli.from_args(TrainConfig, args), RunSettings.from_args(args))
     cfg.model.num_classes = len(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
     return cfg
 
@@ -207,7 +131,7 @@ def build_model_and_data(cfg: Config, device: torch.device):
     """The model (data.build_seeded_model) on `device` and the {train, val, test} datasets."""
     if cfg.data.data_root is not None and not Path(cfg.data.data_root).is_dir():
         # A wrong path must fail now, not after CLIP's weights have been read or fetched.
-        raise DataError(f"--data-root {cfg.data.data_root} is not a folder")
+        raise runtime.DataError(f"--data-root {cfg.data.data_root} is not a folder")
     model = build_seeded_model(cfg.model, cfg.data, cfg.run.seed).to(device)
     splits = build_datasets(cfg.data, cfg.model.num_frames, model.clip.cfg.image_resolution, cfg.run.seed)
     return model, dict(zip(("train", "val", "test"), splits))
@@ -215,9 +139,9 @@ def build_model_and_data(cfg: Config, device: torch.device):
 
 def eval_loader(dataset, cfg: Config, rank: int = 0, world_size: int = 1):
     """Every clip once; each rank scores its shard and `evaluate` gathers them."""
-    sampler = EpochSampler(len(dataset), cfg.train.batch_size, shuffle=False, drop_last=False, seed=cfg.run.seed,
-                           rank=rank, world_size=world_size)
-    return make_loader(dataset, sampler, cfg.run.workers, cfg.run.seed)
+    sampler = runtime.EpochSampler(len(dataset), cfg.train.batch_size, shuffle=False, drop_last=False,
+                                   seed=cfg.run.seed, rank=rank, world_size=world_size)
+    return runtime.make_loader(dataset, sampler, cfg.run.workers, cfg.run.seed)
 
 
 def base_lrs(cfg: TrainConfig, world_size: int) -> dict[str, float]:
@@ -294,18 +218,19 @@ def evaluate(model, loader, cfg: Config) -> dict:
     bare module (unwrap a DDP one): the ranks' shards may differ by one batch."""
     model.eval()
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device, cfg.run.amp)
+    dtype = runtime.autocast_dtype(device, cfg.run.amp)
     preds, labels, fallbacks = [], [], torch.zeros((), dtype=torch.long, device=device)
     for face, context, y, fb in loader:
-        with autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             out = model(face.to(device, non_blocking=True), context.to(device, non_blocking=True))
         preds.append(out["logits"].argmax(dim=-1))
         labels.append(y.to(device))
         fallbacks += fb.to(device).sum()
-    preds, labels = gather_cat(torch.cat(preds)).cpu().numpy(), gather_cat(torch.cat(labels)).cpu().numpy()
+    preds, labels = (runtime.gather_cat(torch.cat(t)).cpu().numpy() for t in (preds, labels))
     # FIX(CAER-UAR-ALL-CLASSES): mean recall over all classes, not only those present in the split.
     uar_value = uar(labels, preds, cfg.model.num_classes)
-    return {"uar": uar_value, "war": accuracy(labels, preds), "fallbacks": int(gather_cat(fallbacks.view(1)).sum()),
+    return {"uar": uar_value, "war": accuracy(labels, preds),
+            "fallbacks": int(runtime.gather_cat(fallbacks.view(1)).sum()),
             "confusion": confusion_matrix(labels, preds, cfg.model.num_classes)}
 
 
@@ -326,7 +251,7 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
 def validate(state: State, loader, cfg: Config, run: Run, row: dict) -> dict:
     """Log `row` (the step, or the epoch's training means) with the validation scores, best.pt when they
     beat every earlier one; every rank calls it (gathered scores, a shared save). Returns the row + "improved"."""
-    metrics = evaluate(unwrap(state.model), loader, cfg)
+    metrics = evaluate(runtime.unwrap(state.model), loader, cfg)
     row = {**row, "val_uar": metrics["uar"], "val_war": metrics["war"],
            "box_fallbacks": row.get("box_fallbacks", 0) + metrics["fallbacks"]}
     run.log(row)
@@ -339,24 +264,23 @@ def validate(state: State, loader, cfg: Config, run: Run, row: dict) -> dict:
 
 def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> bool:
     """From the state's position to the end of its epoch, or to --max-iters; True when a stop signal came."""
-    tc, model, meters, epoch = cfg.train, unwrap(state.model), state.meters, state.epoch
+    tc, model, meters, epoch = cfg.train, runtime.unwrap(state.model), state.meters, state.epoch
     device, steps_per_epoch = next(model.parameters()).device, loader.sampler.batches_per_epoch()
-    dtype = autocast_dtype(device, cfg.run.amp)
+    dtype = runtime.autocast_dtype(device, cfg.run.amp)
     if at_max_iters(state, cfg):  # a resumed run that had reached its cap
         return False
     state.model.train()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not is_main() or not sys.stderr.isatty())
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main() or not sys.stderr.isatty())
     for face, context, labels, fallbacks in bar:
         for group in state.optimizer.param_groups:
             group["lr"] = multistep_lr(state.step, group["base_lr"], [m * steps_per_epoch for m in tc.milestones],
                                        tc.lr_gamma, tc.warmup_steps)
-        face, context = face.to(device, non_blocking=True), context.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        face, context, labels = (t.to(device, non_blocking=True) for t in (face, context, labels))
         # Mixup randomness from (seed, epoch, batch): identical after a resume.
-        mix_gen = sample_generator(cfg.run.seed, epoch, 10**9 + state.batch_in_epoch)
+        mix_gen = runtime.sample_generator(cfg.run.seed, epoch, 10**9 + state.batch_in_epoch)
         # FIX(CAER-MIXUP-TARGET): y_b = y[perm], not the permutation index; one perm for both streams.
         (face, context), y_a, y_b, lam = mixup([face, context], labels, cfg.loss.mixup_alpha, generator=mix_gen)
-        with autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             out = state.model(face, context)
         queue = (model.queue, model.queue_labels) if cfg.model.moco_queue > 0 else None
         epoch_progress = epoch + state.batch_in_epoch / steps_per_epoch
@@ -369,7 +293,8 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         state.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         if queue is not None and "key" in out:  # keys exist in training mode only
-            model.enqueue(gather_cat(out["key"].detach().float()), gather_cat(y_a if lam >= 0.5 else y_b))
+            keys, key_labels = out["key"].detach().float(), y_a if lam >= 0.5 else y_b
+            model.enqueue(runtime.gather_cat(keys), runtime.gather_cat(key_labels))
         correct = (out["logits"].argmax(-1) == labels).sum()
         for sums in (meters["window"], meters["epoch"]):  # on the device: no host sync before a log row
             sums["steps"] += 1
@@ -382,7 +307,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         if state.step % cfg.run.log_interval == 0:
             row = train_means(state, "window", lr, cfg)
             run.log(row)
-            if is_main():  # above the progress bar, not through it
+            if runtime.is_main():  # above the progress bar, not through it
                 bar.write(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
             bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{meters['val'].get('uar', float('nan')):.3f}",
                             lr=f"{lr:.1e}")
@@ -406,8 +331,8 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
         values = "; ".join(f"{k} {v:.4g} ({src})" if isinstance(v, float) else f"{k} {v} ({src})"
                            for k, (v, src) in recipe.items())
         lines = [textwrap.fill(text, 110, subsequent_indent="  ") for text in (
-            f"recipe {tc.recipe} ({ORIGINS[tc.recipe]}) for the settings not given: {values}",
-            f"not reproduced: {NOT_REPRODUCED[tc.recipe]}")]
+            f"recipe {tc.recipe} ({RECIPES[tc.recipe]['origin']}) for the settings not given: {values}",
+            f"not reproduced: {'; '.join(RECIPES[tc.recipe]['not reproduced'])}")]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return "\n".join(lines + [
         f"caer_clip: {dataset_name(cfg.data)} data, "
@@ -423,42 +348,38 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
 def main(argv: list[str] | None = None) -> dict:
     start_time = time.time()
     parser = build_parser()
-    args, resumed = parse_with_resume(parser, argv, PROJECT)
+    args, resumed = cli.parse_with_resume(parser, argv, PROJECT)
     # A resumed run has its recipe already in the checkpoint's settings.
-    recipe = {} if resumed else apply_recipe(args, explicit_dests(parser, argv))
+    recipe = {} if resumed else apply_recipe(args, cli.explicit_dests(parser, argv))
     cfg = config_from(args)
-    dist_info = setup_distributed(cfg.run.device)
+    dist_info = runtime.setup_distributed(cfg.run.device)
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     config = asdict(cfg)
     config["run"]["world_size"] = world_size
     if resumed:
-        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
+        cli.check_resume_config(resumed, config, RESUME_KEYS, args.resume)
     run = Run(PROJECT, args, config, "runs/caer_clip", resumed, best_metric="val_uar", best_mode="max")
     with run:
         model, splits = build_model_and_data(cfg, device)
         for name, dataset in splits.items():  # a split too small for one batch: an error naming it
             need = cfg.train.batch_size * world_size if name == "train" else world_size  # training drops partial
             if len(dataset) < need:
-                raise DataError(f"the {name} split holds {len(dataset)} clips, fewer than {need} (batch "
+                raise runtime.DataError(f"the {name} split holds {len(dataset)} clips, fewer than {need} (batch "
                                 f"{cfg.train.batch_size} x {world_size} processes for training, one clip per process "
                                 "for evaluation)")
-        if cfg.data.balanced_sampler:
-            sampler = ClassBalancedSampler(splits["train"].labels, cfg.train.batch_size, cfg.data.balance_power,
-                                           cfg.run.seed, rank, world_size)
-        else:
-            sampler = EpochSampler(len(splits["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
-                                   rank=rank, world_size=world_size)
+        sampler = splits["train"].sampler(cfg.train.batch_size, rank, world_size)
         groups = param_groups(model, base_lrs(cfg.train, world_size), cfg.train.weight_decay)
         fused = device.type == "cuda"  # one kernel for all parameters; plain on CPU (see the README's bench)
         optimizer = (torch.optim.SGD(groups, lr=0.0, momentum=cfg.train.momentum, fused=fused)
                      if cfg.train.optimizer == "sgd" else torch.optim.AdamW(groups, lr=0.0, fused=fused))
-        scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
+        scaler = runtime.make_grad_scaler(device, runtime.autocast_dtype(device, cfg.run.amp))
         meters = {"window": running_sums(),  # since the last training row (every --log-interval steps)
                   "epoch": running_sums(),  # since the epoch began
                   "box_fallbacks": 0,  # box look-ups of this epoch's training clips that fell back
                   "val": {},  # the last validation scores
                   "balance": {"streak": {}, "warned": []}}  # loss_shares' counters
-        state = State(compile_model(wrap_ddp(model, dist_info), cfg.run.compile), optimizer, scaler, meters=meters)
+        state = State(runtime.compile_model(runtime.wrap_ddp(model, dist_info), cfg.run.compile), optimizer, scaler,
+                      meters=meters)
         run.restore(state)  # a checkpoint holds the meters too: a resumed run writes the rows it would have
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.print(describe(cfg, recipe, splits, model, optimizer, sampler.batches_per_epoch(), world_size, device))
@@ -467,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         for epoch in range(state.epoch, cfg.train.epochs):
             sampler.set_epoch(epoch, state.batch_in_epoch)
             splits["train"].set_epoch(epoch)
-            loader = make_loader(splits["train"], sampler, cfg.run.workers, cfg.run.seed, epoch)
+            loader = runtime.make_loader(splits["train"], sampler, cfg.run.workers, cfg.run.seed, epoch)
             if train_one_epoch(state, loader, val_loader, cfg, run):
                 run.save("last.pt", state)
                 run.exit_stopped(state.step)
@@ -491,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.load_best(model)
         test = evaluate(model, test_loader, cfg)
         names = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
-        if is_main():
+        if runtime.is_main():
             save_confusion(test["confusion"], names, run.dir / "confusion_test",
                            f"caer_clip, test split: best.pt (epoch {run.best['epoch']}, step {run.best['step']}), "
                            f"UAR {test['uar']:.3f}, WAR {test['war']:.3f}")
@@ -500,14 +421,14 @@ def main(argv: list[str] | None = None) -> dict:
         best = "none" if run.best["value"] is None else f"{run.best['value']:.4f}"
         run.print(f"best val UAR {best} (epoch {run.best['epoch']}) | test UAR {test['uar']:.4f} "
                   f"WAR {test['war']:.4f} | {time.time() - start_time:.1f} s")
-        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        runtime.assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.meters["val"],
                    "test": scores(test)}
         run.finish(results)
     del state  # its DDP wrapper holds the process group: release it first
-    cleanup_distributed()
+    runtime.cleanup_distributed()
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

@@ -125,7 +125,7 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
     receives as second target (y_b) of each clip the label of the clip that was mixed into it. The
     baseline passed the permutation index, a class id unrelated to the mixed-in clip. The partner
     of each clip is read off the model's actual inputs: the j with mixed[i] = lam*x[i] + (1-lam)*x[j]."""
-    real_make_loader, real_build, real_total_loss = (caer_train.make_loader, caer_train.build_model_and_data,
+    real_make_loader, real_build, real_total_loss = (caer_train.runtime.make_loader, caer_train.build_model_and_data,
                                                       caer_train.total_loss)
     last_batch, model_inputs, steps = {}, {}, []
 
@@ -151,7 +151,7 @@ def test_caer_mixup_target_is_label_of_mixed_sample(tmp_path, monkeypatch):
         steps.append((last_batch["clips"], model_inputs["mixed"], y_a.clone(), y_b.clone(), lam))
         return real_total_loss(out, y_a, y_b, lam, *args, **kwargs)
 
-    monkeypatch.setattr(caer_train, "make_loader", RecordingLoader)
+    monkeypatch.setattr(caer_train.runtime, "make_loader", RecordingLoader)
     monkeypatch.setattr(caer_train, "build_model_and_data", build_recording)
     monkeypatch.setattr(caer_train, "total_loss", total_loss_recording)
     monkeypatch.setattr(caer_train, "save_confusion", lambda *args: None)  # not under test; spares matplotlib
@@ -275,6 +275,12 @@ def test_caer_balanced_sampler_counts_sum_and_no_empty_class():
         s.set_epoch(1)
     shard0, shard1 = list(ranks[0]), list(ranks[1])
     assert sorted(shard0 + shard1) == sorted(first)
+    # The draw of (seed 3, epoch 1), pinned; EpochSampler's path shards it and skips the batches done before a resume.
+    pinned = caer_data.ClassBalancedSampler([0] * 7 + [1] * 3 + [2] * 2, 2, 0.0, seed=3, rank=1, world_size=2)
+    pinned.set_epoch(1)
+    assert list(pinned) == [1, 3, 9, 11, 8, 11]
+    pinned.set_epoch(1, start_batch=1)
+    assert list(pinned) == [9, 11, 8, 11] and pinned.batches_per_epoch() == 3
 
 
 def test_caer_shapes_wrong_logit_shape_raises():

@@ -155,7 +155,7 @@ def test_ldl_target_follows_the_learned_prompts():
 def recipe_config(argv):
     parser = caer_train.build_parser()
     args = parser.parse_args(argv)
-    applied = caer_train.apply_recipe(args, caer_train.explicit_dests(parser, argv))
+    applied = caer_train.apply_recipe(args, caer_train.cli.explicit_dests(parser, argv))
     return caer_train.config_from(args), applied
 
 
