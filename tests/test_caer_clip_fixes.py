@@ -95,7 +95,7 @@ def test_caer_mixup_plumb_every_flag_reaches_its_config(tmp_path, monkeypatch):
     # Fixed: every flag of a config section, set to a non-default value, lands in the section that reads it;
     # the shared run flags (common.lifecycle.run_args) are the only others.
     run_flags = {"out", "resume", "overwrite", "seed", "device", "amp", "workers", "log_interval", "ckpt_interval",
-                 "keep_checkpoints"}
+                 "keep_checkpoints", "compile"}
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help" and a.dest not in run_flags]
     assert len(actions) > 50
     for action in actions:
