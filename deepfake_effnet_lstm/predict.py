@@ -30,16 +30,7 @@ from common.cli import run_cli
 from common.images import natural_key
 from common.runtime import DataError, EpochSampler, autocast, autocast_dtype, make_loader
 from common.tools.predict import eval_model, existing, open_run, predict_parser, write_rows
-from deepfake_effnet_lstm.data import (
-    CLASS_NAMES,
-    IMAGE_EXTENSIONS,
-    DataConfig,
-    VideoRecord,
-    VideoSequenceDataset,
-    list_frames,
-    list_subjects,
-    read_index,
-)
+from deepfake_effnet_lstm import data as data_lib
 from deepfake_effnet_lstm.model import DeepfakeDetector, DetectorConfig, fake_probability, per_video
 from deepfake_effnet_lstm.plots import draw_overlay
 
@@ -57,34 +48,34 @@ def build_parser():
     return parser
 
 
-def read_videos(path: Path, data: DataConfig) -> list[VideoRecord]:
+def read_videos(path: Path, data: data_lib.DataConfig) -> list[data_lib.VideoRecord]:
     """The videos of INPUT; true labels only from an index.csv (-1: unknown)."""
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         raise DataError(f"{path}: a video file; this model reads the face crops of a video as image files "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) in one folder per video: write its frames with "
+                        f"({', '.join(data_lib.IMAGE_EXTENSIONS)}) in one folder per video: write its frames with "
                         f"`python -m common.tools.video {path} frames/`, crop the faces, and pass the folder")
     if path.is_file():
         raise DataError(f"{path}: not a folder; give a folder of frames, a folder of such folders, or the dataset "
                         f"folder that holds index.csv")
     if (path / "index.csv").is_file():
-        return read_index(path / "index.csv", path, None, data.frames, data.pad_short)[0]
-    holds_frames = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+        return data_lib.read_index(path / "index.csv", path, None, data.frames, data.pad_short)[0]
+    holds_frames = any(p.is_file() and p.suffix.lower() in data_lib.IMAGE_EXTENSIONS for p in path.iterdir())
     folders = [path] if holds_frames else sorted((d for d in path.iterdir() if d.is_dir()),
                                                  key=lambda d: natural_key(d.name))
     records = []
     for folder in folders:
-        for subject in list_subjects(folder, str(folder)):  # frNNN_subjS crops of several people: one each
-            frames = list_frames(folder, str(folder), subject)
+        for subject in data_lib.list_subjects(folder, str(folder)):  # frNNN_subjS crops of several people: one each
+            frames = data_lib.list_frames(folder, str(folder), subject)
             if not frames:
                 continue
             who = folder if subject is None else f"{folder} (subject {subject})"
             if len(frames) < data.frames and not data.pad_short:
                 raise DataError(f"{who}: {len(frames)} frames, fewer than the T = {data.frames} the model was "
                                 f"trained on (a run with --pad-short repeats the last frame)")
-            records.append(VideoRecord(folder.name, -1, len(frames), frame_paths=frames, where=str(who),
-                                       subject=subject))
+            records.append(data_lib.VideoRecord(folder.name, -1, len(frames), frame_paths=frames, where=str(who),
+                                                subject=subject))
     if not records:
-        raise DataError(f"{path} holds no frames ({', '.join(IMAGE_EXTENSIONS)}) and no folders of frames")
+        raise DataError(f"{path} holds no frames ({', '.join(data_lib.IMAGE_EXTENSIONS)}) and no folders of frames")
     return records
 
 
@@ -93,12 +84,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     plt, device, checkpoint = open_run(args, PROJECT, "--overlay")
     config = checkpoint["config"]
-    data = DataConfig(**config["data"])
+    data = data_lib.DataConfig(**config["data"])
     records = read_videos(existing(args.input, "input"), data)
     model = eval_model(DeepfakeDetector(dataclasses.replace(DetectorConfig(**config["model"]), pretrained="none")),
                        checkpoint, args.checkpoint, device)  # the weights are the checkpoint's: nothing to download
-    dataset = VideoSequenceDataset(records, data.frames, data.image_size, train=False, augment=None,
-                                   clips=data.eval_clips, seed=config["run"]["seed"])
+    dataset = data_lib.VideoSequenceDataset(records, data.frames, data.image_size, train=False, augment=None,
+                                            clips=data.eval_clips, seed=config["run"]["seed"])
     dtype = autocast_dtype(device, config["run"]["amp"])
     sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
     probs = []
@@ -110,10 +101,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     labels = torch.tensor([r.label for r in records]).repeat_interleave(dataset.clips)
     _, video_probs = per_video(labels, probs.flatten(), videos)  # (V,) the mean over each video's sequences
 
-    def row(record: VideoRecord, level: str, sequence, p: float) -> dict:
+    def row(record: data_lib.VideoRecord, level: str, sequence, p: float) -> dict:
         return {"video": record.video, "subject": "" if record.subject is None else record.subject, "level": level,
-                "sequence": sequence, "p_fake": p, "prediction": CLASS_NAMES[int(p >= 0.5)],
-                "true": CLASS_NAMES[record.label] if record.label >= 0 else ""}
+                "sequence": sequence, "p_fake": p, "prediction": data_lib.CLASS_NAMES[int(p >= 0.5)],
+                "true": data_lib.CLASS_NAMES[record.label] if record.label >= 0 else ""}
 
     rows = []
     for v, record in enumerate(records):
@@ -123,10 +114,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if plt is not None:
         for v, record in enumerate(records):
-            true = f", true {CLASS_NAMES[record.label]}" if record.label >= 0 else ""
+            true = f", true {data_lib.CLASS_NAMES[record.label]}" if record.label >= 0 else ""
             who = record.video if record.subject is None else f"{record.video} subject {record.subject}"
             caption = (f"{who}: P(fake) {float(video_probs[v]):.2f} over {dataset.clips} sequence(s), "
-                       f"predicted {CLASS_NAMES[int(video_probs[v] >= 0.5)]}{true}; frames of sequence 0")
+                       f"predicted {data_lib.CLASS_NAMES[int(video_probs[v] >= 0.5)]}{true}; frames of sequence 0")
             frames = dataset[v * dataset.clips]["frames"]  # [T, 3, S, S]
             attention_map = model.get_attention(frames[None].to(device))[0]  # [T, 1, h, w]
             name = f"{v:03d}_{record.video}{'' if record.subject is None else f'_subj{record.subject}'}.png"

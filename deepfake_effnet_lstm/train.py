@@ -30,54 +30,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from common import cli, runtime
 from common.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, load_run_checkpoint
-from common.cli import (
-    above,
-    add_args,
-    arg,
-    at_least,
-    between,
-    check_resume_config,
-    from_args,
-    parse_with_resume,
-    run_args,
-    run_cli,
-)
+from common.cli import arg, at_least
 from common.lifecycle import Run, RunSettings, State
 from common.metrics import accuracy, precision_recall_f1
-from common.runtime import (
-    DataError,
-    DistInfo,
-    EpochSampler,
-    NonFiniteLossError,
-    assert_replicas_in_sync,
-    autocast,
-    autocast_dtype,
-    check_finite,
-    cleanup_distributed,
-    compile_model,
-    gather_cat,
-    is_main,
-    make_grad_scaler,
-    make_loader,
-    seed_everything,
-    setup_distributed,
-    unwrap,
-    wrap_ddp,
-)
+from deepfake_effnet_lstm import model as model_lib
 from deepfake_effnet_lstm import plots
 from deepfake_effnet_lstm.data import DataConfig, default_image_size, make_datasets
 from deepfake_effnet_lstm.metrics import PlateauController, average_precision, roc_auc
-from deepfake_effnet_lstm.model import (
-    STAGE_CHANNELS,
-    DeepfakeDetector,
-    DetectorConfig,
-    WeightsFileError,
-    attention_loss,
-    classification_loss,
-    fake_probability,
-    per_video,
-)
 
 PROJECT = "deepfake_effnet_lstm"
 DEFAULT_OUT = f"runs/{PROJECT}"
@@ -87,15 +48,16 @@ RESUME_KEYS = ["attention", "attention_stage", "lstm_hidden", "lstm_layers", "bi
 METRICS = ["loss", "acc", "precision", "f1", "roc_auc", "ap"]
 LOG_COLUMNS = ["step", "epoch", "split", "lr"] + METRICS + [f"video_{m}" for m in METRICS[1:]]
 WINDOW = ("loss", "prob", "label", "video")  # training outputs kept between two train rows
-MODEL_CHECKS = {"attention": ["gate", "cbam", "none"], "attention_stage": between(0, len(STAGE_CHANNELS) - 2, int),
+MODEL_CHECKS = {"attention": ["gate", "cbam", "none"],
+                "attention_stage": cli.between(0, len(model_lib.STAGE_CHANNELS) - 2, int),
                 "lstm_hidden": at_least(1), "lstm_layers": at_least(1), "num_logits": [1, 2],
-                "dropout": between(0.0, 1.0)}
+                "dropout": cli.between(0.0, 1.0)}
 
 
 @dataclass
 class TrainConfig:
     lr: float | None = arg(None, "Adam learning rate (default: 1e-5 with --data-root, icpr2020dfdc's; 1e-3 on the "
-                           "synthetic demo, which starts from random weights on tiny frames)", check=above(0.0))
+                           "synthetic demo, which starts from random weights on tiny frames)", check=cli.above(0.0))
     warmup_steps: int = arg(0, "linear lr warm-up in optimizer steps (0: none, as icpr2020dfdc)", check=at_least(0))
     batch_size: int = arg(8, "sequences per step and per process", check=at_least(1))
     max_iters: int = arg(200, "stop after this many optimizer steps", check=at_least(1))
@@ -106,7 +68,7 @@ class TrainConfig:
     plateau_patience: int = arg(10, "validations without improvement before lr / 10", check=at_least(0))
     plateau_cooldown: int = arg(20, "validations to wait after a reduction", check=at_least(0))
     min_lr_factor: float = arg(1e-5, "min_lr = lr x this; the run stops when the lr sits there without improving",
-                               check=between(0.0, 1.0))
+                               check=cli.between(0.0, 1.0))
 
 
 @dataclass
@@ -121,7 +83,7 @@ class EvalConfig:
 @dataclass
 class Config:
     """The whole configuration, one object; main() adds what exists only once data and run folder do."""
-    model: DetectorConfig
+    model: model_lib.DetectorConfig
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig
@@ -130,20 +92,20 @@ class Config:
     tb: object = None  # a TensorBoard SummaryWriter on rank 0 with --tensorboard, else None
 
 
-SECTIONS = {"data": DataConfig, "model": DetectorConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"data": DataConfig, "model": model_lib.DetectorConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, DataConfig, "data")
-    model = add_args(parser, DetectorConfig, "model", checks=MODEL_CHECKS, exclude=["pretrained"])
+    cli.add_args(parser, DataConfig, "data")
+    model = cli.add_args(parser, model_lib.DetectorConfig, "model", checks=MODEL_CHECKS, exclude=["pretrained"])
     model.add_argument("--pretrained", nargs="?", const="imagenet", default=None, metavar="imagenet|FILE|none",
                        help="backbone weights: torchvision's ImageNet efficientnet_b0 (bare flag or 'imagenet', a "
                             "download), an efficientnet_b0 state_dict FILE (offline), or 'none' (random init). "
                             "Default: none on the synthetic demo; --data-root needs it said")
-    add_args(parser, TrainConfig, "optimisation")
-    add_args(parser, EvalConfig, "evaluation")
-    run_args(parser, DEFAULT_OUT, ckpt_interval=25, log_interval=25)
+    cli.add_args(parser, TrainConfig, "optimisation")
+    cli.add_args(parser, EvalConfig, "evaluation")
+    cli.run_args(parser, DEFAULT_OUT, ckpt_interval=25, log_interval=25)
     return parser
 
 
@@ -174,8 +136,8 @@ def config_from(args: argparse.Namespace) -> Config:
         args.aug_icpr = bool(args.data_root)
     if args.pretrained is None:
         args.pretrained = "none"
-    return Config(from_args(DetectorConfig, args), from_args(DataConfig, args), from_args(TrainConfig, args),
-                  from_args(EvalConfig, args), RunSettings.from_args(args))
+    return Config(cli.from_args(model_lib.DetectorConfig, args), cli.from_args(DataConfig, args),
+                  cli.from_args(TrainConfig, args), cli.from_args(EvalConfig, args), RunSettings.from_args(args))
 
 
 def config_dict(cfg: Config, args: argparse.Namespace) -> dict:
@@ -203,20 +165,20 @@ def plateau_controller(cfg: Config, saved: dict | None = None) -> PlateauControl
     return controller
 
 
-def make_train_sampler(datasets: dict, cfg: Config, dist_info: DistInfo) -> EpochSampler:
+def make_train_sampler(datasets: dict, cfg: Config, dist_info: runtime.DistInfo) -> runtime.EpochSampler:
     """This rank's shard of the training order; splits too small to train or test on are a DataError."""
-    sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
-                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
+    sampler = runtime.EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
+                                   rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
     if sampler.batches_per_epoch() == 0:
-        raise DataError(f"the train split gives 0 batches: {len(datasets['train'])} sequences over "
-                        f"{dist_info.world_size} process(es) at --batch-size {cfg.train.batch_size} (incomplete "
-                        f"batches are dropped); lower --batch-size or add training videos")
+        raise runtime.DataError(f"the train split gives 0 batches: {len(datasets['train'])} sequences over "
+                                f"{dist_info.world_size} process(es) at --batch-size {cfg.train.batch_size} "
+                                f"(incomplete batches are dropped); lower --batch-size or add training videos")
     if cfg.eval.test and len(datasets["test"]) == 0:
-        raise DataError("--test: the test split is empty (--test-fraction 0, or no test rows in the index)")
+        raise runtime.DataError("--test: the test split is empty (--test-fraction 0, or no test rows in the index)")
     return sampler
 
 
-class WholeBatches(EpochSampler):
+class WholeBatches(runtime.EpochSampler):
     """Evaluation order: the batches of a one-process run dealt whole to the ranks, so under torchrun
     every sequence is scored in the same batch as alone, bit for bit."""
 
@@ -231,7 +193,7 @@ def eval_loader(dataset, cfg: Config) -> torch.utils.data.DataLoader:
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     sampler = WholeBatches(len(dataset), cfg.train.batch_size, shuffle=False, rank=rank, world_size=world,
                            drop_last=False)
-    return make_loader(dataset, sampler, cfg.run.workers, cfg.run.seed)
+    return runtime.make_loader(dataset, sampler, cfg.run.workers, cfg.run.seed)
 
 
 def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tensor) -> dict:
@@ -239,7 +201,7 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
     label-based metrics; ROC-AUC and AP rank the probabilities. A window holding one class gives
     NaN ROC-AUC (logged as nan), not a crash."""
     out = {}
-    for prefix, (y, p) in {"": (labels, probs), "video_": per_video(labels, probs, videos)}.items():
+    for prefix, (y, p) in {"": (labels, probs), "video_": model_lib.per_video(labels, probs, videos)}.items():
         preds = (p >= 0.5).long()
         out[prefix + "acc"] = accuracy(y, preds)
         out[prefix + "precision"], _, out[prefix + "f1"] = precision_recall_f1(y, preds, 2, average="weighted")
@@ -253,7 +215,8 @@ def binary_metrics(labels: torch.Tensor, probs: torch.Tensor, videos: torch.Tens
 def log_train_window(state: State, cfg: Config, run: Run) -> None:
     """Metrics of the training outputs since the last train row, over all ranks."""
     device = next(state.model.parameters()).device  # a resumed window was loaded on the CPU
-    merged = {k: gather_cat(torch.cat([t.to(device) for t in v])).cpu() for k, v in state.meters["window"].items()}
+    merged = {k: runtime.gather_cat(torch.cat([t.to(device) for t in v])).cpu()
+              for k, v in state.meters["window"].items()}
     metrics = {"loss": float(merged["loss"].mean()), **binary_metrics(merged["label"], merged["prob"], merged["video"])}
     state.meters["window"] = {k: [] for k in WINDOW}
     run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": state.optimizer.param_groups[0]["lr"],
@@ -286,18 +249,18 @@ def score(model, loader, cfg: Config) -> dict[str, torch.Tensor]:
     loader deals whole batches, see WholeBatches). The model is handed back in training mode."""
     model.eval()
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device, cfg.run.amp)
+    dtype = runtime.autocast_dtype(device, cfg.run.amp)
     indices, size = list(loader.sampler), loader.batch_size
     rows = [torch.zeros(0, 6, dtype=torch.float64, device=device)]  # a rank may get no batch
     for start, batch in zip(range(0, len(indices), size), loader):
         frames, labels = batch["frames"].to(device, non_blocking=True), batch["label"].to(device)
-        with autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             logits = model(frames)
-        weighted, weights = classification_loss(logits, labels, cfg.class_weights, reduction="none")
+        weighted, weights = model_lib.classification_loss(logits, labels, cfg.class_weights, reduction="none")
         columns = (torch.tensor(indices[start : start + size], device=device), weighted, weights,
-                   fake_probability(logits), labels, batch["video"].to(device))
+                   model_lib.fake_probability(logits), labels, batch["video"].to(device))
         rows.append(torch.stack([c.double() for c in columns], dim=1))  # [B, 6], exact for these values
-    table = gather_cat(torch.cat(rows))
+    table = runtime.gather_cat(torch.cat(rows))
     table = table[table[:, 0].argsort()].cpu()  # rank by rank -> sample order
     model.train()
     return {"weighted_loss": table[:, 1].float(), "weight": table[:, 2].float(), "p_fake": table[:, 3].float(),
@@ -309,9 +272,9 @@ def split_metrics(scores: dict[str, torch.Tensor], split: str = "validation") ->
     outputs stop the run here, named, before the metrics see them."""
     bad = ~torch.isfinite(scores["p_fake"]) | ~torch.isfinite(scores["weighted_loss"])
     if bool(bad.any()):
-        raise NonFiniteLossError(f"{split}: the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} "
-                                 f"sequences (P(fake) and loss): weights or BatchNorm running statistics went "
-                                 f"non-finite (too high a --lr?)")
+        raise runtime.NonFiniteLossError(f"{split}: the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} "
+                                         f"sequences (P(fake) and loss): weights or BatchNorm running statistics went "
+                                         f"non-finite (too high a --lr?)")
     loss = float(scores["weighted_loss"].sum() / scores["weight"].sum())
     return {"loss": loss, **binary_metrics(scores["label"], scores["p_fake"], scores["video"])}
 
@@ -331,15 +294,15 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict:
     cfg = config_from(args)
     datasets, class_weights, _ = make_datasets(cfg.data, cfg.run.seed)
     cfg.class_weights = class_weights.to(device)
-    model = DeepfakeDetector(dataclasses.replace(cfg.model, pretrained="none")).to(device)  # weights: the checkpoint's
-    load_model_state(model, checkpoint["model"], path)
+    model = model_lib.DeepfakeDetector(dataclasses.replace(cfg.model, pretrained="none")).to(device)
+    load_model_state(model, checkpoint["model"], path)  # weights: the checkpoint's
     return evaluate(model, eval_loader(datasets[split], cfg), cfg, split)
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     """Validation metrics, the plateau controller, the log row, a periodic checkpoint and best.pt
     on the validation loss (every rank); TensorBoard and overlays on rank 0."""
-    model = unwrap(state.model)
+    model = runtime.unwrap(state.model)
     scores = score(model, loader, cfg)
     metrics = split_metrics(scores, f"validation at step {state.step}")
     # FIX(DFD-MINLR-STOP): the controller steps on the validation loss and decides when to stop.
@@ -354,7 +317,7 @@ def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     if run.improved(metrics["loss"], state.step, state.epoch):
         run.save("best.pt", state)
     run.save_periodic(state)
-    if is_main():
+    if runtime.is_main():
         plots.log_scalars(cfg.tb, "val", metrics, state.step)
         plots.log_pr_curve(cfg.tb, scores["label"], scores["p_fake"], state.step)
         if cfg.eval.overlays:
@@ -369,7 +332,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
     validations and last.pt at their intervals. True when a stop signal came."""
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device, cfg.run.amp)
+    dtype = runtime.autocast_dtype(device, cfg.run.amp)
     batches_per_epoch = loader.sampler.batches_per_epoch()
     model.train()
     for batch in loader:
@@ -377,15 +340,15 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         # FIX(DFD-MINLR-STOP): the lr is written from the controller's state at every step.
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.step, state.meters["controller"]["lr"], cfg.train.warmup_steps)
-        with autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             logits, attention_map = model(frames, return_attention=True)
-        loss_cls = classification_loss(logits, labels, cfg.class_weights)
+        loss_cls = model_lib.classification_loss(logits, labels, cfg.class_weights)
         components = {"cls": loss_cls}
         loss = loss_cls
         if cfg.train.attention_loss_weight > 0:
-            components["attention"] = attention_loss(attention_map, batch["mask"].to(device))
+            components["attention"] = model_lib.attention_loss(attention_map, batch["mask"].to(device))
             loss = loss + cfg.train.attention_loss_weight * components["attention"]
-        check_finite(components, state.step)
+        runtime.check_finite(components, state.step)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         if cfg.train.grad_clip > 0:
@@ -394,7 +357,8 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-        outputs = (loss_cls.detach().view(1), fake_probability(logits.detach()), labels, batch["video"].to(device))
+        outputs = (loss_cls.detach().view(1), model_lib.fake_probability(logits.detach()), labels,
+                   batch["video"].to(device))
         for key, value in zip(WINDOW, outputs):
             state.meters["window"][key].append(value)
 
@@ -417,18 +381,19 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args, resumed = parse_with_resume(parser, argv, PROJECT)
+    args, resumed = cli.parse_with_resume(parser, argv, PROJECT)
     check_flags(parser, args)
     cfg = config_from(args)
     config = config_dict(cfg, args)
-    dist_info = setup_distributed(cfg.run.device)
+    dist_info = runtime.setup_distributed(cfg.run.device)
     device = dist_info.device
     if resumed:
-        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
+        cli.check_resume_config(resumed, config, RESUME_KEYS, args.resume)
     run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_loss", best_mode="min")
     with run:
         started = time.time()
-        seed_everything(cfg.run.seed + dist_info.rank)  # per-rank dropout streams; DDP copies rank 0's initial weights
+        # per-rank dropout streams; DDP copies rank 0's initial weights
+        runtime.seed_everything(cfg.run.seed + dist_info.rank)
         datasets, class_weights, info = make_datasets(cfg.data, cfg.run.seed)
         padded = f", {info['padded']} short videos padded" if info["padded"] else ""
         sequences, videos = (", ".join(f"{s} {n}" for s, n in info[k].items()) for k in ("sequences", "videos"))
@@ -444,12 +409,12 @@ def main(argv: list[str] | None = None) -> dict:
             # channels_last on CUDA (bench.py: EfficientNet-B0 frames fwd+bwd 0.52x the time even on CPU); the CPU
             # keeps the contiguous layout and its results bit for bit
             layout = torch.channels_last if device.type == "cuda" else torch.preserve_format
-            model = DeepfakeDetector(cfg.model).to(device, memory_format=layout)
-        except WeightsFileError as e:  # one line naming the file, printed by run_cli
+            model = model_lib.DeepfakeDetector(cfg.model).to(device, memory_format=layout)
+        except model_lib.WeightsFileError as e:  # one line naming the file, printed by run_cli
             raise CheckpointError(str(e)) from None
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")  # see bench.py
-        scaler = make_grad_scaler(device, autocast_dtype(device, cfg.run.amp))
-        state = State(compile_model(wrap_ddp(model, dist_info), cfg.run.compile), optimizer, scaler)
+        scaler = runtime.make_grad_scaler(device, runtime.autocast_dtype(device, cfg.run.amp))
+        state = State(runtime.compile_model(runtime.wrap_ddp(model, dist_info), cfg.run.compile), optimizer, scaler)
         # FIX(DFD-RESUME-LR): the controller's state is a meter, saved and restored; a fresh one restarted at --lr.
         state.meters = {"controller": plateau_controller(cfg).state_dict(), "last_val": {},
                         "window": {k: [] for k in WINDOW}}  # this rank's training outputs since the last train row
@@ -465,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break  # a resumed run that had already finished
             sampler.set_epoch(epoch, start_batch=state.batch_in_epoch)
             datasets["train"].set_epoch(epoch)
-            loader = make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, epoch)
+            loader = runtime.make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, epoch)
             stopped = train_one_epoch(state, loader, val_loader, cfg, run)
             if state.batch_in_epoch == batches_per_epoch:
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
@@ -480,10 +445,10 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.eval.test:
             run.load_best(model)
             results["test"] = evaluate(model, eval_loader(datasets["test"], cfg), cfg)
-            if is_main():
+            if runtime.is_main():
                 print_table(f"test split, best.pt (step {run.best['step']})", results["test"])
                 (run.dir / "test_metrics.json").write_text(json.dumps(results["test"], indent=2))
-        if is_main() and last_val:
+        if runtime.is_main() and last_val:
             print_table(f"validation at step {state.step}", last_val)
         nan = float("nan")
         run.print(f"\nfinal validation ROC-AUC {last_val.get('roc_auc', nan):.4f} (per video "
@@ -491,12 +456,12 @@ def main(argv: list[str] | None = None) -> dict:
                   f"step {run.best['step']}, {time.time() - started:.0f} s")
         if cfg.tb is not None:
             cfg.tb.close()
-        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        runtime.assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         run.finish(results)
     del state  # its DDP wrapper must not outlive the process group
-    cleanup_distributed()
+    runtime.cleanup_distributed()
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

@@ -26,26 +26,8 @@ from torchvision.utils import draw_bounding_boxes
 
 from common.cli import run_cli
 from common.runtime import DataError, autocast, autocast_dtype
-from common.tools.predict import (
-    batches,
-    colorbar,
-    enlarge,
-    eval_model,
-    existing,
-    open_run,
-    predict_parser,
-    save_figure,
-    sheet,
-    write_rows,
-)
-from dual_cross_attention.data import (
-    IMAGE_SUFFIXES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DataConfig,
-    FGVCTransform,
-    load_rgb,
-)
+from common.tools import predict
+from dual_cross_attention import data as data_lib
 from dual_cross_attention.model import DCAL, DCALConfig
 from dual_cross_attention.plots import blend, normalise_per_image
 
@@ -54,7 +36,7 @@ TOP_K = 5
 
 
 def build_parser():
-    parser = predict_parser(__doc__, formats=("csv", "jsonl"))
+    parser = predict.predict_parser(__doc__, formats=("csv", "jsonl"))
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--explain", default=None, metavar="DIR", help="one PNG per image: rollout heat map and "
                         "GLCA-selected patches (needs matplotlib)")
@@ -64,20 +46,20 @@ def build_parser():
 def image_paths(inputs: list[str]) -> list[Path]:
     paths = []
     for name in inputs:
-        path = existing(name, "input")
+        path = predict.existing(name, "input")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in data_lib.IMAGE_SUFFIXES)
             if not found:
-                raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(f"{path} holds no images ({', '.join(sorted(data_lib.IMAGE_SUFFIXES))})")
             paths += found
         else:
             paths.append(path)
     return paths
 
 
-def make_transform(data: DataConfig, image_size: int):
+def make_transform(data: data_lib.DataConfig, image_size: int):
     if data.data_root is not None:
-        fgvc = FGVCTransform(data.resize, image_size, train=False)
+        fgvc = data_lib.FGVCTransform(data.resize, image_size, train=False)
         return lambda image: fgvc(image, generator=None)  # evaluation draws nothing at random
     # NOTE(deviation): the synthetic set is drawn in normalised space, never as files; a file given to a
     # synthetic-demo run is read back with the inverse of the set's (x - 0.5) / 0.25 scaling.
@@ -89,10 +71,10 @@ def top_k(probs: torch.Tensor, names: list[str]) -> list[dict]:
     return [{"class": names[i], "prob": v} for v, i in zip(values.tolist(), indices.tolist())]
 
 
-def unnormalise(image: torch.Tensor, data: DataConfig) -> torch.Tensor:
+def unnormalise(image: torch.Tensor, data: data_lib.DataConfig) -> torch.Tensor:
     if data.data_root is None:
         return (image * 0.25 + 0.5).clamp(0, 1)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = torch.tensor(data_lib.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(data_lib.IMAGENET_STD).view(3, 1, 1)
     return (image.cpu() * std + mean).clamp(0, 1)
 
 
@@ -101,15 +83,15 @@ def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, picked
     """Top: the image with the GLCA local queries `picked` (R patch indices, as DCAL.glca_forward picks
     them: by rollout unless --glca-select says otherwise) outlined. Bottom: the rollout CLS row, one
     value per patch, over the image."""
-    picture, scale = enlarge(image[None])
+    picture, scale = predict.enlarge(image[None])
     picture = picture[0]
     side = cfg.patch_size * scale
     boxes = torch.stack([picked % cfg.grid, picked // cfg.grid, picked % cfg.grid + 1, picked // cfg.grid + 1],
                         dim=1).float() * side  # (R, 4) x1 y1 x2 y2 of each picked patch
     outlined = draw_bounding_boxes((picture * 255).byte(), boxes, colors="cyan", width=max(1, round(side / 12)))
-    fig, (top, bottom) = sheet(plt, [(outlined.float() / 255, f"{caption}\nGLCA's local queries: the "
-                                      f"{len(picked)} patch(es) picked by {cfg.glca_select}, outlined"),
-                                     (picture, "attention rollout, CLS row: what ranks the patches")], title)
+    fig, (top, bottom) = predict.sheet(plt, [(outlined.float() / 255, f"{caption}\nGLCA's local queries: the "
+                                              f"{len(picked)} patch(es) picked by {cfg.glca_select}, outlined"),
+                                             (picture, "attention rollout, CLS row: what ranks the patches")], title)
     # colours stretched to this image's own range and blended so the image shows through (see plots.py)
     heat = rearrange(normalise_per_image(rollout_row[None].float().cpu())[0], "(gh gw) -> gh gw", gh=cfg.grid)
     height, width = picture.shape[-2:]
@@ -119,24 +101,24 @@ def draw_explanation(plt, image: torch.Tensor, rollout_row: torch.Tensor, picked
     bottom.imshow(blend(picture.float().cpu(), tinted, cells).permute(1, 2, 0).numpy(),
                   extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     shown = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(float(rollout_row.min()), float(rollout_row.max())))
-    colorbar(fig, bottom, shown, "rollout weight (image's min to max)")
-    return save_figure(plt, fig, path)
+    predict.colorbar(fig, bottom, shown, "rollout weight (image's min to max)")
+    return predict.save_figure(plt, fig, path)
 
 
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    plt, device, checkpoint = open_run(args, PROJECT, "--explain")
+    plt, device, checkpoint = predict.open_run(args, PROJECT, "--explain")
     config = checkpoint["config"]
-    cfg, data = DCALConfig(**config["model"]), DataConfig(**config["data"])
+    cfg, data = DCALConfig(**config["model"]), data_lib.DataConfig(**config["data"])
     paths = image_paths(args.inputs)
-    model = eval_model(DCAL(cfg), checkpoint, args.checkpoint, device)
+    model = predict.eval_model(DCAL(cfg), checkpoint, args.checkpoint, device)
     names, transform = list(config["classes"]), make_transform(data, cfg.image_size)  # stored by train.py
     dtype = autocast_dtype(device, checkpoint["args"]["amp"])
 
     rows, drawn = [], 0
-    for chunk in batches(paths, args.batch_size):
-        images = torch.stack([transform(load_rgb(p)) for p in chunk])  # DataError naming an unreadable file
+    for chunk in predict.batches(paths, args.batch_size):
+        images = torch.stack([transform(data_lib.load_rgb(p)) for p in chunk])  # DataError naming an unreadable file
         with autocast(device, dtype):
             out = model(images.to(device), need_rollout=plt is not None)
         branches = {"sa": out["sa"].float().softmax(dim=-1).cpu()}
@@ -164,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  caption, title, Path(args.explain) / f"{drawn:03d}_{path.stem}.png")
     columns = ["image", "branch", "true"] + [f"{key}_{k + 1}" for k in range(min(TOP_K, len(names)))
                                                for key in ("class", "prob")]
-    write_rows(rows, columns, args.format, args.output)
+    predict.write_rows(rows, columns, args.format, args.output)
     if plt is not None:
         print(f"explanations: {drawn} PNG files in {args.explain}", file=sys.stderr)
     return rows

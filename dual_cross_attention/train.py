@@ -26,56 +26,15 @@ from dataclasses import dataclass
 
 import torch
 
+from common import cli, runtime
 from common.checkpoint import checkpoint_bytes
-from common.cli import (
-    above,
-    add_args,
-    arg,
-    at_least,
-    between,
-    check_resume_config,
-    from_args,
-    parse_with_resume,
-    run_args,
-    run_cli,
-)
+from common.cli import arg, at_least
 from common.lifecycle import Run, RunSettings, State
 from common.metrics import accuracy
-from common.runtime import (
-    ConfigMismatchError,
-    DataError,
-    EpochSampler,
-    all_reduce_mean,
-    assert_replicas_in_sync,
-    autocast,
-    autocast_dtype,
-    check_finite,
-    cleanup_distributed,
-    compile_model,
-    decay_param_groups,
-    gather_cat,
-    is_main,
-    make_grad_scaler,
-    make_loader,
-    seed_everything,
-    setup_distributed,
-    unwrap,
-    wrap_ddp,
-)
 from common.schedulers import scaled_lr, warmup_cosine_lr
 from common.tools.predict import pyplot_or_none
+from dual_cross_attention import model as model_lib
 from dual_cross_attention.data import DataConfig, build_datasets, rebuild_run
-from dual_cross_attention.model import (
-    DCAL,
-    GLCA_MODES,
-    GLCA_READOUTS,
-    GLCA_SELECT,
-    PRESETS,
-    DCALConfig,
-    compute_losses,
-    load_pretrained,
-    vit_sizes,
-)
 from dual_cross_attention.plots import save_rollout_png
 
 PROJECT = "dual_cross_attention"
@@ -93,8 +52,9 @@ LOG_COLUMNS = ["step", "epoch", "lr", "loss", "loss_sa", "loss_glca", "loss_pwca
                "grad_norm", "val_top1_sa", "val_top1_glca", "val_top1"]
 # model flags: DCALConfig's comments give the help; the checks attach here (model.py imports no CLI code)
 MODEL_CHECKS = {"image_size": at_least(1), "patch_size": at_least(1), "embed_dim": at_least(1), "depth": at_least(1),
-                "drop_path": between(0.0, 1.0), "top_ratio": between(0.0, 1.0), "glca_select": list(GLCA_SELECT),
-                "glca_mode": list(GLCA_MODES), "glca_readout": list(GLCA_READOUTS), "preset": sorted(PRESETS),
+                "drop_path": cli.between(0.0, 1.0), "top_ratio": cli.between(0.0, 1.0),
+                "glca_select": list(model_lib.GLCA_SELECT), "glca_mode": list(model_lib.GLCA_MODES),
+                "glca_readout": list(model_lib.GLCA_READOUTS), "preset": sorted(model_lib.PRESETS),
                 "num_heads": at_least(1)}
 SIZE_FLAGS = {"embed_dim": "--embed-dim", "depth": "--depth", "num_heads": "--heads", "patch_size": "--patch-size"}
 MODEL_FLAGS = {"preset": "--model", "num_heads": "--heads"}  # not --<field-name>
@@ -110,10 +70,10 @@ class TrainConfig:
                                  "16 on real data as in the paper)", check=at_least(1))
     accum_steps: int = arg(1, "micro-batches per optimizer step", check=at_least(1))
     lr: float | None = arg(None, "peak lr (default: --base-lr scaled to the effective batch by --lr-rule)",
-                           check=above(0.0))
+                           check=cli.above(0.0))
     base_lr: float | None = arg(None, "lr quoted at --ref-batch (default: 5e-4 on real data, the paper's "
                                 f"fine-tuning lr at 512; {SYNTHETIC_BASE_LR:g} on the synthetic data)",
-                                check=above(0.0))
+                                check=cli.above(0.0))
     lr_rule: str = arg("linear", "scaling of --base-lr to the effective batch (batch x accum x world size): "
                        "linear (paper: 5e-4/512 x batch) or sqrt (the seed's 5e-4 x sqrt(batch/16))",
                        choices=["linear", "sqrt", "none"])
@@ -157,12 +117,14 @@ class Schedule:
                 f"{self.total_steps} steps in all ({self.steps_per_epoch} per epoch)")
 
 
-def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampler, world_size: int) -> Schedule:
+def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: runtime.EpochSampler,
+                  world_size: int) -> Schedule:
     steps_per_epoch = train_sampler.batches_per_epoch() // train.accum_steps
     if steps_per_epoch == 0:
-        raise DataError(f"the train split ({train_sampler.num_samples} images over {world_size} process(es)) gives "
-                        f"{train_sampler.batches_per_epoch()} micro-batch(es) of {train.batch_size} per process, "
-                        f"fewer than --accum-steps {train.accum_steps}: an epoch would hold no optimizer step")
+        raise runtime.DataError(f"the train split ({train_sampler.num_samples} images over {world_size} process(es)) "
+                                f"gives {train_sampler.batches_per_epoch()} micro-batch(es) of {train.batch_size} per "
+                                f"process, fewer than --accum-steps {train.accum_steps}: an epoch would hold no "
+                                f"optimizer step")
     total_steps = min(train.epochs * steps_per_epoch, train.max_iters or math.inf)
     effective_batch = train.batch_size * train.accum_steps * world_size
     # FIX(DCAL-LR): the paper's linear rule on the effective batch; sqrt on the device batch gave ~30x.
@@ -180,7 +142,7 @@ def plan_schedule(train: TrainConfig, synthetic: bool, train_sampler: EpochSampl
 @dataclass
 class Config:
     """The whole configuration, one object: the flags, and what main() derives from them and the data."""
-    model: DCALConfig
+    model: model_lib.DCALConfig
     data: DataConfig
     train: TrainConfig
     run: RunSettings
@@ -191,10 +153,10 @@ class Config:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, DataConfig, "data")
-    add_args(parser, DCALConfig, "model", checks=MODEL_CHECKS, exclude=MODEL_FIXED, flags=MODEL_FLAGS)
-    add_args(parser, TrainConfig, "training")
-    run_args(parser, default_out=DEFAULT_OUT, ckpt_interval=200, log_interval=20)
+    cli.add_args(parser, DataConfig, "data")
+    cli.add_args(parser, model_lib.DCALConfig, "model", checks=MODEL_CHECKS, exclude=MODEL_FIXED, flags=MODEL_FLAGS)
+    cli.add_args(parser, TrainConfig, "training")
+    cli.run_args(parser, default_out=DEFAULT_OUT, ckpt_interval=200, log_interval=20)
     return parser
 
 
@@ -203,7 +165,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resum
     32 px from the synthetic pre-training; real data: ViT-B/16 at 448 px as in the paper). Flags that
     contradict each other are refused through `parser`. (--warmup-steps needs the epoch length: plan_schedule.)"""
     synthetic = args.data_root is None
-    data = from_args(DataConfig, args)
+    data = cli.from_args(DataConfig, args)
     preset = args.preset if args.preset is not None else ("tiny" if synthetic else "base")
     sized = any(getattr(args, k) is not None for k in (*SIZE_FLAGS, "preset", "image_size"))
     # the synthetic demo fine-tunes as the paper does; a model of other sizes starts from scratch unless asked
@@ -218,8 +180,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resum
         else:
             file_sizes = sizes_from_file(pretrained, args)
     image_size = args.image_size or file_sizes.get("image_size") or (32 if synthetic else 448)
-    model = from_args(DCALConfig, {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
-    train = from_args(TrainConfig, args)
+    model = cli.from_args(model_lib.DCALConfig,
+                          {**vars(args), **file_sizes, "preset": preset, "image_size": image_size})
+    train = cli.from_args(TrainConfig, args)
     train = dataclasses.replace(
         train, pretrained=pretrained,
         batch_size=train.batch_size if train.batch_size is not None else (32 if synthetic else 16),
@@ -236,15 +199,16 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser, resum
     return Config(model, data, train, RunSettings.from_args(args))
 
 
-def build_samplers(splits: dict, batch_size: int, seed: int, dist_info) -> dict[str, EpochSampler]:
+def build_samplers(splits: dict, batch_size: int, seed: int, dist_info) -> dict[str, runtime.EpochSampler]:
     """Training: shuffled per epoch, equal shards of whole batches; evaluation: every image once, in order."""
     samplers = {}
     for name, dataset in splits.items():
         if len(dataset) < dist_info.world_size:
-            raise DataError(f"the {name} split holds {len(dataset)} images, fewer than the {dist_info.world_size} "
-                            f"processes that share it")
-        samplers[name] = EpochSampler(len(dataset), batch_size, shuffle=name == "train", seed=seed,
-                                      rank=dist_info.rank, world_size=dist_info.world_size, drop_last=name == "train")
+            raise runtime.DataError(f"the {name} split holds {len(dataset)} images, fewer than the "
+                                    f"{dist_info.world_size} processes that share it")
+        samplers[name] = runtime.EpochSampler(len(dataset), batch_size, shuffle=name == "train", seed=seed,
+                                              rank=dist_info.rank, world_size=dist_info.world_size,
+                                              drop_last=name == "train")
     return samplers
 
 
@@ -276,18 +240,18 @@ def read_pretrained(spec: str) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (ImportError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         cause = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-        raise DataError(f"--pretrained {path}: cannot read it as a state_dict ({cause})") from e
+        raise runtime.DataError(f"--pretrained {path}: cannot read it as a state_dict ({cause})") from e
     # DeiT / timm training checkpoints wrap the weights
     return state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
 
 
-def synthetic_pretrained(model: DCALConfig) -> str:
+def synthetic_pretrained(model: model_lib.DCALConfig) -> str:
     """The file of a ViT of these sizes pre-trained on the synthetic pre-training task: pretrain.py trains
     it on first use (progress on stderr), caches it under runs/pretrained/ and prints its path."""
     sizes = {"--model": model.preset, "--embed-dim": model.embed_dim, "--depth": model.depth,
              "--heads": model.num_heads, "--patch-size": model.patch_size, "--image-size": model.image_size}
     command = [*PRETRAIN, *(f"{flag}={value}" for flag, value in sizes.items())]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if is_main() else subprocess.DEVNULL,
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if runtime.is_main() else subprocess.DEVNULL,
                           text=True, check=True)
     return done.stdout.splitlines()[-1]
 
@@ -297,23 +261,24 @@ def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
     the file is refused in one line naming both. --heads or --model wins over the source's head convention."""
     state_dict = read_pretrained(spec)  # a DataError naming the file when it is no state_dict
     try:
-        found = vit_sizes(state_dict)
+        found = model_lib.vit_sizes(state_dict)
     except (KeyError, ValueError, IndexError) as e:
-        raise DataError(f"--pretrained {spec}: not a ViT state_dict whose sizes can be read ({e})") from e
-    asked = {**(PRESETS[args.preset] if args.preset else {}),
+        raise runtime.DataError(f"--pretrained {spec}: not a ViT state_dict whose sizes can be read ({e})") from e
+    asked = {**(model_lib.PRESETS[args.preset] if args.preset else {}),
              **{k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k) is not None}}
     clash = [f"{SIZE_FLAGS[k]} {v} (file: {found[k]})" for k, v in asked.items() if k != "num_heads" and v != found[k]]
     if clash:
         where = f"--model {args.preset}: " if args.preset else ""
-        raise ConfigMismatchError(f"--pretrained {spec} holds a ViT of width {found['embed_dim']}, depth "
-                                  f"{found['depth']}, patch {found['patch_size']}; {where}" + ", ".join(clash))
+        raise runtime.ConfigMismatchError(f"--pretrained {spec} holds a ViT of width {found['embed_dim']}, depth "
+                                          f"{found['depth']}, patch {found['patch_size']}; {where}" + ", ".join(clash))
     return {**found, **asked}
 
 
 def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, decoupled decay on weight matrices only (not on norms, biases, tokens, loss log-variances);
     fused (one kernel) on CUDA, plain on CPU."""
-    return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr, fused=next(model.parameters()).is_cuda)
+    return torch.optim.AdamW(runtime.decay_param_groups(model, weight_decay), lr=lr,
+                             fused=next(model.parameters()).is_cuda)
 
 
 def new_meters() -> dict:
@@ -334,7 +299,7 @@ def pop_mean_losses(meters: dict) -> dict[str, float]:
         return {}
     stacked = torch.stack([meters["loss_sums"][n] for n in names]) / max(1, meters["loss_count"])
     meters["loss_sums"], meters["loss_count"] = {}, 0
-    return dict(zip(names, all_reduce_mean(stacked).tolist()))
+    return dict(zip(names, runtime.all_reduce_mean(stacked).tolist()))
 
 
 def backward_micro_batch(model, images, labels, scaler, cfg: Config, sync: bool, step: int):
@@ -342,10 +307,10 @@ def backward_micro_batch(model, images, labels, scaler, cfg: Config, sync: bool,
     # FIX(DCAL-ACCUM): loss / accum_steps, and no DDP all-reduce on the non-stepping micro-batches.
     sync_context = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
     with sync_context:
-        with autocast(cfg.device, cfg.dtype):
-            total, parts, _ = compute_losses(model, images, labels, cfg.model.pwca)
+        with runtime.autocast(cfg.device, cfg.dtype):
+            total, parts, _ = model_lib.compute_losses(model, images, labels, cfg.model.pwca)
         # FIX(DCAL-NONFINITE): stop, naming the component; a printed warning went on training NaN weights.
-        check_finite({**parts, "total": total}, step)
+        runtime.check_finite({**parts, "total": total}, step)
         scaler.scale(total / cfg.train.accum_steps).backward()
     return total, parts
 
@@ -353,7 +318,7 @@ def backward_micro_batch(model, images, labels, scaler, cfg: Config, sync: bool,
 def log_training(state: State, run: Run, lr: float, grad_norm, total_steps: int) -> None:
     """A log.csv row and a printed line: mean losses since the last row, lr, grad norm, branch weights.
     Every rank calls it (the means are all-reduced)."""
-    model = unwrap(state.model)
+    model = runtime.unwrap(state.model)
     losses = pop_mean_losses(state.meters)
     weights = model.loss_weighting.effective_weights().tolist() if model.loss_weighting is not None else [1.0]
     row = {"step": state.step, "epoch": state.epoch, "lr": lr, "grad_norm": grad_norm.item(), **losses,
@@ -372,9 +337,9 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
     device = torch.device(device)
     cfg = Config(model.cfg, DataConfig(**saved["data"]), TrainConfig(**saved["train"]),
                  RunSettings.from_args(argparse.Namespace(**checkpoint["args"])), device,
-                 autocast_dtype(device, checkpoint["args"]["amp"]))
-    sampler = EpochSampler(len(splits[split]), cfg.train.batch_size, shuffle=False, drop_last=False)
-    loader = make_loader(splits[split], sampler, workers=0, seed=cfg.run.seed)
+                 runtime.autocast_dtype(device, checkpoint["args"]["amp"]))
+    sampler = runtime.EpochSampler(len(splits[split]), cfg.train.batch_size, shuffle=False, drop_last=False)
+    loader = runtime.make_loader(splits[split], sampler, workers=0, seed=cfg.run.seed)
     return evaluate(model.to(device), loader, cfg)
 
 
@@ -387,7 +352,7 @@ def evaluate(model, loader, cfg: Config) -> dict[str, float]:
     targets = []
     for images, labels, _ in loader:
         images, labels = images.to(cfg.device, non_blocking=True), labels.to(cfg.device, non_blocking=True)
-        with autocast(cfg.device, cfg.dtype):
+        with runtime.autocast(cfg.device, cfg.dtype):
             # FIX(DCAL-EVAL): no PWCA partner at evaluation; predict from SA + GLCA probabilities.
             out = model(images)
         probs = {name: out[name].float().softmax(-1) for name in ("sa", "glca") if name in out}
@@ -396,17 +361,17 @@ def evaluate(model, loader, cfg: Config) -> dict[str, float]:
         preds["top1"].append(sum(probs.values()).argmax(-1))
         targets.append(labels)
     model.train()
-    y = gather_cat(torch.cat(targets)).cpu()
-    return {name: accuracy(y, gather_cat(torch.cat(p)).cpu()) for name, p in preds.items() if p}
+    y = runtime.gather_cat(torch.cat(targets)).cpu()
+    return {name: accuracy(y, runtime.gather_cat(torch.cat(p)).cpu()) for name, p in preds.items() if p}
 
 
 def validate(state: State, loader, cfg: Config, run: Run) -> dict[str, float]:
     """Every rank: evaluate, a log row, the rollout picture (rank 0), best.pt when top-1 improved."""
-    model = unwrap(state.model)
+    model = runtime.unwrap(state.model)
     val = state.meters["val"] = evaluate(model, loader, cfg)
     run.log({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in val.items()}})
     run.print(f"step {state.step} epoch {state.epoch}: val " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    if is_main() and cfg.train.num_overlays:
+    if runtime.is_main() and cfg.train.num_overlays:
         save_rollout_png(model, loader.dataset, cfg.train.num_overlays,
                          run.dir / f"rollout_step{state.step:06d}.png", state.step, state.epoch, val)
     if run.improved(val["top1"], state.step, state.epoch):
@@ -455,10 +420,10 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
     parser = build_parser()
-    args, resumed = parse_with_resume(parser, argv, PROJECT)  # the checkpoint is read and checked here
+    args, resumed = cli.parse_with_resume(parser, argv, PROJECT)  # the checkpoint is read and checked here
     cfg = config_from(args, parser, resumed)
-    dist_info = setup_distributed(cfg.run.device)
-    cfg.device, cfg.dtype = dist_info.device, autocast_dtype(dist_info.device, cfg.run.amp)
+    dist_info = runtime.setup_distributed(cfg.run.device)
+    cfg.device, cfg.dtype = dist_info.device, runtime.autocast_dtype(dist_info.device, cfg.run.amp)
     splits, num_classes = build_datasets(cfg.data, cfg.model.image_size, cfg.run.seed)
     cfg.model = dataclasses.replace(cfg.model, num_classes=num_classes)
     # the class names travel with the run, so predict.py names classes without the data folder
@@ -466,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"data": dataclasses.asdict(cfg.data), "model": dataclasses.asdict(cfg.model),
               "train": dataclasses.asdict(cfg.train), "world_size": dist_info.world_size, "classes": classes}
     if resumed:
-        check_resume_config(resumed, config, RESUME_KEYS, args.resume)  # before anything is written
+        cli.check_resume_config(resumed, config, RESUME_KEYS, args.resume)  # before anything is written
     run = Run(PROJECT, args, config, DEFAULT_OUT, resumed, best_metric="val_top1", best_mode="max")
     with run:
         run.print(f"data: {cfg.data.data_root or 'synthetic fine-grained set'}: " + ", ".join(
@@ -474,33 +439,33 @@ def main(argv: list[str] | None = None) -> dict:
         if splits["test"] is splits["val"]:  # a train/val tree without test/, or --val-fraction 0
             run.print(f"warning: {cfg.data.data_root}: validation (best.pt) and the final test use the same "
                       f"images, so the test score is optimistic")
-        seed_everything(cfg.run.seed)
+        runtime.seed_everything(cfg.run.seed)
         samplers = build_samplers(splits, cfg.train.batch_size, cfg.run.seed, dist_info)
-        val_loader, test_loader = (make_loader(splits[s], samplers[s], cfg.run.workers, cfg.run.seed)
+        val_loader, test_loader = (runtime.make_loader(splits[s], samplers[s], cfg.run.workers, cfg.run.seed)
                                    for s in ("val", "test"))
-        model = DCAL(cfg.model)
+        model = model_lib.DCAL(cfg.model)
         if cfg.train.pretrained != "none" and not resumed:
             spec = cfg.train.pretrained
             if spec == "synthetic":  # built on first use, then read from runs/pretrained/
                 spec = synthetic_pretrained(cfg.model)
-            run.print(f"pretrained {spec}: {load_pretrained(model, read_pretrained(spec))}")
+            run.print(f"pretrained {spec}: {model_lib.load_pretrained(model, read_pretrained(spec))}")
         model.to(cfg.device)
         cfg.schedule = plan_schedule(cfg.train, cfg.data.data_root is None, samplers["train"], dist_info.world_size)
         # FIX(DCAL-WD): decoupled decay on matrices only; Adam's L2 pulled every norm and bias to 0.
         optimizer = build_optimizer(model, cfg.schedule.peak_lr, cfg.train.weight_decay)
-        state = State(compile_model(wrap_ddp(model, dist_info), cfg.run.compile), optimizer,
-                      make_grad_scaler(cfg.device, cfg.dtype), meters=new_meters())
+        state = State(runtime.compile_model(runtime.wrap_ddp(model, dist_info), cfg.run.compile), optimizer,
+                      runtime.make_grad_scaler(cfg.device, cfg.dtype), meters=new_meters())
         run.restore(state)  # weights, optimiser, position and meters of --resume
         state.meters["loss_sums"] = {k: v.to(cfg.device) for k, v in state.meters["loss_sums"].items()}
         run.open(LOG_COLUMNS, checkpoint_bytes(model, optimizer))
         run.restore_rng()  # after everything that draws random numbers (the model's init)
-        if is_main() and cfg.train.num_overlays and pyplot_or_none() is None:
+        if runtime.is_main() and cfg.train.num_overlays and pyplot_or_none() is None:
             run.print("rollout PNGs skipped: pip install matplotlib")
         run.print(cfg.schedule.describe(cfg.train))
         for epoch in range(state.epoch, cfg.schedule.epochs):
             splits["train"].set_epoch(epoch)
             samplers["train"].set_epoch(epoch, start_batch=state.batch_in_epoch)
-            loader = make_loader(splits["train"], samplers["train"], cfg.run.workers, cfg.run.seed, epoch)
+            loader = runtime.make_loader(splits["train"], samplers["train"], cfg.run.workers, cfg.run.seed, epoch)
             if train_one_epoch(state, loader, val_loader, cfg, run):
                 run.save("last.pt", state)
                 run.exit_stopped(state.step)
@@ -508,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             run.save("last.pt", state)
             run.save_periodic(state)
-        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        runtime.assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         run.load_best(model)
         test = evaluate(model, test_loader, cfg)
         results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best),
@@ -520,9 +485,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{results['elapsed_s']:.1f} s")
         run.finish(results)
     del state  # its DDP wrapper must not outlive the process group
-    cleanup_distributed()
+    runtime.cleanup_distributed()
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

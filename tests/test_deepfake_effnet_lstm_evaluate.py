@@ -198,7 +198,7 @@ def test_training_step_moves_backbone_attention_lstm_and_head(tmp_path, monkeypa
             super().__init__(cfg)
             initial.update({n: p.detach().clone() for n, p in self.named_parameters()})
 
-    monkeypatch.setattr(T, "DeepfakeDetector", Recorded)
+    monkeypatch.setattr(M, "DeepfakeDetector", Recorded)
     T.main([*SMALL, "--max-iters", "1", "--attention", attention, "--num-logits", str(num_logits),
             "--out", str(tmp_path / "run")])
     trained = load_run_checkpoint(tmp_path / "run" / "last.pt", T.PROJECT)["model"]
@@ -218,7 +218,7 @@ def test_attention_loss_trains_the_attention_and_the_backbone_below_it_only():
     model = M.DeepfakeDetector(cfg.model)
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=2)))
     _, attention_map = model(batch["frames"], return_attention=True)
-    loss = T.attention_loss(attention_map, batch["mask"])
+    loss = M.attention_loss(attention_map, batch["mask"])
     names, params = zip(*model.named_parameters())
     grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
     reached = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}

@@ -128,7 +128,7 @@ def test_main_trains_in_train_mode_and_validates_in_eval_mode_around_mid_epoch_v
         model.register_forward_pre_hook(lambda m, inputs: calls.append((torch.is_grad_enabled(), m.training)))
         return model
 
-    monkeypatch.setattr(dcal_train, "DCAL", recording_dcal)
+    monkeypatch.setattr(dcal_train.model_lib, "DCAL", recording_dcal)
     dcal_train.main(["--synthetic-train", "32", "--synthetic-val", "8", "--synthetic-test", "8",
                      "--synthetic-classes", "4", "--image-size", "16", "--embed-dim", "16", "--depth", "2",
                      "--heads", "2", "--batch-size", "8", "--epochs", "1", "--val-interval", "1",

@@ -265,7 +265,7 @@ def deepfake(tmp_path_factory):
 
 def test_deepfake_effnet_lstm_sequence_and_video_probabilities(deepfake, tmp_path):
     from deepfake_effnet_lstm import train
-    from deepfake_effnet_lstm.model import per_video
+    from deepfake_effnet_lstm.model import DeepfakeDetector, per_video
 
     out = tmp_path / "pred.csv"
     predict_main("deepfake_effnet_lstm")(["--checkpoint", str(deepfake["checkpoint"]), str(deepfake["data"]),
@@ -278,7 +278,7 @@ def test_deepfake_effnet_lstm_sequence_and_video_probabilities(deepfake, tmp_pat
     vars(args).update(checkpoint["args"])
     cfg = train.config_from(args)
     datasets, cfg.class_weights, _ = train.make_datasets(cfg.data, cfg.run.seed)
-    model = train.DeepfakeDetector(cfg.model)
+    model = DeepfakeDetector(cfg.model)
     load_model_state(model, checkpoint["model"], deepfake["checkpoint"])
     test = datasets["test"]
     scores = train.score(model, train.eval_loader(test, cfg), cfg)

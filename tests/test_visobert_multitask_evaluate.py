@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.runtime import EpochSampler, make_loader
+from common.runtime import EpochSampler, autocast_dtype, make_loader
 from visobert_multitask import train as T
 from visobert_multitask.data import build_tokenizer, encode_reviews, eval_loader, make_collate
 from visobert_multitask.losses import compute_losses
@@ -76,7 +76,7 @@ def _evaluate_stub(root, reviews, aspects):
     cfg = T.config_from(T.build_parser().parse_args(["--data-root", str(root), "--device", "cpu"]))
     splits = T.build_data(cfg)
     assert splits["train"].aspects == tuple(aspects)
-    cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
+    cfg.aspects, cfg.dtype = splits["train"].aspects, autocast_dtype(CPU, cfg.run.amp)
     tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
     # batches of 4 for 6 reviews: two batches, so results are gathered across batches
     loader = eval_loader(encode_reviews(splits["val"], tokenizer, cfg.data.max_len), tokenizer.pad_id, 4,
@@ -146,7 +146,7 @@ def _real_setup(argv):
     """Configuration, data, tokenizer, training loader and model as main() builds them."""
     cfg = T.config_from(T.build_parser().parse_args(argv))
     splits = T.build_data(cfg)
-    cfg.aspects, cfg.dtype = splits["train"].aspects, T.autocast_dtype(CPU, cfg.run.amp)
+    cfg.aspects, cfg.dtype = splits["train"].aspects, autocast_dtype(CPU, cfg.run.amp)
     tokenizer = build_tokenizer(cfg.encoder.encoder, texts=splits["train"].texts)
     datasets = {k: encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
     sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed)

@@ -22,14 +22,7 @@ import torch
 
 from common.runtime import autocast, autocast_dtype, pick_device
 from common.tools.bench import compile_and_optimiser_ratios, method, time_in_turn
-from visobert_multitask.losses import (
-    NUM_STATES,
-    LossConfig,
-    aspect_focal_loss,
-    compute_losses,
-    contrastive_term,
-    focal_alpha,
-)
+from visobert_multitask import losses as losses_lib
 from visobert_multitask.model import AspectSentimentModel, ModelConfig
 
 CONFIGS = {
@@ -38,7 +31,7 @@ CONFIGS = {
     "base": dict(cfg=ModelConfig(vocab_size=15004, hidden=768, layers=12, heads=12, intermediate=3072,
                                  max_positions=514), batch=4),
 }
-LOSS = LossConfig()  # train.py's defaults: both losses, 0.8 x focal (mean over aspects) + 0.2 x SupCon
+LOSS = losses_lib.LossConfig()  # train.py's defaults: both losses, 0.8 x focal (mean over aspects) + 0.2 x SupCon
 
 
 def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: int = 0) -> dict:
@@ -57,21 +50,21 @@ def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device, seed: in
 def one_pass_step(model, optimizer, batch, alpha, dtype) -> None:
     """The training step of train.py: one forward for both heads, one backward, one update."""
     with autocast(batch["input_ids"].device, dtype):
-        losses = compute_losses(model, batch, alpha, LOSS)
+        losses = losses_lib.compute_losses(model, batch, alpha, LOSS)
     losses["loss"].backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def two_pass_step(model, optimizer, batch, alpha, dtype, loss: LossConfig = LOSS) -> None:
+def two_pass_step(model, optimizer, batch, alpha, dtype, loss: losses_lib.LossConfig = LOSS) -> None:
     """The seed's step as its code did it: the encoder runs once for the focal loss, once more for
     the contrastive loss (`loss.contrastive`)."""
     targets = batch["labels"]
     with autocast(batch["input_ids"].device, dtype):
         logits = model(batch["input_ids"], batch["attention_mask"])
-        focal = aspect_focal_loss(logits, targets, alpha, loss.gamma)
+        focal = losses_lib.aspect_focal_loss(logits, targets, alpha, loss.gamma)
         _, embeddings = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
-        contrastive = contrastive_term(embeddings, targets, loss)
+        contrastive = losses_lib.contrastive_term(embeddings, targets, loss)
     (loss.w_focal * focal + loss.w_con * contrastive).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -83,7 +76,7 @@ def compare(cfg: ModelConfig, batch_size: int, seq_len: int, device, dtype, warm
     model = AspectSentimentModel(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = make_batch(cfg, batch_size, seq_len, device)
-    alpha = focal_alpha(batch["labels"], NUM_STATES).to(device)
+    alpha = losses_lib.focal_alpha(batch["labels"], losses_lib.NUM_STATES).to(device)
     steps = {"one": lambda: one_pass_step(model, optimizer, batch, alpha, dtype),
              "two": lambda: two_pass_step(model, optimizer, batch, alpha, dtype)}
     one, two = time_in_turn(steps, iters, warmup).values()
@@ -98,8 +91,8 @@ def compile_and_fused(cfg: ModelConfig, batch_size: int, seq_len: int, device, i
     torch.manual_seed(0)
     model = AspectSentimentModel(cfg).to(device).train()
     batch = make_batch(cfg, batch_size, seq_len, device)
-    alpha = focal_alpha(batch["labels"], NUM_STATES).to(device)
-    return compile_and_optimiser_ratios(model, lambda m: compute_losses(m, batch, alpha, LOSS)["loss"],
+    alpha = losses_lib.focal_alpha(batch["labels"], losses_lib.NUM_STATES).to(device)
+    return compile_and_optimiser_ratios(model, lambda m: losses_lib.compute_losses(m, batch, alpha, LOSS)["loss"],
                                         lambda **kw: torch.optim.AdamW(model.parameters(), lr=1e-5, **kw), device,
                                         iters, compile_step)
 

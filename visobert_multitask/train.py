@@ -21,60 +21,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from common import cli, runtime
 from common.checkpoint import checkpoint_bytes, load_model_state, load_run_checkpoint
-from common.cli import (
-    above,
-    add_args,
-    arg,
-    at_least,
-    between,
-    check_resume_config,
-    from_args,
-    parse_with_resume,
-    run_args,
-    run_cli,
-)
+from common.cli import arg, at_least
 from common.lifecycle import Run, RunSettings, State
 from common.metrics import precision_recall_f1
-from common.runtime import (
-    DataError,
-    EpochSampler,
-    all_reduce_mean,
-    assert_replicas_in_sync,
-    autocast,
-    autocast_dtype,
-    check_finite,
-    cleanup_distributed,
-    compile_model,
-    decay_param_groups,
-    gather_cat,
-    make_grad_scaler,
-    make_loader,
-    seed_everything,
-    setup_distributed,
-    unwrap,
-    wrap_ddp,
-)
 from common.schedulers import warmup_cosine_lr
-from visobert_multitask.data import (
-    ABSENT,
-    EVAL_BATCH,
-    NEUTRAL,
-    build_tokenizer,
-    encode_reviews,
-    eval_loader,
-    load_splits,
-    make_collate,
-    synthetic_splits,
-)
-from visobert_multitask.losses import (
-    NUM_STATES,
-    LossConfig,
-    compute_losses,
-    focal_alpha,
-    original_alpha,
-    predicted_states,
-)
+from visobert_multitask import data as data_lib
+from visobert_multitask import losses as losses_lib
 from visobert_multitask.model import AspectSentimentModel, ModelConfig, fetch_pretrained, load_hf_encoder
 
 PROJECT = "visobert_multitask"
@@ -110,7 +64,7 @@ class EncoderConfig:
     encoder: str | None = arg(None, "HF XLM-R/RoBERTa checkpoint, e.g. uitnlp/visobert (needs transformers + "
                               "internet or cache; default: the tiny encoder below, trained from scratch)")
     dropout: float | None = arg(None, "encoder hidden and attention dropout (default: 0.1 with --encoder, as "
-                                "XLM-R; 0 for the tiny encoder)", check=between(0.0, 1.0))
+                                "XLM-R; 0 for the tiny encoder)", check=cli.between(0.0, 1.0))
 
 
 @dataclass
@@ -120,7 +74,7 @@ class TrainConfig:
                                 check=at_least(1))
     batch_size: int = arg(32, "reviews per step and per process", check=at_least(1))
     lr: float | None = arg(None, "peak lr (default: 2e-5 with --encoder, 1e-3 for the tiny encoder)",
-                           check=above(0.0))
+                           check=cli.above(0.0))
     weight_decay: float = arg(0.01, "AdamW weight decay on matrices", check=at_least(0.0, float))
     warmup_steps: int | None = arg(None, "linear warm-up in optimizer steps (default: 6%% of the total steps)",
                                    check=at_least(0))
@@ -138,7 +92,7 @@ class Config:
     model: ModelConfig
     data: DataConfig
     encoder: EncoderConfig
-    loss: LossConfig
+    loss: losses_lib.LossConfig
     train: TrainConfig
     run: RunSettings
     # Known once the data and the device are (main() sets them), never flags:
@@ -150,38 +104,38 @@ class Config:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, DataConfig, "data")
-    add_args(parser, EncoderConfig, "encoder")
-    add_args(parser, ModelConfig, "tiny encoder (without --encoder)", checks=MODEL_CHECKS,
-             exclude=[f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_CHECKS])
-    add_args(parser, LossConfig, "loss")
-    add_args(parser, TrainConfig, "optimisation")
-    run_args(parser, default_out=f"runs/{PROJECT}", ckpt_interval=200, log_interval=20)
+    cli.add_args(parser, DataConfig, "data")
+    cli.add_args(parser, EncoderConfig, "encoder")
+    cli.add_args(parser, ModelConfig, "tiny encoder (without --encoder)", checks=MODEL_CHECKS,
+                 exclude=[f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_CHECKS])
+    cli.add_args(parser, losses_lib.LossConfig, "loss")
+    cli.add_args(parser, TrainConfig, "optimisation")
+    cli.run_args(parser, default_out=f"runs/{PROJECT}", ckpt_interval=200, log_interval=20)
     return parser
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return Config(model=from_args(ModelConfig, args), data=from_args(DataConfig, args),
-                  encoder=from_args(EncoderConfig, args), loss=from_args(LossConfig, args),
-                  train=from_args(TrainConfig, args), run=RunSettings.from_args(args))
+    return Config(model=cli.from_args(ModelConfig, args), data=cli.from_args(DataConfig, args),
+                  encoder=cli.from_args(EncoderConfig, args), loss=cli.from_args(losses_lib.LossConfig, args),
+                  train=cli.from_args(TrainConfig, args), run=RunSettings.from_args(args))
 
 
 def build_data(cfg: Config) -> dict:
     d = cfg.data
     if d.data_root:
         aspects = tuple(a.strip() for a in d.aspects.split(",")) if d.aspects else None
-        return load_splits(d.data_root, d.data_format, aspects, d.text_column, d.on_bad_label)
-    return synthetic_splits(d.synthetic_train, d.synthetic_val, d.synthetic_test, cfg.run.seed)
+        return data_lib.load_splits(d.data_root, d.data_format, aspects, d.text_column, d.on_bad_label)
+    return data_lib.synthetic_splits(d.synthetic_train, d.synthetic_val, d.synthetic_test, cfg.run.seed)
 
 
 def check_sizes(splits: dict, batch_size: int, world_size: int) -> None:
     for name, split in splits.items():  # every process needs a review of each split and a full training batch
         if len(split.texts) < world_size:
-            raise DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
-                            f"process(es); every process needs at least one")
+            raise runtime.DataError(f"{name} split ({split.source}): {len(split.texts)} reviews for {world_size} "
+                                    f"process(es); every process needs at least one")
     if len(splits["train"].texts) // world_size < batch_size:
-        raise DataError(f"train split ({splits['train'].source}): {len(splits['train'].texts)} reviews make no full "
-                        f"batch of --batch-size {batch_size} on each of {world_size} process(es)")
+        raise runtime.DataError(f"train split ({splits['train'].source}): {len(splits['train'].texts)} reviews make "
+                                f"no full batch of --batch-size {batch_size} on each of {world_size} process(es)")
 
 
 def fill_recipe(cfg: Config, batches_per_epoch: int) -> None:
@@ -202,13 +156,13 @@ def model_config(cfg: Config, vocab_size: int, num_aspects: int) -> tuple[ModelC
     dropout = cfg.encoder.dropout
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size, dropout=dropout, attention_dropout=dropout,
                                     max_positions=cfg.data.max_len + 2, num_aspects=num_aspects,
-                                    num_states=NUM_STATES)
+                                    num_states=losses_lib.NUM_STATES)
     if not cfg.encoder.encoder:
         return model_cfg, None
     try:
         fields, pretrained_state = fetch_pretrained(cfg.encoder.encoder)
     except (ImportError, OSError, RuntimeError, ValueError) as e:  # one line naming the encoder
-        raise DataError(f"--encoder {cfg.encoder.encoder}: {str(e).strip().splitlines()[0]}") from None
+        raise runtime.DataError(f"--encoder {cfg.encoder.encoder}: {str(e).strip().splitlines()[0]}") from None
     model_cfg = dataclasses.replace(model_cfg, **fields)
     if cfg.data.max_len + 2 > model_cfg.max_positions:
         raise ValueError(f"--max-len {cfg.data.max_len} exceeds the checkpoint's {model_cfg.max_positions - 2} "
@@ -220,7 +174,8 @@ def training_alpha(splits: dict, power: float = 0.5, rule: str = "power") -> tor
     """Per-aspect focal alpha (A, S) from the training labels by --alpha-rule (`focal_alpha`, `original_alpha`)."""
     # FIX(VSB-ALPHA-TRAIN-SPLIT): focal alpha from the training labels only; val/test labels leaked in.
     train_labels = splits["train"].labels
-    return original_alpha(train_labels) if rule == "original" else focal_alpha(train_labels, NUM_STATES, power)
+    return (losses_lib.original_alpha(train_labels) if rule == "original"
+            else losses_lib.focal_alpha(train_labels, losses_lib.NUM_STATES, power))
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -235,8 +190,8 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
     sentiment read from the three sentiment logits (sentiment given the true aspect).
     f1_inflated: the original's number, absent read as neutral on both sides, per-aspect WEIGHTED F1
     over three classes, averaged over aspects; absent slots are most of the data and trivially right."""
-    pred = predicted_states(logits)
-    present, present_pred = labels != ABSENT, pred != ABSENT
+    pred = losses_lib.predicted_states(logits)
+    present, present_pred = labels != data_lib.ABSENT, pred != data_lib.ABSENT
     sentiment_pred = logits[..., 1:].argmax(dim=-1) + 1  # (N, A) best sentiment state, ignoring "absent"
     per_aspect = []
     for a, name in enumerate(aspects):
@@ -248,7 +203,8 @@ def aspect_metrics(labels: torch.Tensor, logits: torch.Tensor, aspects) -> dict:
                            "support": int(slots.sum())})
     sent_f1 = precision_recall_f1(labels[present] - 1, sentiment_pred[present] - 1, 3, "macro")[2]
     det_f1 = float(np.mean([row["det_f1"] for row in per_aspect]))
-    y, p = ((states.masked_fill(states == ABSENT, NEUTRAL) - 1).numpy() for states in (labels, pred))  # 3 classes
+    y, p = ((states.masked_fill(states == data_lib.ABSENT, data_lib.NEUTRAL) - 1).numpy()  # 3 classes
+            for states in (labels, pred))
     inflated = float(np.mean([precision_recall_f1(y[:, a], p[:, a], 3, "weighted")[2] for a in range(y.shape[1])]))
     # FIX(VSB-HONEST-F1): select on detection + sentiment F1; the absent=neutral F1 stays, labelled inflated.
     return {"det_f1": det_f1, "sent_f1": sent_f1, "f1_inflated": inflated,
@@ -266,11 +222,11 @@ def predict_split(model, loader, cfg: Config) -> tuple[torch.Tensor, torch.Tenso
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        with autocast(cfg.device, cfg.dtype):
+        with runtime.autocast(cfg.device, cfg.dtype):
             logits.append(model(batch["input_ids"].to(cfg.device), batch["attention_mask"].to(cfg.device)).float())
         labels.append(batch["labels"].to(cfg.device))
     model.train()
-    return gather_cat(torch.cat(logits)).cpu(), gather_cat(torch.cat(labels)).cpu()
+    return runtime.gather_cat(torch.cat(logits)).cpu(), runtime.gather_cat(torch.cat(labels)).cpu()
 
 
 @torch.no_grad()
@@ -283,7 +239,7 @@ def evaluate(model, loader, cfg: Config) -> dict:
 def validate(state: State, loader, cfg: Config, run: Run) -> dict:
     """Score the validation split (gathered over ranks: every rank agrees), log it, keep best.pt if better."""
     epoch = state.epoch if state.batch_in_epoch else state.epoch - 1  # at an epoch's end state points at the next
-    metrics = evaluate(unwrap(state.model), loader, cfg)
+    metrics = evaluate(runtime.unwrap(state.model), loader, cfg)
     state.meters["val"] = scores(metrics)
     run.log({"step": state.step, "epoch": epoch, "split": "val", **_log_metrics(metrics)})
     improved = run.improved(metrics["score"], state.step, epoch)
@@ -303,9 +259,9 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(cfg.device, non_blocking=True) for k, v in batch.items()}
-        with autocast(cfg.device, cfg.dtype):
-            losses = compute_losses(state.model, batch, cfg.alpha, cfg.loss)
-        check_finite(losses, state.step)
+        with runtime.autocast(cfg.device, cfg.dtype):
+            losses = losses_lib.compute_losses(state.model, batch, cfg.alpha, cfg.loss)
+        runtime.check_finite(losses, state.step)
         scaler.scale(losses["loss"]).backward()
         scaler.unscale_(optimizer)
         # --grad-clip 0: no clipping, the norm is still measured for the log.
@@ -321,7 +277,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         window["n"] += 1
         if state.step % cfg.run.log_interval == 0:
             # Averaged over the window and over ranks (one all-reduce per logged value).
-            row = {k: all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
+            row = {k: runtime.all_reduce_mean(v / window["n"]).item() for k, v in window.items() if k != "n"}
             run.log({"step": state.step, "epoch": state.epoch, "split": "train", "lr": lr, **row})
             parts = " ".join(f"{name} {row[name]:.4f}" for name in ("focal", "supcon", "probe") if name in row)
             run.print(f"step {state.step} epoch {state.epoch}: train loss {row['loss']:.4f} ({parts}) "
@@ -343,31 +299,32 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
 def main(argv: list[str] | None = None) -> dict:
     start_time = time.time()
     parser = build_parser()
-    args, resumed = parse_with_resume(parser, argv, PROJECT)  # a given checkpoint is checked here
+    args, resumed = cli.parse_with_resume(parser, argv, PROJECT)  # a given checkpoint is checked here
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}")
     cfg = config_from(args)
-    dist_info = setup_distributed(cfg.run.device)
-    cfg.device, cfg.dtype = dist_info.device, autocast_dtype(dist_info.device, cfg.run.amp)
-    seed_everything(cfg.run.seed)
+    dist_info = runtime.setup_distributed(cfg.run.device)
+    cfg.device, cfg.dtype = dist_info.device, runtime.autocast_dtype(dist_info.device, cfg.run.amp)
+    runtime.seed_everything(cfg.run.seed)
 
     splits = build_data(cfg)
     check_sizes(splits, cfg.train.batch_size, dist_info.world_size)
     cfg.aspects = splits["train"].aspects
-    tokenizer = build_tokenizer(cfg.encoder.encoder, resumed["extra"]["vocab"] if resumed else None,
-                                splits["train"].texts)
-    datasets = {k: encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
+    tokenizer = data_lib.build_tokenizer(cfg.encoder.encoder, resumed["extra"]["vocab"] if resumed else None,
+                                         splits["train"].texts)
+    datasets = {k: data_lib.encode_reviews(s, tokenizer, cfg.data.max_len) for k, s in splits.items()}
     # Shuffled, sharded over processes, resumable mid-epoch (set_epoch); val/test in order, nothing dropped.
-    sampler = EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
-                           rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
-    val_loader, test_loader = (eval_loader(datasets[k], tokenizer.pad_id, EVAL_BATCH, cfg.run.workers, cfg.run.seed,
-                                           dist_info.rank, dist_info.world_size) for k in ("val", "test"))
+    sampler = runtime.EpochSampler(len(datasets["train"]), cfg.train.batch_size, shuffle=True, seed=cfg.run.seed,
+                                   rank=dist_info.rank, world_size=dist_info.world_size, drop_last=True)
+    val_loader, test_loader = (data_lib.eval_loader(datasets[k], tokenizer.pad_id, data_lib.EVAL_BATCH, cfg.run.workers,
+                                                    cfg.run.seed, dist_info.rank, dist_info.world_size)
+                               for k in ("val", "test"))
     fill_recipe(cfg, sampler.batches_per_epoch())
     cfg.model, pretrained_state = model_config(cfg, len(tokenizer), len(cfg.aspects))
     config = {**vars(args), **asdict(cfg.encoder), **asdict(cfg.loss), **asdict(cfg.train),
               "aspects": list(cfg.aspects), "model": asdict(cfg.model), "world_size": dist_info.world_size}
     if resumed:
-        check_resume_config(resumed, config, RESUME_KEYS, args.resume)
+        cli.check_resume_config(resumed, config, RESUME_KEYS, args.resume)
 
     with Run(PROJECT, args, config, f"runs/{PROJECT}", resumed, best_metric="score", best_mode="max") as run:
         model = AspectSentimentModel(cfg.model).to(cfg.device)
@@ -375,15 +332,15 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 load_hf_encoder(model.encoder, pretrained_state)
             except (KeyError, ValueError) as e:
-                raise DataError(f"--encoder {cfg.encoder.encoder}: {e}") from None
+                raise runtime.DataError(f"--encoder {cfg.encoder.encoder}: {e}") from None
         # NOTE(deviation): no decay on biases, norms, embeddings (STYLE.md); the original decays every parameter.
-        optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+        optimizer = torch.optim.AdamW(runtime.decay_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                       fused=cfg.device.type == "cuda")  # plain on CPU: see bench.py
-        ddp_model = compile_model(wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal"),
-                                  cfg.run.compile)
+        ddp_model = runtime.compile_model(
+            runtime.wrap_ddp(model, dist_info, find_unused_parameters=cfg.loss.loss == "focal"), cfg.run.compile)
         # meters: the open window of the training log, the last validation scores, and the word
         # vocabulary (a list of str), so a checkpoint is scored with the token ids it trained on.
-        state = State(ddp_model, optimizer, make_grad_scaler(cfg.device, cfg.dtype),
+        state = State(ddp_model, optimizer, runtime.make_grad_scaler(cfg.device, cfg.dtype),
                       meters={"window": {"n": 0}, "val": {}, "vocab": getattr(tokenizer, "vocab", None)})
         run.restore(state)  # fills step/epoch/batch_in_epoch/meters from --resume
         cfg.alpha = training_alpha(splits, cfg.loss.alpha_power, cfg.loss.alpha_rule).to(cfg.device)
@@ -397,8 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         for epoch in range(state.epoch, cfg.train.epochs):
             sampler.set_epoch(epoch, state.batch_in_epoch)
-            loader = make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, epoch,
-                                 make_collate(tokenizer.pad_id))
+            loader = runtime.make_loader(datasets["train"], sampler, cfg.run.workers, cfg.run.seed, epoch,
+                                         data_lib.make_collate(tokenizer.pad_id))
             if train_one_epoch(state, loader, val_loader, cfg, run):
                 run.save("last.pt", state)
                 run.exit_stopped(state.step)
@@ -406,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
             validate(state, val_loader, cfg, run)
             run.save("last.pt", state)
             run.save_periodic(state)
-        assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
+        runtime.assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         state.model = model  # the bare module from here on: DDP must not outlive the process group
         del ddp_model
 
@@ -422,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "test": scores(test), "test_per_aspect": test["per_aspect"],
                    "bad_labels_skipped": {name: split.skipped for name, split in splits.items() if split.skipped}}
         run.finish(results)
-    cleanup_distributed()
+    runtime.cleanup_distributed()
     return results
 
 
@@ -432,11 +389,12 @@ def evaluate_checkpoint(path, split: str = "test", device: str = "cpu") -> dict[
     checkpoint = load_run_checkpoint(path, PROJECT)
     cfg = config_from(argparse.Namespace(**checkpoint["args"]))
     cfg.device, cfg.aspects = torch.device(device), checkpoint["config"]["aspects"]
-    cfg.dtype = autocast_dtype(cfg.device, cfg.run.amp)
-    tokenizer = build_tokenizer(cfg.encoder.encoder, checkpoint["extra"]["vocab"])
+    cfg.dtype = runtime.autocast_dtype(cfg.device, cfg.run.amp)
+    tokenizer = data_lib.build_tokenizer(cfg.encoder.encoder, checkpoint["extra"]["vocab"])
     model = AspectSentimentModel(ModelConfig(**checkpoint["config"]["model"]))
     load_model_state(model, checkpoint["model"], path)
-    loader = eval_loader(encode_reviews(build_data(cfg)[split], tokenizer, cfg.data.max_len), tokenizer.pad_id)
+    encoded = data_lib.encode_reviews(build_data(cfg)[split], tokenizer, cfg.data.max_len)
+    loader = data_lib.eval_loader(encoded, tokenizer.pad_id)
     return scores(evaluate(model.to(cfg.device), loader, cfg))
 
 
@@ -455,4 +413,4 @@ def per_aspect_table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)
