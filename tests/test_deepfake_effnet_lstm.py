@@ -166,6 +166,34 @@ def test_smoke_train_writes_the_run_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_lower_validation_loss_replaces_best_pt_and_a_higher_one_does_not(tmp_path, monkeypatch):
+    """Through the real main(), best.pt on the validation loss (lower is better, best_mode "min"):
+    validation losses 0.5, 0.3, 0.4 at steps 2, 4, 6 (a stand-in for split_metrics with known values).
+    best.pt must hold step 4's weights (0.3 replaced 0.5; 0.4 did not replace 0.3), and the final test
+    scores it. With the comparison reversed, best.pt would stay at step 2."""
+    real_split_metrics, scripted, seen = T.split_metrics, iter([0.5, 0.3, 0.4]), []
+
+    def scripted_split_metrics(scores, split="validation"):
+        metrics = real_split_metrics(scores, split)
+        if split.startswith("validation"):  # the three validations; the final test as it is
+            seen.append(next(scripted))
+            metrics = {**metrics, "loss": seen[-1]}
+        return metrics
+
+    monkeypatch.setattr(T, "split_metrics", scripted_split_metrics)
+    out = tmp_path / "run"
+    results = T.main([*TINY_ARGS, "--max-iters", "6", "--val-interval", "2", "--keep-checkpoints", "3", "--test",
+                      "--out", str(out)])
+    assert seen == [0.5, 0.3, 0.4]
+    assert results["best"] == {"metric": "val_loss", "mode": "min", "value": 0.3, "step": 4, "epoch": 0}
+    best = load_run_checkpoint(out / "best.pt", T.PROJECT)
+    assert best["best"]["value"] == 0.3 and best["progress"]["step"] == 4
+    step4 = load_run_checkpoint(out / "step0000004.pt", T.PROJECT)["model"]
+    assert all(torch.equal(v, step4[k]) for k, v in best["model"].items())  # step 4's weights, not step 2's or 6's
+    assert results["test"] == T.evaluate_checkpoint(str(out / "best.pt"), "test", "cpu")  # the test scored best.pt
+
+
+@pytest.mark.slow
 def test_a_periodic_checkpoint_resumes_the_run_exactly(tmp_path):
     """Any step<N>.pt continues the run to the weights and log rows of the uninterrupted run
     (the seed's periodic files held weights only: KeyError 'optimizer')."""
