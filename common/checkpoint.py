@@ -32,17 +32,16 @@ def load_run_checkpoint(path: str | os.PathLike, project: str, map_location="cpu
     state = read_checkpoint_file(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if "format" not in state and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: a bare state_dict (weights only), not a training checkpoint; "
+                              "it can be loaded as pretrained weights, not resumed")
     if "format" not in state:
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: a bare state_dict (weights only), not a training checkpoint; "
-                                  "it can be loaded as pretrained weights, not resumed")
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
         raise CheckpointError(f"{path}: not a checkpoint of this repository (missing keys {missing})")
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this code reads {CHECKPOINT_FORMAT}")
     if state.get("project") != project:
         raise CheckpointError(f"{path}: written by {state.get('project')!r}, not {project!r}")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing keys {missing}")
     return state
@@ -116,9 +115,8 @@ def checkpoint_bytes(*objects) -> int:
 
 
 def save_atomic(path: Path, state: dict) -> int:
-    """Write `<path>.tmp`, fsync, rename over `path`; returns the bytes written.
-
-    Any failure removes the `.tmp` and keeps the previous checkpoint; a full disk is said in words."""
+    """Write `<path>.tmp`, fsync, rename over `path`; returns the bytes written. Any failure removes the
+    `.tmp` and keeps the previous checkpoint; a full disk is said in words."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

@@ -4,12 +4,10 @@
     class OptimConfig:
         batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
 
-`add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` with that
-default (shown by --help), `from_args(OptimConfig, namespace)` builds the dataclass back. A bad
-value is refused by argparse itself, before anything runs: `error: argument --batch-size: must be >= 1`.
-A model file that must copy alone declares plain fields with a comment each (`depth: int = 12  #
-transformer blocks`) and train.py attaches the checks: `add_args(parser, ModelConfig, "model",
-checks={"depth": at_least(1)})`.
+`add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` (default shown by
+--help), `from_args(OptimConfig, namespace)` builds the dataclass back; argparse refuses a bad value before
+anything runs. A model file that must copy alone comments plain fields (`depth: int = 12  # transformer
+blocks`) and train.py attaches the checks: `add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})`.
 """
 
 from __future__ import annotations
@@ -126,14 +124,13 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dic
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kind, is_list = _base_type(hints[f.name])
-        shown = not (default is None or default is False or default == "")  # 0 and 0.0 are shown
-        help_text = meta["help"] + (" (default: %(default)s)" if shown else "")
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=meta["help"] + f" (default: {'on' if default else 'off'})")
         else:
+            shown = " (default: %(default)s)" if default not in (None, "") else ""  # 0 and 0.0 are shown
             group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,
-                               choices=meta["choices"], nargs="+" if is_list else None, help=help_text)
+                               choices=meta["choices"], nargs="+" if is_list else None, help=meta["help"] + shown)
     return group
 
 
@@ -150,12 +147,9 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     probe = argparse.ArgumentParser(add_help=False, allow_abbrev=parser.allow_abbrev)
     for action in parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
-            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
-            if action.nargs == 0:  # store_true / store_false / --x/--no-x: presence is what counts
-                kwargs["action"] = "store_true"
-            else:
-                kwargs["nargs"] = action.nargs
-            probe.add_argument(*action.option_strings, **kwargs)
+            # store_true / store_false / --x/--no-x: presence is what counts
+            how = {"action": "store_true"} if action.nargs == 0 else {"nargs": action.nargs}
+            probe.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS, **how)
     seen, _ = probe.parse_known_args(argv)
     return set(vars(seen))
 
@@ -203,11 +197,8 @@ PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers", "compile")
 
 
 def parse_with_resume(parser: argparse.ArgumentParser, argv, project: str):
-    """Parse the command line; with --resume, every setting the command line leaves unset comes
-    from the checkpoint, so `train.py --resume <out>/last.pt` alone continues the same run.
-
-    Returns (namespace, checkpoint or None). The checkpoint is loaded and checked here, before
-    anything is written anywhere."""
+    """(namespace, checkpoint or None). With --resume, every setting the command line leaves unset comes from
+    the checkpoint, loaded and checked here before anything is written: `--resume <out>/last.pt` alone goes on."""
     args = parser.parse_args(argv)
     if not args.resume:
         return args, None
@@ -239,10 +230,9 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def run_cli(main) -> None:
-    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
-    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
-    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
-    traceback: that is a bug."""
+    """`if __name__ == "__main__": run_cli(main)`: the errors raised on purpose (bad data, an unusable checkpoint
+    or run folder, a contradicting config) print as one line naming the file at fault, exit status 1. Anything
+    else keeps its traceback: that is a bug."""
     try:
         main()
     except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,

@@ -30,8 +30,7 @@ def mixup(inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor, 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g).item())
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     mixed = [lam * t + (1.0 - lam) * t[perm] for t in tensors]
-    y_b = targets[perm]
-    return (mixed[0] if single else mixed), targets, y_b, lam
+    return (mixed[0] if single else mixed), targets, targets[perm], lam
 
 
 def mixup_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: torch.Tensor,

@@ -1,6 +1,5 @@
 """Run plumbing of the four train.py: the errors they raise on purpose, seeding, device and autocast,
-optional torchrun/DDP, a resumable sharded sampler, RNG states for checkpoints, the non-finite check.
-The run lifecycle (folders, checkpoints, resume, signals) is in common/lifecycle.py."""
+optional torchrun/DDP, a resumable sharded sampler, RNG states for checkpoints, the non-finite check."""
 
 from __future__ import annotations
 
@@ -50,7 +49,6 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -99,7 +97,7 @@ def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype 
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Context manager for the forward pass: autocast when dtype is set, a no-op otherwise."""
+    """Autocast when dtype is set, a no-op otherwise."""
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -113,7 +111,6 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.a
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -128,10 +125,9 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     if "RANK" not in os.environ:
         return DistInfo(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
         # (DDP imports it lazily). Imported after init, it pins the default group for the life of the
@@ -139,7 +135,7 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
         # process aborts at exit ("terminate called without an active exception"). Imported first, it binds None.
         import torch.distributed.nn.functional as _nn_functional  # noqa: F401  (an alias: no local `torch`)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world, device=device)
 
 
 def world_size() -> int:
@@ -233,13 +229,10 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
-        if self.drop_last:
-            per_rank = self.num_samples // self.world_size
-            order = order[: per_rank * self.world_size]
-        shard = order[self.rank :: self.world_size]
-        if self.drop_last:
-            shard = shard[: len(shard) // self.batch_size * self.batch_size]
-        return shard
+        if not self.drop_last:
+            return order[self.rank :: self.world_size]
+        shard = order[: self.num_samples // self.world_size * self.world_size][self.rank :: self.world_size]
+        return shard[: len(shard) // self.batch_size * self.batch_size]  # whole batches, equal on every rank
 
     def batches_per_epoch(self) -> int:
         n = len(self._indices())
@@ -305,11 +298,8 @@ def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -
 
 
 def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """`--compile`: torch.compile of the module the training loop calls (forward and backward), else the
-    module itself. Wrap in DDP first, as torch's DDP + compile notes ask (the graph is split at the
-    gradient buckets, so the all-reduce still overlaps the backward). The first steps pay the compile:
-    minutes per model on a 2-core CPU, again for each new input shape. unwrap() sees through it, so
-    checkpoints hold the bare module's keys (no `_orig_mod.`) and resume with or without --compile;
-    evaluation calls the bare module, eager. (The bucket split: torch/_dynamo/backends/distributed.py,
-    class DDPOptimizer.)"""
+    """`--compile`: torch.compile of the module the training loop calls, after the DDP wrap as torch's
+    DDP + compile notes ask (the graph is split at the gradient buckets, so the all-reduce still overlaps
+    the backward: torch/_dynamo/backends/distributed.py, class DDPOptimizer). unwrap() sees through it, so
+    checkpoints hold the bare module's keys (no `_orig_mod.`) and resume with or without --compile."""
     return torch.compile(model) if enabled else model
