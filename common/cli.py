@@ -4,11 +4,10 @@
     class OptimConfig:
         batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
 
-`add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` (default shown by
---help), `from_args(OptimConfig, namespace)` builds the dataclass back; argparse refuses a bad value before
-anything runs. A model file that must copy alone comments plain fields (`depth: int = 12  # transformer
-blocks`) and train.py attaches the checks: `add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})`.
-"""
+`add_args(parser, OptimConfig, "optimisation")` makes `--batch-size` (default shown by --help), refused by
+argparse before anything runs when out of range; `from_args(OptimConfig, namespace)` builds the dataclass
+back. A model file that must copy alone comments plain fields instead (`depth: int = 12  # blocks`) and
+train.py attaches the checks: `add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})`."""
 
 from __future__ import annotations
 
@@ -64,11 +63,9 @@ def between(low: float, high: float, kind: type = float) -> Callable[[str], obje
 
 def _base_type(hint) -> tuple[type, bool]:
     """(element type, is a list) of an annotation such as `int | None` or `list[int]`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is list:
+    if typing.get_origin(hint) is list:
         return typing.get_args(hint)[0], True
     return hint, False
 
@@ -109,8 +106,7 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dic
     field to a converter (`at_least(1)`) or a list of choices, `flags` a field to its flag name when
     it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
     group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         comment = comments.get(f.name, "").replace("%", "%%") if checks is not None else None  # argparse formats help
         meta = dict(f.metadata) or {"help": comment, "check": None, "choices": None, "flag": (flags or {}).get(f.name)}
@@ -150,13 +146,11 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
             # store_true / store_false / --x/--no-x: presence is what counts
             how = {"action": "store_true"} if action.nargs == 0 else {"nargs": action.nargs}
             probe.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS, **how)
-    seen, _ = probe.parse_known_args(argv)
-    return set(vars(seen))
+    return set(vars(probe.parse_known_args(argv)[0]))
 
 
 def device_name(text: str) -> str:
-    """`--device`: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run
-    starts, so a command line for a GPU machine can be checked anywhere)."""
+    """auto, cpu, cuda or cuda:N; the machine is checked at run start, so a GPU command line parses anywhere."""
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (got {text})")

@@ -89,7 +89,7 @@ class RunSettings:
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
 
 
-class Run:
+class Run(contextlib.AbstractContextManager):  # `with Run(...) as run:` closes it on errors too
     """Folder, lock, checkpoints, log, best metric and stop signals of one training run. Every rank builds
     one and makes the same calls; rank 0 alone writes. Not a trainer: the loop stays in each train.py."""
 
@@ -316,9 +316,6 @@ class Run:
             with contextlib.suppress(OSError):
                 self._lock.parent.rmdir()  # only if this run left it empty (failed before writing)
             self._lock = None
-
-    def __enter__(self) -> Run:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

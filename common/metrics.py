@@ -14,9 +14,7 @@ import numpy as np
 
 
 def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
 
 
 def _examples(values: np.ndarray, limit: int = 5) -> str:
@@ -75,10 +73,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int, fn: str = "confusion_matr
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray, zero_division: float) -> np.ndarray:
-    out = np.full(num.shape, float(zero_division))
-    ok = den > 0
-    out[ok] = num[ok] / den[ok]
-    return out
+    return np.divide(num, den, out=np.full(num.shape, float(zero_division)), where=den > 0)
 
 
 def _nan_average(values: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -11,11 +11,9 @@ import torch
 
 def mixup(inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor, alpha: float,
           generator: torch.Generator | None = None):
-    """Returns (mixed_inputs, y_a, y_b, lam).
-
-    One permutation and one lambda ~ Beta(alpha, alpha) are shared by every tensor in `inputs`
-    (dim 0 is the batch). y_b = targets[perm]: the target of the sample mixed in, never the
-    permutation itself. alpha <= 0 returns the inputs unchanged with lam = 1 and y_b = y_a."""
+    """Returns (mixed_inputs, y_a, y_b, lam). One permutation and one lambda ~ Beta(alpha, alpha) are shared
+    by every tensor in `inputs` (dim 0 is the batch). y_b = targets[perm]: the target of the sample mixed in,
+    never the permutation itself. alpha <= 0 returns the inputs unchanged with lam = 1 and y_b = y_a."""
     single = isinstance(inputs, torch.Tensor)
     tensors = [inputs] if single else list(inputs)
     if alpha <= 0:

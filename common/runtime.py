@@ -55,8 +55,7 @@ def seed_everything(seed: int) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: derive numpy/python seeds from torch's per-worker seed,
-    so workers do not all draw the same numpy augmentations (a classic DataLoader pitfall)."""
+    """`worker_init_fn`: numpy/python seeds from torch's per-worker seed, or all draw the same augmentations."""
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -102,8 +101,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """Loss scaling is needed for fp16 only; for bf16/fp32 the scaler is a disabled pass-through,
-    so the training loop is written once."""
+    """Loss scaling for fp16 only; for bf16/fp32 a disabled pass-through, so the loop is written once."""
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
@@ -113,14 +111,9 @@ class DistInfo:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
 
 def setup_distributed(device_name: str = "auto") -> DistInfo:
-    """Single process unless launched by torchrun (RANK/WORLD_SIZE set); under torchrun NCCL with one
-    GPU per process on CUDA, gloo on CPU."""
+    """Single process unless launched by torchrun (RANK set); then NCCL, one GPU per process, or gloo on CPU."""
     device = pick_device(device_name)
     if "RANK" not in os.environ:
         return DistInfo(device=device)
@@ -139,7 +132,6 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
 
 
 def world_size() -> int:
-    """Processes of this torchrun job; 1 without torchrun."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -156,7 +148,7 @@ def cleanup_distributed() -> None:
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Module:
     """The model in DistributedDataParallel under torchrun (one device per process), else itself.
     Delete the wrapper before cleanup_distributed(): it holds the process group."""
-    if not info.enabled:
+    if info.world_size == 1:
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
@@ -184,8 +176,7 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
-    longest = int(max(s.item() for s in sizes))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded = tensor.new_zeros((int(max(s.item() for s in sizes)), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
@@ -235,8 +226,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return shard[: len(shard) // self.batch_size * self.batch_size]  # whole batches, equal on every rank
 
     def batches_per_epoch(self) -> int:
-        n = len(self._indices())
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(len(self._indices()) / self.batch_size)  # whole batches already under drop_last
 
     def __iter__(self):
         return iter(self._indices()[self.start_batch * self.batch_size :])
@@ -256,8 +246,7 @@ def make_loader(dataset, sampler: EpochSampler, workers: int, seed: int, epoch: 
 
 
 def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens and learned
-    loss weights (any 1-d tensor) do not."""
+    """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens, learned loss weights do not."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -288,11 +277,10 @@ def set_rng_state(state: dict) -> None:
 def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -> None:
     """Stop the run, naming every loss component that is NaN or Inf (never mask them); one host sync
     per call: all components are stacked and tested at once."""
-    names = list(components)
-    values = torch.stack([components[n].detach().float().reshape(()) for n in names])
+    values = torch.stack([value.detach().float().reshape(()) for value in components.values()])
     finite = torch.isfinite(values)
     if not bool(finite.all()):
-        bad = [f"{n}={values[i].item()}" for i, n in enumerate(names) if not finite[i]]
+        bad = [f"{n}={values[i].item()}" for i, n in enumerate(components) if not finite[i]]
         where = f" at step {step}" if step is not None else ""
         raise NonFiniteLossError(f"non-finite loss component(s){where}: {', '.join(bad)}")
 
