@@ -89,8 +89,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path) -> None:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path) -> None:
-    """Refuse an optimiser state whose groups do not match this run's (other frozen parts, other
-    parameter grouping), instead of torch's error about 'parameter groups'."""
+    """Refuse an optimiser state grouped unlike this run's (other frozen parts or grouping), not with torch's error."""
     saved = [len(g["params"]) for g in state["param_groups"]]
     now = [len(g["params"]) for g in optimizer.param_groups]
     if saved != now:

@@ -101,10 +101,9 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dict | None = None,
              exclude: Sequence[str] = (), flags: dict[str, str] | None = None) -> argparse._ArgumentGroup:
-    """One argument group with a flag per field of the dataclass `cls`: help from `arg()`, or given
-    `checks` (even `{}`) from the field's comment; a field with neither is no flag. `checks` maps a
-    field to a converter (`at_least(1)`) or a list of choices, `flags` a field to its flag name when
-    it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
+    """One argument group, a flag per field of the dataclass `cls`: help from `arg()`, or given `checks` (even
+    `{}`) from the field's comment; neither: no flag. `checks` maps a field to a converter (`at_least(1)`) or a
+    list of choices, `flags` a field to its flag name when not `--<field-name>` (`{"num_heads": "--heads"}`)."""
     group = parser.add_argument_group(title)
     hints, comments = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):

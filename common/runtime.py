@@ -198,10 +198,9 @@ def assert_replicas_in_sync(model: torch.nn.Module) -> None:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Deterministic, resumable, optionally sharded sampler. The order of an epoch depends only on
-    (seed, epoch); each rank takes a disjoint shard (rank::world_size). `drop_last` makes all shards
-    the same length (training); without it shards may differ by one (evaluation, then `gather_cat`).
-    `start_batch` skips the batches consumed before a resume, without loading them."""
+    """Deterministic, resumable, optionally sharded sampler: the order of an epoch depends only on (seed, epoch),
+    each rank takes a disjoint shard (rank::world_size). `drop_last` makes all shards the same length (training);
+    without it they may differ by one (evaluation, then `gather_cat`). `start_batch` skips a resume's seen batches."""
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True):
