@@ -24,31 +24,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message names the file and what is wrong with it."""
 
 
-def load_run_checkpoint(path: str | os.PathLike, project: str, map_location="cpu") -> dict:
+def load_run_checkpoint(path: str | os.PathLike, project: str) -> dict:
     """A run checkpoint of `project`, or a CheckpointError that names the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = read_checkpoint_file(path, map_location)
+    state = read_checkpoint_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if "format" not in state and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: a bare state_dict (weights only), not a training checkpoint; "
+                              "it can be loaded as pretrained weights, not resumed")
     if "format" not in state:
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: a bare state_dict (weights only), not a training checkpoint; "
-                                  "it can be loaded as pretrained weights, not resumed")
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
         raise CheckpointError(f"{path}: not a checkpoint of this repository (missing keys {missing})")
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, this code reads {CHECKPOINT_FORMAT}")
     if state.get("project") != project:
         raise CheckpointError(f"{path}: written by {state.get('project')!r}, not {project!r}")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing keys {missing}")
     return state
 
 
-def read_checkpoint_file(path: Path, map_location="cpu"):
+def read_checkpoint_file(path: Path):
     """torch.load(weights_only=True) with the failures told apart: empty, truncated, not a PyTorch
     file, or a pickle of objects other than tensors and plain values (refused unopened: unpickling
     them could run code, so a checkpoint from elsewhere is as safe to open as one's own)."""
@@ -58,7 +57,7 @@ def read_checkpoint_file(path: Path, map_location="cpu"):
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
@@ -90,8 +89,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path) -> None:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path) -> None:
-    """Refuse an optimiser state whose groups do not match this run's (other frozen parts, other
-    parameter grouping), instead of torch's error about 'parameter groups'."""
+    """Refuse an optimiser state grouped unlike this run's (other frozen parts or grouping), not with torch's error."""
     saved = [len(g["params"]) for g in state["param_groups"]]
     now = [len(g["params"]) for g in optimizer.param_groups]
     if saved != now:
@@ -100,25 +98,19 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path) ->
     optimizer.load_state_dict(state)
 
 
-def checkpoint_bytes(*objects) -> int:
-    """Bytes of the tensors a checkpoint of these modules / optimisers will hold. An optimiser
-    that has not stepped yet has no state: Adam-like ones are counted as 2 buffers per parameter."""
-    total = 0
-    for obj in objects:
-        if isinstance(obj, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in unwrap(obj).state_dict().values())
-        elif isinstance(obj, torch.optim.Optimizer):
-            buffers = sum(t.numel() * t.element_size() for s in obj.state.values() for t in s.values()
-                          if isinstance(t, torch.Tensor))
-            params = sum(p.numel() * p.element_size() for g in obj.param_groups for p in g["params"])
-            total += buffers or 2 * params
-    return total
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors a checkpoint of this model and optimiser will hold. An optimiser that has
+    not stepped yet has no state: Adam-like ones are counted as 2 buffers per parameter."""
+    weights = sum(t.numel() * t.element_size() for t in unwrap(model).state_dict().values())
+    buffers = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                  if isinstance(t, torch.Tensor))
+    params = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    return weights + (buffers or 2 * params)
 
 
 def save_atomic(path: Path, state: dict) -> int:
-    """Write `<path>.tmp`, fsync, rename over `path`; returns the bytes written.
-
-    Any failure removes the `.tmp` and keeps the previous checkpoint; a full disk is said in words."""
+    """Write `<path>.tmp`, fsync, rename over `path`; returns the bytes written. Any failure removes the
+    `.tmp` and keeps the previous checkpoint; a full disk is said in words."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

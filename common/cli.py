@@ -4,13 +4,10 @@
     class OptimConfig:
         batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
 
-`add_args(parser, OptimConfig, "optimisation")` turns each field into `--batch-size` with that
-default (shown by --help), `from_args(OptimConfig, namespace)` builds the dataclass back. A bad
-value is refused by argparse itself, before anything runs: `error: argument --batch-size: must be >= 1`.
-A model file that must copy alone declares plain fields with a comment each (`depth: int = 12  #
-transformer blocks`) and train.py attaches the checks: `add_args(parser, ModelConfig, "model",
-checks={"depth": at_least(1)})`.
-"""
+`add_args(parser, OptimConfig, "optimisation")` makes `--batch-size` (default shown by --help), refused by
+argparse before anything runs when out of range; `from_args(OptimConfig, namespace)` builds the dataclass
+back. A model file that must copy alone comments plain fields instead (`depth: int = 12  # blocks`) and
+train.py attaches the checks: `add_args(parser, ModelConfig, "model", checks={"depth": at_least(1)})`."""
 
 from __future__ import annotations
 
@@ -66,11 +63,9 @@ def between(low: float, high: float, kind: type = float) -> Callable[[str], obje
 
 def _base_type(hint) -> tuple[type, bool]:
     """(element type, is a list) of an annotation such as `int | None` or `list[int]`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is list:
+    if typing.get_origin(hint) is list:
         return typing.get_args(hint)[0], True
     return hint, False
 
@@ -106,13 +101,11 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dict | None = None,
              exclude: Sequence[str] = (), flags: dict[str, str] | None = None) -> argparse._ArgumentGroup:
-    """One argument group with a flag per field of the dataclass `cls`: help from `arg()`, or given
-    `checks` (even `{}`) from the field's comment; a field with neither is no flag. `checks` maps a
-    field to a converter (`at_least(1)`) or a list of choices, `flags` a field to its flag name when
-    it is not `--<field-name>` (`{"num_heads": "--heads"}`)."""
+    """One argument group, a flag per field of the dataclass `cls`: help from `arg()`, or given `checks` (even
+    `{}`) from the field's comment; neither: no flag. `checks` maps a field to a converter (`at_least(1)`) or a
+    list of choices, `flags` a field to its flag name when not `--<field-name>` (`{"num_heads": "--heads"}`)."""
     group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         comment = comments.get(f.name, "").replace("%", "%%") if checks is not None else None  # argparse formats help
         meta = dict(f.metadata) or {"help": comment, "check": None, "choices": None, "flag": (flags or {}).get(f.name)}
@@ -126,14 +119,13 @@ def add_args(parser: argparse.ArgumentParser, cls: type, title: str, checks: dic
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         kind, is_list = _base_type(hints[f.name])
-        shown = not (default is None or default is False or default == "")  # 0 and 0.0 are shown
-        help_text = meta["help"] + (" (default: %(default)s)" if shown else "")
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=meta["help"] + f" (default: {'on' if default else 'off'})")
         else:
+            shown = " (default: %(default)s)" if default not in (None, "") else ""  # 0 and 0.0 are shown
             group.add_argument(flag, dest=f.name, type=meta["check"] or kind, default=default,
-                               choices=meta["choices"], nargs="+" if is_list else None, help=help_text)
+                               choices=meta["choices"], nargs="+" if is_list else None, help=meta["help"] + shown)
     return group
 
 
@@ -150,19 +142,14 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     probe = argparse.ArgumentParser(add_help=False, allow_abbrev=parser.allow_abbrev)
     for action in parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
-            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
-            if action.nargs == 0:  # store_true / store_false / --x/--no-x: presence is what counts
-                kwargs["action"] = "store_true"
-            else:
-                kwargs["nargs"] = action.nargs
-            probe.add_argument(*action.option_strings, **kwargs)
-    seen, _ = probe.parse_known_args(argv)
-    return set(vars(seen))
+            # store_true / store_false / --x/--no-x: presence is what counts
+            how = {"action": "store_true"} if action.nargs == 0 else {"nargs": action.nargs}
+            probe.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS, **how)
+    return set(vars(probe.parse_known_args(argv)[0]))
 
 
 def device_name(text: str) -> str:
-    """`--device`: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run
-    starts, so a command line for a GPU machine can be checked anywhere)."""
+    """auto, cpu, cuda or cuda:N; the machine is checked at run start, so a GPU command line parses anywhere."""
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (got {text})")
@@ -203,11 +190,8 @@ PLACE_ARGS = ("out", "resume", "overwrite", "device", "workers", "compile")
 
 
 def parse_with_resume(parser: argparse.ArgumentParser, argv, project: str):
-    """Parse the command line; with --resume, every setting the command line leaves unset comes
-    from the checkpoint, so `train.py --resume <out>/last.pt` alone continues the same run.
-
-    Returns (namespace, checkpoint or None). The checkpoint is loaded and checked here, before
-    anything is written anywhere."""
+    """(namespace, checkpoint or None). With --resume, every setting the command line leaves unset comes from
+    the checkpoint, loaded and checked here before anything is written: `--resume <out>/last.pt` alone goes on."""
     args = parser.parse_args(argv)
     if not args.resume:
         return args, None
@@ -239,10 +223,9 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def run_cli(main) -> None:
-    """`if __name__ == "__main__": run_cli(main)`: the errors this repository raises on purpose
-    (bad data, an unusable checkpoint or run folder, a contradicting config) are printed as one
-    line naming the file at fault, without a traceback; exit status 1. Anything else keeps its
-    traceback: that is a bug."""
+    """`if __name__ == "__main__": run_cli(main)`: the errors raised on purpose (bad data, an unusable checkpoint
+    or run folder, a contradicting config) print as one line naming the file at fault, exit status 1. Anything
+    else keeps its traceback: that is a bug."""
     try:
         main()
     except (DataError, CheckpointError, RunDirError, ConfigMismatchError, NonFiniteLossError, DeviceError,

@@ -1,17 +1,12 @@
-"""Image files as the three image projects read them (caer_clip frames, dual_cross_attention images,
-deepfake_effnet_lstm frames and masks): one decoder to 8-bit RGB (or L), and frame files in frame order.
-
-What each kind of file becomes (`open_image(path)`, mode "RGB"):
-- 8-bit RGB, L (grey), 1-bit, P (palette), CMYK, YCbCr: Pillow's `convert("RGB")` as before
-  (grey and 1-bit are replicated to three channels, 1-bit as 0 / 255; palette indices are looked up;
-  CMYK is Pillow's profile-free conversion, (255 - C) * (255 - K) / 255).
-- 16-bit grey (modes "I;16", "I;16B", "I;16L", "I;16N", and "I" holding 16-bit values, as 16-bit TIFFs
-  and older Pillows' PNGs open): scaled to 8 bits by keeping the high byte (value >> 8). Pillow's own
+"""Image files as the three image projects read them: one decoder to 8-bit RGB (or L), frame files in
+frame order. What `open_image(path)` makes of each kind of file:
+- 8-bit RGB, L, 1-bit, P (palette), CMYK, YCbCr: Pillow's `convert("RGB")` (grey and 1-bit replicated to
+  three channels, 1-bit as 0 / 255; palette looked up; CMYK profile-free, (255 - C) * (255 - K) / 255).
+- 16-bit grey ("I;16*", and "I" holding 16-bit values, as 16-bit TIFFs and older Pillows' PNGs open):
+  the high byte (value >> 8), the rule Pillow itself applies to 16-bit RGB(A). Pillow's own grey
   conversion clips at 255 instead, so a 16-bit photo came out all white.
-- 16-bit RGB(A): Pillow already decodes these to 8 bits by keeping the high byte, the same rule.
-- Alpha (RGBA, LA, PA, P with a transparent index): dropped, not composited. The colour channels are
-  kept as they are, which is what `convert("RGB")` did in all three projects before, so the pixels a
-  model was trained on do not change.
+- Alpha (RGBA, LA, PA, P with a transparent index): dropped, not composited, as `convert("RGB")` did in
+  all three projects before, so the pixels a model was trained on do not change.
 """
 
 from __future__ import annotations
@@ -40,8 +35,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
         # Mode "I" is also Pillow's mode for 32-bit integer TIFFs: no fixed white point to scale by.
         raise ValueError(f"mode {image.mode} image with values in [{values.min()}, {values.max()}], "
                          f"outside the 16-bit range this reader scales")
-    # >> 8 (not / 257) because it is what Pillow does itself for 16-bit RGB files, so grey and colour
-    # 16-bit images map alike: 65535 -> 255, 32896 -> 128, 255 -> 0.
+    # >> 8 (not / 257), as Pillow does for 16-bit RGB files, so grey and colour map alike: 65535 -> 255, 255 -> 0.
     return Image.fromarray((values.astype(np.uint32) >> 8).astype(np.uint8))
 
 

@@ -39,6 +39,7 @@ What it keeps for the user (run folders, resume, stop signals, checkpoints) is s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -54,26 +55,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    load_model_state,
-    load_optimizer_state,
-    load_run_checkpoint,
-    read_checkpoint_file,
-    save_atomic,
-    storable,
-)
+from common import checkpoint, runtime
 from common.runfolder import claim_run_dir
-from common.runtime import (
-    ConfigMismatchError,
-    RunDirError,
-    is_main,
-    rng_state,
-    set_rng_state,
-    unwrap,
-    world_size,
-)
+from common.runtime import is_main, world_size
 
 
 @dataclass
@@ -105,11 +89,9 @@ class RunSettings:
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
 
 
-class Run:
-    """Folder, lock, checkpoints, log, best metric and stop signals of one training run.
-
-    Every rank builds one and makes the same calls; rank 0 alone writes. Not a trainer: the loop,
-    the losses and the evaluation stay in each train.py."""
+class Run(contextlib.AbstractContextManager):  # `with Run(...) as run:` closes it on errors too
+    """Folder, lock, checkpoints, log, best metric and stop signals of one training run. Every rank builds
+    one and makes the same calls; rank 0 alone writes. Not a trainer: the loop stays in each train.py."""
 
     def __init__(self, project: str, args: argparse.Namespace, config: dict, default_out: str,
                  resumed: dict | None = None, best_metric: str = "", best_mode: str = "max"):
@@ -122,8 +104,9 @@ class Run:
         saved = resumed["progress"].get("world_size", 1) if resumed else world
         if saved != world:
             how = f"with torchrun --nproc_per_node {saved} ..." if saved > 1 else "it without torchrun"
-            raise ConfigMismatchError(f"--resume {args.resume}: written by {saved} process(es), this run has {world}; "
-                                      f"the data shards and the position in the epoch depend on it (resume {how})")
+            raise runtime.ConfigMismatchError(f"--resume {args.resume}: written by {saved} process(es), this run "
+                                              f"has {world}; the data shards and the position in the epoch depend "
+                                              f"on it (resume {how})")
         claimed = [None]  # rank 0 picks and locks the folder; the others are told which one it is
         if is_main():
             claimed[0] = claim_run_dir(args.out, default_out, args.resume, args.overwrite,
@@ -139,9 +122,9 @@ class Run:
         if self.resumed is None:
             return False
         path, saved, progress = self.args.resume, self.resumed, self.resumed["progress"]
-        load_model_state(state.model, saved["model"], path)
+        checkpoint.load_model_state(state.model, saved["model"], path)
         if saved["optimizer"] is not None:
-            load_optimizer_state(state.optimizer, saved["optimizer"], path)
+            checkpoint.load_optimizer_state(state.optimizer, saved["optimizer"], path)
         if state.scaler is not None and saved["scaler"]:
             state.scaler.load_state_dict(saved["scaler"])
         state.step, state.epoch = progress["step"], progress.get("epoch", 0)
@@ -152,7 +135,7 @@ class Run:
     def restore_rng(self) -> None:
         if self.resumed is not None:
             states, rank = self.resumed["rng"], dist.get_rank() if world_size() > 1 else 0
-            set_rng_state(states[rank] if rank < len(states) else states[0])
+            runtime.set_rng_state(states[rank] if rank < len(states) else states[0])
 
     def open(self, log_columns: list[str], checkpoint_size: int) -> None:
         """Check free space against the checkpoint size, then write config.json and start (or
@@ -162,15 +145,15 @@ class Run:
             need = 2 * checkpoint_size / 2**20 + 1  # a new checkpoint is written beside the old one
             free = shutil.disk_usage(self.dir).free / 2**20
             if free < need:
-                raise RunDirError(f"run folder {self.dir}: only {free:.1f} MB free, need at least {need:.0f} MB "
-                                  f"for checkpoints of {checkpoint_size / 2**20:.1f} MB")
+                raise runtime.RunDirError(f"run folder {self.dir}: only {free:.1f} MB free, need at least "
+                                          f"{need:.0f} MB for checkpoints of {checkpoint_size / 2**20:.1f} MB")
             log, kept_rows = self.dir / "log.csv", []  # a resumed run keeps the rows its checkpoint had seen
             if self.resumed is not None and not self._clear_on_open and log.exists():
                 with open(log, newline="") as f:
                     text = f.read()
                 rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))  # a torn last line is dropped
                 if rows and rows[0] != self._columns:  # checked before anything in the folder changes
-                    raise ConfigMismatchError(f"{log}: columns {rows[0]} differ from {self._columns}")
+                    raise runtime.ConfigMismatchError(f"{log}: columns {rows[0]} differ from {self._columns}")
                 kept_rows = rows[1 : 1 + self.log_rows]
             if self._clear_on_open:
                 for item in self.dir.iterdir():
@@ -191,17 +174,17 @@ class Run:
         self.print(f"run folder {self.dir} ({f'resumed from {self.args.resume}' if self.resumed else 'new run'})")
 
     def _drop_abandoned_checkpoints(self) -> None:
-        """Resumed from an older checkpoint (a step<N>.pt): the later periodic checkpoints, and a
-        best.pt, belong to the branch this run abandons. best.pt is read first: a damaged one is
-        an error naming it before anything is deleted."""
+        """Resumed from a step<N>.pt: the later periodic checkpoints and best.pt belong to the branch this run
+        abandons. best.pt is read first: a damaged one is an error naming it before anything is deleted."""
         step, best, resumed = self.resumed["progress"]["step"], self.dir / "best.pt", Path(self.args.resume)
         best_step = -1
         if resumed.name != "last.pt" and best.is_file() and best.resolve() != resumed.resolve():
             try:
-                best_step = read_checkpoint_file(best)["best"]["step"]
-            except (CheckpointError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{best}: unreadable ({e}); resuming {resumed} must know whether best.pt is "
-                                      f"from a later step: delete or replace {best}; nothing was changed") from None
+                best_step = checkpoint.read_checkpoint_file(best)["best"]["step"]
+            except (checkpoint.CheckpointError, KeyError, TypeError) as e:
+                raise checkpoint.CheckpointError(f"{best}: unreadable ({e}); resuming {resumed} must know whether "
+                                                 f"best.pt is from a later step: delete or replace {best}; nothing was "
+                                                 f"changed") from None
         for later in self.dir.glob("step*.pt"):
             if later.stem[4:].isdigit() and int(later.stem[4:]) > step:
                 later.unlink()
@@ -237,24 +220,26 @@ class Run:
     def save(self, name: str, state: State) -> None:
         """Write a checkpoint of `state` (rank 0) and wait until it is complete on every rank, so no
         rank can read a checkpoint that is still being written. Every rank must call it."""
-        world, rngs = world_size(), [rng_state()]
+        world, rngs = world_size(), [runtime.rng_state()]
         if world > 1:
             rngs = [None] * world
-            dist.all_gather_object(rngs, rng_state())
+            dist.all_gather_object(rngs, runtime.rng_state())
         if is_main():
             progress = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                         "log_rows": self.log_rows, "world_size": world}
-            checkpoint = {"format": CHECKPOINT_FORMAT, "project": self.project, "args": storable(vars(self.args)),
-                          "config": storable(self.config), "model": unwrap(state.model).state_dict(),
-                          "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
-                          "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-                          "progress": progress, "best": dict(self.best), "rng": rngs, "extra": storable(state.meters)}
+            contents = {"format": checkpoint.CHECKPOINT_FORMAT, "project": self.project,
+                        "args": checkpoint.storable(vars(self.args)), "config": checkpoint.storable(self.config),
+                        "model": runtime.unwrap(state.model).state_dict(),
+                        "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
+                        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+                        "progress": progress, "best": dict(self.best), "rng": rngs,
+                        "extra": checkpoint.storable(state.meters)}
             path, free = self.dir / name, shutil.disk_usage(self.dir).free
             if free < self.last_size:
-                raise RunDirError(f"not enough space to write {path}: the last checkpoint took "
-                                  f"{self.last_size / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the previous "
-                                  f"{name} is kept")
-            self.last_size = save_atomic(path, checkpoint)
+                raise runtime.RunDirError(f"not enough space to write {path}: the last checkpoint took "
+                                          f"{self.last_size / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the "
+                                          f"previous {name} is kept")
+            self.last_size = checkpoint.save_atomic(path, contents)
         if world > 1:
             dist.barrier()
 
@@ -267,16 +252,16 @@ class Run:
             for old in sorted(self.dir.glob("step*.pt"))[: -self.args.keep_checkpoints]:
                 old.unlink()
 
-    def load_best(self, model, map_location="cpu") -> bool:
-        """Every rank loads best.pt (complete: saves end with a barrier). False when this run has
-        no best.pt (no validation ran): the current weights are then what gets tested."""
+    def load_best(self, model) -> bool:
+        """Every rank loads best.pt (complete: saves end with a barrier). False when there is none (no
+        validation ran): the current weights are then what gets tested."""
         path = self.dir / "best.pt"
         if world_size() > 1:
             dist.barrier()
         if not path.is_file():
             self.print("no best.pt in this run (no validation ran): testing the current weights")
             return False
-        load_model_state(model, load_run_checkpoint(path, self.project, map_location)["model"], path)
+        checkpoint.load_model_state(model, checkpoint.load_run_checkpoint(path, self.project)["model"], path)
         return True
 
     def _on_signal(self, signum, frame) -> None:
@@ -310,12 +295,11 @@ class Run:
         raise SystemExit(128 + self._stop_signal)
 
     def finish(self, results: dict) -> None:
-        """results.json (rank 0), then release the folder. A stop signal that came during the final
-        test let it finish: results.json is complete, and the exit status (128 + signal) still tells
-        the scheduler that the job was stopped."""
+        """results.json (rank 0), then release the folder. A stop signal during the final test let it finish:
+        results.json is complete, and the exit status (128 + signal) still tells the scheduler."""
         if is_main():
             with open(self.dir / "results.json", "w") as f:
-                json.dump(storable(results), f, indent=2, sort_keys=True, default=str)
+                json.dump(checkpoint.storable(results), f, indent=2, sort_keys=True, default=str)
         self.close()
         if self._stop_signal is not None:
             self.print(f"{signal.Signals(self._stop_signal).name} received during the final test; it finished and "
@@ -329,14 +313,9 @@ class Run:
         self._old_handlers = {}
         if self._lock is not None:
             self._lock.unlink(missing_ok=True)
-            try:
+            with contextlib.suppress(OSError):
                 self._lock.parent.rmdir()  # only if this run left it empty (failed before writing)
-            except OSError:
-                pass
             self._lock = None
-
-    def __enter__(self) -> Run:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
                alpha: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-class focal loss, FL = -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017, eq. 5).
-
     logits (N, C), target (N,) class indices, alpha (C,) per-class weights or None, mask (N,)
     bool: samples to count (False = ignored). With gamma=0 and alpha=None this is exactly
     cross-entropy. Mean over the counted samples (0 when none is counted, with a gradient)."""
@@ -28,7 +27,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
                 positive_weights: torch.Tensor | None = None, temperature: float = 0.07) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, eq. 2, the "L_out" form).
-
     features: (N, D) or (N, V, D) with V views; they are L2-normalised here. Positives come from
     `labels` (N,) (same label = positive) or from `positive_weights` (N, N) >= 0 for multi-label
     data (e.g. overlap of label vectors; weights are normalised per anchor). Self-pairs are

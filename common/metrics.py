@@ -1,11 +1,10 @@
 """Classification metrics in numpy (no scikit-learn at run time), on numpy arrays or torch tensors.
 
-Classes are counted from an explicit `num_classes`, so a class absent from a split still counts
-(and scores its zero-division value) instead of silently dropping out of a macro average. Input a
-metric cannot score is refused with a ValueError naming the argument, the values and how many:
-labels of a non-integer dtype (never truncated), labels out of range, arguments of different
-shapes, a `zero_division` other than scikit-learn's 0, 1, nan. The checks are public for the
-metrics only one project uses (deepfake_effnet_lstm/metrics.py: ROC-AUC, average precision)."""
+Classes are counted from an explicit `num_classes`, so a class absent from a split still counts (and
+scores its zero-division value) instead of silently dropping out of a macro average. Input a metric
+cannot score is refused with a ValueError naming the argument, the values and how many: non-integer
+labels (never truncated), labels out of range, arguments of different shapes, a `zero_division` other
+than scikit-learn's 0, 1, nan. The checks are public for deepfake_effnet_lstm/metrics.py."""
 
 from __future__ import annotations
 
@@ -15,9 +14,7 @@ import numpy as np
 
 
 def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
 
 
 def _examples(values: np.ndarray, limit: int = 5) -> str:
@@ -66,12 +63,8 @@ def accuracy(y_true, y_pred) -> float:
     return float((y_true == y_pred).mean())
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """cm[i, j] = number of samples of true class i predicted as j."""
-    return _confusion_matrix("confusion_matrix", y_true, y_pred, num_classes)
-
-
-def _confusion_matrix(fn: str, y_true, y_pred, num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true, y_pred, num_classes: int, fn: str = "confusion_matrix") -> np.ndarray:
+    """cm[i, j] = number of samples of true class i predicted as j; errors name the caller `fn`."""
     y_true, y_pred = _class_pair(fn, y_true, y_pred)
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         check_range(fn, name, y, num_classes)
@@ -80,10 +73,7 @@ def _confusion_matrix(fn: str, y_true, y_pred, num_classes: int) -> np.ndarray:
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray, zero_division: float) -> np.ndarray:
-    out = np.full(num.shape, float(zero_division))
-    ok = den > 0
-    out[ok] = num[ok] / den[ok]
-    return out
+    return np.divide(num, den, out=np.full(num.shape, float(zero_division)), where=den > 0)
 
 
 def _nan_average(values: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -98,27 +88,19 @@ def _nan_average(values: np.ndarray, weights: np.ndarray | None = None) -> float
     return float(np.average(values, weights=weights[keep]))
 
 
-def _zero_division(fn: str, zero_division) -> float:
-    ok = isinstance(zero_division, (int, float, np.floating, np.integer)) and not isinstance(zero_division, bool)
-    if not ok or not (zero_division in (0, 1) or math.isnan(zero_division)):
-        raise ValueError(f"{fn}: zero_division must be 0, 1 or nan (scikit-learn's choices), got {zero_division!r}")
-    return float(zero_division)
-
-
 def precision_recall_f1(y_true, y_pred, num_classes: int, average: str | None = "macro",
                         zero_division: float = 0.0):
-    """Per-class (average=None) or 'macro' / 'weighted' precision, recall and F1.
-
-    F1 = 2TP / (2TP + FP + FN); a class with no true and no predicted sample gets
-    `zero_division` for all three. 'weighted' weights by true-class support. As in
-    scikit-learn (>= 1.3), zero_division=nan leaves those values out of the average."""
-    zero_division = _zero_division("precision_recall_f1", zero_division)
+    """Per-class (average=None) or 'macro' / 'weighted' (by true-class support) precision, recall and F1.
+    F1 = 2TP / (2TP + FP + FN); a class with no true and no predicted sample gets `zero_division` for all
+    three. As in scikit-learn (>= 1.3), zero_division=nan leaves those values out of the average."""
+    number = isinstance(zero_division, (int, float, np.floating, np.integer)) and not isinstance(zero_division, bool)
+    if not number or not (zero_division in (0, 1) or math.isnan(zero_division)):
+        raise ValueError(f"precision_recall_f1: zero_division must be 0, 1 or nan (scikit-learn's choices), "
+                         f"got {zero_division!r}")
     if average not in (None, "macro", "weighted"):
         raise ValueError(f"precision_recall_f1: unknown average {average!r}")
-    cm = _confusion_matrix("precision_recall_f1", y_true, y_pred, num_classes)
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1).astype(float)
-    predicted = cm.sum(axis=0).astype(float)
+    cm = confusion_matrix(y_true, y_pred, num_classes, fn="precision_recall_f1").astype(float)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
     precision = _safe_div(tp, predicted, zero_division)
     recall = _safe_div(tp, support, zero_division)
     f1 = _safe_div(2 * tp, support + predicted, zero_division)

@@ -11,11 +11,9 @@ import torch
 
 def mixup(inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor, alpha: float,
           generator: torch.Generator | None = None):
-    """Returns (mixed_inputs, y_a, y_b, lam).
-
-    One permutation and one lambda ~ Beta(alpha, alpha) are shared by every tensor in `inputs`
-    (dim 0 is the batch). y_b = targets[perm]: the target of the sample mixed in, never the
-    permutation itself. alpha <= 0 returns the inputs unchanged with lam = 1 and y_b = y_a."""
+    """Returns (mixed_inputs, y_a, y_b, lam). One permutation and one lambda ~ Beta(alpha, alpha) are shared
+    by every tensor in `inputs` (dim 0 is the batch). y_b = targets[perm]: the target of the sample mixed in,
+    never the permutation itself. alpha <= 0 returns the inputs unchanged with lam = 1 and y_b = y_a."""
     single = isinstance(inputs, torch.Tensor)
     tensors = [inputs] if single else list(inputs)
     if alpha <= 0:
@@ -30,8 +28,7 @@ def mixup(inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor, 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g).item())
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     mixed = [lam * t + (1.0 - lam) * t[perm] for t in tensors]
-    y_b = targets[perm]
-    return (mixed[0] if single else mixed), targets, y_b, lam
+    return (mixed[0] if single else mixed), targets, targets[perm], lam
 
 
 def mixup_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: torch.Tensor,

@@ -1,6 +1,5 @@
 """Which folder a run writes to (the next free `runs/<project>[-N]`, or an explicit one that holds no
-other run), and the `<folder>/.lock` that keeps a second process out of it (RUNS.md, "The run folder").
-"""
+other run), and the `<folder>/.lock` that keeps a second process out of it (RUNS.md, "The run folder")."""
 
 from __future__ import annotations
 
@@ -29,18 +28,17 @@ def claim_run_dir(out: str | None, default_out: str, resume: str | None, overwri
     run_dir = Path(out)
     continuing = resume is not None and (run_dir.resolve() == Path(resume).resolve().parent
                                          or same_run(run_dir, resumed_config))
-    if holds_files(run_dir) and not continuing:
-        if not overwrite:
-            names = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")
-            listing = ", ".join(names[:5] + ([f"+{len(names) - 5} more"] if len(names) > 5 else []))
-            raise RunDirError(f"--out {run_dir} already holds a run ({listing}). Continue it with --resume "
-                              f"{run_dir / 'last.pt'}, replace it with --overwrite, or choose another --out "
-                              f"(leave --out unset for the next free folder)")
-        if not (run_dir / "config.json").is_file():
-            raise RunDirError(f"--overwrite: {run_dir} holds files but no config.json, so it is not a run "
-                              f"folder; nothing was deleted")
-        return run_dir, lock_or_fail(run_dir), True
-    return run_dir, lock_or_fail(run_dir), False
+    replaced = holds_files(run_dir) and not continuing
+    if replaced and not overwrite:
+        names = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")
+        listing = ", ".join(names[:5] + ([f"+{len(names) - 5} more"] if len(names) > 5 else []))
+        raise RunDirError(f"--out {run_dir} already holds a run ({listing}). Continue it with --resume "
+                          f"{run_dir / 'last.pt'}, replace it with --overwrite, or choose another --out "
+                          f"(leave --out unset for the next free folder)")
+    if replaced and not (run_dir / "config.json").is_file():
+        raise RunDirError(f"--overwrite: {run_dir} holds files but no config.json, so it is not a run "
+                          f"folder; nothing was deleted")
+    return run_dir, lock_or_fail(run_dir), replaced
 
 
 def holds_files(run_dir: Path) -> bool:

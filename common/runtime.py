@@ -1,6 +1,5 @@
 """Run plumbing of the four train.py: the errors they raise on purpose, seeding, device and autocast,
-optional torchrun/DDP, a resumable sharded sampler, RNG states for checkpoints, the non-finite check.
-The run lifecycle (folders, checkpoints, resume, signals) is in common/lifecycle.py."""
+optional torchrun/DDP, a resumable sharded sampler, RNG states for checkpoints, the non-finite check."""
 
 from __future__ import annotations
 
@@ -50,15 +49,13 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: derive numpy/python seeds from torch's per-worker seed,
-    so workers do not all draw the same numpy augmentations (a classic DataLoader pitfall)."""
+    """`worker_init_fn`: numpy/python seeds from torch's per-worker seed, or all draw the same augmentations."""
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -99,13 +96,12 @@ def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype 
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Context manager for the forward pass: autocast when dtype is set, a no-op otherwise."""
+    """Autocast when dtype is set, a no-op otherwise."""
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """Loss scaling is needed for fp16 only; for bf16/fp32 the scaler is a disabled pass-through,
-    so the training loop is written once."""
+    """Loss scaling for fp16 only; for bf16/fp32 a disabled pass-through, so the loop is written once."""
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
@@ -113,25 +109,18 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.a
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
 
 def setup_distributed(device_name: str = "auto") -> DistInfo:
-    """Single process unless launched by torchrun (RANK/WORLD_SIZE set); under torchrun NCCL with one
-    GPU per process on CUDA, gloo on CPU."""
+    """Single process unless launched by torchrun (RANK set); then NCCL, one GPU per process, or gloo on CPU."""
     device = pick_device(device_name)
     if "RANK" not in os.environ:
         return DistInfo(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported
         # (DDP imports it lazily). Imported after init, it pins the default group for the life of the
@@ -139,11 +128,10 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
         # process aborts at exit ("terminate called without an active exception"). Imported first, it binds None.
         import torch.distributed.nn.functional as _nn_functional  # noqa: F401  (an alias: no local `torch`)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world, device=device)
 
 
 def world_size() -> int:
-    """Processes of this torchrun job; 1 without torchrun."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -160,7 +148,7 @@ def cleanup_distributed() -> None:
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Module:
     """The model in DistributedDataParallel under torchrun (one device per process), else itself.
     Delete the wrapper before cleanup_distributed(): it holds the process group."""
-    if not info.enabled:
+    if info.world_size == 1:
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
@@ -188,8 +176,7 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
-    longest = int(max(s.item() for s in sizes))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded = tensor.new_zeros((int(max(s.item() for s in sizes)), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
@@ -211,10 +198,9 @@ def assert_replicas_in_sync(model: torch.nn.Module) -> None:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Deterministic, resumable, optionally sharded sampler. The order of an epoch depends only on
-    (seed, epoch); each rank takes a disjoint shard (rank::world_size). `drop_last` makes all shards
-    the same length (training); without it shards may differ by one (evaluation, then `gather_cat`).
-    `start_batch` skips the batches consumed before a resume, without loading them."""
+    """Deterministic, resumable, optionally sharded sampler: the order of an epoch depends only on (seed, epoch),
+    each rank takes a disjoint shard (rank::world_size). `drop_last` makes all shards the same length (training);
+    without it they may differ by one (evaluation, then `gather_cat`). `start_batch` skips a resume's seen batches."""
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True):
@@ -233,17 +219,13 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
-        if self.drop_last:
-            per_rank = self.num_samples // self.world_size
-            order = order[: per_rank * self.world_size]
-        shard = order[self.rank :: self.world_size]
-        if self.drop_last:
-            shard = shard[: len(shard) // self.batch_size * self.batch_size]
-        return shard
+        if not self.drop_last:
+            return order[self.rank :: self.world_size]
+        shard = order[: self.num_samples // self.world_size * self.world_size][self.rank :: self.world_size]
+        return shard[: len(shard) // self.batch_size * self.batch_size]  # whole batches, equal on every rank
 
     def batches_per_epoch(self) -> int:
-        n = len(self._indices())
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(len(self._indices()) / self.batch_size)  # whole batches already under drop_last
 
     def __iter__(self):
         return iter(self._indices()[self.start_batch * self.batch_size :])
@@ -263,8 +245,7 @@ def make_loader(dataset, sampler: EpochSampler, workers: int, seed: int, epoch: 
 
 
 def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens and learned
-    loss weights (any 1-d tensor) do not."""
+    """Two AdamW groups: matrices get weight decay; biases, norms, embeddings/tokens, learned loss weights do not."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -295,21 +276,17 @@ def set_rng_state(state: dict) -> None:
 def check_finite(components: dict[str, torch.Tensor], step: int | None = None) -> None:
     """Stop the run, naming every loss component that is NaN or Inf (never mask them); one host sync
     per call: all components are stacked and tested at once."""
-    names = list(components)
-    values = torch.stack([components[n].detach().float().reshape(()) for n in names])
+    values = torch.stack([value.detach().float().reshape(()) for value in components.values()])
     finite = torch.isfinite(values)
     if not bool(finite.all()):
-        bad = [f"{n}={values[i].item()}" for i, n in enumerate(names) if not finite[i]]
+        bad = [f"{n}={values[i].item()}" for i, n in enumerate(components) if not finite[i]]
         where = f" at step {step}" if step is not None else ""
         raise NonFiniteLossError(f"non-finite loss component(s){where}: {', '.join(bad)}")
 
 
 def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """`--compile`: torch.compile of the module the training loop calls (forward and backward), else the
-    module itself. Wrap in DDP first, as torch's DDP + compile notes ask (the graph is split at the
-    gradient buckets, so the all-reduce still overlaps the backward). The first steps pay the compile:
-    minutes per model on a 2-core CPU, again for each new input shape. unwrap() sees through it, so
-    checkpoints hold the bare module's keys (no `_orig_mod.`) and resume with or without --compile;
-    evaluation calls the bare module, eager. (The bucket split: torch/_dynamo/backends/distributed.py,
-    class DDPOptimizer.)"""
+    """`--compile`: torch.compile of the module the training loop calls, after the DDP wrap as torch's
+    DDP + compile notes ask (the graph is split at the gradient buckets, so the all-reduce still overlaps
+    the backward: torch/_dynamo/backends/distributed.py, class DDPOptimizer). unwrap() sees through it, so
+    checkpoints hold the bare module's keys (no `_orig_mod.`) and resume with or without --compile."""
     return torch.compile(model) if enabled else model

@@ -24,7 +24,6 @@ def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: 
 def scaled_lr(base_lr: float, effective_batch: int, reference_batch: int, rule: str = "linear") -> float:
     """Scale a learning rate quoted for `reference_batch` to the effective batch
     (per-device batch x accumulation steps x world size).
-
     linear: base * eff/ref (Goyal et al. 2017; DCAL's 5e-4/512 x batch); sqrt: base * sqrt(eff/ref);
     none: base unchanged."""
     if rule == "linear":
