@@ -6,8 +6,6 @@ from the model for open_clip (optional, imported only for its weights or BPE tok
 configuration with a word-level tokenizer serves the synthetic demo and the tests.
 """
 
-from __future__ import annotations
-
 import re
 import unicodedata
 from collections import OrderedDict
