@@ -324,8 +324,7 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
     """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
     tc, lines = cfg.train, []
     if recipe:  # every value the recipe set, with the file and line of the original
-        values = "; ".join(f"{k} {v:.4g} ({src})" if isinstance(v, float) else f"{k} {v} ({src})"
-                           for k, (v, src) in recipe.items())
+        values = "; ".join(f"{k} {f'{v:.4g}' if isinstance(v, float) else v} ({src})" for k, (v, src) in recipe.items())
         lines = [textwrap.fill(text, 110, subsequent_indent="  ") for text in (
             f"recipe {tc.recipe} ({RECIPES[tc.recipe]['origin']}) for the settings not given: {values}",
             f"not reproduced: {'; '.join(RECIPES[tc.recipe]['not reproduced'])}")]
