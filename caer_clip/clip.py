@@ -1,12 +1,8 @@
 """CLIP (Radford et al. 2021) in plain PyTorch with the parameter names of OpenAI's checkpoints
 (openai/CLIP clip/model.py): the ViT image encoder and the text transformer, batch-first, attention
-through `F.scaled_dot_product_attention`. The architecture is read from a state_dict's shapes; head
-counts and MLP activation, which it does not hold, follow OpenAI's rules for OpenAI files and are read
-from the model for open_clip (optional, imported only for its weights or BPE tokenizer). A tiny random
-configuration with a word-level tokenizer serves the synthetic demo and the tests.
+through `F.scaled_dot_product_attention`. The architecture is read from a state_dict's shapes; head counts
+and MLP activation, which it does not hold, follow OpenAI's rules or are read from the open_clip model.
 """
-
-from __future__ import annotations
 
 import re
 import unicodedata
@@ -214,8 +210,7 @@ def clip_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int 
 
 
 def load_openai_file(path: str) -> CLIP:
-    """A local OpenAI checkpoint: the TorchScript archive they publish (e.g. ViT-B-16.pt) or a plain
-    state_dict saved with torch.save."""
+    """A local OpenAI checkpoint: their TorchScript archive (e.g. ViT-B-16.pt) or a torch.save'd state_dict."""
     try:
         state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:  # not a TorchScript archive: a plain state_dict
@@ -276,13 +271,10 @@ def _open_clip(what: str):
 
 
 def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") -> CLIP:
-    """Our CLIP with the weights, head counts and activation of an open_clip model from its pretrained
-    registry (downloads on first use) or a file path.
-
-    The activation belongs to the weights: open_clip/pretrained.py marks the tags trained with
-    QuickGELU (OpenAI's, and e.g. the MetaCLIP ones), while open_clip/factory.py create_model only
-    warns when the model config disagrees (ViT-B-16 with 'openai' builds nn.GELU). The tag's
-    activation is forced here; a QuickGELU config with GELU-trained weights is refused."""
+    """Our CLIP with the weights, head counts and activation of an open_clip model (registry tag or file).
+    The activation belongs to the weights: open_clip/pretrained.py marks the tags trained with QuickGELU, while
+    factory.py create_model only warns when the config disagrees (ViT-B-16 'openai' builds nn.GELU); the
+    tag's activation is forced here, and a QuickGELU config with GELU-trained weights is refused."""
     open_clip = _open_clip("loading open_clip weights")
     tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) if pretrained else {}
     tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
@@ -321,8 +313,7 @@ class WordTokenizer:
 
 
 def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
-    """'tiny' (random, word tokenizer over `texts`), a local OpenAI '.pt' file, or
-    'openai:<open_clip model name>' (e.g. 'openai:ViT-B-16'). Returns (model, tokenizer)."""
+    """(model, tokenizer) of 'tiny' (random, words of `texts`), a local OpenAI '.pt' file or 'openai:ViT-B-16'."""
     if spec == "tiny":
         cfg = tiny_config()
         return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)

@@ -6,8 +6,6 @@ whole clip, the face crop (face box + margin) and the context (body box, or the 
 and how many box look-ups fell back (face to the centre square, context to the whole frame).
 """
 
-from __future__ import annotations
-
 import contextlib
 import csv
 import io
@@ -85,9 +83,8 @@ def class_descriptors(cfg: DataConfig) -> dict[str, list[str]]:
 
 
 def build_seeded_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> CAERModel:
-    """The model for the dataset's class descriptors, seeded first: the tiny CLIP is random and its word
-    tokenizer and the prompt learner's token buffers are not in a checkpoint, so train.py and predict.py
-    rebuild them alike."""
+    """The model for the dataset's class descriptors, seeded first: the tiny CLIP, its tokenizer and the
+    prompt learner's token buffers are not in a checkpoint, so train.py and predict.py rebuild them alike."""
     seed_everything(seed)
     descriptors = list(class_descriptors(data_cfg).values())
     # the tiny CLIP's words: the descriptors, the prompt learner's placeholder and the hand-crafted prompt
@@ -108,8 +105,7 @@ class ClipRecord:
 
 
 def clip_key(path: str) -> str:
-    """Posix separators, no './' or '/' at either end, no video extension (CAER keys are relative
-    paths without it)."""
+    """Posix separators, no './' or '/' at either end, no video extension (CAER keys have none)."""
     key = str(path).replace("\\", "/").strip().strip("/")
     while key.startswith("./"):
         key = key[2:]
@@ -118,9 +114,8 @@ def clip_key(path: str) -> str:
 
 
 def under_root(path: str, root: Path) -> str | None:
-    """The clip key of `path` below the data root, written as a box file may have written the root:
-    absolute, with links resolved, as given, or relative to the working directory (RAPT-CLIP's
-    `--root-dir ./RAER`); None when it is not below it."""
+    """The clip key of `path` below the root written absolute, resolved, as given or relative to the working
+    directory (RAPT-CLIP's `--root-dir ./RAER`); None when it is not below it."""
     forms = {Path(os.path.abspath(root)).as_posix(), Path(os.path.realpath(root)).as_posix(),
              posixpath.normpath(Path(root).as_posix())}
     with contextlib.suppress(ValueError):  # Windows: the root on another drive than the working directory
@@ -155,12 +150,10 @@ def shown(value) -> str:
 
 
 def read_boxes(path: Path, kind: str, root: Path, records: list[ClipRecord], allow_missing: bool):
-    """A face or body box file, checked whole at load so that a bad entry fails here, named, and not
-    later inside a DataLoader worker. Face files are {clip: {frame: box}}; body files {clip: box}
-    (CLIP-CAER, RAPT-CLIP) or per frame {clip: {frame: box}} (the RAPT-CLIP family's later loaders
-    read body_boxes[clip][frame]); a box is 4 finite numbers, null is "no box". Every malformed entry
-    is one DataError, and so are all listed clips and frames without a box (their folders are listed
-    here), unless `allow_missing` (then they are counted fallbacks and the summary names the clips).
+    """A face or body box file, checked whole at load (a bad entry fails here, not in a DataLoader worker).
+    Face files are {clip: {frame: box}}; body files {clip: box} (CLIP-CAER, RAPT-CLIP) or {clip: {frame: box}}
+    (RAPT-CLIP's later loaders); a box is 4 finite numbers, null "no box". Malformed entries, and listed clips
+    and frames without a box unless `allow_missing` (then counted fallbacks), are one DataError.
     Returns ({clip key: {frame stem: box} or box}, the summary "face boxes: 15 of 15 clips")."""
     if not path.is_file():
         raise DataError(f"box file {path} does not exist")
@@ -512,12 +505,9 @@ class SyntheticClips(ClipDataset):
 
 def stratified_split(records: list[ClipRecord], fraction: float, seed: int):
     """Move `fraction` of each class (at least one clip of classes with two or more) to validation."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, r in enumerate(records):
-        by_class.setdefault(r.label, []).append(i)
-    val_ids = set()
-    for ids in by_class.values():
+    rng, val_ids = np.random.default_rng(seed), set()
+    for label in dict.fromkeys(r.label for r in records):  # classes in order of first appearance
+        ids = [i for i, r in enumerate(records) if r.label == label]
         take = min(len(ids) - 1, max(1, round(fraction * len(ids)))) if len(ids) > 1 else 0
         val_ids.update(rng.permutation(ids)[:take].tolist())
     return [r for i, r in enumerate(records) if i not in val_ids], [r for i, r in enumerate(records) if i in val_ids]

@@ -4,8 +4,6 @@ label-distribution learning (LDL) after `ldl_warmup` epochs; MI: learned vs hand
 decorrelated class prototypes; MoCo: the video ranked against its class text and a queue of video keys.
 With mixup each term on mixed labels is lam * L(y_a) + (1 - lam) * L(y_b)."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

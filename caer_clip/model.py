@@ -7,8 +7,6 @@ encoder. Logits = scale * cos(video, text). A momentum copy of the visual head f
 keys, the negatives of the MoCo ranking loss.
 """
 
-from __future__ import annotations
-
 import copy
 from dataclasses import dataclass
 

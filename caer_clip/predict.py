@@ -27,43 +27,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from caer_clip.data import (
-    CLASS_DESCRIPTORS,
-    FRAME_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    ClipDataset,
-    ClipRecord,
-    DataConfig,
-    build_seeded_model,
-    centre_square,
-    clip_key,
-    dataset_name,
-    list_frames,
-    listing,
-    read_annotation_list,
-    read_boxes,
-    sample_indices,
-)
+from caer_clip import data as data_lib
 from caer_clip.model import ModelConfig
+from common import runtime
 from common.cli import run_cli
-from common.runtime import (
-    DataError,
-    EpochSampler,
-    autocast,
-    autocast_dtype,
-    make_loader,
-    sample_generator,
-)
-from common.tools.predict import (
-    enlarge,
-    eval_model,
-    existing,
-    open_run,
-    predict_parser,
-    save_figure,
-    sheet,
-    write_rows,
-)
+from common.runtime import DataError
+from common.tools import predict
 
 PROJECT = "caer_clip"
 PICTURE_CLIPS = 8  # clips drawn by --picture (the first ones)
@@ -71,7 +40,7 @@ PICTURE_COLUMNS = 8  # frames per row of a clip in the picture
 
 
 def build_parser():
-    parser = predict_parser(__doc__, formats=("csv", "jsonl"))
+    parser = predict.predict_parser(__doc__, formats=("csv", "jsonl"))
     parser.add_argument("input", help="a clip folder of frames, a folder of clip folders, or a list file")
     parser.add_argument("--face-boxes", default=None, help="per-frame face boxes JSON "
                         "{clip: {frame: [x1, y1, x2, y2]}} (default: centre crops)")
@@ -92,42 +61,46 @@ def build_parser():
 def load_model(checkpoint: dict, path, device: torch.device):
     """The trained model, rebuilt as training built it (data.build_seeded_model), then its weights."""
     config = checkpoint["config"]
-    model = build_seeded_model(ModelConfig(**config["model"]), DataConfig(**config["data"]), config["run"]["seed"])
-    return eval_model(model, checkpoint, path, device)
+    model = data_lib.build_seeded_model(ModelConfig(**config["model"]), data_lib.DataConfig(**config["data"]),
+                                        config["run"]["seed"])
+    return predict.eval_model(model, checkpoint, path, device)
 
 
-def clip_record(frames_dir: Path, root: Path, where: str, label: int = -1, num_frames: int | None = None) -> ClipRecord:
-    names = list_frames(frames_dir, where)
+def clip_record(frames_dir: Path, root: Path, where: str, label: int = -1,
+                num_frames: int | None = None) -> data_lib.ClipRecord:
+    names = data_lib.list_frames(frames_dir, where)
     if not names:
-        raise DataError(f"{where}: clip folder {frames_dir} holds no frames ({', '.join(FRAME_EXTENSIONS)})")
-    key = clip_key(Path(os.path.relpath(frames_dir, root)).as_posix())
-    return ClipRecord(frames_dir, key, num_frames or len(names), label, where)
+        extensions = ", ".join(data_lib.FRAME_EXTENSIONS)
+        raise DataError(f"{where}: clip folder {frames_dir} holds no frames ({extensions})")
+    key = data_lib.clip_key(Path(os.path.relpath(frames_dir, root)).as_posix())
+    return data_lib.ClipRecord(frames_dir, key, num_frames or len(names), label, where)
 
 
 def read_clips(input_path: Path, root: Path | None, label_base: int, num_classes: int):
     """(the clips of INPUT, the folder their keys are relative to: `root`, or see the module's docstring)."""
     if input_path.is_file():
-        if input_path.suffix.lower() in VIDEO_EXTENSIONS:
+        if input_path.suffix.lower() in data_lib.VIDEO_EXTENSIONS:
             raise DataError(f"{input_path}: a video file; caer_clip reads clips as folders of frames "
                             f"(1.jpg, 2.jpg, ...): extract the frames first")
         base = root or input_path.parent
-        return read_annotation_list(input_path, base, label_base, num_classes, unlabelled=True), base
-    if list_frames(input_path, str(input_path)):  # one clip
+        return data_lib.read_annotation_list(input_path, base, label_base, num_classes, unlabelled=True), base
+    if data_lib.list_frames(input_path, str(input_path)):  # one clip
         base = root or input_path.parent
         return [clip_record(input_path, base, str(input_path))], base
     base = root or input_path
     folders = sorted((d for d in input_path.iterdir() if d.is_dir()), key=lambda d: d.name)
-    records = [clip_record(d, base, str(d)) for d in folders if list_frames(d, str(d))]
+    records = [clip_record(d, base, str(d)) for d in folders if data_lib.list_frames(d, str(d))]
     if not records:
-        raise DataError(f"{input_path} holds no frames ({', '.join(FRAME_EXTENSIONS)}) and no clip folders with frames")
+        raise DataError(f"{input_path} holds no frames ({', '.join(data_lib.FRAME_EXTENSIONS)}) and no clip folders "
+                        "with frames")
     return records, base
 
 
-def read_inputs(args, data_cfg: DataConfig, num_classes: int):
+def read_inputs(args, data_cfg: data_lib.DataConfig, num_classes: int):
     """(records, face boxes, body boxes) through train.py's readers, list paths and box keys relative to
     --root (a list's default: the checkpoint's --data-root when that folder exists here, as train.py
     reads them; else see the module's docstring). A list's error says which folder they were read from."""
-    input_path = existing(args.input, "input")
+    input_path = predict.existing(args.input, "input")
     root = Path(args.root) if args.root else None
     if root is None and input_path.is_file() and data_cfg.data_root and Path(data_cfg.data_root).is_dir():
         root = Path(data_cfg.data_root)
@@ -136,8 +109,8 @@ def read_inputs(args, data_cfg: DataConfig, num_classes: int):
         records, base = read_clips(input_path, root, 1 if data_cfg.dataset == "raer" else 0, num_classes)
         absent = [f"{r.frames_dir} ({r.source})" for r in records if not r.frames_dir.is_dir()]
         if absent:
-            raise DataError(f"{len(absent)} listed clip folder(s) do not exist: {listing(absent)}")
-        boxes = [read_boxes(Path(path), kind, base, records, args.allow_missing_boxes)[0] if path else None
+            raise DataError(f"{len(absent)} listed clip folder(s) do not exist: {data_lib.listing(absent)}")
+        boxes = [data_lib.read_boxes(Path(path), kind, base, records, args.allow_missing_boxes)[0] if path else None
                  for kind, path in (("face", args.face_boxes), ("body", args.body_boxes))]
     except DataError as e:
         if not input_path.is_file() or args.root:
@@ -150,18 +123,19 @@ def read_inputs(args, data_cfg: DataConfig, num_classes: int):
 # ----------------------------------------------------------------------------- picture
 
 
-def sampled_frames(dataset: ClipDataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled_frames(dataset: data_lib.ClipDataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The T frames the model saw of clip `index`, in [0, 1] at one size of at least TILE px, and the
     face crop of each (B, 4 boxes in those pixels), chosen as ClipDataset.__getitem__ chooses them."""
     rec, names = dataset.records[index], dataset.frame_names(index)
-    picks = sample_indices(rec.num_frames, dataset.num_frames, False, sample_generator(dataset.seed, 0, index))
+    generator = runtime.sample_generator(dataset.seed, 0, index)
+    picks = data_lib.sample_indices(rec.num_frames, dataset.num_frames, False, generator)
     frames, boxes = [], []
     for i in picks:
         frame = dataset.load_frame(index, names[i])  # uint8 (3, H, W)
         _, height, width = frame.shape
         frames.append(frame)
-        boxes.append(dataset.frame_box(index, "face", names[i], height, width) or centre_square(height, width))
-    first, scale = enlarge(frames[0][None])
+        boxes.append(dataset.frame_box(index, "face", names[i], height, width) or data_lib.centre_square(height, width))
+    first, scale = predict.enlarge(frames[0][None])
     size = first.shape[-2:]
     tiles = torch.cat([F.interpolate(f[None].float(), size=size, mode="nearest") for f in frames]) / 255
     boxes = torch.tensor([[x1 * size[1] / f.shape[2], y1 * size[0] / f.shape[1], x2 * size[1] / f.shape[2],
@@ -178,7 +152,8 @@ def outline_box(tile: torch.Tensor, box: torch.Tensor, width: int) -> torch.Tens
     return draw_bounding_boxes(tile, box[None], colors="yellow", width=width)
 
 
-def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str], path: str, checkpoint: str) -> Path:
+def draw_picture(plt, dataset: data_lib.ClipDataset, probs: torch.Tensor, names: list[str], path: str,
+                 checkpoint: str) -> Path:
     """One panel per clip (the first PICTURE_CLIPS): its sampled frames in a grid, face crops in yellow,
     captioned with the predicted class, its probability and the true class when the list gives it."""
     shown = range(min(PICTURE_CLIPS, len(dataset)))
@@ -193,9 +168,9 @@ def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str
         caption += f", true {names[rec.label]}" if rec.label >= 0 else ""
         panels.append((grid, caption))
     more = f" (the first {len(shown)} of {len(dataset)} clips)" if len(dataset) > len(shown) else ""
-    fig, _ = sheet(plt, panels, f"caer_clip {checkpoint}: the {dataset.num_frames} frames sampled per clip, "
+    fig, _ = predict.sheet(plt, panels, f"caer_clip {checkpoint}: the {dataset.num_frames} frames sampled per clip, "
                                 f"in time order, face crop outlined in yellow{more}")
-    return save_figure(plt, fig, path)
+    return predict.save_figure(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- main
@@ -204,22 +179,22 @@ def draw_picture(plt, dataset: ClipDataset, probs: torch.Tensor, names: list[str
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    plt, device, checkpoint = open_run(args, PROJECT, "--picture")
+    plt, device, checkpoint = predict.open_run(args, PROJECT, "--picture")
     config = checkpoint["config"]
-    data_cfg = DataConfig(**config["data"])
-    names = list(CLASS_DESCRIPTORS[dataset_name(data_cfg)])
+    data_cfg = data_lib.DataConfig(**config["data"])
+    names = list(data_lib.CLASS_DESCRIPTORS[data_lib.dataset_name(data_cfg)])
     records, face_boxes, body_boxes = read_inputs(args, data_cfg, len(names))
     model = load_model(checkpoint, args.checkpoint, device)
     # As in training: a frame missing from a given box file was an error above (DAiSEE: always a centre crop).
     fallback = face_boxes is None or args.allow_missing_boxes or data_cfg.dataset == "daisee"
-    dataset = ClipDataset(records, face_boxes, body_boxes, data_cfg, model.cfg.num_frames,
+    dataset = data_lib.ClipDataset(records, face_boxes, body_boxes, data_cfg, model.cfg.num_frames,
                           model.clip.cfg.image_resolution, train=False, seed=config["run"]["seed"],
                           centre_crop_fallback=fallback)
-    dtype = autocast_dtype(device, config["run"]["amp"])
+    dtype = runtime.autocast_dtype(device, config["run"]["amp"])
     probs, fallbacks = [], []
-    sampler = EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
-    for face, context, _, box_fallbacks in make_loader(dataset, sampler, 0, config["run"]["seed"]):
-        with autocast(device, dtype):
+    sampler = runtime.EpochSampler(len(dataset), args.batch_size, shuffle=False, drop_last=False)
+    for face, context, _, box_fallbacks in runtime.make_loader(dataset, sampler, 0, config["run"]["seed"]):
+        with runtime.autocast(device, dtype):
             logits = model(face.to(device), context.to(device))["logits"]
         probs.append(logits.float().softmax(dim=-1).cpu())
         fallbacks += box_fallbacks.tolist()
@@ -234,7 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             rows.append({"clip": rec.key, "prediction": prediction, "probabilities": dict(zip(names, p)),
                          "true": true or None, "box_fallbacks": fb})
-    write_rows(rows, ["clip", "prediction", *[f"p_{n}" for n in names], "true", "box_fallbacks"], args.format,
+    predict.write_rows(rows, ["clip", "prediction", *[f"p_{n}" for n in names], "true", "box_fallbacks"], args.format,
                args.output)
     if face_boxes is None:
         print("no --face-boxes: the face crop of every frame is its centre square", file=sys.stderr)

@@ -40,10 +40,8 @@ RESUME_KEYS = ["clip", "num_classes", "num_frames", "n_ctx", "class_specific_ctx
 COMPONENTS = ["cls", "mi", "dc", "moco"]  # the weighted loss terms, logged one by one
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", *[f"loss_{c}" for c in COMPONENTS], *[f"share_{c}" for c in COMPONENTS],
                "train_acc", "val_uar", "val_war", "box_fallbacks"]
-# The originals' recipes, in recipes.json: the commit each was read at, what it cannot or does not take from
-# its original (said at start), and every setting as [value, the file and line of the original it comes from].
-# `--recipe` picks one (with --data-root clip-caer by default); it fills only the settings the command line
-# leaves unset, and prints every value with its source. The dataclass defaults are the synthetic demo's recipe.
+# The originals' recipes: the commit each was read at, what it does not reproduce, and every setting as
+# [value, the original's file and line]. The dataclass defaults are the synthetic demo's recipe.
 RECIPES = json.loads(runtime.read_text(Path(__file__).with_name("recipes.json")))
 MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["cls", "attn"],
                 "temporal_layers": at_least(1), "temporal_heads": at_least(1), "dropout": between(0.0, 1.0),
@@ -105,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_recipe(args: argparse.Namespace, given: set[str]) -> dict:
-    """The recipe --recipe names (auto: clip-caer with --data-root, else none) for every setting not in
-    `given` (the flags on the command line). Returns what it set: {setting: (value, source)}."""
+    """--recipe's settings for those not in `given` (the flags given); returns {setting: (value, source)}."""
     name = ("clip-caer" if args.data_root else "none") if args.recipe == "auto" else args.recipe
     settings = RECIPES[name]["settings"] if name in RECIPES else {}
     recipe = {k: copy.deepcopy(v) for k, v in settings.items() if k not in given}
@@ -189,8 +186,7 @@ def loss_shares(weighted: dict[str, float], balance: dict | None = None, main: s
 
 
 def train_means(state: State, kind: str, lr: float, cfg: Config) -> dict:
-    """A log row of the means since the last row of this kind ("window": a warning when an auxiliary term
-    outweighs cross-entropy for 20 rows in a row; or "epoch"); its sums start again."""
+    """A log row of the means since the last row of this kind ("window" or "epoch"); its sums start again."""
     sums, state.meters[kind] = state.meters[kind], running_sums()
     n = max(1, sums["steps"])
     weighted = {c: float(sums[c]) / n for c in COMPONENTS}
@@ -328,8 +324,7 @@ def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_pe
     """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
     tc, lines = cfg.train, []
     if recipe:  # every value the recipe set, with the file and line of the original
-        values = "; ".join(f"{k} {v:.4g} ({src})" if isinstance(v, float) else f"{k} {v} ({src})"
-                           for k, (v, src) in recipe.items())
+        values = "; ".join(f"{k} {f'{v:.4g}' if isinstance(v, float) else v} ({src})" for k, (v, src) in recipe.items())
         lines = [textwrap.fill(text, 110, subsequent_indent="  ") for text in (
             f"recipe {tc.recipe} ({RECIPES[tc.recipe]['origin']}) for the settings not given: {values}",
             f"not reproduced: {'; '.join(RECIPES[tc.recipe]['not reproduced'])}")]
@@ -373,11 +368,10 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer = (torch.optim.SGD(groups, lr=0.0, momentum=cfg.train.momentum, fused=fused)
                      if cfg.train.optimizer == "sgd" else torch.optim.AdamW(groups, lr=0.0, fused=fused))
         scaler = runtime.make_grad_scaler(device, runtime.autocast_dtype(device, cfg.run.amp))
-        meters = {"window": running_sums(),  # since the last training row (every --log-interval steps)
-                  "epoch": running_sums(),  # since the epoch began
-                  "box_fallbacks": 0,  # box look-ups of this epoch's training clips that fell back
-                  "val": {},  # the last validation scores
-                  "balance": {"streak": {}, "warned": []}}  # loss_shares' counters
+        # Sums since the last training row and since the epoch began, this epoch's box fallbacks, the last
+        # validation scores, loss_shares' counters.
+        meters = {"window": running_sums(), "epoch": running_sums(), "box_fallbacks": 0, "val": {},
+                  "balance": {"streak": {}, "warned": []}}
         state = State(runtime.compile_model(runtime.wrap_ddp(model, dist_info), cfg.run.compile), optimizer, scaler,
                       meters=meters)
         run.restore(state)  # a checkpoint holds the meters too: a resumed run writes the rows it would have
