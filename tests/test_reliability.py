@@ -286,7 +286,7 @@ def _nan_in_dcal_glca(monkeypatch):
         total, parts, out = result
         return total, {**parts, "glca": parts["glca"] * float("nan")}, out
 
-    _wrap(monkeypatch, "dual_cross_attention.train", "compute_losses", corrupt)
+    _wrap(monkeypatch, "dual_cross_attention.model", "compute_losses", corrupt)
 
 
 def _nan_result(result):
@@ -297,9 +297,9 @@ NAN_INJECTIONS = [
     # (project, inject(monkeypatch), component the error must name)
     ("dual_cross_attention", _nan_in_dcal_glca, "glca"),
     ("caer_clip", lambda mp: _wrap(mp, "caer_clip.losses", "dc_loss", _nan_result), "loss_dc"),
-    ("deepfake_effnet_lstm", lambda mp: _wrap(mp, "deepfake_effnet_lstm.train", "classification_loss", _nan_result),
+    ("deepfake_effnet_lstm", lambda mp: _wrap(mp, "deepfake_effnet_lstm.model", "classification_loss", _nan_result),
      "cls"),
-    ("visobert_multitask", lambda mp: _wrap(mp, "visobert_multitask.train", "compute_losses",
+    ("visobert_multitask", lambda mp: _wrap(mp, "visobert_multitask.losses", "compute_losses",
                                             lambda out: {**out, "supcon": out["supcon"] * float("nan")}), "supcon"),
 ]
 
