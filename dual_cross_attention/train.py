@@ -246,14 +246,16 @@ def read_pretrained(spec: str) -> dict:
 
 
 def synthetic_pretrained(model: model_lib.DCALConfig) -> str:
-    """The file of a ViT of these sizes pre-trained on the synthetic pre-training task: pretrain.py trains
-    it on first use (progress on stderr), caches it under runs/pretrained/ and prints its path."""
+    """The file of a ViT of these sizes pre-trained on the synthetic pre-training task: pretrain.py (run by
+    rank 0 alone) trains it on first use (progress on stderr), caches it under runs/pretrained/, prints its path."""
     sizes = {"--model": model.preset, "--embed-dim": model.embed_dim, "--depth": model.depth,
              "--heads": model.num_heads, "--patch-size": model.patch_size, "--image-size": model.image_size}
     command = [*PRETRAIN, *(f"{flag}={value}" for flag, value in sizes.items())]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if runtime.is_main() else subprocess.DEVNULL,
-                          text=True, check=True)
-    return done.stdout.splitlines()[-1]
+    path = [subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1]
+            if runtime.is_main() else None]
+    if runtime.world_size() > 1:  # under torchrun rank 0 builds it once; the others wait and take its path
+        torch.distributed.broadcast_object_list(path)
+    return path[0]
 
 
 def sizes_from_file(spec: str, args: argparse.Namespace) -> dict:
