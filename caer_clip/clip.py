@@ -191,10 +191,9 @@ def clip_from_state_dict(state_dict: dict[str, torch.Tensor], vision_heads: int 
         image_resolution=patch * round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5),
         vision_layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
         vision_width=vision_width, vision_patch_size=patch,
-        vision_heads=vision_heads if vision_heads is not None else openai_heads(vision_width, "vision"),
+        vision_heads=vision_heads or openai_heads(vision_width, "vision"),
         context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
-        transformer_width=width,
-        transformer_heads=transformer_heads if transformer_heads is not None else openai_heads(width, "text"),
+        transformer_width=width, transformer_heads=transformer_heads or openai_heads(width, "text"),
         transformer_layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
         quick_gelu=quick_gelu))
     expected = model.state_dict()
@@ -317,7 +316,6 @@ def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
     if spec == "tiny":
         cfg = tiny_config()
         return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
-    if spec.startswith("openai:"):
-        name = spec.split(":", 1)[1]
-        return load_open_clip(name, "openai"), _open_clip("the CLIP BPE tokenizer").get_tokenizer(name)
-    return load_openai_file(spec), _open_clip("the CLIP BPE tokenizer").get_tokenizer("ViT-B-16")
+    name = spec.split(":", 1)[1] if spec.startswith("openai:") else "ViT-B-16"  # a file: ViT-B-16's BPE
+    model = load_open_clip(name, "openai") if spec.startswith("openai:") else load_openai_file(spec)
+    return model, _open_clip("the CLIP BPE tokenizer").get_tokenizer(name)

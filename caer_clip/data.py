@@ -233,10 +233,8 @@ def read_annotation_list(path: Path, root: Path, label_base: int, num_classes: i
             continue
         folder = fields[0].replace("\\", "/")
         key = (folder.startswith("/") and under_root(folder, root)) or clip_key(folder)
-        if len(fields) == 1 and unlabelled:
-            count = len(list_frames(root / fields[0], where))
-            if count == 0:
-                raise DataError(f"{where}: clip folder {root / fields[0]} holds no frames")
+        if len(fields) == 1 and unlabelled:  # every frame of the folder, at least one
+            count = len(list_frames(root / fields[0], where, promised=1))
             records.append(ClipRecord(root / fields[0], key, count, -1, where))
             continue
         if len(fields) != 3:
@@ -260,37 +258,35 @@ def read_daisee_csv(path: Path, root: Path, frames_subdir: str) -> list[ClipReco
     `<root>/<frames_subdir>/<ClipID without extension>/`; label = Engagement (0-3)."""
     if not path.is_file():
         raise DataError(f"label CSV {path} does not exist")
-    records = []
-    with io.StringIO(read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [name.strip() for name in reader.fieldnames or []]
-        if "ClipID" not in fields or "Engagement" not in fields:
-            raise DataError(f"{path}:1: header needs ClipID and Engagement columns, got {fields}")
-        for line_no, row in enumerate(reader, start=2):
-            row, where = {k.strip(): (v or "").strip() for k, v in row.items() if k}, f"{path}:{line_no}"
-            try:
-                label = int(row["Engagement"])
-            except ValueError as e:
-                raise DataError(f"{where}: Engagement must be an integer, got {row['Engagement']!r}") from e
-            if not 0 <= label <= 3:
-                raise DataError(f"{where}: Engagement {label} outside [0, 3]")
-            key = clip_key(row["ClipID"])
-            frames_dir = root / frames_subdir / key
-            num_frames = len(list_frames(frames_dir, where))
-            if num_frames == 0:
-                raise DataError(f"{where}: frame folder {frames_dir} holds no frames")
-            records.append(ClipRecord(frames_dir, key, num_frames, label, where))
+    records, reader = [], csv.DictReader(io.StringIO(read_text(path), newline=""))
+    fields = [name.strip() for name in reader.fieldnames or []]
+    if "ClipID" not in fields or "Engagement" not in fields:
+        raise DataError(f"{path}:1: header needs ClipID and Engagement columns, got {fields}")
+    for line_no, row in enumerate(reader, start=2):
+        row, where = {k.strip(): (v or "").strip() for k, v in row.items() if k}, f"{path}:{line_no}"
+        try:
+            label = int(row["Engagement"])
+        except ValueError as e:
+            raise DataError(f"{where}: Engagement must be an integer, got {row['Engagement']!r}") from e
+        if not 0 <= label <= 3:
+            raise DataError(f"{where}: Engagement {label} outside [0, 3]")
+        key = clip_key(row["ClipID"])
+        frames_dir = root / frames_subdir / key
+        records.append(ClipRecord(frames_dir, key, len(list_frames(frames_dir, where, promised=1)), label, where))
     if not records:
         raise DataError(f"label CSV {path} is empty")
     return records
 
 
 def list_frames(frames_dir: Path, source: str, promised: int = 0) -> list[str]:
-    """The frame files of a clip folder in time order; fewer than `promised` (the list's count) is an error."""
+    """The frame files of a clip folder in time order; fewer than `promised` (the list's count; 1: at least
+    one) is an error."""
     if not frames_dir.is_dir():
         raise DataError(f"{source}: frame folder {frames_dir} does not exist")
     names = [n for n in os.listdir(frames_dir) if n.lower().endswith(FRAME_EXTENSIONS)]
     check_one_file_per_frame(names, frames_dir, source)  # '12.jpg' and '12.png', or '1.jpg' and '01.jpg'
+    if promised and not names:
+        raise DataError(f"{source}: frame folder {frames_dir} holds no frames")
     if len(names) < promised:
         raise DataError(f"{source}: the list says {promised} frames, {frames_dir} holds {len(names)}")
     # FIX(CAER-FRAME-SORT): a text sort puts 10.jpg before 2.jpg; compare the digits as numbers.
@@ -308,9 +304,10 @@ def sample_indices(num_frames: int, num_segments: int, train: bool, generator: t
     return index.clamp(0, num_frames - 1).tolist()
 
 
-def box_problem(box, height: int, width: int) -> str | None:
-    """Why a box cannot be cropped from a height x width frame, or None. Boxes reaching past the
-    frame are fine (clamped); nothing of the frame left inside is not."""
+def grown_box(box, margin: float, height: int, width: int) -> tuple[int, int, int, int] | str:
+    """`box` grown by `margin` of its size per side, clamped to a height x width frame (CLIP-CAER
+    dataloader/video_dataloader.py:89-104: +- 20 px, clamped), or why it cannot be cropped: reaching past the
+    frame is fine, nothing of the frame inside it (before the margin) is not."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 == x1 or y2 == y1:
         return "of zero area"
@@ -318,16 +315,9 @@ def box_problem(box, height: int, width: int) -> str | None:
         return "inverted (x2 < x1 or y2 < y1)"
     if min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
         return f"outside the {width}x{height} frame"
-    return None
-
-
-def expand_box(box, margin: float, height: int, width: int) -> tuple[int, int, int, int] | None:
-    """Box grown by `margin` of its size per side, clamped to the frame; None if nothing is left."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    dw, dh = margin * (x2 - x1), margin * (y2 - y1)
-    x1, y1 = max(0, math.floor(x1 - dw)), max(0, math.floor(y1 - dh))
-    x2, y2 = min(width, math.ceil(x2 + dw)), min(height, math.ceil(y2 + dh))
-    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+    dw, dh = margin * (x2 - x1), margin * (y2 - y1)  # margin >= 0: the grown box keeps what was inside
+    return (max(0, math.floor(x1 - dw)), max(0, math.floor(y1 - dh)),
+            min(width, math.ceil(x2 + dw)), min(height, math.ceil(y2 + dh)))
 
 
 def centre_square(height: int, width: int) -> tuple[int, int, int, int]:
@@ -358,12 +348,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[ClipRecord], face_boxes: dict | None, body_boxes: dict | None,
                  cfg: DataConfig, num_frames: int, image_size: int, train: bool, seed: int,
-                 centre_crop_fallback: bool):
+                 centre_crop_fallback: bool, box_summary: str = ""):
         self.records, self.face_boxes, self.body_boxes = records, face_boxes, body_boxes
         self.cfg, self.num_frames, self.image_size = cfg, num_frames, image_size
         self.train, self.seed, self.centre_crop_fallback = train, seed, centre_crop_fallback
         self.epoch, self._frame_names = 0, {}
-        self.box_summary = ""  # "face boxes: N of M clips, ...", set by build_datasets, printed at start
+        self.box_summary = box_summary  # "face boxes: N of M clips, ..." of real data, printed at start
 
     def __len__(self) -> int:
         return len(self.records)
@@ -392,26 +382,25 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             # PIL rather than torchvision.io: its decoders are deprecated from torchvision 0.29, and
             # before 0.20 they take no path. open_image scales 16-bit frames instead of clipping them.
-            rgb = np.asarray(open_image(path))
-            return torch.from_numpy(rgb.copy()).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
+            return torch.from_numpy(np.array(open_image(path))).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
         except DECODE_ERRORS as e:
             raise DataError(f"{self.records[index].source}: cannot read frame {path}: {e}") from e
 
     def frame_box(self, index: int, kind: str, name: str, height: int, width: int):
-        """The face (grown by --face-margin) or body box of a frame, clamped to it; None for no box or a
-        degenerate one (zero area, inverted, nothing inside the frame), an error naming clip and frame
-        unless fallbacks are allowed (no --body-boxes at all: None, the whole frame, no error)."""
+        """The face (grown by --face-margin) or body box of a frame, as grown_box; when it is missing or cannot
+        be cropped, None if fallbacks are allowed (or no --body-boxes were given), else an error naming it."""
         rec, boxes = self.records[index], self.face_boxes if kind == "face" else self.body_boxes
         # FIX(CAER-BOX-KEYS): boxes are keyed by clip and frame name; the full-path lookup never matched.
         # was: box = (boxes or {}).get(str(rec.frames_dir / name))  (face boxes, by full path)
         entry = (boxes or {}).get(rec.key)
         box = entry.get(Path(name).stem) if isinstance(entry, dict) else entry  # a per-clip box: every frame
-        problem = "missing" if box is None else box_problem(box, height, width)
-        if problem is None:
-            return expand_box(box, self.cfg.face_margin if kind == "face" else 0.0, height, width)
+        margin = self.cfg.face_margin if kind == "face" else 0.0
+        grown = "missing" if box is None else grown_box(box, margin, height, width)
+        if not isinstance(grown, str):
+            return grown
         if self.centre_crop_fallback or (boxes is None and kind == "body"):
             return None
-        raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {problem} "
+        raise DataError(f"{rec.source}: {kind} box {shown(box)} of clip {rec.key!r} frame {name!r} is {grown} "
                         f"(pass --allow-missing-boxes to treat it as missing)")
 
     def __getitem__(self, index: int):
@@ -547,9 +536,8 @@ def build_datasets(cfg: DataConfig, num_frames: int, image_size: int, seed: int)
             summary.append(line)
 
     def make(records, train):
-        dataset = ClipDataset(records, boxes["face"], boxes["body"], cfg, num_frames, image_size, train, seed, fallback)
-        dataset.box_summary = ", ".join(summary)
-        return dataset
+        return ClipDataset(records, boxes["face"], boxes["body"], cfg, num_frames, image_size, train, seed, fallback,
+                           ", ".join(summary))
     return make(train_records, True), make(val_records, False), make(test_records, False)
 
 

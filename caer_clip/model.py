@@ -53,7 +53,7 @@ class PromptLearner(nn.Module):
         num_classes, per_class = len(descriptors), len(descriptors[0])
         if any(len(d) != per_class for d in descriptors):
             raise ValueError("every class needs the same number of descriptor sentences")
-        self.n_ctx, self.per_class = n_ctx, per_class
+        self.per_class = per_class
         placeholder = " ".join(["X"] * n_ctx)
         tokens = tokenizer([f"{placeholder} {s}." for d in descriptors for s in d])  # (C*P, L)
         handcrafted = tokenizer([f"a photo of {s}." for d in descriptors for s in d])
@@ -200,7 +200,7 @@ class CAERModel(nn.Module):
 
     def forward(self, face: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """face, context: (B, T, 3, S, S) normalised frames."""
-        batch, frames = face.shape[:2]
+        batch = face.shape[0]
         streams = [face, context] if self.cfg.use_context else [face]
         images = rearrange(torch.stack(streams), "s b t c h w -> (s b t) c h w")  # one encoder pass
         features = rearrange(self.clip.encode_image(images), "(s b t) d -> s b t d", s=len(streams), b=batch)
@@ -211,13 +211,12 @@ class CAERModel(nn.Module):
         out = {"logits": class_logits(video, text, self.cfg.logit_scale), "video": video, "text": text,
                "handcrafted": F.normalize(self.handcrafted_mean, dim=-1)}
         if self.cfg.moco_queue > 0 and self.training:
-            with torch.no_grad():
+            with torch.no_grad():  # keys hold no graph
                 self.momentum_update()
-                context_keys = None if context_features is None else context_features.detach()
-                # NOTE(deviation): keys reuse the query's image-encoder features (detached) instead of a
-                # momentum copy of the whole CLIP encoder; the encoder is frozen or at lr ~1e-5, so the
-                # copy would be nearly identical at the cost of a second encoder pass.
-                out["key"] = self.key_head(face_features.detach(), context_keys)
+                # NOTE(deviation): keys reuse the query's image-encoder features instead of a momentum copy
+                # of the whole CLIP encoder; the encoder is frozen or at lr ~1e-5, so the copy would be
+                # nearly identical at the cost of a second encoder pass.
+                out["key"] = self.key_head(face_features, context_features)
         return out
 
     @torch.no_grad()
@@ -246,9 +245,8 @@ def build_model(cfg: ModelConfig, clip: CLIP, tokenizer, descriptors: list[list[
 
 
 def param_groups(model: CAERModel, lrs: dict[str, float], weight_decay: float) -> list[dict]:
-    """SGD groups per part at the part's lr (`lrs`: temporal, projection, adapter, prompt, image); no
-    decay on 1-d tensors, embeddings, tokens and prompt context vectors. Every trainable parameter
-    lands in exactly one group."""
+    """Optimiser groups per part at the part's lr (`lrs`: temporal, projection, adapter, prompt, image); no decay
+    on 1-d tensors, embeddings, tokens and prompt context vectors. Every trainable parameter in exactly one group."""
     head = model.head
     parts = {"temporal": [head.face_temporal, head.context_temporal], "projection": [head.projection],
              "adapter": [head.adapter], "prompt": [model.prompt_learner], "image": [model.clip.visual]}

@@ -319,8 +319,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
     return False
 
 
-def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_per_epoch: int, world_size: int,
-             device) -> str:
+def describe(cfg: Config, recipe: dict, splits: dict, model, optimizer, steps_per_epoch, world_size, device) -> str:
     """The set-up, printed at start: recipe, data, model, per-group lrs (the lr rule's result)."""
     tc, lines = cfg.train, []
     if recipe:  # every value the recipe set, with the file and line of the original
