@@ -171,9 +171,8 @@ def openai_heads(width: int, tower: str) -> int:
     """OpenAI's rule, width // 64 heads (openai/CLIP clip/model.py, build_model): a state_dict does not
     store the head count. A width that is not a multiple of 64 is no OpenAI model, so no guess is made."""
     if width % 64:
-        raise ValueError(f"{tower} width {width} is not a multiple of OpenAI's head width 64: the head count is not "
-                         "in a state_dict, so it cannot be loaded as an OpenAI checkpoint; load the open_clip "
-                         "model with load_open_clip, which reads it from the model")
+        raise ValueError(f"{tower} width {width} is not a multiple of OpenAI's head width 64: a state_dict holds no "
+                         "head count; load the open_clip model with caer_clip/import_open_clip.py, which reads it")
     return width // 64
 
 
@@ -217,72 +216,12 @@ def load_openai_file(path: str) -> CLIP:
     return clip_from_state_dict(state_dict)
 
 
-def open_clip_architecture(reference: nn.Module) -> dict:
-    """Head counts and MLP activation of an open_clip CLIP, read from its modules (open_clip/model.py
-    builds heads = vision_cfg.width // vision_cfg.head_width and text_cfg.heads, and QuickGELU only when
-    the config says quick_gelu), as keyword arguments of clip_from_state_dict. Anything this CLIP
-    does not compute is refused here: the key and shape checks cannot see a change of function."""
-    import open_clip
-
-    def refuse(what: str):
-        raise ValueError(f"cannot load this open_clip model correctly: {what}")
-
-    if type(reference) is not open_clip.model.CLIP:
-        refuse(f"{type(reference).__name__} is not open_clip's CLIP (custom / HF text tower, CoCa)")
-    visual = reference.visual
-    if type(visual) is not open_clip.transformer.VisionTransformer:
-        refuse(f"image tower {type(visual).__name__} is not open_clip's VisionTransformer (timm trunk or ResNet)")
-    # open_clip/transformer.py VisionTransformer._pool / text_global_pool: ours takes the CLS token and the
-    # argmax (EOT) token, text under a causal mask
-    if visual.attn_pool is not None or visual.pool_type != "tok":
-        refuse(f"image pooling {visual.pool_type!r} / attentional pooler (ours: the CLS token, 'tok')")
-    if reference.text_pool_type != "argmax":
-        refuse(f"text pooling {reference.text_pool_type!r} (ours: the EOT token, 'argmax')")
-    if reference.attn_mask is None:
-        refuse("bidirectional text attention (no_causal_mask; ours is causal)")
-    for module in reference.modules():
-        if isinstance(module, nn.LayerNorm) and (module.eps != 1e-5 or not module.elementwise_affine):
-            refuse(f"LayerNorm eps {module.eps} / affine {module.elementwise_affine} (ours: 1e-5, affine)")
-    heads, quick_gelu = {"image": set(), "text": set()}, set()  # one value each, or refused
-    for name, tower in (("image", visual.transformer), ("text", reference.transformer)):
-        for block in tower.resblocks:
-            act, plain = block.mlp.gelu, type(block) is open_clip.transformer.ResidualAttentionBlock
-            if not plain or not isinstance(block.attn, nn.MultiheadAttention):
-                refuse(f"{name} block {type(block).__name__} is not open_clip's standard ResidualAttentionBlock")
-            if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
-                refuse(f"{name} blocks have LayerScale (ls_init_value)")
-            quick = type(act) is open_clip.transformer.QuickGELU
-            if not quick and not (type(act) is nn.GELU and act.approximate == "none"):
-                refuse(f"{name} MLP activation {act!r} (ours: QuickGELU or exact nn.GELU)")
-            heads[name].add(block.attn.num_heads)
-            quick_gelu.add(quick)
-    if len(heads["image"]) != 1 or len(heads["text"]) != 1 or len(quick_gelu) != 1:
-        refuse(f"blocks differ in heads {heads} or in activation (QuickGELU: {quick_gelu})")
-    return dict(vision_heads=heads["image"].pop(), transformer_heads=heads["text"].pop(), quick_gelu=quick_gelu.pop())
-
-
-def _open_clip(what: str):
+def require_open_clip(what: str):
     try:
         import open_clip
     except ImportError as e:
         raise ImportError(f"{what} needs open_clip_torch: pip install open_clip_torch") from e
     return open_clip
-
-
-def load_open_clip(name: str = "ViT-B-16", pretrained: str | None = "openai") -> CLIP:
-    """Our CLIP with the weights, head counts and activation of an open_clip model (registry tag or file).
-    The activation belongs to the weights: open_clip/pretrained.py marks the tags trained with QuickGELU, while
-    factory.py create_model only warns when the config disagrees (ViT-B-16 'openai' builds nn.GELU); the
-    tag's activation is forced here, and a QuickGELU config with GELU-trained weights is refused."""
-    open_clip = _open_clip("loading open_clip weights")
-    tag_cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) if pretrained else {}
-    tag_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    reference = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=tag_quick_gelu)
-    model = clip_from_state_dict(reference.state_dict(), **open_clip_architecture(reference))  # OpenAI's names
-    if tag_cfg and model.cfg.quick_gelu != tag_quick_gelu:
-        raise ValueError(f"open_clip {name!r} uses QuickGELU but its weights {pretrained!r} were trained with GELU: "
-                         "use the model name without '-quickgelu'")
-    return model
 
 
 class WordTokenizer:
@@ -312,10 +251,17 @@ class WordTokenizer:
 
 
 def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
-    """(model, tokenizer) of 'tiny' (random, words of `texts`), a local OpenAI '.pt' file or 'openai:ViT-B-16'."""
+    """(model, tokenizer) of 'tiny' (random, words of `texts`), a local OpenAI '.pt' file, or 'openai:ViT-B-16':
+    OpenAI's own file of that model from the address open_clip lists (open_clip/pretrained.py), as CLIP-CAER
+    main.py:205 loads it with OpenAI's clip.load. Other open_clip weights: caer_clip/import_open_clip.py."""
     if spec == "tiny":
         cfg = tiny_config()
         return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
     name = spec.split(":", 1)[1] if spec.startswith("openai:") else "ViT-B-16"  # a file: ViT-B-16's BPE
-    model = load_open_clip(name, "openai") if spec.startswith("openai:") else load_openai_file(spec)
-    return model, _open_clip("the CLIP BPE tokenizer").get_tokenizer(name)
+    open_clip = require_open_clip(f"--clip {spec}")
+    if spec.startswith("openai:"):
+        url = open_clip.get_pretrained_cfg(name.replace("/", "-"), "openai").get("url")
+        if not url:
+            raise ValueError(f"open_clip lists no OpenAI weights for {name!r}")
+        spec = open_clip.pretrained.download_pretrained_from_url(url)
+    return load_openai_file(spec), open_clip.get_tokenizer(name)

@@ -45,27 +45,22 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 @dataclass
 class DataConfig:
     data_root: str | None = arg(None, "dataset folder (default: built-in synthetic clips)")
-    dataset: str = arg("raer", "format of --data-root: list format, label base and box policy",
-                       choices=["raer", "daisee", "caer"])
-    train_list: str = arg("train.txt", "annotation list (RAER/CAER) or label CSV (DAiSEE), relative to "
-                          "--data-root")
+    dataset: str = arg("raer", "format of --data-root (lists, labels, boxes)", choices=["raer", "daisee", "caer"])
+    train_list: str = arg("train.txt", "annotation list (RAER/CAER) or label CSV (DAiSEE) under --data-root")
     val_list: str = arg("", "validation list (default: a stratified --val-fraction of the training list)")
     test_list: str = arg("test.txt", "test list, scored once at the end with the best-on-validation weights")
-    val_fraction: float = arg(0.1, "share of each class moved from train to validation when --val-list is empty",
-                              check=between(0.0, 1.0))
+    val_fraction: float = arg(0.1, "share of each class held out to validate (no --val-list)", check=between(0.0, 1.0))
     face_boxes: str = arg("face_boxes.json", "per-frame face boxes {clip: {frame: [x1, y1, x2, y2]}}")
     body_boxes: str = arg("", "per-clip body boxes {clip: [x1, y1, x2, y2]} (default: whole frame as context)")
-    class_text: str = arg("short", "class descriptor sentences: 'short' (this repository's, 2 per class) or "
-                          "'clip-caer' (RAER only: CLIP-CAER models/Text_last.py:69-79)",
-                          choices=["short", "clip-caer"])
+    class_text: str = arg("short", "class sentences: 'short' (ours, 2 per class) or 'clip-caer' (RAER only: CLIP-CAER "
+                          "models/Text_last.py:69-79)", choices=["short", "clip-caer"])
     frames_subdir: str = arg("frames", "DAiSEE: folder holding one frame folder per ClipID")
     allow_missing_boxes: bool = arg(False, "RAER/CAER: centre-crop a clip with no face box instead of failing")
     face_margin: float = arg(0.1, "face box grown by this share of its size on each side", check=at_least(0.0, float))
     flip: bool = arg(True, "random horizontal flip, one draw per clip")
     rotate_degrees: float = arg(10.0, "random rotation in [-d, d], one draw per clip", check=between(0.0, 180.0))
     balanced_sampler: bool = arg(False, "class-balanced training epochs")
-    balance_power: float = arg(0.0, "per-class share ~ count^power: 0 = balanced, 1 = natural frequencies",
-                               check=at_least(0.0, float))
+    balance_power: float = arg(0.0, "class share ~ count^power (0 balanced, 1 natural)", check=at_least(0.0, float))
     synthetic_train: int = arg(600, "synthetic training clips", check=at_least(1))
     synthetic_val: int = arg(200, "synthetic validation clips", check=at_least(1))
     synthetic_test: int = arg(200, "synthetic test clips", check=at_least(1))

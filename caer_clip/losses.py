@@ -20,19 +20,16 @@ class LossConfig:
     smoothing: float = arg(0.1, "label smoothing epsilon of 'lsr'", check=between(0.0, 1.0))
     # Off by default as in the official CLIP-CAER recipe (CE); with a random text encoder (the
     # synthetic demo) the description similarities carry no meaning and LDL only blurs the targets.
-    use_ldl: bool = arg(False, "semantic LDL (soft targets from class-text similarity) after the warm-up",
-                        flag="--ldl")
+    use_ldl: bool = arg(False, "semantic LDL (soft targets from class-text similarity) after the warm-up", flag="--ldl")
     ldl_warmup: int = arg(2, "epochs of hard labels before LDL takes over", check=at_least(0))
     ldl_temperature: float = arg(0.1, "temperature of the LDL target softmax over text cosines", check=above(0.0))
-    mixup_alpha: float = arg(0.0, "Beta(alpha, alpha) mixup of face and context clips (0: off)",
-                             check=at_least(0.0, float))
+    mixup_alpha: float = arg(0.0, "Beta(alpha, alpha) mixup of both streams (0: off)", check=at_least(0.0, float))
     w_mi: float = arg(0.1, "weight of the MI loss (learned vs hand-crafted class texts)", check=at_least(0.0, float))
     # FIX(CAER-LOSS-WEIGHTS): at weight 5 the DC term dominated and prompts learned orthogonality.
     w_dc: float = arg(0.1, "weight of the DC loss (decorrelated class prototypes)", check=at_least(0.0, float))
     w_moco: float = arg(0.1, "weight of the MoCo loss", check=at_least(0.0, float))
     aux_delay: float = arg(0.0, "epochs with the auxiliary weights at 0 before their ramp", check=at_least(0.0, float))
-    aux_warmup: float = arg(1.0, "epochs over which the auxiliary weights ramp linearly from 0 to full",
-                            check=at_least(0.0, float))
+    aux_warmup: float = arg(1.0, "epochs of the auxiliary weights' ramp from 0 to full", check=at_least(0.0, float))
     mi_temperature: float = arg(0.07, "InfoNCE temperature of the MI loss", check=above(0.0))
     moco_temperature: float = arg(0.07, "InfoNCE temperature of the MoCo loss", check=above(0.0))
 

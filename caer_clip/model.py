@@ -20,7 +20,7 @@ from caer_clip.clip import CLIP, LayerNorm, Transformer
 
 @dataclass
 class ModelConfig:
-    clip: str = "tiny"  # 'tiny' (random), a local OpenAI .pt file, or 'openai:ViT-B-16' (open_clip weights)
+    clip: str = "tiny"  # 'tiny' (random), a local OpenAI .pt file, or 'openai:ViT-B-16' (OpenAI's file)
     num_classes: int = 5  # emotion classes: not a flag, set from the dataset's class list
     num_frames: int = 4  # T frames sampled per clip (the paper uses 16)
     n_ctx: int = 8  # learnable CoOp context vectors per prompt
@@ -156,9 +156,7 @@ class CAERModel(nn.Module):
         super().__init__()
         if len(descriptors) != cfg.num_classes:
             raise ValueError(f"{len(descriptors)} class descriptors for num_classes={cfg.num_classes}")
-        self.cfg = cfg
-        self.clip = clip
-        dim = clip.cfg.embed_dim
+        self.cfg, self.clip, dim = cfg, clip, clip.cfg.embed_dim
         self.prompt_learner = PromptLearner(clip, tokenizer, descriptors, cfg.n_ctx, cfg.class_specific_ctx)
         self.head = VisualHead(dim, cfg)
         # The text encoder is always frozen (CoOp); the image encoder per the recipe.
@@ -204,8 +202,7 @@ class CAERModel(nn.Module):
         streams = [face, context] if self.cfg.use_context else [face]
         images = rearrange(torch.stack(streams), "s b t c h w -> (s b t) c h w")  # one encoder pass
         features = rearrange(self.clip.encode_image(images), "(s b t) d -> s b t d", s=len(streams), b=batch)
-        face_features = features[0]
-        context_features = features[1] if self.cfg.use_context else None
+        face_features, context_features = features[0], features[1] if self.cfg.use_context else None
         video = self.head(face_features, context_features)
         text = self.text_features()
         out = {"logits": class_logits(video, text, self.cfg.logit_scale), "video": video, "text": text,

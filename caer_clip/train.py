@@ -19,7 +19,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm import tqdm
 
 from caer_clip.data import CLASS_DESCRIPTORS, DataConfig, build_datasets, build_seeded_model, dataset_name
 from caer_clip.losses import LossConfig, total_loss
@@ -51,15 +50,14 @@ MODEL_CHECKS = {"num_frames": at_least(1), "n_ctx": at_least(1), "temporal": ["c
 
 @dataclass
 class TrainConfig:
-    recipe: str = arg("auto", "an original's settings for every flag not given, each printed with its source: "
-                      "'clip-caer' (zgsfer/CLIP-CAER), 'rapt-clip' (mngoc3110/RAPT-CLIP), 'none' (these defaults, the "
-                      "synthetic demo's); 'auto': clip-caer with --data-root, else none",
+    recipe: str = arg("auto", "an original's settings for every flag not given, printed with sources: 'clip-caer' "
+                      "(zgsfer/CLIP-CAER), 'rapt-clip' (mngoc3110/RAPT-CLIP), 'none' (the synthetic demo's); 'auto': "
+                      "clip-caer with --data-root, else none",
                       choices=["auto", "clip-caer", "rapt-clip", "none"])
     batch_size: int = arg(16, "clips per step and per process", check=at_least(1))
     epochs: int = arg(4, "training epochs", check=at_least(1))
     max_iters: int | None = arg(None, "stop after this many optimizer steps (default: all epochs)", check=at_least(1))
-    val_interval: int | None = arg(None, "optimizer steps between validations besides every epoch end "
-                                   "(default: epoch ends only)", check=at_least(1))
+    val_interval: int | None = arg(None, "optimizer steps between extra validations (default: none)", check=at_least(1))
     lr: float = arg(1e-2, "lr of the temporal models", check=above(0.0))
     lr_image: float = arg(2e-3, "lr of the CLIP image encoder (unused when it is frozen)", check=above(0.0))
     lr_prompt: float = arg(2e-3, "lr of the prompt learner's context vectors", check=above(0.0))
@@ -71,10 +69,8 @@ class TrainConfig:
     milestones: list[int] = arg([3], "epochs at which every lr is multiplied by --lr-gamma", check=at_least(0))
     lr_gamma: float = arg(0.1, "multi-step lr factor", check=above(0.0))
     warmup_steps: int = arg(10, "linear lr warm-up in optimizer steps", check=at_least(0))
-    grad_clip: float = arg(10.0, "max global gradient norm (0: off); 1.0 starved the prompts on the tiny CLIP",
-                           check=at_least(0.0, float))
-    lr_rule: str = arg("none", "scale every lr by the effective batch / --lr-ref-batch (lrs printed at start)",
-                       choices=["none", "linear", "sqrt"])
+    grad_clip: float = arg(10.0, "max grad norm (0: off; 1 starved the tiny CLIP prompts)", check=at_least(0.0, float))
+    lr_rule: str = arg("none", "scale every lr by effective batch / --lr-ref-batch", choices=["none", "linear", "sqrt"])
     lr_ref_batch: int = arg(8, "batch the lrs are quoted for", check=at_least(1))
 
 
@@ -266,8 +262,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
     if at_max_iters(state, cfg):  # a resumed run that had reached its cap
         return False
     state.model.train()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main() or not sys.stderr.isatty())
-    for face, context, labels, fallbacks in bar:
+    for face, context, labels, fallbacks in loader:
         for group in state.optimizer.param_groups:
             group["lr"] = multistep_lr(state.step, group["base_lr"], [m * steps_per_epoch for m in tc.milestones],
                                        tc.lr_gamma, tc.warmup_steps)
@@ -303,10 +298,7 @@ def train_one_epoch(state: State, loader, val_loader, cfg: Config, run: Run) -> 
         if state.step % cfg.run.log_interval == 0:
             row = train_means(state, "window", lr, cfg)
             run.log(row)
-            if runtime.is_main():  # above the progress bar, not through it
-                bar.write(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
-            bar.set_postfix(loss=f"{row['loss']:.3f}", uar=f"{meters['val'].get('uar', float('nan')):.3f}",
-                            lr=f"{lr:.1e}")
+            run.print(f"epoch {epoch} step {state.step}: {loss_summary(row)} | lr {lr:.2e}")
         if tc.val_interval and state.step % tc.val_interval == 0 and state.batch_in_epoch < steps_per_epoch:
             validate(state, val_loader, cfg, run, {"step": state.step, "epoch": epoch, "lr": lr})
             state.model.train()
@@ -403,17 +395,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         # Final test: best-on-validation weights (this run's best.pt, on every rank), scored once.
         run.load_best(model)
-        test = evaluate(model, test_loader, cfg)
-        names = list(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
+        test, names = evaluate(model, test_loader, cfg), list(CLASS_DESCRIPTORS[dataset_name(cfg.data)])
         if runtime.is_main():
             save_confusion(test["confusion"], names, run.dir / "confusion_test",
                            f"caer_clip, test split: best.pt (epoch {run.best['epoch']}, step {run.best['step']}), "
                            f"UAR {test['uar']:.3f}, WAR {test['war']:.3f}")
-        run.print(textwrap.fill(f"test confusion matrix (rows true, columns predicted; {', '.join(names)}):", 100)
-                  + f"\n{test['confusion']}")
         best = "none" if run.best["value"] is None else f"{run.best['value']:.4f}"
-        run.print(f"best val UAR {best} (epoch {run.best['epoch']}) | test UAR {test['uar']:.4f} "
-                  f"WAR {test['war']:.4f} | {time.time() - start_time:.1f} s")
+        run.print(textwrap.fill(f"test confusion matrix (rows true, columns predicted; {', '.join(names)}):", 100)
+                  + f"\n{test['confusion']}\nbest val UAR {best} (epoch {run.best['epoch']}) | test UAR "
+                  f"{test['uar']:.4f} WAR {test['war']:.4f} | {time.time() - start_time:.1f} s")
         runtime.assert_replicas_in_sync(model)  # under torchrun: every rank must end with the same weights
         results = {"run_dir": str(run.dir), "step": state.step, "best": dict(run.best), "val": state.meters["val"],
                    "test": scores(test)}

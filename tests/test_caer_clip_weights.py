@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from caer_clip.clip import clip_from_state_dict, load_open_clip
+from caer_clip.clip import clip_from_state_dict
+from caer_clip.import_open_clip import load_open_clip
 
 open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is optional: pip install open_clip_torch")
 
@@ -125,3 +126,20 @@ def test_openai_state_dict_with_width_off_the_64_rule_is_refused(tmp_path):
     ours = load_open_clip("caer-test-width96", pretrained=path).eval()
     assert max_feature_difference(ours, reference) < 1e-5
     assert (ours.cfg.vision_heads, ours.cfg.transformer_heads) == (3, 3)
+
+
+def test_clip_openai_name_reads_openais_own_file_by_openais_rules(tmp_path, monkeypatch):
+    """`--clip openai:ViT-B-16` fetches the file at OpenAI's address that open_clip lists for the name (as
+    CLIP-CAER main.py:205 clip.load does) and reads it as OpenAI's archives: width // 64 heads, QuickGELU
+    (open_clip marks every 'openai' tag quick_gelu); the tokenizer is that model's BPE. No download here."""
+    from caer_clip.clip import load_clip
+
+    reference, path = saved_reference("caer-test-quickgelu", tmp_path)  # width 64: OpenAI's rule gives 1 head
+    fetched = []
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", lambda url: fetched.append(url) or path)
+    ours, tokenizer = load_clip("openai:ViT-B-16", [])
+    assert fetched == [open_clip.get_pretrained_cfg("ViT-B-16", "openai")["url"]] and "openaipublic" in fetched[0]
+    assert ours.cfg.quick_gelu and max_feature_difference(ours.eval(), reference) < 1e-5
+    assert tokenizer(["a photo of a face."]).shape == (1, 77)
+    with pytest.raises(ValueError, match="lists no OpenAI weights for 'ViT-X-99'"):
+        load_clip("openai:ViT-X-99", [])
