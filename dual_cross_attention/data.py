@@ -37,7 +37,7 @@ class DataConfig:
                               "0: validate on the test split", check=between(0.0, 1.0))
     synthetic_train: int = arg(3000, "synthetic training images", check=at_least(1))
     synthetic_val: int = arg(600, "synthetic validation images", check=at_least(1))
-    synthetic_test: int = arg(600, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
+    synthetic_test: int = arg(3000, "synthetic test images (drawn apart from the validation ones)", check=at_least(1))
     synthetic_classes: int = arg(10, "synthetic classes (at most 41)", check=at_least(2))
     synthetic_decoys: int = arg(3, "distractor parts per synthetic image, of no class: textures off the object",
                                 check=at_least(0))

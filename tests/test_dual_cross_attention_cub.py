@@ -117,14 +117,16 @@ def test_schedule_is_sized_by_the_steps_the_run_takes():
     assert "warm-up 2 steps" in text and "2 steps in all" in text
     lrs = [warmup_cosine_lr(s, plan.peak_lr, plan.warmup_steps, plan.total_steps) for s in range(plan.total_steps)]
     assert lrs == [plan.peak_lr / 2, plan.peak_lr]  # the peak is reached within the run
-    plan, _ = _plan(["--data-root", "CUB_200_2011"], 5395)  # 3 epochs: 5 epochs of warm-up would outlast them
+    plan, _ = _plan(["--data-root", "CUB_200_2011", "--epochs", "3"], 5395)  # 5 epochs of warm-up would outlast 3
     assert (plan.total_steps, plan.warmup_steps) == (3 * 337, 3 * 337)
+    plan, _ = _plan(["--data-root", "CUB_200_2011"], 5395)  # the default 6 epochs: the real-data 5 of warm-up fit
+    assert (plan.total_steps, plan.warmup_steps) == (6 * 337, 5 * 337)
     plan, _ = _plan(["--data-root", "CUB_200_2011", "--epochs", "100"], 5395)  # the paper's length
     assert (plan.total_steps, plan.warmup_steps) == (100 * 337, 5 * 337)
     plan, _ = _plan(["--max-iters", "4", "--warmup-steps", "10"], 3000)  # an explicit warm-up, cut too
     assert (plan.total_steps, plan.warmup_steps, plan.warmup_asked) == (4, 4, 10)
-    plan, _ = _plan([], 3000)  # the synthetic demo: one epoch of warm-up in three, as before
-    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (93, 279, 93)
+    plan, _ = _plan([], 3000)  # the synthetic demo: one epoch of warm-up in six
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (93, 558, 93)
 
 
 def test_train_on_cub_with_max_iters_prints_a_plan_of_that_many_steps(tmp_path, capsys):
