@@ -159,6 +159,24 @@ def test_pretrain_writes_a_timm_file_that_pretrained_loads(tmp_path, monkeypatch
                                rtol=0)  # lr 1e-12: one step leaves the loaded weights
 
 
+def test_pretrain_trains_at_one_thread_whatever_the_callers_count(tmp_path, monkeypatch):
+    """The cached file every fine-tuning inherits must not depend on the thread count: at 2 threads the
+    demo's pre-training came out otherwise and the fine-tuning from it stalled (README). pretrain.py trains
+    at one thread and gives the caller its count back."""
+    from dual_cross_attention import pretrain as pretrain_lib
+
+    seen, real, before = [], pretrain_lib.pretrain, torch.get_num_threads()
+    monkeypatch.setattr(pretrain_lib, "pretrain", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    torch.set_num_threads(2)
+    try:
+        path = pretrain_lib.main(["--cache", str(tmp_path), "--embed-dim", "32", "--depth", "1", "--heads", "2",
+                                  "--image-size", "16", "--classes", "4", "--train-images", "16", "--val-images",
+                                  "8", "--epochs", "1", "--batch-size", "16"])
+        assert seen == [1] and torch.get_num_threads() == 2 and path.is_file()
+    finally:
+        torch.set_num_threads(before)
+
+
 def _deit_tiny_timm_file(path: Path, depth: int = 12) -> dict:
     """A timm-layout DeiT-Tiny state_dict with random weights, built from our own model through the
     timm key map."""
