@@ -252,16 +252,15 @@ class WordTokenizer:
 
 def load_clip(spec: str, texts: list[str]) -> tuple[CLIP, object]:
     """(model, tokenizer) of 'tiny' (random, words of `texts`), a local OpenAI '.pt' file, or 'openai:ViT-B-16':
-    OpenAI's own file of that model from the address open_clip lists (open_clip/pretrained.py), as CLIP-CAER
-    main.py:205 loads it with OpenAI's clip.load. Other open_clip weights: caer_clip/import_open_clip.py."""
+    OpenAI's file at the address open_clip lists (as CLIP-CAER main.py:205 clip.load); others: import_open_clip.py."""
     if spec == "tiny":
         cfg = tiny_config()
         return CLIP(cfg), WordTokenizer(texts, cfg.context_length, cfg.vocab_size)
     name = spec.split(":", 1)[1] if spec.startswith("openai:") else "ViT-B-16"  # a file: ViT-B-16's BPE
-    open_clip = require_open_clip(f"--clip {spec}")
     if spec.startswith("openai:"):
+        open_clip = require_open_clip(f"--clip {spec}")
         url = open_clip.get_pretrained_cfg(name.replace("/", "-"), "openai").get("url")
         if not url:
             raise ValueError(f"open_clip lists no OpenAI weights for {name!r}")
         spec = open_clip.pretrained.download_pretrained_from_url(url)
-    return load_openai_file(spec), open_clip.get_tokenizer(name)
+    return load_openai_file(spec), require_open_clip("the CLIP BPE tokenizer").get_tokenizer(name)  # weights first
