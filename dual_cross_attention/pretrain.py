@@ -107,8 +107,10 @@ def main(argv=None) -> Path:
         # 0.63 instead of reaching 0.98 (README, Expected numbers).
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        result = pretrain(cfg, recipe)
-        torch.set_num_threads(threads)
+        try:
+            result = pretrain(cfg, recipe)
+        finally:  # an in-process caller gets its thread count back, on errors too
+            torch.set_num_threads(threads)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(result["state_dict"], tmp)
